@@ -1,0 +1,241 @@
+//! Types shared by several kinds: engines, references, storage, backup and
+//! monitoring settings, and the standard condition list.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A database engine servicedb knows how to run and provision.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Engine {
+    /// PostgreSQL, from the official `postgres` image.
+    Postgres,
+    /// Redis, from the official `redis` image.
+    Redis,
+    /// MongoDB, from the official `mongo` image.
+    MongoDB,
+}
+
+impl Engine {
+    /// The lowercase name used in labels, file names and CLI flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Redis => "redis",
+            Engine::MongoDB => "mongodb",
+        }
+    }
+}
+
+impl std::fmt::Display for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Engine::Postgres => "Postgres",
+            Engine::Redis => "Redis",
+            Engine::MongoDB => "MongoDB",
+        })
+    }
+}
+
+/// How a service's data is separated from other services' data.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Isolation {
+    /// The service gets its own database instance (a StatefulSet of its own).
+    #[default]
+    Dedicated,
+    /// The service gets its own database and user on a shared `DatabaseServer`.
+    Database,
+    /// The service gets its own schema and user in a shared Postgres database
+    /// on a `DatabaseServer` (Postgres only).
+    Schema,
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What happens to the data and the credentials when the resource is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the volume with the data and the credentials Secret; only the
+    /// running parts (pods, services, policies) are removed.
+    #[default]
+    Retain,
+    /// Remove everything, data included.
+    Delete,
+    /// Take a final backup, then remove everything (needs `backup`).
+    Snapshot,
+}
+
+/// A reference to a namespaced object; the namespace defaults to the
+/// referring object's own namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+pub struct ObjectRef {
+    /// Name of the object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of the object; defaults to the referring object's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct LocalObjectRef {
+    /// Name of the object.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Persistent storage for a database instance.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of the data volume, as a Kubernetes quantity (`10Gi`).
+    /// Defaults to the class's size, or `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("must be a positive quantity such as 10Gi"))]
+    pub size: Option<String>,
+    /// StorageClass of the data volume; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// Who owns the data: the one service allowed to reach it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerSpec {
+    /// Selects the pods of the owning service (in the resource's namespace).
+    /// Only these pods (plus the operator, backup jobs and the metrics
+    /// scraper) may open connections to the database.
+    pub pod_selector: LabelSelector,
+}
+
+/// The service's login credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSpec {
+    /// Name of the Secret that receives the connection details (keys
+    /// `engine`, `host`, `port`, `database`, `username`, `password`, `uri`
+    /// and the engine's customary variable such as `DATABASE_URL`).
+    /// Defaults to `<name>-db`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: Option<String>,
+    /// Rotate the password this often (a Go duration such as `720h`, at
+    /// least `1h`). No rotation when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1h')").message("must be a duration such as 720h, at least 1h"))]
+    pub rotate_every: Option<String>,
+}
+
+/// Monitoring of the database.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+pub struct MonitoringSpec {
+    /// Run the engine's standard Prometheus exporter next to the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+}
+
+/// How many backups to keep.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Keep this many most recent successful backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep_last: Option<i32>,
+}
+
+/// An S3-compatible bucket.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    /// Bucket name.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Endpoint URL; AWS S3 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region of the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Key prefix under which this service's backups are written;
+    /// defaults to `<namespace>/<name>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Secret (same namespace) with `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    pub credentials_secret: String,
+}
+
+/// A volume to write backups to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeDestination {
+    /// PersistentVolumeClaim (same namespace) that holds the backups.
+    pub claim_name: String,
+}
+
+/// Where backups go: exactly one of `s3` or `volume`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("has(self.s3) != has(self.volume)").message("set exactly one of s3 or volume"))]
+pub struct BackupDestination {
+    /// An S3-compatible bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+    /// A PersistentVolumeClaim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeDestination>,
+}
+
+/// Regular verification of backups by restoring them into a scratch instance.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct VerifySpec {
+    /// Cron schedule of the verification runs (five fields, or `@daily`…).
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new(CRON_RULE).message(CRON_MESSAGE))]
+    pub schedule: String,
+}
+
+/// Backups of the service's data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+pub struct BackupSpec {
+    /// Cron schedule of the backups (five fields such as `0 2 * * *`, or
+    /// `@daily`), in UTC.
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new(CRON_RULE).message(CRON_MESSAGE))]
+    pub schedule: String,
+    /// How many backups to keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+    /// Where the backups are written.
+    pub destination: BackupDestination,
+    /// Restore-and-check runs of the latest backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+}
+
+/// A cron schedule as the API server can check it: a macro, or five fields
+/// made of digits, names, `*`, `,`, `-`, `/` and `?`. The controller parses it
+/// fully and reports anything subtler as a condition.
+pub const CRON_RULE: &str = r"self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9A-Za-z*?,/-]+( +[0-9A-Za-z*?,/-]+){4})$')";
+const CRON_MESSAGE: &str = "must be a cron schedule with five fields such as '0 2 * * *', or a macro such as @daily";
+
+/// Resource requests and limits of the database container.
+pub type Resources = ResourceRequirements;
+
+/// The standard `Condition` list schema: a map keyed by `type`, so that
+/// server-side apply from several managers merges instead of replacing.
+pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema
+}

@@ -1,0 +1,86 @@
+//! Standard `Condition` handling: a condition keeps its `lastTransitionTime`
+//! while its status does not change, so an unchanged world writes nothing.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// Condition types of a `ServiceDatabase`.
+pub mod types {
+    /// Everything below is true.
+    pub const READY: &str = "Ready";
+    /// The database instance (or the placement on a server) serves connections.
+    pub const INSTANCE_READY: &str = "InstanceReady";
+    /// The service's credentials Secret exists and matches the database.
+    pub const CREDENTIALS_READY: &str = "CredentialsReady";
+    /// A NetworkPolicy admits only the owner's pods.
+    pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
+    /// The spec (with its class) is valid.
+    pub const SPEC_VALID: &str = "SpecValid";
+}
+
+/// A condition as the controller computes it, before times are attached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observed {
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Observed {
+    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
+        Self { type_, status, reason, message: message.into() }
+    }
+}
+
+/// Merges observed conditions into the previous list: a condition whose
+/// status is unchanged keeps its transition time. Conditions not observed now
+/// are kept as they were.
+pub fn merge(previous: &[Condition], observed: &[Observed], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+    let mut out: Vec<Condition> = previous
+        .iter()
+        .filter(|c| !observed.iter().any(|o| o.type_ == c.type_))
+        .cloned()
+        .collect();
+    for o in observed {
+        let status = if o.status { "True" } else { "False" }.to_string();
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == o.type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.clone());
+        out.push(Condition {
+            type_: o.type_.to_string(),
+            status,
+            reason: o.reason.to_string(),
+            message: o.message.clone(),
+            observed_generation: generation,
+            last_transition_time,
+        });
+    }
+    out.sort_by(|a, b| a.type_.cmp(&b.type_));
+    out
+}
+
+/// The status of a condition type in a list, if present.
+pub fn is_true(conditions: &[Condition], type_: &str) -> Option<bool> {
+    conditions.iter().find(|c| c.type_ == type_).map(|c| c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    #[test]
+    fn unchanged_status_keeps_transition_time() {
+        let first = merge(&[], &[Observed::new("Ready", false, "Provisioning", "waiting")], Some(1), &t("2026-01-01T00:00:00Z"));
+        let again = merge(&first, &[Observed::new("Ready", false, "Provisioning", "waiting")], Some(1), &t("2026-01-02T00:00:00Z"));
+        assert_eq!(first, again);
+        let flipped = merge(&again, &[Observed::new("Ready", true, "Ready", "ok")], Some(2), &t("2026-01-03T00:00:00Z"));
+        assert_eq!(flipped[0].last_transition_time, t("2026-01-03T00:00:00Z"));
+        assert_eq!(flipped[0].observed_generation, Some(2));
+    }
+}

@@ -1,0 +1,91 @@
+//! `DatabaseBackup`: one backup run.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{LocalObjectRef, conditions_schema};
+
+/// One backup of a `ServiceDatabase`, taken on schedule or on demand (create
+/// one by hand to back up now). Its status says where the archive is, its
+/// size and checksum, and whether a restore verified it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "servicedb.dev",
+    version = "v1alpha1",
+    kind = "DatabaseBackup",
+    namespaced,
+    category = "servicedb",
+    status = "DatabaseBackupStatus",
+    printcolumn(name = "Database", type_ = "string", json_path = ".spec.serviceDatabaseRef.name"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Size", type_ = "integer", json_path = ".status.sizeBytes"),
+    printcolumn(name = "Verified", type_ = "boolean", json_path = ".status.verified"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseBackupSpec {
+    /// The `ServiceDatabase` (same namespace) to back up.
+    pub service_database_ref: LocalObjectRef,
+    /// Why this backup exists.
+    #[serde(default)]
+    pub trigger: BackupTrigger,
+}
+
+/// Why a backup was taken.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum BackupTrigger {
+    /// Created by hand.
+    #[default]
+    Manual,
+    /// Created by the schedule.
+    Scheduled,
+    /// The final backup of `deletionPolicy: Snapshot`.
+    Final,
+}
+
+/// Phase of a backup run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum BackupPhase {
+    /// Waiting to run.
+    #[default]
+    Pending,
+    /// The backup job runs.
+    Running,
+    /// The archive is stored.
+    Completed,
+    /// The run failed; see the conditions.
+    Failed,
+}
+
+/// Observed state of a `DatabaseBackup`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseBackupStatus {
+    /// Phase of the run.
+    #[serde(default)]
+    pub phase: BackupPhase,
+    /// Conditions: `Completed`, `Verified`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// When the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    /// When the archive was complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// Where the archive is (`s3://bucket/key` or `pvc://claim/path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    /// Size of the archive in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+    /// `sha256:` checksum of the archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// A restore of this archive into a scratch instance succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+}

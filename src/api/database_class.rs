@@ -1,0 +1,76 @@
+//! `DatabaseClass`: a platform team's pre-approved engine configuration.
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::common::{BackupSpec, Engine, Isolation, MonitoringSpec, Resources};
+
+/// A pre-approved database engine with its allowed versions and the defaults
+/// every `ServiceDatabase` of this class gets, like a StorageClass. Exactly
+/// one class per engine should be marked `default`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "servicedb.dev",
+    version = "v1alpha1",
+    kind = "DatabaseClass",
+    category = "servicedb",
+    printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
+    printcolumn(name = "Default", type_ = "boolean", json_path = ".spec.default"),
+    printcolumn(name = "Versions", type_ = "string", json_path = ".spec.versions"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+)]
+#[x_kube(
+    validation = Rule::new("!has(self.defaultVersion) || self.defaultVersion in self.versions").message("defaultVersion must be one of versions").field_path(".defaultVersion"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseClassSpec {
+    /// The engine this class approves. Cannot be changed.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("engine is immutable"))]
+    pub engine: Engine,
+
+    /// This is the class used by `ServiceDatabase`s of this engine that name
+    /// no class.
+    #[serde(default)]
+    pub default: bool,
+
+    /// Major versions a `ServiceDatabase` may ask for, such as `["16", "17"]`.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 16)))]
+    pub versions: Vec<String>,
+
+    /// The version used when a `ServiceDatabase` names none; the last entry
+    /// of `versions` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub default_version: Option<String>,
+
+    /// Container image repository for the engine, without tag (the tag is the
+    /// version); the engine's official image when unset. Use it for a mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// Isolations a `ServiceDatabase` of this class may use; all when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_isolations: Option<Vec<Isolation>>,
+
+    /// Data volume size when the `ServiceDatabase` names none (`1Gi` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self)").message("must be a quantity such as 10Gi"))]
+    pub storage_size: Option<String>,
+
+    /// StorageClass for data volumes when the `ServiceDatabase` names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// Default resources of the database container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+
+    /// Default backup settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
+    /// Default monitoring settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSpec>,
+}

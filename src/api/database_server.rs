@@ -1,0 +1,146 @@
+//! `DatabaseServer`: a server that hosts many services' databases.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{Engine, LocalObjectRef, Resources, StorageSpec, conditions_schema};
+
+/// A database server that hosts the databases of many services (isolation
+/// `Database` or `Schema`): either an existing server servicedb reaches over
+/// the network (`external`) or one servicedb runs (`managed`).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "servicedb.dev",
+    version = "v1alpha1",
+    kind = "DatabaseServer",
+    namespaced,
+    category = "servicedb",
+    status = "DatabaseServerStatus",
+    printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
+    printcolumn(name = "Reachable", type_ = "string", json_path = ".status.conditions[?(@.type==\"Reachable\")].status"),
+    printcolumn(name = "Databases", type_ = "integer", json_path = ".status.databases"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+)]
+#[x_kube(
+    validation = Rule::new("has(self.external) != has(self.managed)").message("set exactly one of external or managed"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseServerSpec {
+    /// The engine of the server. Cannot be changed.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("engine is immutable"))]
+    pub engine: Engine,
+    /// An existing server reached over the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalServer>,
+    /// A server servicedb runs in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed: Option<ManagedServer>,
+    /// Which namespaces may place databases on this server.
+    #[serde(default)]
+    pub allowed_namespaces: AllowedNamespaces,
+}
+
+/// An existing server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalServer {
+    /// Host name or IP address.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// TCP port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Secret (same namespace) with `username` and `password` of an
+    /// administrator allowed to create users and databases.
+    pub admin_secret_ref: LocalObjectRef,
+    /// TLS towards the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// TLS settings towards a server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// `Disable`, `Require` (encrypt, don't verify) or `VerifyFull`.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// Secret (same namespace) whose `ca.crt` verifies the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<LocalObjectRef>,
+}
+
+/// TLS mode.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TlsMode {
+    /// Plain TCP.
+    #[default]
+    Disable,
+    /// Encrypted, the certificate is not verified.
+    Require,
+    /// Encrypted and verified against the CA and the host name.
+    VerifyFull,
+}
+
+/// A server servicedb runs.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedServer {
+    /// Engine major version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The `DatabaseClass` that approves it; the engine's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// Data volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+    /// CPU and memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+}
+
+/// Which namespaces may use a server, as Gateway API listeners say it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.from == 'Selector' ? has(self.selector) : !has(self.selector)").message("selector is required exactly when from is Selector"))]
+pub struct AllowedNamespaces {
+    /// `Same` (the server's own namespace, the default), `All`, or `Selector`.
+    #[serde(default)]
+    pub from: NamespacesFrom,
+    /// Namespaces whose labels match, when `from` is `Selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// See `AllowedNamespaces`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum NamespacesFrom {
+    /// Only the server's own namespace.
+    #[default]
+    Same,
+    /// Every namespace.
+    All,
+    /// Namespaces matching `selector`.
+    Selector,
+}
+
+/// Observed state of a `DatabaseServer`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseServerStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Reachable`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// Version the server reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    /// Number of `ServiceDatabase`s placed on this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub databases: Option<i32>,
+}

@@ -1,0 +1,190 @@
+//! `ServiceDatabase`: one service's private database.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    BackupSpec, CredentialsSpec, DeletionPolicy, Engine, Isolation, MonitoringSpec, ObjectRef,
+    OwnerSpec, Resources, StorageSpec, conditions_schema,
+};
+
+/// One service's private database: the engine, how it is isolated from other
+/// services, the one service that owns it, its storage, credentials, backups
+/// and monitoring. The application receives a Secret with a ready connection
+/// URI; nothing but the owner's pods can reach the database.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "servicedb.dev",
+    version = "v1alpha1",
+    kind = "ServiceDatabase",
+    namespaced,
+    shortname = "sdb",
+    category = "servicedb",
+    status = "ServiceDatabaseStatus",
+    printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
+    printcolumn(name = "Isolation", type_ = "string", json_path = ".spec.isolation"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Secret", type_ = "string", json_path = ".status.credentialsSecret"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+)]
+#[x_kube(
+    validation = Rule::new("self.isolation == 'Dedicated' ? !has(self.serverRef) : has(self.serverRef)").message("serverRef is required when isolation is Database or Schema, and not allowed when it is Dedicated").field_path(".serverRef"),
+    validation = Rule::new("self.isolation != 'Schema' || self.engine == 'Postgres'").message("isolation Schema is only available for engine Postgres").field_path(".isolation"),
+    validation = Rule::new("self.deletionPolicy != 'Snapshot' || has(self.backup)").message("deletionPolicy Snapshot needs backup to be configured").field_path(".deletionPolicy"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceDatabaseSpec {
+    /// The database engine: `Postgres`, `Redis` or `MongoDB`. Cannot be changed.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("engine is immutable"))]
+    pub engine: Engine,
+
+    /// Engine major version, such as `"17"` for Postgres. Must be one the
+    /// class allows; the class's default version when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub version: Option<String>,
+
+    /// The `DatabaseClass` that approves and configures this database; the
+    /// default class of the engine when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+
+    /// The one service allowed to use this data.
+    pub owner: OwnerSpec,
+
+    /// `Dedicated` (an instance of its own, the default), `Database` (own
+    /// database and user on a shared `DatabaseServer`) or `Schema` (own schema
+    /// on a shared Postgres server). Cannot be changed.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("isolation is immutable"))]
+    pub isolation: Isolation,
+
+    /// The `DatabaseServer` that hosts the database; required for isolation
+    /// `Database` and `Schema`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_ref: Option<ObjectRef>,
+
+    /// The data volume of a dedicated instance; defaults from the class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+
+    /// CPU and memory of the database container; defaults from the class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+
+    /// The Secret the service reads its connection details from, and rotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsSpec>,
+
+    /// Scheduled backups; none when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
+
+    /// Prometheus monitoring; defaults from the class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSpec>,
+
+    /// What happens to the data when this resource is deleted: `Retain` (the
+    /// default: the volume and the credentials Secret stay), `Delete`, or
+    /// `Snapshot` (a final backup, then delete).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// Initial contents of a new database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
+}
+
+/// Where a new database's initial contents come from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Restore this `DatabaseBackup` (same namespace) into the new database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_backup: Option<super::common::LocalObjectRef>,
+}
+
+/// Lifecycle phase, a summary of the conditions for humans.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted, nothing created yet.
+    #[default]
+    Pending,
+    /// Children exist, the database is not ready yet.
+    Provisioning,
+    /// The database accepts the service's connections.
+    Ready,
+    /// It was ready and now is not (fully).
+    Degraded,
+    /// The spec cannot be realised; see the conditions.
+    Failed,
+    /// Being deleted.
+    Deleting,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Where clients connect.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct Endpoint {
+    /// DNS name of the client Service.
+    pub host: String,
+    /// TCP port.
+    pub port: i32,
+}
+
+/// The last successful backup.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastBackup {
+    /// Name of the `DatabaseBackup`.
+    pub name: String,
+    /// When it completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<Time>,
+    /// Size of the stored archive in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
+}
+
+/// Observed state of a `ServiceDatabase`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceDatabaseStatus {
+    /// Summary of the conditions.
+    #[serde(default)]
+    pub phase: Phase,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `InstanceReady`, `CredentialsReady`, `NetworkIsolated`, `BackupHealthy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// The class that was applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+    /// The engine version that runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Where the service connects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<Endpoint>,
+    /// Name of the Secret with the connection details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret: Option<String>,
+    /// When the credentials were last rotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_rotated_at: Option<Time>,
+    /// The last successful backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup: Option<LastBackup>,
+}

@@ -2,3 +2,9 @@
 //! private database.
 
 pub mod api;
+pub mod build;
+pub mod controller;
+pub mod engine;
+pub mod operator;
+pub mod password;
+pub mod run;

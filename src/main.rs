@@ -1,10 +1,15 @@
 //! The `servicedb` binary: one executable for the operator, the in-pod
 //! instance manager and the backup agent.
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "servicedb", version, about = "A private database for every microservice")]
+#[command(
+    name = "servicedb",
+    version,
+    about = "A private database for every microservice"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -12,17 +17,45 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the controllers.
+    Operator(servicedb::run::OperatorArgs),
     /// Print every CustomResourceDefinition as a YAML stream.
     Crd,
+    /// Copy this executable to a path (the init container of database pods).
+    CopyBinary {
+        /// Destination file.
+        dest: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Operator(args) => runtime()?.block_on(servicedb::run::run(args)),
         Command::Crd => {
             for crd in servicedb::api::crds() {
                 print!("---\n{}", serde_yaml::to_string(&crd)?);
             }
             Ok(())
         }
+        Command::CopyBinary { dest } => copy_self(&dest),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn copy_self(dest: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::env::current_exe().context("locating this executable")?;
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(&me, &tmp)
+        .with_context(|| format!("copying {} to {}", me.display(), tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o555))?;
+    std::fs::rename(&tmp, dest)
+        .with_context(|| format!("moving into place at {}", dest.display()))?;
+    Ok(())
 }

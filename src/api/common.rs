@@ -226,7 +226,8 @@ pub struct BackupSpec {
 /// made of digits, names, `*`, `,`, `-`, `/` and `?`. The controller parses it
 /// fully and reports anything subtler as a condition.
 pub const CRON_RULE: &str = r"self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9A-Za-z*?,/-]+( +[0-9A-Za-z*?,/-]+){4})$')";
-const CRON_MESSAGE: &str = "must be a cron schedule with five fields such as '0 2 * * *', or a macro such as @daily";
+const CRON_MESSAGE: &str =
+    "must be a cron schedule with five fields such as '0 2 * * *', or a macro such as @daily";
 
 /// Resource requests and limits of the database container.
 pub type Resources = ResourceRequirements;
@@ -234,8 +235,12 @@ pub type Resources = ResourceRequirements;
 /// The standard `Condition` list schema: a map keyed by `type`, so that
 /// server-side apply from several managers merges instead of replacing.
 pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let mut schema = generator.subschema_for::<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>();
+    let mut schema =
+        generator.subschema_for::<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>();
     schema.insert("x-kubernetes-list-type".into(), "map".into());
-    schema.insert("x-kubernetes-list-map-keys".into(), serde_json::json!(["type"]));
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
     schema
 }

@@ -27,15 +27,30 @@ pub struct Observed {
 }
 
 impl Observed {
-    pub fn new(type_: &'static str, status: bool, reason: &'static str, message: impl Into<String>) -> Self {
-        Self { type_, status, reason, message: message.into() }
+    pub fn new(
+        type_: &'static str,
+        status: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
 /// Merges observed conditions into the previous list: a condition whose
 /// status is unchanged keeps its transition time. Conditions not observed now
 /// are kept as they were.
-pub fn merge(previous: &[Condition], observed: &[Observed], generation: Option<i64>, now: &Time) -> Vec<Condition> {
+pub fn merge(
+    previous: &[Condition],
+    observed: &[Observed],
+    generation: Option<i64>,
+    now: &Time,
+) -> Vec<Condition> {
     let mut out: Vec<Condition> = previous
         .iter()
         .filter(|c| !observed.iter().any(|o| o.type_ == c.type_))
@@ -63,7 +78,10 @@ pub fn merge(previous: &[Condition], observed: &[Observed], generation: Option<i
 
 /// The status of a condition type in a list, if present.
 pub fn is_true(conditions: &[Condition], type_: &str) -> Option<bool> {
-    conditions.iter().find(|c| c.type_ == type_).map(|c| c.status == "True")
+    conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status == "True")
 }
 
 #[cfg(test)]
@@ -76,10 +94,25 @@ mod tests {
 
     #[test]
     fn unchanged_status_keeps_transition_time() {
-        let first = merge(&[], &[Observed::new("Ready", false, "Provisioning", "waiting")], Some(1), &t("2026-01-01T00:00:00Z"));
-        let again = merge(&first, &[Observed::new("Ready", false, "Provisioning", "waiting")], Some(1), &t("2026-01-02T00:00:00Z"));
+        let first = merge(
+            &[],
+            &[Observed::new("Ready", false, "Provisioning", "waiting")],
+            Some(1),
+            &t("2026-01-01T00:00:00Z"),
+        );
+        let again = merge(
+            &first,
+            &[Observed::new("Ready", false, "Provisioning", "waiting")],
+            Some(1),
+            &t("2026-01-02T00:00:00Z"),
+        );
         assert_eq!(first, again);
-        let flipped = merge(&again, &[Observed::new("Ready", true, "Ready", "ok")], Some(2), &t("2026-01-03T00:00:00Z"));
+        let flipped = merge(
+            &again,
+            &[Observed::new("Ready", true, "Ready", "ok")],
+            Some(2),
+            &t("2026-01-03T00:00:00Z"),
+        );
         assert_eq!(flipped[0].last_transition_time, t("2026-01-03T00:00:00Z"));
         assert_eq!(flipped[0].observed_generation, Some(2));
     }

@@ -18,11 +18,19 @@ use super::common::{LocalObjectRef, conditions_schema};
     namespaced,
     category = "servicedb",
     status = "DatabaseBackupStatus",
-    printcolumn(name = "Database", type_ = "string", json_path = ".spec.serviceDatabaseRef.name"),
+    printcolumn(
+        name = "Database",
+        type_ = "string",
+        json_path = ".spec.serviceDatabaseRef.name"
+    ),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Size", type_ = "integer", json_path = ".status.sizeBytes"),
     printcolumn(name = "Verified", type_ = "boolean", json_path = ".status.verified"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseBackupSpec {

@@ -17,7 +17,11 @@ use super::common::{BackupSpec, Engine, Isolation, MonitoringSpec, Resources};
     printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
     printcolumn(name = "Default", type_ = "boolean", json_path = ".spec.default"),
     printcolumn(name = "Versions", type_ = "string", json_path = ".spec.versions"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     validation = Rule::new("!has(self.defaultVersion) || self.defaultVersion in self.versions").message("defaultVersion must be one of versions").field_path(".defaultVersion"),

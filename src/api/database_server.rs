@@ -19,9 +19,17 @@ use super::common::{Engine, LocalObjectRef, Resources, StorageSpec, conditions_s
     category = "servicedb",
     status = "DatabaseServerStatus",
     printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
-    printcolumn(name = "Reachable", type_ = "string", json_path = ".status.conditions[?(@.type==\"Reachable\")].status"),
+    printcolumn(
+        name = "Reachable",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Reachable\")].status"
+    ),
     printcolumn(name = "Databases", type_ = "integer", json_path = ".status.databases"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(
     validation = Rule::new("has(self.external) != has(self.managed)").message("set exactly one of external or managed"),

@@ -29,6 +29,7 @@ use super::common::{
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.credentialsSecret"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters: it names the database, its user, its StatefulSet and its Services"),
 )]
 #[x_kube(
     validation = Rule::new("self.isolation == 'Dedicated' ? !has(self.serverRef) : has(self.serverRef)").message("serverRef is required when isolation is Database or Schema, and not allowed when it is Dedicated").field_path(".serverRef"),

@@ -1,0 +1,113 @@
+//! Pure builders of child objects, one file per kind of object. Builders read
+//! only the validated value (plus name, namespace and owner reference) and
+//! return complete k8s-openapi objects.
+
+pub mod network_policy;
+pub mod pdb;
+pub mod secret;
+pub mod service;
+pub mod statefulset;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use crate::controller::servicedatabase::validate::ValidatedDatabase;
+
+/// Field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "servicedb";
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const MANAGED_BY: &str = "servicedb";
+
+/// Facts about the running operator that builders need (never read from the
+/// environment inside a reconcile).
+#[derive(Clone, Debug)]
+pub struct OperatorFacts {
+    /// Image of the operator; its `servicedb` binary is copied into database pods.
+    pub image: String,
+    /// Path of the `servicedb` binary inside that image.
+    pub binary_path: String,
+    /// Namespace the operator runs in, admitted by NetworkPolicies.
+    pub namespace: String,
+    /// Labels of the operator's pods, admitted by NetworkPolicies.
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+/// Passwords, read from the existing Secrets or freshly generated.
+#[derive(Clone)]
+pub struct Credentials {
+    pub admin_password: String,
+    pub app_password: String,
+}
+
+/// Every object a ServiceDatabase becomes.
+pub struct Children {
+    pub statefulset: StatefulSet,
+    pub headless_service: Service,
+    pub client_service: Service,
+    pub pdb: PodDisruptionBudget,
+    pub network_policy: NetworkPolicy,
+    pub admin_secret: Secret,
+    pub credentials_secret: Secret,
+}
+
+/// Builds every child of a ServiceDatabase.
+pub fn children(
+    db: &ValidatedDatabase,
+    creds: &Credentials,
+    facts: &OperatorFacts,
+    owner: &OwnerReference,
+) -> Children {
+    Children {
+        statefulset: statefulset::build(db, facts, owner),
+        headless_service: service::headless(db, owner),
+        client_service: service::client(db, owner),
+        pdb: pdb::build(db, owner),
+        network_policy: network_policy::build(db, facts, owner),
+        admin_secret: secret::admin(db, creds, owner),
+        credentials_secret: secret::credentials(db, creds, owner),
+    }
+}
+
+/// The standard labels of a ServiceDatabase's child with the given component.
+pub fn labels(db: &ValidatedDatabase, component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_string(), db.engine.as_str().to_string()),
+        (LABEL_INSTANCE.to_string(), db.name.clone()),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_COMPONENT.to_string(), component.to_string()),
+    ])
+}
+
+/// Labels that select the database pods (a subset of the pod labels that
+/// never changes, since a StatefulSet selector is immutable).
+pub fn selector_labels(db: &ValidatedDatabase) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_INSTANCE.to_string(), db.name.clone()),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        (LABEL_COMPONENT.to_string(), "database".to_string()),
+    ])
+}
+
+/// Name, namespace, standard labels and the controller owner reference.
+pub fn object_meta(
+    db: &ValidatedDatabase,
+    name: String,
+    component: &str,
+    owner: &OwnerReference,
+) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(db.namespace.clone()),
+        labels: Some(labels(db, component)),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,24 @@
+//! A PodDisruptionBudget so that a voluntary eviction (a node drain) never
+//! takes the only database pod down unannounced.
+
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{object_meta, selector_labels};
+use crate::controller::servicedatabase::validate::ValidatedDatabase;
+
+pub fn build(db: &ValidatedDatabase, owner: &OwnerReference) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: object_meta(db, db.instance_name(), "database", owner),
+        spec: Some(PodDisruptionBudgetSpec {
+            min_available: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(db)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,66 @@
+//! The administrator Secret and the service's credentials Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+use super::{Credentials, object_meta};
+use crate::controller::servicedatabase::validate::ValidatedDatabase;
+use crate::engine::Connection;
+
+/// Component label of the service's credentials Secret.
+pub const COMPONENT_CREDENTIALS: &str = "credentials";
+/// Component label of the administrator Secret.
+pub const COMPONENT_ADMIN: &str = "admin-credentials";
+
+/// The administrator account of a dedicated instance, mounted into the
+/// database pod only.
+pub fn admin(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerReference) -> Secret {
+    Secret {
+        metadata: object_meta(db, db.admin_secret_name.clone(), COMPONENT_ADMIN, owner),
+        type_: Some("Opaque".into()),
+        data: Some(data([
+            ("username", db.engine_spec.admin_username().to_string()),
+            ("password", creds.admin_password.clone()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The service's connection details, with the same keys for every engine so
+/// a Deployment can `envFrom` it unchanged.
+pub fn credentials(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerReference) -> Secret {
+    let host = db.host();
+    let port = db.engine_spec.port();
+    let uri = db.engine_spec.uri(&Connection {
+        host: &host,
+        port,
+        database: &db.database,
+        username: &db.username,
+        password: &creds.app_password,
+    });
+    Secret {
+        metadata: object_meta(db, db.secret_name.clone(), COMPONENT_CREDENTIALS, owner),
+        type_: Some("Opaque".into()),
+        data: Some(data([
+            ("engine", db.engine.as_str().to_string()),
+            ("host", host),
+            ("port", port.to_string()),
+            ("database", db.database.clone()),
+            ("username", db.username.clone()),
+            ("password", creds.app_password.clone()),
+            (db.engine_spec.customary_variable(), uri.clone()),
+            ("uri", uri),
+        ])),
+        ..Default::default()
+    }
+}
+
+fn data<const N: usize>(items: [(&str, String); N]) -> BTreeMap<String, ByteString> {
+    items
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+        .collect()
+}

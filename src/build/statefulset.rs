@@ -1,0 +1,255 @@
+//! The StatefulSet of a dedicated instance. The database container does not
+//! use the image's entrypoint: an init container copies the statically linked
+//! `servicedb` binary from the operator image, and the container runs
+//! `servicedb instance` (the instance manager) as PID 1.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{OperatorFacts, labels, object_meta, selector_labels, service};
+use crate::api::DeletionPolicy;
+use crate::controller::servicedatabase::validate::ValidatedDatabase;
+
+/// Where the data volume is mounted; the instance manager keeps the engine's
+/// files below it.
+pub const DATA_DIR: &str = "/var/lib/servicedb";
+/// Where the administrator Secret is mounted.
+pub const ADMIN_SECRET_DIR: &str = "/etc/servicedb/admin";
+/// Where the service's credentials Secret is mounted.
+pub const APP_SECRET_DIR: &str = "/etc/servicedb/app";
+/// Where the init container puts the `servicedb` binary.
+pub const BIN_DIR: &str = "/opt/servicedb";
+/// Port of the instance manager's `/healthz` and `/readyz`.
+pub const STATUS_PORT: i32 = 8000;
+/// Name of the volume claim template (PVCs are `data-<name>-db-0`).
+pub const DATA_VOLUME: &str = "data";
+
+pub fn build(db: &ValidatedDatabase, facts: &OperatorFacts, owner: &OwnerReference) -> StatefulSet {
+    let uid = db.engine_spec.run_as_user();
+    let binary = format!("{BIN_DIR}/servicedb");
+    let pod_labels = labels(db, "database");
+
+    let install = Container {
+        name: "install-servicedb".into(),
+        image: Some(facts.image.clone()),
+        command: Some(vec![
+            facts.binary_path.clone(),
+            "copy-binary".into(),
+            binary.clone(),
+        ]),
+        volume_mounts: Some(vec![mount("servicedb-bin", BIN_DIR, false)]),
+        security_context: Some(restricted_container()),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("10m".into())),
+                ("memory".into(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let database = Container {
+        name: "database".into(),
+        image: Some(db.image.clone()),
+        command: Some(vec![binary]),
+        args: Some(vec![
+            "instance".into(),
+            "--engine".into(),
+            db.engine.as_str().into(),
+            "--data-dir".into(),
+            DATA_DIR.into(),
+            "--admin-secret-dir".into(),
+            ADMIN_SECRET_DIR.into(),
+            "--app-secret-dir".into(),
+            APP_SECRET_DIR.into(),
+            "--port".into(),
+            db.engine_spec.port().to_string(),
+            "--status-port".into(),
+            STATUS_PORT.to_string(),
+        ]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(db.engine_spec.port_name().into()),
+                container_port: db.engine_spec.port(),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("status".into()),
+                container_port: STATUS_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        resources: Some(db.resources.clone()),
+        // Readiness: the server accepts connections and users are in step.
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        // Liveness: the supervised server process is running.
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        // First start runs initdb; give it up to five minutes.
+        startup_probe: Some(probe("/healthz", 5, 60)),
+        volume_mounts: Some(vec![
+            mount(DATA_VOLUME, DATA_DIR, false),
+            mount("admin-secret", ADMIN_SECRET_DIR, true),
+            mount("app-secret", APP_SECRET_DIR, true),
+            mount("servicedb-bin", BIN_DIR, true),
+            mount("tmp", "/tmp", false),
+        ]),
+        security_context: Some(restricted_container()),
+        ..Default::default()
+    };
+
+    let pod = PodSpec {
+        init_containers: Some(vec![install]),
+        containers: vec![database],
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(60),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(uid),
+            run_as_group: Some(uid),
+            fs_group: Some(uid),
+            fs_group_change_policy: Some("OnRootMismatch".into()),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volumes: Some(vec![
+            Volume {
+                name: "servicedb-bin".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            },
+            Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            },
+            secret_volume("admin-secret", &db.admin_secret_name),
+            secret_volume("app-secret", &db.secret_name),
+        ]),
+        ..Default::default()
+    };
+
+    let when_deleted = match db.deletion_policy {
+        DeletionPolicy::Retain => "Retain",
+        DeletionPolicy::Delete | DeletionPolicy::Snapshot => "Delete",
+    };
+
+    StatefulSet {
+        metadata: object_meta(db, db.instance_name(), "database", owner),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(1),
+            service_name: Some(service::headless_name(db)),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(db)),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels.clone()),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            volume_claim_templates: Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some(DATA_VOLUME.into()),
+                    labels: Some(pod_labels),
+                    ..Default::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".into()]),
+                    storage_class_name: db.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".into(),
+                            db.storage_size.clone(),
+                        )])),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(when_deleted.into()),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The `restricted` Pod Security Standard for a container.
+fn restricted_container() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("status".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(3),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
+}
+
+fn secret_volume(name: &str, secret: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            default_mode: Some(0o440),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,401 @@
+//! Step 4 of the ServiceDatabase pipeline (async): server-side apply of every
+//! built child with field manager `servicedb`, skipping objects that already
+//! match (an unchanged resource costs no write), and removal of children that
+//! are no longer built.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::build::{Children, FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("applying {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("removing {kind} {name}: {source}")]
+    Delete {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("listing {kind}: {source}")]
+    List {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("serialising {kind}: {source}")]
+    Serialize {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// How many objects were written; zero on an unchanged resync.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub written: usize,
+    pub deleted: usize,
+}
+
+/// Applies every child. The destructuring has no `..`: a new kind of child
+/// that is built but not applied does not compile.
+pub async fn apply(
+    client: &Client,
+    namespace: &str,
+    instance: &str,
+    children: Children,
+) -> Result<Applied, Error> {
+    let Children {
+        statefulset,
+        headless_service,
+        client_service,
+        pdb,
+        network_policy,
+        admin_secret,
+        credentials_secret,
+    } = children;
+    let mut out = Applied::default();
+    let mut keep = Keep::default();
+    // Secrets first: the pod mounts them.
+    apply_one(
+        client,
+        namespace,
+        &admin_secret,
+        &mut out,
+        &mut keep.secrets,
+    )
+    .await?;
+    apply_one(
+        client,
+        namespace,
+        &credentials_secret,
+        &mut out,
+        &mut keep.secrets,
+    )
+    .await?;
+    apply_one(
+        client,
+        namespace,
+        &headless_service,
+        &mut out,
+        &mut keep.services,
+    )
+    .await?;
+    apply_one(
+        client,
+        namespace,
+        &client_service,
+        &mut out,
+        &mut keep.services,
+    )
+    .await?;
+    apply_one(
+        client,
+        namespace,
+        &network_policy,
+        &mut out,
+        &mut keep.network_policies,
+    )
+    .await?;
+    apply_one(client, namespace, &pdb, &mut out, &mut keep.pdbs).await?;
+    apply_one(
+        client,
+        namespace,
+        &statefulset,
+        &mut out,
+        &mut keep.statefulsets,
+    )
+    .await?;
+
+    let Keep {
+        statefulsets,
+        services,
+        pdbs,
+        network_policies,
+        secrets,
+    } = keep;
+    out.deleted += prune::<StatefulSet>(client, namespace, instance, &statefulsets).await?;
+    out.deleted += prune::<Service>(client, namespace, instance, &services).await?;
+    out.deleted += prune::<PodDisruptionBudget>(client, namespace, instance, &pdbs).await?;
+    out.deleted += prune::<NetworkPolicy>(client, namespace, instance, &network_policies).await?;
+    out.deleted += prune::<Secret>(client, namespace, instance, &secrets).await?;
+    Ok(out)
+}
+
+/// Names applied in this reconcile, per kind.
+#[derive(Default)]
+struct Keep {
+    statefulsets: BTreeSet<String>,
+    services: BTreeSet<String>,
+    pdbs: BTreeSet<String>,
+    network_policies: BTreeSet<String>,
+    secrets: BTreeSet<String>,
+}
+
+async fn apply_one<K>(
+    client: &Client,
+    namespace: &str,
+    desired: &K,
+    out: &mut Applied,
+    keep: &mut BTreeSet<String>,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let kind = kind::<K>();
+    let name = desired.name_any();
+    keep.insert(name.clone());
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let existing = api.get_opt(&name).await.map_err(|source| Error::Apply {
+        kind,
+        name: name.clone(),
+        source,
+    })?;
+    if let Some(existing) = existing {
+        let want = to_value(desired, kind)?;
+        let have = to_value(&existing, kind)?;
+        if contains(&have, &want) {
+            return Ok(());
+        }
+    }
+    let mut body = to_value(desired, kind)?;
+    if let Value::Object(map) = &mut body {
+        map.insert("apiVersion".into(), K::api_version(&()).into());
+        map.insert("kind".into(), K::kind(&()).into());
+    }
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind,
+        name: name.clone(),
+        source,
+    })?;
+    tracing::info!(kind, name, "applied");
+    out.written += 1;
+    Ok(())
+}
+
+/// Deletes this instance's objects of kind `K` that were not applied now.
+async fn prune<K>(
+    client: &Client,
+    namespace: &str,
+    instance: &str,
+    keep: &BTreeSet<String>,
+) -> Result<usize, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let kind = kind::<K>();
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let mut deleted = 0;
+    for obj in list_instance(&api, instance)
+        .await
+        .map_err(|source| Error::List { kind, source })?
+    {
+        let name = obj.name_any();
+        if keep.contains(&name) || obj.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        delete(&api, &name).await.map_err(|source| Error::Delete {
+            kind,
+            name: name.clone(),
+            source,
+        })?;
+        tracing::info!(kind, name, "removed child that is no longer built");
+        deleted += 1;
+    }
+    Ok(deleted)
+}
+
+/// Objects labelled as this instance's, managed by servicedb.
+pub async fn list_instance<K>(api: &Api<K>, instance: &str) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    let selector = format!("{LABEL_INSTANCE}={instance},{LABEL_MANAGED_BY}={MANAGED_BY}");
+    Ok(api
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items)
+}
+
+/// Deletes an object; already gone is fine.
+pub async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// What deletion of a ServiceDatabase does to its children.
+pub mod cleanup {
+    use super::*;
+
+    /// `Retain`: the running parts go; the data volume and both Secrets stay,
+    /// freed of their owner reference so that garbage collection leaves them.
+    /// A new ServiceDatabase of the same name adopts them again.
+    pub async fn retain(client: &Client, namespace: &str, instance: &str) -> Result<(), Error> {
+        remove_running(client, namespace, instance).await?;
+        orphan::<Secret>(client, namespace, instance).await?;
+        orphan::<PersistentVolumeClaim>(client, namespace, instance).await?;
+        Ok(())
+    }
+
+    /// `Delete`: everything goes, data volumes included.
+    pub async fn delete_all(client: &Client, namespace: &str, instance: &str) -> Result<(), Error> {
+        remove_running(client, namespace, instance).await?;
+        remove_all::<Secret>(client, namespace, instance).await?;
+        remove_all::<PersistentVolumeClaim>(client, namespace, instance).await?;
+        Ok(())
+    }
+
+    async fn remove_running(client: &Client, namespace: &str, instance: &str) -> Result<(), Error> {
+        remove_all::<StatefulSet>(client, namespace, instance).await?;
+        remove_all::<Service>(client, namespace, instance).await?;
+        remove_all::<PodDisruptionBudget>(client, namespace, instance).await?;
+        remove_all::<NetworkPolicy>(client, namespace, instance).await?;
+        Ok(())
+    }
+
+    async fn remove_all<K>(client: &Client, namespace: &str, instance: &str) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned,
+    {
+        prune::<K>(client, namespace, instance, &BTreeSet::new())
+            .await
+            .map(|_| ())
+    }
+
+    async fn orphan<K>(client: &Client, namespace: &str, instance: &str) -> Result<(), Error>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + Clone
+            + Debug
+            + DeserializeOwned
+            + Serialize,
+    {
+        let kind = kind::<K>();
+        let api: Api<K> = Api::namespaced(client.clone(), namespace);
+        for obj in list_instance(&api, instance)
+            .await
+            .map_err(|source| Error::List { kind, source })?
+        {
+            if obj.owner_references().is_empty() {
+                continue;
+            }
+            let name = obj.name_any();
+            // A merge patch replaces the list; the owner references servicedb
+            // set are the only ones on these objects.
+            let patch = serde_json::json!({"metadata": {"ownerReferences": null}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|source| Error::Apply {
+                    kind,
+                    name: name.clone(),
+                    source,
+                })?;
+            tracing::info!(kind, name, "retained");
+        }
+        Ok(())
+    }
+}
+
+fn kind<K: Resource<DynamicType = ()>>() -> &'static str {
+    // Kinds of k8s-openapi types are static strings behind a Cow.
+    match K::kind(&()) {
+        std::borrow::Cow::Borrowed(s) => s,
+        std::borrow::Cow::Owned(_) => "object",
+    }
+}
+
+fn to_value<T: Serialize>(obj: &T, kind: &'static str) -> Result<Value, Error> {
+    serde_json::to_value(obj).map_err(|source| Error::Serialize { kind, source })
+}
+
+/// Whether every field of `want` is present in `have` with the same value.
+/// Fields the API server adds (defaults, status, metadata) are ignored; lists
+/// must have the same length and match element by element.
+pub fn contains(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(h), Value::Object(w)) => w.iter().all(|(k, wv)| match h.get(k) {
+            Some(hv) => contains(hv, wv),
+            None => {
+                wv.is_null()
+                    || wv.as_object().is_some_and(|o| o.is_empty())
+                    || wv.as_array().is_some_and(|a| a.is_empty())
+            }
+        }),
+        (Value::Array(h), Value::Array(w)) => {
+            h.len() == w.len() && h.iter().zip(w).all(|(hv, wv)| contains(hv, wv))
+        }
+        _ => have == want,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::contains;
+
+    #[test]
+    fn server_defaults_do_not_count_as_drift() {
+        let want = json!({"spec": {"replicas": 1, "ports": [{"port": 5432}]}});
+        let have = json!({"spec": {"replicas": 1, "revisionHistoryLimit": 10, "ports": [{"port": 5432, "protocol": "TCP"}]}, "status": {}});
+        assert!(contains(&have, &want));
+    }
+
+    #[test]
+    fn changed_or_missing_values_are_drift() {
+        let want = json!({"spec": {"replicas": 1, "ports": [{"port": 5432}]}});
+        assert!(!contains(
+            &json!({"spec": {"replicas": 2, "ports": [{"port": 5432}]}}),
+            &want
+        ));
+        assert!(!contains(
+            &json!({"spec": {"replicas": 1, "ports": []}}),
+            &want
+        ));
+        assert!(!contains(
+            &json!({"spec": {"ports": [{"port": 5432}]}}),
+            &want
+        ));
+    }
+}

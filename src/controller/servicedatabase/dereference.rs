@@ -1,0 +1,169 @@
+//! Step 1 of the ServiceDatabase pipeline (async, reads the cluster): the
+//! class, the existing Secrets (so passwords stay stable across reconciles
+//! and operator restarts) and the StatefulSet's readiness.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+
+use super::validate::{Invalid, instance_name};
+use crate::api::{DatabaseClass, ServiceDatabase};
+use crate::build::{Credentials, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+
+/// What the cluster says about a ServiceDatabase's surroundings.
+pub struct Dereferenced {
+    pub class: DatabaseClass,
+    pub credentials: Credentials,
+    /// Ready replicas of the instance's StatefulSet (0 when it doesn't exist).
+    pub ready_replicas: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {kind}: {source}")]
+    Read {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    /// The class is missing or ambiguous, or a Secret name is taken: the user
+    /// must change something.
+    #[error(transparent)]
+    Invalid(Invalid),
+}
+
+pub async fn dereference(client: &Client, sdb: &ServiceDatabase) -> Result<Dereferenced, Error> {
+    let namespace = sdb.namespace().unwrap_or_default();
+    let name = sdb.name_any();
+    let class = class(client, sdb).await?;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let secret_name = sdb
+        .spec
+        .credentials
+        .as_ref()
+        .and_then(|c| c.secret_name.clone())
+        .unwrap_or_else(|| instance_name(&name));
+    let admin_name = format!("{}-admin", instance_name(&name));
+    let app =
+        existing_password(&secrets, &secret_name, &name, "spec.credentials.secretName").await?;
+    let admin = existing_password(&secrets, &admin_name, &name, "metadata.name").await?;
+
+    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+    let ready_replicas = statefulsets
+        .get_opt(&instance_name(&name))
+        .await
+        .map_err(|source| Error::Read {
+            kind: "StatefulSet",
+            source,
+        })?
+        .and_then(|s| s.status)
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+
+    Ok(Dereferenced {
+        class,
+        credentials: Credentials {
+            admin_password: admin.unwrap_or_else(crate::password::generate),
+            app_password: app.unwrap_or_else(crate::password::generate),
+        },
+        ready_replicas,
+    })
+}
+
+/// The named class, or the engine's single default class.
+async fn class(client: &Client, sdb: &ServiceDatabase) -> Result<DatabaseClass, Error> {
+    let classes: Api<DatabaseClass> = Api::all(client.clone());
+    if let Some(name) = &sdb.spec.class_name {
+        return classes
+            .get_opt(name)
+            .await
+            .map_err(|source| Error::Read {
+                kind: "DatabaseClass",
+                source,
+            })?
+            .ok_or_else(|| {
+                Error::Invalid(Invalid {
+                    field: "spec.className",
+                    reason: "ClassNotFound",
+                    message: format!("DatabaseClass {name} does not exist"),
+                })
+            });
+    }
+    let all = classes
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Read {
+            kind: "DatabaseClass",
+            source,
+        })?;
+    let mut defaults: Vec<DatabaseClass> = all
+        .items
+        .into_iter()
+        .filter(|c| c.spec.engine == sdb.spec.engine && c.spec.default)
+        .collect();
+    match defaults.len() {
+        1 => Ok(defaults.remove(0)),
+        0 => Err(Error::Invalid(Invalid {
+            field: "spec.className",
+            reason: "NoDefaultClass",
+            message: format!(
+                "no default DatabaseClass for engine {}: name one in spec.className, or ask the platform team to mark one default",
+                sdb.spec.engine
+            ),
+        })),
+        _ => Err(Error::Invalid(Invalid {
+            field: "spec.className",
+            reason: "AmbiguousDefaultClass",
+            message: format!(
+                "several default DatabaseClasses for engine {} ({}): name one in spec.className",
+                sdb.spec.engine,
+                defaults
+                    .iter()
+                    .map(|c| c.name_any())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })),
+    }
+}
+
+/// The password of a Secret this ServiceDatabase owns, if it exists. A Secret
+/// of that name that servicedb does not manage for this resource is never
+/// taken over.
+async fn existing_password(
+    secrets: &Api<Secret>,
+    secret: &str,
+    owner: &str,
+    field: &'static str,
+) -> Result<Option<String>, Error> {
+    let Some(found) = secrets
+        .get_opt(secret)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "Secret",
+            source,
+        })?
+    else {
+        return Ok(None);
+    };
+    let labels = found.labels();
+    if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY)
+        || labels.get(LABEL_INSTANCE).map(String::as_str) != Some(owner)
+    {
+        return Err(Error::Invalid(Invalid {
+            field,
+            reason: "SecretConflict",
+            message: format!(
+                "Secret {secret} exists and is not managed by servicedb for {owner}; choose another name or remove it"
+            ),
+        }));
+    }
+    Ok(found
+        .data
+        .as_ref()
+        .and_then(|d| d.get("password"))
+        .and_then(|p| String::from_utf8(p.0.clone()).ok())
+        .filter(|p| !p.is_empty()))
+}

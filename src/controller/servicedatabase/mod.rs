@@ -1,0 +1,326 @@
+//! The ServiceDatabase controller, a fixed pipeline:
+//!
+//! 1. [`dereference`] — class, existing Secrets, StatefulSet readiness;
+//! 2. [`validate`] — spec + class → [`validate::ValidatedDatabase`] (pure);
+//! 3. build — [`crate::build::children`] (pure);
+//! 4. [`apply`] — server-side apply of what changed, prune what is gone;
+//! 5. [`status`] — conditions, phase, Events.
+//!
+//! Deletion runs through a finalizer that honours `deletionPolicy`.
+
+pub mod apply;
+pub mod dereference;
+pub mod status;
+pub mod validate;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use tracing::{Instrument, info_span};
+
+use super::Context;
+use crate::api::{DatabaseClass, DeletionPolicy, ServiceDatabase};
+use crate::build::{LABEL_MANAGED_BY, MANAGED_BY};
+use validate::{Invalid, instance_name};
+
+/// Name of the controller in metrics and logs.
+pub const CONTROLLER: &str = "servicedatabase";
+/// Finalizer that runs the deletion policy.
+pub const FINALIZER: &str = "servicedb.dev/cleanup";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Dereference(#[from] dereference::Error),
+    #[error("invalid spec: {0}")]
+    Invalid(Invalid),
+    #[error(transparent)]
+    Apply(#[from] apply::Error),
+    #[error(transparent)]
+    Status(#[from] status::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// Stable category for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Dereference(dereference::Error::Read { .. }) => "read",
+            Error::Dereference(dereference::Error::Invalid(_)) | Error::Invalid(_) => {
+                "invalid-spec"
+            }
+            Error::Apply(_) => "apply",
+            Error::Status(_) => "status",
+            Error::Finalizer(f) => match f.as_ref() {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.category(),
+                F::AddFinalizer(_) | F::RemoveFinalizer(_) => "finalizer",
+                _ => "finalizer",
+            },
+        }
+    }
+
+    /// Bad input waits for the user; everything else is bad luck and retried.
+    pub fn is_invalid_input(&self) -> bool {
+        self.category() == "invalid-spec"
+    }
+
+    /// A message safe for an Event: error texts never carry secret values.
+    pub fn reason(&self) -> &'static str {
+        match self.category() {
+            "invalid-spec" => "InvalidSpec",
+            "read" => "ReadFailed",
+            "apply" => "ApplyFailed",
+            "status" => "StatusFailed",
+            _ => "FinalizerFailed",
+        }
+    }
+}
+
+/// Per-object exponential backoff for transient failures: 1s, 2s, 4s … 5 min,
+/// reset by a successful reconcile.
+#[derive(Default)]
+pub struct Backoff(Mutex<HashMap<ObjectRef<ServiceDatabase>, u32>>);
+
+impl Backoff {
+    const MAX: Duration = Duration::from_secs(300);
+
+    fn next(&self, obj: &ObjectRef<ServiceDatabase>) -> Duration {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(obj.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(1u64 << (*n - 1).min(9)).min(Self::MAX)
+    }
+
+    fn reset(&self, obj: &ObjectRef<ServiceDatabase>) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(obj);
+    }
+}
+
+/// Periodic re-check of a healthy resource, to repair drift of children the
+/// controller does not watch (PVCs) and to catch up on missed events.
+const RESYNC: Duration = Duration::from_secs(600);
+
+async fn reconcile(sdb: Arc<ServiceDatabase>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let span = info_span!("reconcile", namespace = %sdb.namespace().unwrap_or_default(), name = %sdb.name_any());
+    async move {
+        let _timer = ctx.metrics.reconcile_started(CONTROLLER);
+        let api: Api<ServiceDatabase> =
+            Api::namespaced(ctx.client.clone(), &sdb.namespace().unwrap_or_default());
+        let result = finalizer(&api, FINALIZER, sdb.clone(), |event| async {
+            match event {
+                Finalizer::Apply(sdb) => apply_spec(&sdb, &ctx).await,
+                Finalizer::Cleanup(sdb) => cleanup(&sdb, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| match e {
+            kube::runtime::finalizer::Error::ApplyFailed(inner)
+            | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner,
+            other => Error::Finalizer(Box::new(other)),
+        });
+        if result.is_ok() {
+            ctx.backoff.reset(&ObjectRef::from_obj(sdb.as_ref()));
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// The pipeline for a live resource.
+async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> {
+    let now = &Time(jiff_now());
+    let invalid = |invalid: Invalid| async move {
+        let status = status::compute(sdb, &status::Outcome::Invalid(&invalid), now);
+        status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&invalid)).await?;
+        Err(Error::Invalid(invalid))
+    };
+
+    let found = match dereference::dereference(&ctx.client, sdb).await {
+        Ok(found) => found,
+        Err(dereference::Error::Invalid(e)) => return invalid(e).await,
+        Err(e) => return Err(e.into()),
+    };
+    let db = match validate::validate(sdb, &found.class) {
+        Ok(db) => db,
+        Err(e) => return invalid(e).await,
+    };
+    let Some(owner) = sdb.controller_owner_ref(&()) else {
+        // Only an object without a name or uid has no owner reference; the
+        // API server never hands one out.
+        return Err(Error::Invalid(Invalid {
+            field: "metadata",
+            reason: "NoUid",
+            message: "object has no uid".into(),
+        }));
+    };
+    let children = crate::build::children(&db, &found.credentials, &ctx.facts, &owner);
+    let applied = apply::apply(&ctx.client, &db.namespace, &db.name, children).await?;
+    if applied.written > 0 || applied.deleted > 0 {
+        tracing::info!(
+            written = applied.written,
+            deleted = applied.deleted,
+            "children updated"
+        );
+    }
+    let status = status::compute(
+        sdb,
+        &status::Outcome::Applied {
+            db: &db,
+            ready_replicas: found.ready_replicas,
+        },
+        now,
+    );
+    status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Deletion, by `deletionPolicy`.
+async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> {
+    let namespace = sdb.namespace().unwrap_or_default();
+    let name = sdb.name_any();
+    match sdb.spec.deletion_policy {
+        DeletionPolicy::Delete => {
+            apply::cleanup::delete_all(&ctx.client, &namespace, &name).await?
+        }
+        DeletionPolicy::Retain => apply::cleanup::retain(&ctx.client, &namespace, &name).await?,
+        DeletionPolicy::Snapshot => {
+            // Never lose data: without the backup subsystem the final
+            // snapshot cannot be taken, so the data is retained instead.
+            let event = KubeEvent {
+                type_: EventType::Warning,
+                reason: "SnapshotUnavailable".into(),
+                note: Some(format!(
+                    "no final backup could be taken; the volume of {} and its Secrets are retained",
+                    instance_name(&name)
+                )),
+                action: "Delete".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &sdb.object_ref(&())).await {
+                tracing::warn!(error = %e, "recording an Event failed");
+            }
+            apply::cleanup::retain(&ctx.client, &namespace, &name).await?
+        }
+    }
+    tracing::info!(policy = ?sdb.spec.deletion_policy, "cleaned up");
+    Ok(Action::await_change())
+}
+
+fn error_policy(sdb: Arc<ServiceDatabase>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_failed(CONTROLLER, error.category());
+    if error.is_invalid_input() {
+        // The status says what to change; a class created later still
+        // arrives through the DatabaseClass watch, so waiting is enough. A
+        // slow re-check guards against a missed event.
+        Action::requeue(RESYNC)
+    } else {
+        Action::requeue(ctx.backoff.next(&ObjectRef::from_obj(sdb.as_ref())))
+    }
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    concurrency: u16,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let controller = Controller::new(
+        Api::<ServiceDatabase>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    );
+    let store = controller.store();
+    controller
+        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
+        .owns(Api::<Service>::all(client.clone()), owned.clone())
+        .owns(Api::<Secret>::all(client.clone()), owned.clone())
+        .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
+        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
+        .watches(
+            Api::<DatabaseClass>::all(client.clone()),
+            watcher::Config::default(),
+            move |class: DatabaseClass| {
+                store
+                    .state()
+                    .iter()
+                    .filter(|s| s.spec.engine == class.spec.engine)
+                    .map(|s| ObjectRef::from_obj(s.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .with_config(ControllerConfig::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| {
+            let ctx = ctx.clone();
+            async move { report(result, &ctx).await }
+        })
+        .await;
+}
+
+type RunResult = Result<
+    (ObjectRef<ServiceDatabase>, Action),
+    kube::runtime::controller::Error<Error, watcher::Error>,
+>;
+
+/// Logs each outcome and turns failures into Events on the object.
+async fn report(result: RunResult, ctx: &Context) {
+    use kube::runtime::controller::Error as C;
+    match result {
+        Ok((obj, _)) => {
+            tracing::debug!(namespace = obj.namespace.as_deref().unwrap_or(""), name = %obj.name, "reconciled")
+        }
+        Err(C::ReconcilerFailed(error, obj)) => {
+            let category = error.category();
+            if error.is_invalid_input() {
+                // The status step already recorded a specific Event.
+                tracing::info!(namespace = obj.namespace.as_deref().unwrap_or(""), name = %obj.name, category, error = %error, "spec needs a change");
+                return;
+            }
+            tracing::warn!(namespace = obj.namespace.as_deref().unwrap_or(""), name = %obj.name, category, error = %error, "reconcile failed");
+            let event = KubeEvent {
+                type_: EventType::Warning,
+                reason: error.reason().into(),
+                note: Some(truncate(&error.to_string(), 1000)),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            if let Err(e) = ctx.recorder.publish(&event, &(*obj).into()).await {
+                tracing::warn!(error = %e, "recording an Event failed");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "controller error"),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+fn jiff_now() -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::now()
+}

@@ -1,0 +1,197 @@
+//! Step 5 of the ServiceDatabase pipeline (async): conditions with
+//! `observedGeneration`, the phase, and Events on transitions. The status is
+//! written only when it changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use super::validate::{Invalid, ValidatedDatabase};
+use crate::api::conditions::{Observed, merge, types};
+use crate::api::service_database::Endpoint;
+use crate::api::{Phase, ServiceDatabase, ServiceDatabaseStatus};
+use crate::build::FIELD_MANAGER;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing status: {0}")]
+    Patch(#[source] kube::Error),
+}
+
+/// What the pipeline found, for the status.
+pub enum Outcome<'a> {
+    /// The spec cannot be realised.
+    Invalid(&'a Invalid),
+    /// Children are applied; the instance has this many ready replicas.
+    Applied {
+        db: &'a ValidatedDatabase,
+        ready_replicas: i32,
+    },
+}
+
+/// The status for an outcome, merged with the previous one.
+pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> ServiceDatabaseStatus {
+    let previous = sdb.status.clone().unwrap_or_default();
+    let generation = sdb.metadata.generation;
+    match outcome {
+        Outcome::Invalid(invalid) => {
+            let message = invalid.to_string();
+            let observed = [
+                Observed::new(types::SPEC_VALID, false, invalid.reason, message.clone()),
+                Observed::new(types::READY, false, invalid.reason, message),
+            ];
+            ServiceDatabaseStatus {
+                phase: Phase::Failed,
+                observed_generation: generation,
+                conditions: merge(&previous.conditions, &observed, generation, now),
+                ..previous
+            }
+        }
+        Outcome::Applied { db, ready_replicas } => {
+            let ready = *ready_replicas > 0;
+            let instance = if ready {
+                Observed::new(
+                    types::INSTANCE_READY,
+                    true,
+                    "InstanceReady",
+                    "the database instance accepts connections",
+                )
+            } else {
+                Observed::new(
+                    types::INSTANCE_READY,
+                    false,
+                    "Starting",
+                    format!(
+                        "waiting for StatefulSet {} to report a ready replica",
+                        db.instance_name()
+                    ),
+                )
+            };
+            let observed = [
+                Observed::new(
+                    types::SPEC_VALID,
+                    true,
+                    "Valid",
+                    format!("accepted by DatabaseClass {}", db.class_name),
+                ),
+                instance,
+                Observed::new(
+                    types::CREDENTIALS_READY,
+                    true,
+                    "SecretReady",
+                    format!("Secret {} holds the connection details", db.secret_name),
+                ),
+                Observed::new(
+                    types::NETWORK_ISOLATED,
+                    true,
+                    "NetworkPolicyApplied",
+                    format!(
+                        "NetworkPolicy {} admits only the owner's pods",
+                        db.instance_name()
+                    ),
+                ),
+                if ready {
+                    Observed::new(
+                        types::READY,
+                        true,
+                        "Ready",
+                        "the database is ready for the service",
+                    )
+                } else {
+                    Observed::new(
+                        types::READY,
+                        false,
+                        "Provisioning",
+                        "the database instance is not ready yet",
+                    )
+                },
+            ];
+            let phase = match (ready, previous.phase) {
+                (true, _) => Phase::Ready,
+                (false, Phase::Ready | Phase::Degraded) => Phase::Degraded,
+                (false, _) => Phase::Provisioning,
+            };
+            ServiceDatabaseStatus {
+                phase,
+                observed_generation: generation,
+                conditions: merge(&previous.conditions, &observed, generation, now),
+                class_name: Some(db.class_name.clone()),
+                version: Some(db.version.clone()),
+                endpoint: Some(Endpoint {
+                    host: db.host(),
+                    port: db.engine_spec.port(),
+                }),
+                credentials_secret: Some(db.secret_name.clone()),
+                ..previous
+            }
+        }
+    }
+}
+
+/// Writes the status if it changed, and records an Event when the phase or
+/// the reason of an invalid spec changed.
+pub async fn update(
+    client: &Client,
+    recorder: &Recorder,
+    sdb: &ServiceDatabase,
+    status: ServiceDatabaseStatus,
+    invalid: Option<&Invalid>,
+) -> Result<(), Error> {
+    let previous = sdb.status.clone().unwrap_or_default();
+    if previous == status {
+        return Ok(());
+    }
+    let api: Api<ServiceDatabase> =
+        Api::namespaced(client.clone(), &sdb.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "servicedb.dev/v1alpha1",
+        "kind": "ServiceDatabase",
+        "status": status,
+    });
+    api.patch_status(
+        &sdb.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::Patch)?;
+
+    let reason_changed = |t: &str| {
+        let find = |s: &ServiceDatabaseStatus| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| (c.status.clone(), c.reason.clone()))
+        };
+        find(&previous) != find(&status)
+    };
+    let event = match invalid {
+        Some(invalid) if reason_changed(types::SPEC_VALID) => Some(Event {
+            type_: EventType::Warning,
+            reason: invalid.reason.into(),
+            note: Some(invalid.to_string()),
+            action: "Validate".into(),
+            secondary: None,
+        }),
+        _ if previous.phase != status.phase => Some(Event {
+            type_: if status.phase == Phase::Degraded {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: status.phase.to_string(),
+            note: Some(format!("phase {} → {}", previous.phase, status.phase)),
+            action: "Reconcile".into(),
+            secondary: None,
+        }),
+        _ => None,
+    };
+    if let Some(event) = event {
+        // An Event is best effort: failing to record one must not fail the reconcile.
+        if let Err(e) = recorder.publish(&event, &sdb.object_ref(&())).await {
+            tracing::warn!(error = %e, "recording an Event failed");
+        }
+    }
+    Ok(())
+}

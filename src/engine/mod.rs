@@ -1,0 +1,96 @@
+//! Per-engine knowledge behind one trait: images, ports, users, connection
+//! URIs, and the live user/grant logic shared by the operator (shared servers)
+//! and the instance manager (dedicated instances). One file per engine.
+
+pub mod postgres;
+pub mod postgres_users;
+
+use crate::api::Engine;
+
+/// Everything the builders need to know about an engine's dedicated instance.
+/// Adding an engine means adding one file that implements this trait and one
+/// arm in [`for_engine`].
+pub trait EngineSpec: Send + Sync {
+    /// Official image repository (without tag); the tag is the version.
+    fn default_image(&self) -> &'static str;
+    /// TCP port clients connect to.
+    fn port(&self) -> i32;
+    /// Name of the port on the container and Services.
+    fn port_name(&self) -> &'static str;
+    /// The administrator account created by the instance manager.
+    fn admin_username(&self) -> &'static str;
+    /// The numeric user and group the engine image runs its server as.
+    fn run_as_user(&self) -> i64;
+    /// The environment variable applications customarily read (`DATABASE_URL`).
+    fn customary_variable(&self) -> &'static str;
+    /// A connection URI for the given credentials.
+    fn uri(&self, c: &Connection<'_>) -> String;
+    /// Whether servicedb can run a dedicated instance of this engine yet.
+    fn dedicated_supported(&self) -> bool;
+}
+
+/// Connection details as they go into a credentials Secret.
+pub struct Connection<'a> {
+    pub host: &'a str,
+    pub port: i32,
+    pub database: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+}
+
+/// The implementation for an engine.
+pub fn for_engine(engine: Engine) -> &'static dyn EngineSpec {
+    match engine {
+        Engine::Postgres => &postgres::Postgres,
+        Engine::Redis => &Unsupported {
+            image: "redis",
+            port: 6379,
+            variable: "REDIS_URL",
+        },
+        Engine::MongoDB => &Unsupported {
+            image: "mongo",
+            port: 27017,
+            variable: "MONGODB_URI",
+        },
+    }
+}
+
+/// An engine whose dedicated path is not built yet: the controller reports
+/// this plainly instead of creating half an instance.
+struct Unsupported {
+    image: &'static str,
+    port: i32,
+    variable: &'static str,
+}
+
+impl EngineSpec for Unsupported {
+    fn default_image(&self) -> &'static str {
+        self.image
+    }
+    fn port(&self) -> i32 {
+        self.port
+    }
+    fn port_name(&self) -> &'static str {
+        "db"
+    }
+    fn admin_username(&self) -> &'static str {
+        "admin"
+    }
+    fn run_as_user(&self) -> i64 {
+        999
+    }
+    fn customary_variable(&self) -> &'static str {
+        self.variable
+    }
+    fn uri(&self, _: &Connection<'_>) -> String {
+        String::new()
+    }
+    fn dedicated_supported(&self) -> bool {
+        false
+    }
+}
+
+/// Percent-encodes a URI user-info component.
+pub fn encode_userinfo(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

@@ -1,0 +1,61 @@
+//! PostgreSQL: the official `postgres` image, run by the instance manager.
+
+use super::{Connection, EngineSpec, encode_userinfo};
+
+/// PostgreSQL.
+pub struct Postgres;
+
+impl EngineSpec for Postgres {
+    fn default_image(&self) -> &'static str {
+        "docker.io/library/postgres"
+    }
+    fn port(&self) -> i32 {
+        5432
+    }
+    fn port_name(&self) -> &'static str {
+        "postgres"
+    }
+    fn admin_username(&self) -> &'static str {
+        "postgres"
+    }
+    fn run_as_user(&self) -> i64 {
+        // The uid and gid of the `postgres` user in the official image.
+        999
+    }
+    fn customary_variable(&self) -> &'static str {
+        "DATABASE_URL"
+    }
+    fn uri(&self, c: &Connection<'_>) -> String {
+        format!(
+            "postgresql://{}:{}@{}:{}/{}",
+            encode_userinfo(c.username),
+            encode_userinfo(c.password),
+            c.host,
+            c.port,
+            encode_userinfo(c.database)
+        )
+    }
+    fn dedicated_supported(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_encodes_credentials() {
+        let c = Connection {
+            host: "orders-db.shop.svc",
+            port: 5432,
+            database: "orders",
+            username: "orders",
+            password: "a/b@c",
+        };
+        assert_eq!(
+            Postgres.uri(&c),
+            "postgresql://orders:a%2Fb%40c@orders-db.shop.svc:5432/orders"
+        );
+    }
+}

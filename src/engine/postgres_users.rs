@@ -1,0 +1,618 @@
+//! PostgreSQL service users: one least-privilege LOGIN role per service, the
+//! service's database owned by it, and nobody else allowed to connect.
+//!
+//! Used by the instance manager (dedicated instances, over the unix socket)
+//! and by the operator (shared servers, over the network), so it knows
+//! nothing about Kubernetes. Every function is idempotent and reads before it
+//! writes: a repeat on an unchanged server issues no DDL, which keeps the
+//! server log quiet and the catalog untouched.
+//!
+//! Passwords only ever travel as SCRAM-SHA-256 verifiers, so the cleartext
+//! never reaches the server, its logs or `pg_stat_activity`; whether a stored
+//! verifier still matches a password is decided client side
+//! ([`scram::verifier_matches`]). No password appears in an error or a log.
+
+mod scram;
+
+use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+
+/// Role and database names longer than this are truncated by PostgreSQL
+/// (NAMEDATALEN - 1); we reject them instead of letting two names collide.
+pub const MAX_NAME_BYTES: usize = 63;
+
+/// One service's login role, its password and its private database.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServiceUser {
+    pub role: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl std::fmt::Debug for ServiceUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceUser")
+            .field("role", &self.role)
+            .field("password", &"<redacted>")
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+/// What [`ensure_service_database`] had to change; all `false` when the
+/// server was already in the desired state.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub role_created: bool,
+    pub role_attributes_fixed: bool,
+    pub password_changed: bool,
+    pub database_created: bool,
+    pub owner_changed: bool,
+    pub privileges_fixed: bool,
+}
+
+impl Outcome {
+    /// Whether anything was written to the server.
+    pub fn changed(&self) -> bool {
+        *self != Outcome::default()
+    }
+}
+
+/// Which kind of name failed validation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    Role,
+    Database,
+}
+
+impl std::fmt::Display for NameKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NameKind::Role => "role",
+            NameKind::Database => "database",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        kind: NameKind,
+        name: String,
+        reason: &'static str,
+    },
+    #[error("invalid password: {reason}")]
+    InvalidPassword { reason: &'static str },
+    #[error(
+        "role {role:?} is the role this connection is logged in as; it cannot be managed as a service role"
+    )]
+    OwnRole { role: String },
+    #[error("role {role:?} does not exist")]
+    RoleMissing { role: String },
+    #[error("{action} failed: {}", describe(error))]
+    Database {
+        action: &'static str,
+        error: tokio_postgres::Error,
+    },
+}
+
+impl UserError {
+    /// Stable label for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            UserError::InvalidName { .. } => "invalid_name",
+            UserError::InvalidPassword { .. } => "invalid_password",
+            UserError::OwnRole { .. } => "own_role",
+            UserError::RoleMissing { .. } => "role_missing",
+            UserError::Database { error, .. } => match error.code() {
+                Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => "permission_denied",
+                Some(code) if *code == SqlState::DEPENDENT_OBJECTS_STILL_EXIST => {
+                    "dependent_objects"
+                }
+                Some(code) if *code == SqlState::OBJECT_IN_USE => "object_in_use",
+                Some(_) => "database",
+                None => "connection",
+            },
+        }
+    }
+
+    /// Whether retrying with the same input cannot help.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            UserError::InvalidName { .. }
+                | UserError::InvalidPassword { .. }
+                | UserError::OwnRole { .. }
+        )
+    }
+}
+
+fn database_error(action: &'static str) -> impl Fn(tokio_postgres::Error) -> UserError + Copy {
+    move |error| UserError::Database { action, error }
+}
+
+/// One line for a driver error. `tokio_postgres::Error`'s own Display says
+/// only "db error"; the server's message is what an operator needs. Server
+/// messages quote names, never statement text, so no verifier leaks here.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!(
+            "{}: {} (SQLSTATE {})",
+            db.severity(),
+            db.message(),
+            db.code().code()
+        ),
+        None => match std::error::Error::source(error) {
+            Some(cause) => format!("{error}: {cause}"),
+            None => error.to_string(),
+        },
+    }
+}
+
+/// Quotes an SQL identifier: always double-quoted, embedded quotes doubled.
+/// Always quoting keeps the name's case and makes keywords harmless.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes an SQL string literal (standard_conforming_strings is on in every
+/// supported PostgreSQL; a backslash switches to the `E''` form anyway).
+fn quote_literal(value: &str) -> String {
+    postgres_protocol::escape::escape_literal(value)
+}
+
+/// Checks a role name: the rules PostgreSQL enforces, plus the reserved
+/// names that would make a service role something it must not be.
+pub fn validate_role_name(name: &str) -> Result<(), UserError> {
+    validate_name(NameKind::Role, name)?;
+    let invalid = |reason| UserError::InvalidName {
+        kind: NameKind::Role,
+        name: name.to_owned(),
+        reason,
+    };
+    if name.starts_with("pg_") {
+        return Err(invalid("the pg_ prefix is reserved for system roles"));
+    }
+    const RESERVED: [&str; 5] = [
+        "public",
+        "none",
+        "current_user",
+        "current_role",
+        "session_user",
+    ];
+    if RESERVED.contains(&name.to_ascii_lowercase().as_str()) {
+        return Err(invalid("the name is reserved by PostgreSQL"));
+    }
+    Ok(())
+}
+
+/// Checks a database name; the template and maintenance databases are not
+/// for services.
+pub fn validate_database_name(name: &str) -> Result<(), UserError> {
+    validate_name(NameKind::Database, name)?;
+    if ["template0", "template1", "postgres"].contains(&name) {
+        return Err(UserError::InvalidName {
+            kind: NameKind::Database,
+            name: name.to_owned(),
+            reason: "the name belongs to a PostgreSQL system database",
+        });
+    }
+    Ok(())
+}
+
+fn validate_name(kind: NameKind, name: &str) -> Result<(), UserError> {
+    let reason = if name.is_empty() {
+        Some("must not be empty")
+    } else if name.len() > MAX_NAME_BYTES {
+        Some("must be at most 63 bytes")
+    } else if name.contains('\0') {
+        Some("must not contain a NUL character")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(UserError::InvalidName {
+            kind,
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks a password. Reasons never include the password itself.
+pub fn validate_password(password: &str) -> Result<(), UserError> {
+    if password.is_empty() {
+        return Err(UserError::InvalidPassword {
+            reason: "must not be empty",
+        });
+    }
+    if password.contains('\0') {
+        return Err(UserError::InvalidPassword {
+            reason: "must not contain a NUL character",
+        });
+    }
+    Ok(())
+}
+
+/// Creates or repairs the service's role and database. See the module
+/// comment for what "repairs" covers; returns what had to change.
+pub async fn ensure_service_database(
+    client: &Client,
+    user: &ServiceUser,
+) -> Result<Outcome, UserError> {
+    validate_role_name(&user.role)?;
+    validate_database_name(&user.database)?;
+    validate_password(&user.password)?;
+    refuse_own_role(client, &user.role).await?;
+
+    let mut outcome = Outcome::default();
+    let role = quote_ident(&user.role);
+    match fetch_role(client, &user.role).await? {
+        None => {
+            let verifier = scram_verifier(&user.password);
+            execute(
+                client,
+                "create role",
+                &format!("CREATE ROLE {role} {LEAST_PRIVILEGE} PASSWORD {verifier}"),
+            )
+            .await?;
+            outcome.role_created = true;
+        }
+        Some(existing) => {
+            if !existing.is_least_privilege() {
+                execute(
+                    client,
+                    "restrict role",
+                    &format!("ALTER ROLE {role} {LEAST_PRIVILEGE}"),
+                )
+                .await?;
+                outcome.role_attributes_fixed = true;
+            }
+            if !existing.password_matches(&user.password) {
+                alter_password(client, &user.role, &user.password).await?;
+                outcome.password_changed = true;
+            }
+        }
+    }
+
+    let database = quote_ident(&user.database);
+    let owner: Option<String> = client
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+            &[&user.database],
+        )
+        .await
+        .map_err(database_error("look up database"))?
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(database_error("read database owner"))?;
+    match owner {
+        None => {
+            execute(
+                client,
+                "create database",
+                &format!("CREATE DATABASE {database} OWNER {role}"),
+            )
+            .await?;
+            outcome.database_created = true;
+        }
+        Some(owner) if owner != user.role => {
+            execute(
+                client,
+                "change database owner",
+                &format!("ALTER DATABASE {database} OWNER TO {role}"),
+            )
+            .await?;
+            outcome.owner_changed = true;
+        }
+        Some(_) => {}
+    }
+
+    // 'public' is accepted by has_database_privilege as the PUBLIC pseudo-role.
+    let row = client
+        .query_one(
+            "SELECT has_database_privilege('public'::name, $1::text, 'CONNECT'), \
+                    has_database_privilege('public'::name, $1::text, 'TEMPORARY'), \
+                    has_database_privilege($2::name, $1::text, 'CONNECT')",
+            &[&user.database, &user.role],
+        )
+        .await
+        .map_err(database_error("read database privileges"))?;
+    let read = database_error("read database privileges");
+    let (public_connect, public_temporary, role_connect): (bool, bool, bool) = (
+        row.try_get(0).map_err(read)?,
+        row.try_get(1).map_err(read)?,
+        row.try_get(2).map_err(read)?,
+    );
+    if public_connect || public_temporary {
+        execute(
+            client,
+            "revoke public access",
+            &format!("REVOKE CONNECT, TEMPORARY ON DATABASE {database} FROM PUBLIC"),
+        )
+        .await?;
+        outcome.privileges_fixed = true;
+    }
+    if !role_connect {
+        execute(
+            client,
+            "grant connect",
+            &format!("GRANT CONNECT ON DATABASE {database} TO {role}"),
+        )
+        .await?;
+        outcome.privileges_fixed = true;
+    }
+    Ok(outcome)
+}
+
+/// Sets a role's password unless its stored verifier already matches.
+/// Returns whether it changed. Works on the connected role too (the admin
+/// rotating its own password).
+pub async fn set_password(client: &Client, role: &str, password: &str) -> Result<bool, UserError> {
+    validate_name(NameKind::Role, role)?;
+    validate_password(password)?;
+    let existing = fetch_role(client, role)
+        .await?
+        .ok_or_else(|| UserError::RoleMissing {
+            role: role.to_owned(),
+        })?;
+    if existing.password_matches(password) {
+        return Ok(false);
+    }
+    alter_password(client, role, password).await?;
+    Ok(true)
+}
+
+/// Drops the service's database (disconnecting its sessions) and its role.
+/// Missing objects are not an error, so a retried deletion converges.
+pub async fn drop_service_database(client: &Client, user: &ServiceUser) -> Result<(), UserError> {
+    validate_role_name(&user.role)?;
+    validate_database_name(&user.database)?;
+    refuse_own_role(client, &user.role).await?;
+    let database = quote_ident(&user.database);
+    execute(
+        client,
+        "drop database",
+        &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+    )
+    .await?;
+    if fetch_role(client, &user.role).await?.is_some() {
+        let role = quote_ident(&user.role);
+        // Grants the role holds in the database we are connected to would
+        // otherwise block DROP ROLE.
+        execute(client, "drop owned", &format!("DROP OWNED BY {role}")).await?;
+        execute(client, "drop role", &format!("DROP ROLE {role}")).await?;
+    }
+    Ok(())
+}
+
+const LEAST_PRIVILEGE: &str =
+    "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
+
+/// A fresh SCRAM-SHA-256 verifier for the password, as an SQL literal.
+fn scram_verifier(password: &str) -> String {
+    quote_literal(&postgres_protocol::password::scram_sha_256(
+        password.as_bytes(),
+    ))
+}
+
+async fn alter_password(client: &Client, role: &str, password: &str) -> Result<(), UserError> {
+    let verifier = scram_verifier(password);
+    execute(
+        client,
+        "set password",
+        &format!("ALTER ROLE {} PASSWORD {verifier}", quote_ident(role)),
+    )
+    .await
+}
+
+async fn execute(client: &Client, action: &'static str, sql: &str) -> Result<(), UserError> {
+    // simple_query: utility statements take no parameters, and CREATE
+    // DATABASE must not run inside the implicit transaction of a pipeline.
+    client
+        .simple_query(sql)
+        .await
+        .map(drop)
+        .map_err(database_error(action))
+}
+
+/// Managing the role we are logged in as would demote the administrator.
+async fn refuse_own_role(client: &Client, role: &str) -> Result<(), UserError> {
+    let current: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .map_err(database_error("read current user"))?
+        .try_get(0)
+        .map_err(database_error("read current user"))?;
+    if current == role {
+        return Err(UserError::OwnRole {
+            role: role.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+struct ExistingRole {
+    superuser: bool,
+    create_db: bool,
+    create_role: bool,
+    replication: bool,
+    bypass_rls: bool,
+    login: bool,
+    /// `None` when unknown: no password, or the connected role may not read
+    /// pg_authid (a non-superuser administrator on a managed service).
+    verifier: Option<String>,
+}
+
+impl ExistingRole {
+    fn is_least_privilege(&self) -> bool {
+        self.login
+            && !self.superuser
+            && !self.create_db
+            && !self.create_role
+            && !self.replication
+            && !self.bypass_rls
+    }
+
+    fn password_matches(&self, password: &str) -> bool {
+        self.verifier
+            .as_deref()
+            .is_some_and(|verifier| scram::verifier_matches(verifier, password))
+    }
+}
+
+async fn fetch_role(client: &Client, role: &str) -> Result<Option<ExistingRole>, UserError> {
+    const COLUMNS: &str =
+        "rolsuper, rolcreatedb, rolcreaterole, rolreplication, rolbypassrls, rolcanlogin";
+    let from_authid = client
+        .query_opt(
+            &format!("SELECT {COLUMNS}, rolpassword FROM pg_authid WHERE rolname = $1"),
+            &[&role],
+        )
+        .await;
+    let row = match from_authid {
+        Ok(row) => row,
+        Err(error) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => client
+            .query_opt(
+                &format!("SELECT {COLUMNS}, NULL::text FROM pg_roles WHERE rolname = $1"),
+                &[&role],
+            )
+            .await
+            .map_err(database_error("look up role"))?,
+        Err(error) => return Err(database_error("look up role")(error)),
+    };
+    let Some(row) = row else { return Ok(None) };
+    let read = database_error("read role");
+    Ok(Some(ExistingRole {
+        superuser: row.try_get(0).map_err(read)?,
+        create_db: row.try_get(1).map_err(read)?,
+        create_role: row.try_get(2).map_err(read)?,
+        replication: row.try_get(3).map_err(read)?,
+        bypass_rls: row.try_get(4).map_err(read)?,
+        login: row.try_get(5).map_err(read)?,
+        verifier: row.try_get(6).map_err(read)?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quote_ident_doubles_quotes_and_always_quotes() {
+        assert_eq!(quote_ident("orders"), r#""orders""#);
+        assert_eq!(quote_ident("Orders"), r#""Orders""#);
+        assert_eq!(quote_ident("select"), r#""select""#);
+        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+        assert_eq!(
+            quote_ident(r#"x"; DROP ROLE postgres; --"#),
+            r#""x""; DROP ROLE postgres; --""#
+        );
+        assert_eq!(quote_ident(r#"""#), r#""""""#);
+        assert_eq!(quote_ident("back\\slash'quote"), "\"back\\slash'quote\"");
+        assert_eq!(quote_ident("ünï cødé"), "\"ünï cødé\"");
+    }
+
+    #[test]
+    fn quoted_hostile_names_stay_one_token() {
+        // Whatever the input, the quoted form starts and ends with a quote and
+        // every inner quote is doubled, so the lexer sees exactly one identifier.
+        for name in [r#"a"b"#, r#""""#, r#"x" OWNER "postgres"#, "\"\n\""] {
+            let quoted = quote_ident(name);
+            let inner = &quoted[1..quoted.len() - 1];
+            assert!(quoted.starts_with('"') && quoted.ends_with('"'));
+            assert_eq!(inner.replace("\"\"", ""), name.replace('"', ""));
+            assert_eq!(inner.replace("\"\"", "\""), name);
+        }
+    }
+
+    #[test]
+    fn quote_literal_escapes() {
+        assert_eq!(quote_literal("abc"), "'abc'");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"a\b"), r" E'a\\b'");
+    }
+
+    #[test]
+    fn role_names_are_validated() {
+        assert!(validate_role_name("orders").is_ok());
+        assert!(validate_role_name("Orders-Service_1").is_ok());
+        assert!(validate_role_name(r#"we"ird name"#).is_ok());
+        assert!(validate_role_name(&"a".repeat(63)).is_ok());
+        for bad in [
+            String::new(),
+            "a".repeat(64),
+            "é".repeat(32), // 64 bytes
+            "nul\0byte".to_owned(),
+            "pg_monitor".to_owned(),
+            "public".to_owned(),
+            "PUBLIC".to_owned(),
+            "current_user".to_owned(),
+        ] {
+            let err = validate_role_name(&bad).expect_err(&bad);
+            assert_eq!(err.category(), "invalid_name");
+            assert!(err.is_invalid_input());
+        }
+    }
+
+    #[test]
+    fn database_names_are_validated() {
+        assert!(validate_database_name("orders").is_ok());
+        assert!(validate_database_name("orders-db").is_ok());
+        for bad in ["", "template0", "template1", "postgres", "a\0b"] {
+            assert!(validate_database_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_database_name(&"d".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn password_errors_never_contain_the_password() {
+        let secret = "s3cr3t\0tail";
+        let err = validate_password(secret).expect_err("NUL rejected");
+        assert!(!err.to_string().contains("s3cr3t"));
+        assert!(validate_password("").is_err());
+        assert!(validate_password("fine 'one' \\ with \" quotes").is_ok());
+    }
+
+    #[test]
+    fn service_user_debug_redacts_the_password() {
+        let user = ServiceUser {
+            role: "orders".into(),
+            password: "hunter2".into(),
+            database: "orders".into(),
+        };
+        let shown = format!("{user:?}");
+        assert!(shown.contains("orders"));
+        assert!(!shown.contains("hunter2"));
+    }
+
+    #[test]
+    fn existing_role_checks() {
+        let password = "correct horse";
+        let mut role = ExistingRole {
+            superuser: false,
+            create_db: false,
+            create_role: false,
+            replication: false,
+            bypass_rls: false,
+            login: true,
+            verifier: Some(postgres_protocol::password::scram_sha_256(
+                password.as_bytes(),
+            )),
+        };
+        assert!(role.is_least_privilege());
+        assert!(role.password_matches(password));
+        assert!(!role.password_matches("correct horse "));
+        role.superuser = true;
+        assert!(!role.is_least_privilege());
+        role.superuser = false;
+        role.login = false;
+        assert!(!role.is_least_privilege());
+        role.verifier = None;
+        assert!(!role.password_matches(password));
+        role.verifier = Some(postgres_protocol::password::md5(password.as_bytes(), "x"));
+        assert!(!role.password_matches(password));
+    }
+}

@@ -1,0 +1,149 @@
+//! `servicedb instance`: the in-pod instance manager, PID 1 of a dedicated
+//! database container (the pattern CloudNativePG uses).
+//!
+//! It initialises the data directory on first start, writes the server's
+//! configuration, starts and supervises the server, creates the
+//! administrator's and the service's users from the mounted Secrets and keeps
+//! them in step when the Secrets change, answers the kubelet's probes, and
+//! shuts the server down cleanly on SIGTERM. The pipeline for one engine:
+//!
+//! prepare data directory → start server → (sync users every interval)
+//! → wait for: a signal (clean shutdown, exit 0) or the server's death (exit
+//! non-zero, so that the kubelet restarts the container).
+//!
+//! Contract with the pod:
+//! - `<admin-secret-dir>/{username,password}`: the administrator; an
+//!   optional `previous-password` is tried when `password` is rejected (a
+//!   rotation that happened while the instance was down).
+//! - `<app-secret-dir>/{username,password,database}`: the service.
+//! - Secret files are re-read every `--sync-interval`; a trailing newline is
+//!   ignored.
+//! - `<data-dir>/pgdata` is the data directory, `<data-dir>/run` the socket
+//!   directory.
+//! - `GET :<status-port>/healthz` and `/readyz` for the probes.
+
+mod postgres;
+mod secrets;
+mod status;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Database engines the instance manager can run.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    Postgres,
+}
+
+/// `servicedb instance`: run and supervise a database server in this container.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Database engine to run.
+    #[arg(long, value_enum)]
+    pub engine: EngineKind,
+    /// Persistent directory (the volume): holds the data directory and the
+    /// server's socket directory.
+    #[arg(long, default_value = "/var/lib/servicedb")]
+    pub data_dir: PathBuf,
+    /// Mounted Secret with the administrator's `username` and `password`.
+    #[arg(long, default_value = "/etc/servicedb/admin")]
+    pub admin_secret_dir: PathBuf,
+    /// Mounted Secret with the service's `username`, `password` and `database`.
+    #[arg(long, default_value = "/etc/servicedb/app")]
+    pub app_secret_dir: PathBuf,
+    /// TCP port the database server listens on.
+    #[arg(long, default_value_t = 5432)]
+    pub port: u16,
+    /// Addresses the database server listens on (`*` for all).
+    #[arg(long, default_value = "*")]
+    pub listen_address: String,
+    /// Port of the HTTP server answering /healthz and /readyz.
+    #[arg(long, default_value_t = 8000)]
+    pub status_port: u16,
+    /// Directory holding the engine's binaries (for PostgreSQL: `postgres`
+    /// and `initdb`); by default searched in PATH, then in the newest
+    /// /usr/lib/postgresql/*/bin.
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// How often the Secret files are re-read and the server's health is checked
+    /// (`5s`, `500ms`, `1m`).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub sync_interval: Duration,
+}
+
+/// Runs the instance manager until a signal stops it (`Ok`) or the server
+/// dies (`Err`).
+///
+/// Call it on the thread that owns the runtime (`Runtime::block_on`), not
+/// in a spawned task: the server is started with a parent-death signal,
+/// which Linux ties to the thread that forked it.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    match args.engine {
+        EngineKind::Postgres => postgres::run(args).await,
+    }
+}
+
+/// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 5s or 500ms"))?;
+    let duration = match unit {
+        "ms" => Duration::from_millis(number),
+        "" | "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number.saturating_mul(60)),
+        "h" => Duration::from_secs(number.saturating_mul(3600)),
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if duration.is_zero() {
+        return Err("the interval must be positive".to_owned());
+    }
+    Ok(duration)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "0s", "5 s", "-1s", "1d", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_pod_contract() {
+        let args = Cli::try_parse_from(["x", "--engine", "postgres"])
+            .expect("parses")
+            .args;
+        assert_eq!(args.engine, EngineKind::Postgres);
+        assert_eq!(args.data_dir, PathBuf::from("/var/lib/servicedb"));
+        assert_eq!(args.admin_secret_dir, PathBuf::from("/etc/servicedb/admin"));
+        assert_eq!(args.app_secret_dir, PathBuf::from("/etc/servicedb/app"));
+        assert_eq!(args.port, 5432);
+        assert_eq!(args.listen_address, "*");
+        assert_eq!(args.status_port, 8000);
+        assert_eq!(args.bin_dir, None);
+        assert_eq!(args.sync_interval, Duration::from_secs(5));
+        assert!(Cli::try_parse_from(["x", "--engine", "oracle"]).is_err());
+        assert!(Cli::try_parse_from(["x"]).is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! The mounted Secrets. The kubelet updates them by swapping a symlink, so
+//! they are simply read again, whole, on every sync: no inotify, no caching.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::engine::postgres_users::ServiceUser;
+
+/// The administrator's credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct AdminCredentials {
+    pub username: String,
+    pub password: String,
+    /// Tried when `password` is rejected: lets a rotation that happened while
+    /// the instance was down be applied at the next start.
+    pub previous_password: Option<String>,
+}
+
+impl fmt::Debug for AdminCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SecretError {
+    #[error("secret file {path} is missing")]
+    Missing { path: PathBuf },
+    #[error("cannot read secret file {path}: {source}")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("secret file {path} is not UTF-8 text")]
+    NotText { path: PathBuf },
+    #[error("secret file {path} is empty")]
+    Empty { path: PathBuf },
+}
+
+impl SecretError {
+    pub(crate) fn category(&self) -> &'static str {
+        match self {
+            SecretError::Missing { .. } => "secret_missing",
+            SecretError::Unreadable { .. } => "secret_unreadable",
+            SecretError::NotText { .. } => "secret_invalid",
+            SecretError::Empty { .. } => "secret_empty",
+        }
+    }
+}
+
+pub(crate) async fn read_admin(dir: &Path) -> Result<AdminCredentials, SecretError> {
+    Ok(AdminCredentials {
+        username: read_key(dir, "username").await?,
+        password: read_key(dir, "password").await?,
+        previous_password: read_optional_key(dir, "previous-password").await?,
+    })
+}
+
+pub(crate) async fn read_app(dir: &Path) -> Result<ServiceUser, SecretError> {
+    Ok(ServiceUser {
+        role: read_key(dir, "username").await?,
+        password: read_key(dir, "password").await?,
+        database: read_key(dir, "database").await?,
+    })
+}
+
+async fn read_key(dir: &Path, key: &str) -> Result<String, SecretError> {
+    read_optional_key(dir, key)
+        .await?
+        .ok_or_else(|| SecretError::Missing {
+            path: dir.join(key),
+        })
+}
+
+async fn read_optional_key(dir: &Path, key: &str) -> Result<Option<String>, SecretError> {
+    let path = dir.join(key);
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(SecretError::Unreadable { path, source }),
+    };
+    let text = String::from_utf8(bytes).map_err(|_| SecretError::NotText { path: path.clone() })?;
+    let value = trim_newline(&text);
+    if value.is_empty() {
+        return Err(SecretError::Empty { path });
+    }
+    Ok(Some(value.to_owned()))
+}
+
+/// Drops one trailing line ending (`echo` and most editors add one); any
+/// other whitespace is part of the value.
+fn trim_newline(text: &str) -> &str {
+    let text = text.strip_suffix('\n').unwrap_or(text);
+    text.strip_suffix('\r').unwrap_or(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trims_one_line_ending() {
+        assert_eq!(trim_newline("pw\n"), "pw");
+        assert_eq!(trim_newline("pw\r\n"), "pw");
+        assert_eq!(trim_newline("pw"), "pw");
+        assert_eq!(trim_newline("pw \n\n"), "pw \n");
+        assert_eq!(trim_newline(" pw "), " pw ");
+    }
+
+    #[tokio::test]
+    async fn reads_through_kubelet_style_symlinks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("..2025_01_01");
+        std::fs::create_dir(&data).expect("mkdir");
+        for (key, value) in [
+            ("username", "orders\n"),
+            ("password", "s3cret"),
+            ("database", "orders-db\n"),
+        ] {
+            std::fs::write(data.join(key), value).expect("write");
+        }
+        std::os::unix::fs::symlink("..2025_01_01", dir.path().join("..data")).expect("symlink");
+        for key in ["username", "password", "database"] {
+            std::os::unix::fs::symlink(format!("..data/{key}"), dir.path().join(key))
+                .expect("symlink");
+        }
+        let app = read_app(dir.path()).await.expect("reads");
+        assert_eq!(app.role, "orders");
+        assert_eq!(app.password, "s3cret");
+        assert_eq!(app.database, "orders-db");
+
+        std::fs::remove_file(data.join("database")).expect("rm");
+        let err = read_app(dir.path()).await.expect_err("missing key");
+        assert_eq!(err.category(), "secret_missing");
+        assert!(read_admin(dir.path()).await.is_ok());
+        std::fs::write(data.join("password"), "\n").expect("write");
+        let err = read_admin(dir.path()).await.expect_err("empty");
+        assert_eq!(err.category(), "secret_empty");
+    }
+
+    #[test]
+    fn debug_hides_passwords() {
+        let admin = AdminCredentials {
+            username: "postgres".into(),
+            password: "hunter2".into(),
+            previous_password: Some("hunter1".into()),
+        };
+        let shown = format!("{admin:?}");
+        assert!(shown.contains("postgres"));
+        assert!(!shown.contains("hunter"));
+    }
+}

@@ -1,0 +1,165 @@
+//! `servicedb operator`: wires logs, metrics, the HTTP server, leader
+//! election and the controllers, and shuts them down in order.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use kube::api::ListParams;
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::ServiceDatabase;
+use crate::build::OperatorFacts;
+use crate::controller::{Context, servicedatabase};
+use crate::operator::{HttpState, LeaseConfig, LogFormat, Metrics};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct OperatorArgs {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "SERVICEDB_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "SERVICEDB_LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Reconciles that may run at once.
+    #[arg(long, env = "SERVICEDB_CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Elect a leader on a Lease so that several replicas are safe.
+    #[arg(long, env = "SERVICEDB_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Namespace the operator runs in (Lease, NetworkPolicy peer).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "servicedb-system")]
+    pub namespace: String,
+    /// This replica's identity for leader election.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Image of the operator; database pods copy the binary from it.
+    #[arg(
+        long,
+        env = "SERVICEDB_IMAGE",
+        default_value = "ghcr.io/servicedb/servicedb:0.1.0"
+    )]
+    pub image: String,
+    /// Path of the binary inside that image.
+    #[arg(
+        long,
+        env = "SERVICEDB_BINARY_PATH",
+        default_value = "/usr/local/bin/servicedb"
+    )]
+    pub binary_path: String,
+    /// Labels of the operator's pods, `k=v,k=v`, admitted by NetworkPolicies.
+    #[arg(
+        long,
+        env = "SERVICEDB_POD_LABELS",
+        default_value = "app.kubernetes.io/name=servicedb"
+    )]
+    pub pod_labels: String,
+}
+
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    crate::operator::init(args.log_format)?;
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
+    let metrics = Arc::new(Metrics::default());
+    let http = HttpState::new(metrics.clone());
+    let stop_http = CancellationToken::new();
+    let server = tokio::spawn(crate::operator::serve(
+        args.http_addr,
+        http.clone(),
+        stop_http.clone(),
+    ));
+
+    Api::<ServiceDatabase>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+        .context("the servicedb CRDs are not served; install them with `servicedb crd | kubectl apply -f -`")?;
+    http.set_ready(true);
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_on(shutdown.clone()));
+
+    let identity = args
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("servicedb-{}", std::process::id()));
+    let leader = if args.leader_elect {
+        let cfg = LeaseConfig::new(&args.namespace, "servicedb-operator", &identity);
+        tracing::info!(identity, namespace = %args.namespace, "waiting for leadership");
+        tokio::select! {
+            guard = crate::operator::acquire(client.clone(), cfg, metrics.clone()) => Some(guard?),
+            _ = shutdown.cancelled() => None,
+        }
+    } else {
+        None
+    };
+    if shutdown.is_cancelled() {
+        stop_http.cancel();
+        return Ok(());
+    }
+
+    let facts = OperatorFacts {
+        image: args.image.clone(),
+        binary_path: args.binary_path.clone(),
+        namespace: args.namespace.clone(),
+        pod_labels: parse_labels(&args.pod_labels)?,
+    };
+    let ctx = Arc::new(Context::new(client, facts, metrics, Some(identity)));
+    let stop = shutdown.clone();
+    let lost = leader.as_ref().map(|g| g.lost());
+    let leadership_lost = CancellationToken::new();
+    if let Some(lost) = lost {
+        let (stop, flag) = (stop.clone(), leadership_lost.clone());
+        tokio::spawn(async move {
+            lost.await;
+            tracing::error!("leadership lost; stopping so that a standby takes over");
+            flag.cancel();
+            stop.cancel();
+        });
+    }
+    tracing::info!("controllers starting");
+    servicedatabase::run(ctx, args.concurrency, async move { stop.cancelled().await }).await;
+    tracing::info!("controllers stopped");
+
+    if let Some(guard) = leader
+        && !leadership_lost.is_cancelled()
+        && let Err(e) = guard.release().await
+    {
+        tracing::warn!(error = %e, "releasing the Lease failed; a standby takes over when it expires");
+    }
+    stop_http.cancel();
+    let _ = server.await;
+    if leadership_lost.is_cancelled() {
+        anyhow::bail!("leadership lost");
+    }
+    Ok(())
+}
+
+async fn signal_on(token: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutdown requested");
+    token.cancel();
+}
+
+fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .with_context(|| format!("--pod-labels: {pair:?} is not key=value"))
+        })
+        .collect()
+}

@@ -1,0 +1,65 @@
+# servicedb — the make targets are the interface.
+#   make run     run the operator (current cluster, or a local control plane)
+#   make test    unit, engine and end-to-end tests
+#   make crds    regenerate crds/ from the code
+#   make lint    rustfmt + clippy, warnings are errors
+
+SHELL := /bin/bash
+CARGO ?= cargo
+TESTENV_DIR ?= $(HOME)/.cache/servicedb/testenv-e2e
+RUN_DIR ?= $(HOME)/.cache/servicedb/testenv-run
+BIN := $(or $(CARGO_TARGET_DIR),target)/debug/servicedb
+
+.PHONY: build crds check-crds lint unit engine e2e test run stop testenv-up testenv-down static clean
+
+build:
+	$(CARGO) build --locked
+
+## crds: write crds/ from the Rust types.
+crds: build
+	@mkdir -p crds
+	$(BIN) crd > crds/servicedb.dev.yaml
+	@echo "wrote crds/servicedb.dev.yaml"
+
+## check-crds: fail when crds/ differs from the code.
+check-crds: build
+	@$(BIN) crd | diff -u crds/servicedb.dev.yaml - || { echo "crds/ is stale: run 'make crds' and commit it" >&2; exit 1; }
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+## unit: pure tests of validate/build and library code.
+unit:
+	$(CARGO) test --locked --lib --bins
+
+## engine: the instance manager against real PostgreSQL binaries.
+engine:
+	$(CARGO) test --locked --test instance_postgres
+
+## e2e: the operator against a real API server (KUBECONFIG, or a local one).
+e2e: build
+	hack/e2e.sh
+
+test: unit engine e2e
+
+## run: the operator against the current cluster, or a local control plane.
+run: build
+	hack/run.sh
+
+stop:
+	hack/run.sh stop
+
+testenv-up:
+	@hack/testenv/up.sh $(TESTENV_DIR)
+
+testenv-down:
+	@hack/testenv/down.sh $(TESTENV_DIR)
+
+## static: the statically linked binary for the operator and engine images.
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --locked --release --target x86_64-unknown-linux-gnu
+	@file $(or $(CARGO_TARGET_DIR),target)/x86_64-unknown-linux-gnu/release/servicedb
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,14 @@
+//! End-to-end tests against a real Kubernetes API server (KUBECONFIG): the
+//! local control plane of `hack/testenv` (`make e2e`), or any cluster.
+//!
+//! Each test gets its own namespace and its own operator process (the real
+//! `servicedb operator` binary); tests take a lock so that one operator runs
+//! at a time. Without a kubelet or controller manager, tests play their part
+//! where needed: they patch a StatefulSet's status to report ready replicas
+//! and create the PVCs a StatefulSet controller would.
+
+mod harness;
+
+mod dedicated_postgres;
+mod lifecycle;
+mod validation;

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs tests/e2e against KUBECONFIG when it is set, otherwise against a local
-# control plane (hack/testenv) started for the run and stopped afterwards.
+# Runs tests/e2e (and the leader-election tests) against KUBECONFIG when it is
+# set, otherwise against a local control plane (hack/testenv) started for the
+# run and stopped afterwards.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${TESTENV_DIR:-$HOME/.cache/servicedb/testenv-e2e}
@@ -13,5 +14,5 @@ if [ -z "${KUBECONFIG:-}" ]; then
 else
   echo "e2e: using KUBECONFIG=$KUBECONFIG"
 fi
-# One operator at a time: tests start and restart their own.
-${CARGO:-cargo} test --locked --test e2e -- --test-threads=1
+# One operator at a time: the tests start and restart their own.
+${CARGO:-cargo} test --locked --test e2e --test leader_election -- --test-threads=1

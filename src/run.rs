@@ -81,10 +81,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_on(shutdown.clone()));
 
-    let identity = args
-        .identity
-        .clone()
-        .unwrap_or_else(|| format!("servicedb-{}", std::process::id()));
+    // The pod name is the identity; two replicas must never share one, so
+    // the host name (a pod's name) and the pid both go in when it is missing.
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "servicedb".into());
+        format!("{host}-{}", std::process::id())
+    });
     let leader = if args.leader_elect {
         let cfg = LeaseConfig::new(&args.namespace, "servicedb-operator", &identity);
         tracing::info!(identity, namespace = %args.namespace, "waiting for leadership");
@@ -93,6 +98,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             _ = shutdown.cancelled() => None,
         }
     } else {
+        metrics.set_leader(true);
         None
     };
     if shutdown.is_cancelled() {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -196,4 +196,24 @@ async fn every_example_becomes_a_private_postgres_instance() {
         set_ready_replicas(&statefulsets, &inst, 0).await;
         wait_phase(&sdb_api, &name, Phase::Degraded).await;
     }
+
+    // The README's application Deployment is accepted, reads the Secret
+    // servicedb made, and carries the labels the NetworkPolicy admits.
+    let text = std::fs::read_to_string(crate::harness::example_path("examples/app/orders-deployment.yaml")).expect("deployment example");
+    let deployment: Deployment = serde_yaml::from_str(&text).expect("deployment yaml");
+    let deployments: Api<Deployment> = env.api();
+    let deployment = deployments
+        .patch("orders", &PatchParams::apply("servicedb-e2e"), &Patch::Apply(&deployment))
+        .await
+        .expect("the API server accepts the example Deployment");
+    let pod = deployment.spec.expect("spec").template;
+    let env_from = pod.spec.expect("pod").containers[0].env_from.clone().unwrap_or_default();
+    let secret = env_from[0].secret_ref.as_ref().map(|s| s.name.clone()).expect("secretRef");
+    assert!(secrets.get_opt(&secret).await.expect("get").is_some(), "the Deployment's Secret {secret} exists");
+    let np = policies.get("orders-db").await.expect("np");
+    let pod_labels = pod.metadata.and_then(|m| m.labels).unwrap_or_default();
+    let admitted = np.spec.and_then(|s| s.ingress).unwrap_or_default().into_iter().flat_map(|r| r.from.unwrap_or_default()).any(|p| {
+        p.namespace_selector.is_none() && p.pod_selector.and_then(|s| s.match_labels).is_some_and(|m| labels_match(&m, &pod_labels))
+    });
+    assert!(admitted, "the orders pods are admitted by the NetworkPolicy");
 }

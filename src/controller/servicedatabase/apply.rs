@@ -65,7 +65,7 @@ pub async fn apply(
     children: Children,
 ) -> Result<Applied, Error> {
     let Children {
-        statefulset,
+        mut statefulset,
         headless_service,
         client_service,
         pdb,
@@ -73,6 +73,7 @@ pub async fn apply(
         admin_secret,
         credentials_secret,
     } = children;
+    keep_claim_templates(client, namespace, &mut statefulset).await?;
     let mut out = Applied::default();
     let mut keep = Keep::default();
     // Secrets first: the pod mounts them.
@@ -139,6 +140,22 @@ pub async fn apply(
     out.deleted += prune::<NetworkPolicy>(client, namespace, instance, &network_policies).await?;
     out.deleted += prune::<Secret>(client, namespace, instance, &secrets).await?;
     Ok(out)
+}
+
+/// A StatefulSet's claim templates cannot change once it exists: keep the
+/// live ones so that an edit of `storage` does not make every apply fail.
+/// (Growing existing volumes is not implemented yet.)
+async fn keep_claim_templates(client: &Client, namespace: &str, desired: &mut StatefulSet) -> Result<(), Error> {
+    let name = desired.name_any();
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let existing = api.get_opt(&name).await.map_err(|source| Error::Apply { kind: "StatefulSet", name: name.clone(), source })?;
+    if let (Some(existing), Some(spec)) = (existing.and_then(|s| s.spec), desired.spec.as_mut())
+        && existing.volume_claim_templates != spec.volume_claim_templates
+    {
+        tracing::info!(name, "claim templates of an existing StatefulSet are kept; storage changes apply to new instances");
+        spec.volume_claim_templates = existing.volume_claim_templates;
+    }
+    Ok(())
 }
 
 /// Names applied in this reconcile, per kind.

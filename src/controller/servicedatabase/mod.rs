@@ -116,7 +116,7 @@ impl Backoff {
 const RESYNC: Duration = Duration::from_secs(600);
 
 async fn reconcile(sdb: Arc<ServiceDatabase>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let span = info_span!("reconcile", namespace = %sdb.namespace().unwrap_or_default(), name = %sdb.name_any());
+    let span = info_span!("reconcile", namespace = %sdb.namespace().unwrap_or_default(), object = %sdb.name_any());
     async move {
         let _timer = ctx.metrics.reconcile_started(CONTROLLER);
         let api: Api<ServiceDatabase> =
@@ -285,16 +285,16 @@ async fn report(result: RunResult, ctx: &Context) {
     use kube::runtime::controller::Error as C;
     match result {
         Ok((obj, _)) => {
-            tracing::debug!(namespace = obj.namespace.as_deref().unwrap_or(""), name = %obj.name, "reconciled")
+            tracing::debug!(namespace = obj.namespace.as_deref().unwrap_or(""), object = %obj.name, "reconciled")
         }
         Err(C::ReconcilerFailed(error, obj)) => {
             let category = error.category();
             if error.is_invalid_input() {
                 // The status step already recorded a specific Event.
-                tracing::info!(namespace = obj.namespace.as_deref().unwrap_or(""), name = %obj.name, category, error = %error, "spec needs a change");
+                tracing::info!(namespace = obj.namespace.as_deref().unwrap_or(""), object = %obj.name, category, error = %error, "spec needs a change");
                 return;
             }
-            tracing::warn!(namespace = obj.namespace.as_deref().unwrap_or(""), name = %obj.name, category, error = %error, "reconcile failed");
+            tracing::warn!(namespace = obj.namespace.as_deref().unwrap_or(""), object = %obj.name, category, error = %error, "reconcile failed");
             let event = KubeEvent {
                 type_: EventType::Warning,
                 reason: error.reason().into(),

@@ -164,6 +164,22 @@ pub fn validate(
         }
     }
 
+    let not_yet = |field: &'static str, what: &str| {
+        Err(Invalid::new(field, "Unsupported", format!("{what} is not available in this servicedb release yet; remove {field}")))
+    };
+    if spec.backup.is_some() {
+        return not_yet("spec.backup", "backup");
+    }
+    if spec.bootstrap.is_some() {
+        return not_yet("spec.bootstrap", "bootstrapping from a backup");
+    }
+    if spec.credentials.as_ref().is_some_and(|c| c.rotate_every.is_some()) {
+        return not_yet("spec.credentials.rotateEvery", "credential rotation");
+    }
+    if spec.monitoring.as_ref().and_then(|m| m.enabled) == Some(true) {
+        return not_yet("spec.monitoring", "monitoring");
+    }
+
     let secret_name = spec
         .credentials
         .as_ref()

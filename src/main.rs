@@ -21,6 +21,8 @@ enum Command {
     Operator(servicedb::run::OperatorArgs),
     /// Print every CustomResourceDefinition as a YAML stream.
     Crd,
+    /// The in-pod instance manager: PID 1 of a database container.
+    Instance(servicedb::instance::Args),
     /// Copy this executable to a path (the init container of database pods).
     CopyBinary {
         /// Destination file.
@@ -36,6 +38,10 @@ fn main() -> anyhow::Result<()> {
                 print!("---\n{}", serde_yaml::to_string(&crd)?);
             }
             Ok(())
+        }
+        Command::Instance(args) => {
+            servicedb::operator::init(servicedb::operator::LogFormat::Json)?;
+            runtime()?.block_on(servicedb::instance::run(args))
         }
         Command::CopyBinary { dest } => copy_self(&dest),
     }

@@ -10,6 +10,8 @@ use super::common::{LocalObjectRef, conditions_schema};
 /// One backup of a `ServiceDatabase`, taken on schedule or on demand (create
 /// one by hand to back up now). Its status says where the archive is, its
 /// size and checksum, and whether a restore verified it.
+// Each `printcolumn(...)` repeats `type_`; that is kube's syntax, not a mistake.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "servicedb.dev",

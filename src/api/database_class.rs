@@ -8,6 +8,8 @@ use super::common::{BackupSpec, Engine, Isolation, MonitoringSpec, Resources};
 /// A pre-approved database engine with its allowed versions and the defaults
 /// every `ServiceDatabase` of this class gets, like a StorageClass. Exactly
 /// one class per engine should be marked `default`.
+// Each `printcolumn(...)` repeats `type_`; that is kube's syntax, not a mistake.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "servicedb.dev",

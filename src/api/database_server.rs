@@ -10,6 +10,8 @@ use super::common::{Engine, LocalObjectRef, Resources, StorageSpec, conditions_s
 /// A database server that hosts the databases of many services (isolation
 /// `Database` or `Schema`): either an existing server servicedb reaches over
 /// the network (`external`) or one servicedb runs (`managed`).
+// Each `printcolumn(...)` repeats `type_`; that is kube's syntax, not a mistake.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[kube(
     group = "servicedb.dev",

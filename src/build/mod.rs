@@ -111,3 +111,6 @@ pub fn object_meta(
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests;

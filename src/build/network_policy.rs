@@ -54,6 +54,5 @@ pub fn build(
             }]),
             ..Default::default()
         }),
-        ..Default::default()
     }
 }

@@ -16,10 +16,24 @@ use servicedb::api::{Phase, ServiceDatabase};
 
 use crate::harness::{Env, apply_manifest, examples, wait_for};
 
-const KEYS: [&str; 8] = ["engine", "host", "port", "database", "username", "password", "uri", "DATABASE_URL"];
+const KEYS: [&str; 8] = [
+    "engine",
+    "host",
+    "port",
+    "database",
+    "username",
+    "password",
+    "uri",
+    "DATABASE_URL",
+];
 
 pub fn secret_value(secret: &Secret, key: &str) -> String {
-    let bytes = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.clone()).unwrap_or_default();
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .unwrap_or_default();
     String::from_utf8(bytes).expect("utf-8 secret value")
 }
 
@@ -27,20 +41,31 @@ pub async fn get_when<K>(api: &Api<K>, name: &str) -> K
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
 {
-    wait_for(&format!("{} {name}", std::any::type_name::<K>()), Duration::from_secs(30), || async { api.get_opt(name).await.ok().flatten() }).await
+    wait_for(
+        &format!("{} {name}", std::any::type_name::<K>()),
+        Duration::from_secs(30),
+        || async { api.get_opt(name).await.ok().flatten() },
+    )
+    .await
 }
 
 /// Reports `ready` ready replicas on a StatefulSet, as its controller would.
 pub async fn set_ready_replicas(api: &Api<StatefulSet>, name: &str, ready: i32) {
     let patch = json!({"status": {"replicas": 1, "readyReplicas": ready, "availableReplicas": ready, "currentReplicas": 1, "updatedReplicas": 1}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patching StatefulSet status");
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("patching StatefulSet status");
 }
 
 pub async fn wait_phase(api: &Api<ServiceDatabase>, name: &str, phase: Phase) -> ServiceDatabase {
-    wait_for(&format!("ServiceDatabase {name} phase {phase}"), Duration::from_secs(30), || async {
-        let sdb = api.get(name).await.ok()?;
-        (sdb.status.as_ref()?.phase == phase).then_some(sdb)
-    })
+    wait_for(
+        &format!("ServiceDatabase {name} phase {phase}"),
+        Duration::from_secs(30),
+        || async {
+            let sdb = api.get(name).await.ok()?;
+            (sdb.status.as_ref()?.phase == phase).then_some(sdb)
+        },
+    )
     .await
 }
 
@@ -71,7 +96,12 @@ async fn every_example_becomes_a_private_postgres_instance() {
         let client_svc = get_when(&services, &inst).await;
         let pdb = get_when(&pdbs, &inst).await;
         let np = get_when(&policies, &inst).await;
-        let secret_name = sdb.spec.credentials.as_ref().and_then(|c| c.secret_name.clone()).unwrap_or_else(|| inst.clone());
+        let secret_name = sdb
+            .spec
+            .credentials
+            .as_ref()
+            .and_then(|c| c.secret_name.clone())
+            .unwrap_or_else(|| inst.clone());
         let creds = get_when(&secrets, &secret_name).await;
         let admin = get_when(&secrets, &format!("{inst}-admin")).await;
         let live = sdb_api.get(&name).await.expect("sdb");
@@ -89,52 +119,141 @@ async fn every_example_becomes_a_private_postgres_instance() {
         ] {
             let owners = meta.owner_references.clone().unwrap_or_default();
             assert!(
-                owners.iter().any(|o| o.uid == uid && o.kind == "ServiceDatabase" && o.controller == Some(true)),
+                owners.iter().any(|o| o.uid == uid
+                    && o.kind == "ServiceDatabase"
+                    && o.controller == Some(true)),
                 "{what} of {name} is controlled by its ServiceDatabase: {owners:?}"
             );
             let labels = meta.labels.clone().unwrap_or_default();
-            assert_eq!(labels.get("app.kubernetes.io/name").map(String::as_str), Some("postgres"), "{what} labels");
-            assert_eq!(labels.get("app.kubernetes.io/instance"), Some(&name), "{what} labels");
-            assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("servicedb"), "{what} labels");
-            assert!(labels.contains_key("app.kubernetes.io/component"), "{what} labels");
+            assert_eq!(
+                labels.get("app.kubernetes.io/name").map(String::as_str),
+                Some("postgres"),
+                "{what} labels"
+            );
+            assert_eq!(
+                labels.get("app.kubernetes.io/instance"),
+                Some(&name),
+                "{what} labels"
+            );
+            assert_eq!(
+                labels
+                    .get("app.kubernetes.io/managed-by")
+                    .map(String::as_str),
+                Some("servicedb"),
+                "{what} labels"
+            );
+            assert!(
+                labels.contains_key("app.kubernetes.io/component"),
+                "{what} labels"
+            );
         }
 
         // The StatefulSet runs the instance manager on the official image.
         let spec = sts.spec.clone().expect("sts spec");
         let pod = spec.template.spec.clone().expect("pod spec");
-        let db = pod.containers.iter().find(|c| c.name == "database").expect("database container");
+        let db = pod
+            .containers
+            .iter()
+            .find(|c| c.name == "database")
+            .expect("database container");
         let version = sdb.spec.version.clone().unwrap_or_else(|| "17".into());
-        assert_eq!(db.image.as_deref(), Some(format!("docker.io/library/postgres:{version}").as_str()));
+        assert_eq!(
+            db.image.as_deref(),
+            Some(format!("docker.io/library/postgres:{version}").as_str())
+        );
         let args = db.args.clone().unwrap_or_default().join(" ");
-        assert!(args.starts_with("instance --engine postgres"), "database container runs the instance manager: {args}");
-        assert_eq!(db.command.clone().unwrap_or_default(), vec!["/opt/servicedb/servicedb".to_string()]);
+        assert!(
+            args.starts_with("instance --engine postgres"),
+            "database container runs the instance manager: {args}"
+        );
+        assert_eq!(
+            db.command.clone().unwrap_or_default(),
+            vec!["/opt/servicedb/servicedb".to_string()]
+        );
         let init = pod.init_containers.clone().unwrap_or_default();
-        assert!(init.iter().any(|c| c.command.clone().unwrap_or_default().contains(&"copy-binary".to_string())), "an init container copies the binary");
+        assert!(
+            init.iter().any(|c| c
+                .command
+                .clone()
+                .unwrap_or_default()
+                .contains(&"copy-binary".to_string())),
+            "an init container copies the binary"
+        );
         let psc = pod.security_context.clone().expect("pod security context");
         assert_eq!(psc.run_as_non_root, Some(true));
-        assert_eq!(psc.seccomp_profile.map(|s| s.type_), Some("RuntimeDefault".into()));
-        let csc = db.security_context.clone().expect("container security context");
+        assert_eq!(
+            psc.seccomp_profile.map(|s| s.type_),
+            Some("RuntimeDefault".into())
+        );
+        let csc = db
+            .security_context
+            .clone()
+            .expect("container security context");
         assert_eq!(csc.allow_privilege_escalation, Some(false));
-        assert_eq!(csc.capabilities.and_then(|c| c.drop), Some(vec!["ALL".to_string()]));
-        assert_eq!(db.readiness_probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|h| h.path.clone()).as_deref(), Some("/readyz"));
-        let want_size = sdb.spec.storage.as_ref().and_then(|s| s.size.clone()).unwrap_or_else(|| "1Gi".into());
+        assert_eq!(
+            csc.capabilities.and_then(|c| c.drop),
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(
+            db.readiness_probe
+                .as_ref()
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.clone())
+                .as_deref(),
+            Some("/readyz")
+        );
+        let want_size = sdb
+            .spec
+            .storage
+            .as_ref()
+            .and_then(|s| s.size.clone())
+            .unwrap_or_else(|| "1Gi".into());
         let pvc = &spec.volume_claim_templates.clone().expect("claim template")[0];
-        let size = pvc.spec.as_ref().and_then(|s| s.resources.as_ref()).and_then(|r| r.requests.as_ref()).and_then(|r| r.get("storage")).map(|q| q.0.clone());
+        let size = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.clone());
         assert_eq!(size, Some(want_size));
-        let when_deleted = spec.persistent_volume_claim_retention_policy.and_then(|p| p.when_deleted);
+        let when_deleted = spec
+            .persistent_volume_claim_retention_policy
+            .and_then(|p| p.when_deleted);
         let want_policy = match sdb.spec.deletion_policy {
             servicedb::api::DeletionPolicy::Retain => "Retain",
             _ => "Delete",
         };
-        assert_eq!(when_deleted.as_deref(), Some(want_policy), "PVC retention follows deletionPolicy");
+        assert_eq!(
+            when_deleted.as_deref(),
+            Some(want_policy),
+            "PVC retention follows deletionPolicy"
+        );
 
         // Services.
-        assert_eq!(headless.spec.as_ref().and_then(|s| s.cluster_ip.clone()).as_deref(), Some("None"));
-        assert_eq!(client_svc.spec.as_ref().and_then(|s| s.ports.clone()).map(|p| p[0].port), Some(5432));
+        assert_eq!(
+            headless
+                .spec
+                .as_ref()
+                .and_then(|s| s.cluster_ip.clone())
+                .as_deref(),
+            Some("None")
+        );
+        assert_eq!(
+            client_svc
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.clone())
+                .map(|p| p[0].port),
+            Some(5432)
+        );
 
         // The credentials Secret: every key, consistent with each other.
         for key in KEYS {
-            assert!(!secret_value(&creds, key).is_empty(), "Secret {secret_name} has key {key}");
+            assert!(
+                !secret_value(&creds, key).is_empty(),
+                "Secret {secret_name} has key {key}"
+            );
         }
         let host = format!("{inst}.{}.svc", env.ns);
         assert_eq!(secret_value(&creds, "host"), host);
@@ -143,32 +262,84 @@ async fn every_example_becomes_a_private_postgres_instance() {
         let password = secret_value(&creds, "password");
         assert!(password.len() >= 32, "a long generated password");
         let uri = secret_value(&creds, "uri");
-        assert_eq!(uri, format!("postgresql://{}:{password}@{host}:5432/{}", secret_value(&creds, "username"), secret_value(&creds, "database")));
+        assert_eq!(
+            uri,
+            format!(
+                "postgresql://{}:{password}@{host}:5432/{}",
+                secret_value(&creds, "username"),
+                secret_value(&creds, "database")
+            )
+        );
         assert_eq!(secret_value(&creds, "DATABASE_URL"), uri);
-        assert_ne!(secret_value(&admin, "password"), password, "the admin and the service have different passwords");
+        assert_ne!(
+            secret_value(&admin, "password"),
+            password,
+            "the admin and the service have different passwords"
+        );
         assert_eq!(secret_value(&admin, "username"), "postgres");
 
         // The NetworkPolicy selects the database pods and admits the owner's pods.
         let np_spec = np.spec.clone().expect("np spec");
-        let pod_labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-        let np_selector = np_spec.pod_selector.clone().and_then(|s| s.match_labels).unwrap_or_default();
-        assert!(labels_match(&np_selector, &pod_labels), "NetworkPolicy selects the database pods");
-        assert_eq!(np_spec.policy_types, Some(vec!["Ingress".to_string()]));
-        let peers = np_spec.ingress.clone().unwrap_or_default().into_iter().flat_map(|r| r.from.unwrap_or_default()).collect::<Vec<_>>();
-        let owner = sdb.spec.owner.pod_selector.match_labels.clone().unwrap_or_default();
+        let pod_labels = spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let np_selector = np_spec
+            .pod_selector
+            .clone()
+            .and_then(|s| s.match_labels)
+            .unwrap_or_default();
         assert!(
-            peers.iter().any(|p| p.namespace_selector.is_none() && p.pod_selector.as_ref().and_then(|s| s.match_labels.clone()) == Some(owner.clone())),
+            labels_match(&np_selector, &pod_labels),
+            "NetworkPolicy selects the database pods"
+        );
+        assert_eq!(np_spec.policy_types, Some(vec!["Ingress".to_string()]));
+        let peers = np_spec
+            .ingress
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|r| r.from.unwrap_or_default())
+            .collect::<Vec<_>>();
+        let owner = sdb
+            .spec
+            .owner
+            .pod_selector
+            .match_labels
+            .clone()
+            .unwrap_or_default();
+        assert!(
+            peers.iter().any(|p| p.namespace_selector.is_none()
+                && p.pod_selector.as_ref().and_then(|s| s.match_labels.clone())
+                    == Some(owner.clone())),
             "NetworkPolicy admits the owner's pods {owner:?}: {peers:?}"
         );
-        assert!(peers.iter().all(|p| p.pod_selector.is_some()), "no peer admits every pod of a namespace");
+        assert!(
+            peers.iter().all(|p| p.pod_selector.is_some()),
+            "no peer admits every pod of a namespace"
+        );
 
         // Status while the instance starts.
         let live = wait_phase(&sdb_api, &name, Phase::Provisioning).await;
         let status = live.status.clone().expect("status");
         assert_eq!(status.observed_generation, live.metadata.generation);
-        assert_eq!(status.credentials_secret.as_deref(), Some(secret_name.as_str()));
-        assert_eq!(status.endpoint.as_ref().map(|e| e.host.clone()), Some(host.clone()));
-        let cond = |t: &str| status.conditions.iter().find(|c| c.type_ == t).map(|c| c.status.clone());
+        assert_eq!(
+            status.credentials_secret.as_deref(),
+            Some(secret_name.as_str())
+        );
+        assert_eq!(
+            status.endpoint.as_ref().map(|e| e.host.clone()),
+            Some(host.clone())
+        );
+        let cond = |t: &str| {
+            status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .map(|c| c.status.clone())
+        };
         assert_eq!(cond("InstanceReady").as_deref(), Some("False"));
         assert_eq!(cond("CredentialsReady").as_deref(), Some("True"));
         assert_eq!(cond("NetworkIsolated").as_deref(), Some("True"));
@@ -178,18 +349,42 @@ async fn every_example_becomes_a_private_postgres_instance() {
         set_ready_replicas(&statefulsets, &inst, 1).await;
         let ready = wait_phase(&sdb_api, &name, Phase::Ready).await;
         let conds = ready.status.expect("status").conditions;
-        for t in ["Ready", "InstanceReady", "CredentialsReady", "NetworkIsolated"] {
-            assert_eq!(conds.iter().find(|c| c.type_ == t).map(|c| c.status.as_str()), Some("True"), "{t} is True");
-            assert!(conds.iter().filter(|c| c.type_ == t).all(|c| c.observed_generation == live.metadata.generation));
+        for t in [
+            "Ready",
+            "InstanceReady",
+            "CredentialsReady",
+            "NetworkIsolated",
+        ] {
+            assert_eq!(
+                conds
+                    .iter()
+                    .find(|c| c.type_ == t)
+                    .map(|c| c.status.as_str()),
+                Some("True"),
+                "{t} is True"
+            );
+            assert!(
+                conds
+                    .iter()
+                    .filter(|c| c.type_ == t)
+                    .all(|c| c.observed_generation == live.metadata.generation)
+            );
         }
         let events: Api<Event> = env.api();
-        wait_for(&format!("a Ready Event on {name}"), Duration::from_secs(15), || async {
-            let list = events.list(&ListParams::default()).await.ok()?;
-            list.items
-                .iter()
-                .any(|e| e.involved_object.name.as_deref() == Some(name.as_str()) && e.reason.as_deref() == Some("Ready"))
-                .then_some(())
-        })
+        wait_for(
+            &format!("a Ready Event on {name}"),
+            Duration::from_secs(15),
+            || async {
+                let list = events.list(&ListParams::default()).await.ok()?;
+                list.items
+                    .iter()
+                    .any(|e| {
+                        e.involved_object.name.as_deref() == Some(name.as_str())
+                            && e.reason.as_deref() == Some("Ready")
+                    })
+                    .then_some(())
+            },
+        )
         .await;
 
         // The pod stops being ready: the database is Degraded, not Provisioning.
@@ -199,21 +394,50 @@ async fn every_example_becomes_a_private_postgres_instance() {
 
     // The README's application Deployment is accepted, reads the Secret
     // servicedb made, and carries the labels the NetworkPolicy admits.
-    let text = std::fs::read_to_string(crate::harness::example_path("examples/app/orders-deployment.yaml")).expect("deployment example");
+    let text = std::fs::read_to_string(crate::harness::example_path(
+        "examples/app/orders-deployment.yaml",
+    ))
+    .expect("deployment example");
     let deployment: Deployment = serde_yaml::from_str(&text).expect("deployment yaml");
     let deployments: Api<Deployment> = env.api();
     let deployment = deployments
-        .patch("orders", &PatchParams::apply("servicedb-e2e"), &Patch::Apply(&deployment))
+        .patch(
+            "orders",
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&deployment),
+        )
         .await
         .expect("the API server accepts the example Deployment");
     let pod = deployment.spec.expect("spec").template;
-    let env_from = pod.spec.expect("pod").containers[0].env_from.clone().unwrap_or_default();
-    let secret = env_from[0].secret_ref.as_ref().map(|s| s.name.clone()).expect("secretRef");
-    assert!(secrets.get_opt(&secret).await.expect("get").is_some(), "the Deployment's Secret {secret} exists");
+    let env_from = pod.spec.expect("pod").containers[0]
+        .env_from
+        .clone()
+        .unwrap_or_default();
+    let secret = env_from[0]
+        .secret_ref
+        .as_ref()
+        .map(|s| s.name.clone())
+        .expect("secretRef");
+    assert!(
+        secrets.get_opt(&secret).await.expect("get").is_some(),
+        "the Deployment's Secret {secret} exists"
+    );
     let np = policies.get("orders-db").await.expect("np");
     let pod_labels = pod.metadata.and_then(|m| m.labels).unwrap_or_default();
-    let admitted = np.spec.and_then(|s| s.ingress).unwrap_or_default().into_iter().flat_map(|r| r.from.unwrap_or_default()).any(|p| {
-        p.namespace_selector.is_none() && p.pod_selector.and_then(|s| s.match_labels).is_some_and(|m| labels_match(&m, &pod_labels))
-    });
-    assert!(admitted, "the orders pods are admitted by the NetworkPolicy");
+    let admitted = np
+        .spec
+        .and_then(|s| s.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.from.unwrap_or_default())
+        .any(|p| {
+            p.namespace_selector.is_none()
+                && p.pod_selector
+                    .and_then(|s| s.match_labels)
+                    .is_some_and(|m| labels_match(&m, &pod_labels))
+        });
+    assert!(
+        admitted,
+        "the orders pods are admitted by the NetworkPolicy"
+    );
 }

@@ -28,6 +28,9 @@ pub struct Env {
 }
 
 impl Env {
+    // Each #[tokio::test] has its own thread and runtime: the guard serialises
+    // whole tests, it never blocks a task of the same runtime.
+    #[allow(clippy::await_holding_lock)]
     pub async fn new(test: &str) -> Env {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let client = client().await;
@@ -37,7 +40,12 @@ impl Env {
         ensure_namespace(&client, &ns).await;
         apply_manifest(&client, &ns, &example("00-databaseclass-postgres.yaml")).await;
         let operator = Operator::start(test);
-        Env { client, ns, operator, _serial: serial }
+        Env {
+            client,
+            ns,
+            operator,
+            _serial: serial,
+        }
     }
 
     pub fn api<K>(&self) -> Api<K>
@@ -58,7 +66,10 @@ pub async fn client() -> Client {
 
 fn uuid_suffix() -> String {
     use std::time::{SystemTime, UNIX_EPOCH};
-    let n = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     format!("{:x}", (n ^ (std::process::id() as u128) << 20) & 0xffffff)
 }
 
@@ -67,19 +78,34 @@ pub async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     for crd in servicedb::api::crds() {
         let name = crd.name_any();
-        api.patch(&name, &PatchParams::apply("servicedb-e2e").force(), &Patch::Apply(&crd)).await.expect("applying CRD");
-        wait_for(&format!("CRD {name} established"), Duration::from_secs(30), || async {
-            let crd = api.get(&name).await.ok()?;
-            let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
-            established.then_some(())
-        })
+        api.patch(
+            &name,
+            &PatchParams::apply("servicedb-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .expect("applying CRD");
+        wait_for(
+            &format!("CRD {name} established"),
+            Duration::from_secs(30),
+            || async {
+                let crd = api.get(&name).await.ok()?;
+                let established = crd
+                    .status?
+                    .conditions?
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            },
+        )
         .await;
     }
 }
 
 pub async fn ensure_namespace(client: &Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
     match api.create(&PostParams::default(), &ns).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
@@ -89,7 +115,9 @@ pub async fn ensure_namespace(client: &Client, name: &str) {
 
 /// Path of a file in examples/manifests.
 pub fn example(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/manifests").join(file)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/manifests")
+        .join(file)
 }
 
 /// A path relative to the repository.
@@ -99,11 +127,12 @@ pub fn example_path(relative: &str) -> PathBuf {
 
 /// Every file of examples/manifests, sorted.
 pub fn examples() -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/manifests"))
-        .expect("examples/manifests")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/manifests"))
+            .expect("examples/manifests")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
     files.sort();
     files
 }
@@ -119,11 +148,17 @@ pub async fn apply_manifest(client: &Client, ns: &str, path: &PathBuf) -> Vec<Se
         }
         let json: serde_json::Value = serde_json::to_value(&value).expect("json");
         let kind = json["kind"].as_str().unwrap_or_default().to_string();
-        let name = json["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let name = json["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let pp = PatchParams::apply("servicedb-e2e").force();
         match kind.as_str() {
             "DatabaseClass" => {
-                Api::<DatabaseClass>::all(client.clone()).patch(&name, &pp, &Patch::Apply(&json)).await.expect("applying class");
+                Api::<DatabaseClass>::all(client.clone())
+                    .patch(&name, &pp, &Patch::Apply(&json))
+                    .await
+                    .expect("applying class");
             }
             "ServiceDatabase" => {
                 let sdb = Api::<ServiceDatabase>::namespaced(client.clone(), ns)
@@ -132,7 +167,10 @@ pub async fn apply_manifest(client: &Client, ns: &str, path: &PathBuf) -> Vec<Se
                     .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
                 created.push(sdb);
             }
-            other => panic!("{}: the e2e harness applies servicedb kinds only, not {other}", path.display()),
+            other => panic!(
+                "{}: the e2e harness applies servicedb kinds only, not {other}",
+                path.display()
+            ),
         }
     }
     created
@@ -169,7 +207,13 @@ pub struct Operator {
 
 impl Operator {
     pub fn start(test: &str) -> Operator {
-        let mut op = Operator { child: None, http: 0, log: PathBuf::new(), test: test.to_string(), starts: 0 };
+        let mut op = Operator {
+            child: None,
+            http: 0,
+            log: PathBuf::new(),
+            test: test.to_string(),
+            starts: 0,
+        };
         op.spawn();
         op
     }
@@ -183,7 +227,15 @@ impl Operator {
         let err = out.try_clone().expect("log file");
         self.http = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_servicedb"))
-            .args(["operator", "--log-format", "json", "--namespace", OPERATOR_NS, "--concurrency", "4"])
+            .args([
+                "operator",
+                "--log-format",
+                "json",
+                "--namespace",
+                OPERATOR_NS,
+                "--concurrency",
+                "4",
+            ])
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", self.http))
             .arg("--identity")
@@ -204,14 +256,21 @@ impl Operator {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             for _ in 0..100 {
                 if let Ok(Some(status)) = child.try_wait() {
-                    assert!(status.success(), "operator exited with {status} on SIGTERM; log: {}", self.log.display());
+                    assert!(
+                        status.success(),
+                        "operator exited with {status} on SIGTERM; log: {}",
+                        self.log.display()
+                    );
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
             let _ = child.kill();
             let _ = child.wait();
-            panic!("operator did not stop within 10s of SIGTERM; log: {}", self.log.display());
+            panic!(
+                "operator did not stop within 10s of SIGTERM; log: {}",
+                self.log.display()
+            );
         }
     }
 
@@ -224,7 +283,10 @@ impl Operator {
     pub fn logs(&self) -> String {
         let dir = self.log.parent().map(PathBuf::from).unwrap_or_default();
         (1..=self.starts)
-            .map(|n| std::fs::read_to_string(dir.join(format!("{}-{n}.log", self.test))).unwrap_or_default())
+            .map(|n| {
+                std::fs::read_to_string(dir.join(format!("{}-{n}.log", self.test)))
+                    .unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join("\n")
     }
@@ -251,14 +313,23 @@ impl Drop for Operator {
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A minimal HTTP/1.1 GET against 127.0.0.1.
 pub async fn http_get(port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes()).await.ok()?;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.ok()?;
     let (head, body) = buf.split_once("\r\n\r\n")?;

@@ -29,14 +29,52 @@ async fn child_versions(env: &Env, name: &str) -> BTreeMap<String, String> {
     let sec: Api<Secret> = env.api();
     let sdb: Api<ServiceDatabase> = env.api();
     for (k, n, v) in [
-        ("StatefulSet", inst.clone(), sts.get(&inst).await.expect("sts").resource_version()),
-        ("Service", inst.clone(), svc.get(&inst).await.expect("svc").resource_version()),
-        ("Service", format!("{inst}-hl"), svc.get(&format!("{inst}-hl")).await.expect("svc").resource_version()),
-        ("PodDisruptionBudget", inst.clone(), pdb.get(&inst).await.expect("pdb").resource_version()),
-        ("NetworkPolicy", inst.clone(), np.get(&inst).await.expect("np").resource_version()),
-        ("Secret", inst.clone(), sec.get(&inst).await.expect("secret").resource_version()),
-        ("Secret", format!("{inst}-admin"), sec.get(&format!("{inst}-admin")).await.expect("secret").resource_version()),
-        ("ServiceDatabase", name.to_string(), sdb.get(name).await.expect("sdb").resource_version()),
+        (
+            "StatefulSet",
+            inst.clone(),
+            sts.get(&inst).await.expect("sts").resource_version(),
+        ),
+        (
+            "Service",
+            inst.clone(),
+            svc.get(&inst).await.expect("svc").resource_version(),
+        ),
+        (
+            "Service",
+            format!("{inst}-hl"),
+            svc.get(&format!("{inst}-hl"))
+                .await
+                .expect("svc")
+                .resource_version(),
+        ),
+        (
+            "PodDisruptionBudget",
+            inst.clone(),
+            pdb.get(&inst).await.expect("pdb").resource_version(),
+        ),
+        (
+            "NetworkPolicy",
+            inst.clone(),
+            np.get(&inst).await.expect("np").resource_version(),
+        ),
+        (
+            "Secret",
+            inst.clone(),
+            sec.get(&inst).await.expect("secret").resource_version(),
+        ),
+        (
+            "Secret",
+            format!("{inst}-admin"),
+            sec.get(&format!("{inst}-admin"))
+                .await
+                .expect("secret")
+                .resource_version(),
+        ),
+        (
+            "ServiceDatabase",
+            name.to_string(),
+            sdb.get(name).await.expect("sdb").resource_version(),
+        ),
     ] {
         let (key, value) = rv(k, &n, v);
         out.insert(key, value);
@@ -45,7 +83,10 @@ async fn child_versions(env: &Env, name: &str) -> BTreeMap<String, String> {
 }
 
 async fn reconciles(env: &Env) -> f64 {
-    env.operator.metric("servicedb_reconcile_total{controller=\"servicedatabase\"").await.unwrap_or(0.0)
+    env.operator
+        .metric("servicedb_reconcile_total{controller=\"servicedatabase\"")
+        .await
+        .unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -61,28 +102,71 @@ async fn a_resync_writes_nothing_and_credentials_survive_an_operator_restart() {
     // Let the reconciles triggered by our own writes settle.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = child_versions(&env, "payments").await;
-    let password = secret_value(&secrets.get("payments-db").await.expect("secret"), "password");
-    let admin_password = secret_value(&secrets.get("payments-db-admin").await.expect("secret"), "password");
+    let password = secret_value(
+        &secrets.get("payments-db").await.expect("secret"),
+        "password",
+    );
+    let admin_password = secret_value(
+        &secrets.get("payments-db-admin").await.expect("secret"),
+        "password",
+    );
 
     env.operator.restart();
     // The new process reconciles every ServiceDatabase once on start.
-    wait_for("a full resync after the restart", Duration::from_secs(40), || async { (reconciles(&env).await >= 1.0).then_some(()) }).await;
+    wait_for(
+        "a full resync after the restart",
+        Duration::from_secs(40),
+        || async { (reconciles(&env).await >= 1.0).then_some(()) },
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = child_versions(&env, "payments").await;
-    assert_eq!(before, after, "an unchanged resource costs no write on resync");
-    assert_eq!(secret_value(&secrets.get("payments-db").await.expect("secret"), "password"), password);
-    assert_eq!(secret_value(&secrets.get("payments-db-admin").await.expect("secret"), "password"), admin_password);
+    assert_eq!(
+        before, after,
+        "an unchanged resource costs no write on resync"
+    );
+    assert_eq!(
+        secret_value(
+            &secrets.get("payments-db").await.expect("secret"),
+            "password"
+        ),
+        password
+    );
+    assert_eq!(
+        secret_value(
+            &secrets.get("payments-db-admin").await.expect("secret"),
+            "password"
+        ),
+        admin_password
+    );
 
     // No generated password ever reaches a log line, an Event or the status.
     let logs = env.operator.logs();
     assert!(logs.contains("reconcile"), "the operator logged its work");
     let events: Api<Event> = env.api();
-    let events = serde_json::to_string(&events.list(&ListParams::default()).await.expect("events").items).expect("json");
-    let status = serde_json::to_string(&sdbs.get("payments").await.expect("sdb").status).expect("json");
+    let events = serde_json::to_string(
+        &events
+            .list(&ListParams::default())
+            .await
+            .expect("events")
+            .items,
+    )
+    .expect("json");
+    let status =
+        serde_json::to_string(&sdbs.get("payments").await.expect("sdb").status).expect("json");
     for secret in [&password, &admin_password] {
-        assert!(!logs.contains(secret.as_str()), "a password appears in the operator's log");
-        assert!(!events.contains(secret.as_str()), "a password appears in an Event");
-        assert!(!status.contains(secret.as_str()), "a password appears in the status");
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a password appears in the operator's log"
+        );
+        assert!(
+            !events.contains(secret.as_str()),
+            "a password appears in an Event"
+        );
+        assert!(
+            !status.contains(secret.as_str()),
+            "a password appears in the status"
+        );
     }
     env.operator.stop();
 }
@@ -101,13 +185,24 @@ async fn deleted_children_come_back_and_spec_edits_roll_through() {
     let password = secret_value(&get_when(&secrets, "orders-db").await, "password");
 
     // Deleted by hand: recreated.
-    svc.delete("orders-db", &DeleteParams::default()).await.expect("delete service");
-    np.delete("orders-db", &DeleteParams::default()).await.expect("delete np");
-    secrets.delete("orders-db", &DeleteParams::default()).await.expect("delete secret");
-    wait_for("the Service to come back", Duration::from_secs(30), || async {
-        let s = svc.get_opt("orders-db").await.ok()??;
-        (s.uid() != first.uid()).then_some(())
-    })
+    svc.delete("orders-db", &DeleteParams::default())
+        .await
+        .expect("delete service");
+    np.delete("orders-db", &DeleteParams::default())
+        .await
+        .expect("delete np");
+    secrets
+        .delete("orders-db", &DeleteParams::default())
+        .await
+        .expect("delete secret");
+    wait_for(
+        "the Service to come back",
+        Duration::from_secs(30),
+        || async {
+            let s = svc.get_opt("orders-db").await.ok()??;
+            (s.uid() != first.uid()).then_some(())
+        },
+    )
     .await;
     get_when(&np, "orders-db").await;
     let recreated = get_when(&secrets, "orders-db").await;
@@ -119,7 +214,9 @@ async fn deleted_children_come_back_and_spec_edits_roll_through() {
 
     // Edited by hand: put back.
     let drift = json!({"spec": {"replicas": 3}});
-    sts.patch("orders-db", &PatchParams::default(), &Patch::Merge(&drift)).await.expect("drift");
+    sts.patch("orders-db", &PatchParams::default(), &Patch::Merge(&drift))
+        .await
+        .expect("drift");
     wait_for("replicas back to 1", Duration::from_secs(30), || async {
         (sts.get("orders-db").await.ok()?.spec?.replicas == Some(1)).then_some(())
     })
@@ -128,18 +225,35 @@ async fn deleted_children_come_back_and_spec_edits_roll_through() {
     // A spec edit rolls through to the StatefulSet.
     let sdbs: Api<ServiceDatabase> = env.api();
     let edit = json!({"spec": {"resources": {"requests": {"cpu": "250m", "memory": "300Mi"}, "limits": {"memory": "600Mi"}}}});
-    sdbs.patch("orders", &PatchParams::default(), &Patch::Merge(&edit)).await.expect("edit");
-    wait_for("the new resources on the database container", Duration::from_secs(30), || async {
-        let s = sts.get("orders-db").await.ok()?;
-        let c = s.spec?.template.spec?.containers.into_iter().find(|c| c.name == "database")?;
-        let r = c.resources?;
-        (r.requests?.get("memory")?.0 == "300Mi" && r.limits?.get("memory")?.0 == "600Mi").then_some(())
-    })
+    sdbs.patch("orders", &PatchParams::default(), &Patch::Merge(&edit))
+        .await
+        .expect("edit");
+    wait_for(
+        "the new resources on the database container",
+        Duration::from_secs(30),
+        || async {
+            let s = sts.get("orders-db").await.ok()?;
+            let c = s
+                .spec?
+                .template
+                .spec?
+                .containers
+                .into_iter()
+                .find(|c| c.name == "database")?;
+            let r = c.resources?;
+            (r.requests?.get("memory")?.0 == "300Mi" && r.limits?.get("memory")?.0 == "600Mi")
+                .then_some(())
+        },
+    )
     .await;
-    let sdb = wait_for("status of the new generation", Duration::from_secs(30), || async {
-        let s = sdbs.get("orders").await.ok()?;
-        (s.status.as_ref()?.observed_generation == s.metadata.generation).then_some(s)
-    })
+    let sdb = wait_for(
+        "status of the new generation",
+        Duration::from_secs(30),
+        || async {
+            let s = sdbs.get("orders").await.ok()?;
+            (s.status.as_ref()?.observed_generation == s.metadata.generation).then_some(s)
+        },
+    )
     .await;
     assert_eq!(sdb.metadata.generation, Some(2));
 }
@@ -153,7 +267,10 @@ async fn make_pvc(env: &Env, name: &str) {
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     }))
     .expect("pvc");
-    env.api::<PersistentVolumeClaim>().create(&PostParams::default(), &pvc).await.expect("create pvc");
+    env.api::<PersistentVolumeClaim>()
+        .create(&PostParams::default(), &pvc)
+        .await
+        .expect("create pvc");
 }
 
 #[tokio::test]
@@ -173,12 +290,18 @@ async fn retain_keeps_data_and_credentials_and_delete_removes_everything() {
     let orders_password = secret_value(&get_when(&secrets, "orders-db").await, "password");
     get_when(&secrets, "payments-db").await;
 
-    sdbs.delete("orders", &DeleteParams::default()).await.expect("delete orders");
-    sdbs.delete("payments", &DeleteParams::default()).await.expect("delete payments");
+    sdbs.delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete orders");
+    sdbs.delete("payments", &DeleteParams::default())
+        .await
+        .expect("delete payments");
     for name in ["orders", "payments"] {
-        wait_for(&format!("ServiceDatabase {name} to be gone"), Duration::from_secs(30), || async {
-            sdbs.get_opt(name).await.ok()?.is_none().then_some(())
-        })
+        wait_for(
+            &format!("ServiceDatabase {name} to be gone"),
+            Duration::from_secs(30),
+            || async { sdbs.get_opt(name).await.ok()?.is_none().then_some(()) },
+        )
         .await;
     }
     let gone = |o: Option<Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>>| match o {
@@ -190,28 +313,56 @@ async fn retain_keeps_data_and_credentials_and_delete_removes_everything() {
     assert!(sts.get_opt("orders-db").await.expect("get").is_none());
     assert!(svc.get_opt("orders-db").await.expect("get").is_none());
     for name in ["orders-db", "orders-db-admin"] {
-        let s = secrets.get(name).await.unwrap_or_else(|e| panic!("Retain keeps Secret {name}: {e}"));
-        assert!(s.owner_references().is_empty(), "a retained Secret has no owner left to be collected with");
+        let s = secrets
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("Retain keeps Secret {name}: {e}"));
+        assert!(
+            s.owner_references().is_empty(),
+            "a retained Secret has no owner left to be collected with"
+        );
     }
-    let pvc = pvcs.get("data-orders-db-0").await.expect("Retain keeps the data volume");
+    let pvc = pvcs
+        .get("data-orders-db-0")
+        .await
+        .expect("Retain keeps the data volume");
     assert!(pvc.metadata.deletion_timestamp.is_none());
 
     // Delete: everything goes, the data volume included.
     assert!(sts.get_opt("payments-db").await.expect("get").is_none());
     for name in ["payments-db", "payments-db-admin"] {
-        assert!(secrets.get_opt(name).await.expect("get").is_none(), "Delete removes Secret {name}");
+        assert!(
+            secrets.get_opt(name).await.expect("get").is_none(),
+            "Delete removes Secret {name}"
+        );
     }
     // (A PVC stays Terminating under its protection finalizer until the
     // controller manager, absent here, sees no pod uses it.)
-    assert!(gone(pvcs.get_opt("data-payments-db-0").await.expect("get").map(|p| p.metadata.deletion_timestamp)), "Delete removes the PVC");
+    assert!(
+        gone(
+            pvcs.get_opt("data-payments-db-0")
+                .await
+                .expect("get")
+                .map(|p| p.metadata.deletion_timestamp)
+        ),
+        "Delete removes the PVC"
+    );
 
     // Recreating a retained database adopts its data and credentials.
     apply_manifest(&env.client, &env.ns, &example("10-orders-postgres.yaml")).await;
     get_when(&sts, "orders-db").await;
-    let adopted = wait_for("the retained Secret to be adopted", Duration::from_secs(30), || async {
-        let s = secrets.get("orders-db").await.ok()?;
-        (!s.owner_references().is_empty()).then_some(s)
-    })
+    let adopted = wait_for(
+        "the retained Secret to be adopted",
+        Duration::from_secs(30),
+        || async {
+            let s = secrets.get("orders-db").await.ok()?;
+            (!s.owner_references().is_empty()).then_some(s)
+        },
+    )
     .await;
-    assert_eq!(secret_value(&adopted, "password"), orders_password, "the service keeps its password");
+    assert_eq!(
+        secret_value(&adopted, "password"),
+        orders_password,
+        "the service keeps its password"
+    );
 }

@@ -34,7 +34,10 @@ fn with(mut v: Value, patch: Value) -> Value {
 async fn create_error(api: &Api<DynamicObject>, obj: Value) -> String {
     let obj: DynamicObject = serde_json::from_value(obj).expect("object");
     match api.create(&PostParams::default(), &obj).await {
-        Ok(_) => panic!("the API server accepted an invalid ServiceDatabase {}", obj.metadata.name.unwrap_or_default()),
+        Ok(_) => panic!(
+            "the API server accepted an invalid ServiceDatabase {}",
+            obj.metadata.name.unwrap_or_default()
+        ),
         Err(kube::Error::Api(e)) => {
             assert_eq!(e.code, 422, "rejected as invalid: {e:?}");
             e.message
@@ -49,46 +52,98 @@ async fn the_api_server_rejects_invalid_manifests_naming_the_field() {
     let ar = ApiResource::erase::<ServiceDatabase>(&());
     let api: Api<DynamicObject> = Api::namespaced_with(env.client.clone(), &env.ns, &ar);
     let cases: Vec<(&str, Value, &[&str])> = vec![
-        ("no-server", with(base(), json!({"isolation": "Database"})), &["serverRef", "required when isolation is Database or Schema"]),
+        (
+            "no-server",
+            with(base(), json!({"isolation": "Database"})),
+            &["serverRef", "required when isolation is Database or Schema"],
+        ),
         (
             "schema-redis",
-            with(base(), json!({"engine": "Redis", "isolation": "Schema", "serverRef": {"name": "shared"}})),
+            with(
+                base(),
+                json!({"engine": "Redis", "isolation": "Schema", "serverRef": {"name": "shared"}}),
+            ),
             &["spec.isolation", "only available for engine Postgres"],
         ),
-        ("bad-size", with(base(), json!({"storage": {"size": "lots"}})), &["spec.storage.size", "quantity"]),
+        (
+            "bad-size",
+            with(base(), json!({"storage": {"size": "lots"}})),
+            &["spec.storage.size", "quantity"],
+        ),
         (
             "bad-cron",
-            with(base(), json!({"backup": {"schedule": "every night", "destination": {"volume": {"claimName": "b"}}}})),
+            with(
+                base(),
+                json!({"backup": {"schedule": "every night", "destination": {"volume": {"claimName": "b"}}}}),
+            ),
             &["spec.backup.schedule", "cron"],
         ),
-        ("bad-rotation", with(base(), json!({"credentials": {"rotateEvery": "5m"}})), &["spec.credentials.rotateEvery", "at least 1h"]),
-        ("bad-engine", with(base(), json!({"engine": "MySQL"})), &["spec.engine", "Unsupported value"]),
-        ("no-owner", json!({"engine": "Postgres"}), &["spec.owner", "Required value"]),
+        (
+            "bad-rotation",
+            with(base(), json!({"credentials": {"rotateEvery": "5m"}})),
+            &["spec.credentials.rotateEvery", "at least 1h"],
+        ),
+        (
+            "bad-engine",
+            with(base(), json!({"engine": "MySQL"})),
+            &["spec.engine", "Unsupported value"],
+        ),
+        (
+            "no-owner",
+            json!({"engine": "Postgres"}),
+            &["spec.owner", "Required value"],
+        ),
         (
             "two-destinations",
-            with(base(), json!({"backup": {"schedule": "@daily", "destination": {"volume": {"claimName": "b"}, "s3": {"bucket": "bkt", "credentialsSecret": "s"}}}})),
+            with(
+                base(),
+                json!({"backup": {"schedule": "@daily", "destination": {"volume": {"claimName": "b"}, "s3": {"bucket": "bkt", "credentialsSecret": "s"}}}}),
+            ),
             &["spec.backup.destination", "exactly one of s3 or volume"],
         ),
-        ("snapshot-without-backup", with(base(), json!({"deletionPolicy": "Snapshot"})), &["spec.deletionPolicy", "needs backup"]),
-        ("a-name-that-is-far-too-long-for-a-database-x", base(), &["metadata.name", "at most 40 characters"]),
+        (
+            "snapshot-without-backup",
+            with(base(), json!({"deletionPolicy": "Snapshot"})),
+            &["spec.deletionPolicy", "needs backup"],
+        ),
+        (
+            "a-name-that-is-far-too-long-for-a-database-x",
+            base(),
+            &["metadata.name", "at most 40 characters"],
+        ),
     ];
     for (name, spec, expected) in cases {
         let message = create_error(&api, sdb(name, spec)).await;
         for e in expected {
-            assert!(message.contains(e), "{name}: the API server's message {message:?} names {e:?}");
+            assert!(
+                message.contains(e),
+                "{name}: the API server's message {message:?} names {e:?}"
+            );
         }
     }
 
     // Immutable fields.
     let ok: DynamicObject = serde_json::from_value(sdb("fixed", base())).expect("object");
-    api.create(&PostParams::default(), &ok).await.expect("a valid ServiceDatabase is accepted");
+    api.create(&PostParams::default(), &ok)
+        .await
+        .expect("a valid ServiceDatabase is accepted");
     for (patch, expected) in [
         (json!({"spec": {"engine": "Redis"}}), "engine is immutable"),
-        (json!({"spec": {"isolation": "Database", "serverRef": {"name": "shared"}}}), "isolation is immutable"),
+        (
+            json!({"spec": {"isolation": "Database", "serverRef": {"name": "shared"}}}),
+            "isolation is immutable",
+        ),
     ] {
-        match api.patch("fixed", &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => panic!("the API server accepted {patch}"),
-            Err(kube::Error::Api(e)) => assert!(e.message.contains(expected), "{:?} names {expected:?}", e.message),
+            Err(kube::Error::Api(e)) => assert!(
+                e.message.contains(expected),
+                "{:?} names {expected:?}",
+                e.message
+            ),
             Err(e) => panic!("unexpected error: {e}"),
         }
     }
@@ -99,41 +154,94 @@ async fn a_class_violation_is_a_condition_and_an_event_naming_the_field() {
     let env = Env::new("class").await;
     let api: Api<ServiceDatabase> = env.api();
     let obj = sdb("legacy", with(base(), json!({"version": "13"})));
-    api.patch("legacy", &PatchParams::apply("servicedb-e2e"), &Patch::Apply(&obj)).await.expect("accepted by the API server");
+    api.patch(
+        "legacy",
+        &PatchParams::apply("servicedb-e2e"),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .expect("accepted by the API server");
 
     let failed = wait_phase(&api, "legacy", Phase::Failed).await;
     let status = failed.status.expect("status");
-    let spec_valid = status.conditions.iter().find(|c| c.type_ == "SpecValid").expect("SpecValid condition");
+    let spec_valid = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SpecValid")
+        .expect("SpecValid condition");
     assert_eq!(spec_valid.status, "False");
     assert_eq!(spec_valid.reason, "VersionNotAllowed");
-    assert!(spec_valid.message.contains("spec.version"), "{}", spec_valid.message);
-    assert!(spec_valid.message.contains("16, 17"), "the allowed versions are listed: {}", spec_valid.message);
+    assert!(
+        spec_valid.message.contains("spec.version"),
+        "{}",
+        spec_valid.message
+    );
+    assert!(
+        spec_valid.message.contains("16, 17"),
+        "the allowed versions are listed: {}",
+        spec_valid.message
+    );
     assert_eq!(status.observed_generation, failed.metadata.generation);
 
     let events: Api<Event> = env.api();
-    let event = wait_for("a VersionNotAllowed Event", Duration::from_secs(15), || async {
-        let list = events.list(&ListParams::default()).await.ok()?;
-        list.items.into_iter().find(|e| e.involved_object.name.as_deref() == Some("legacy") && e.reason.as_deref() == Some("VersionNotAllowed"))
-    })
+    let event = wait_for(
+        "a VersionNotAllowed Event",
+        Duration::from_secs(15),
+        || async {
+            let list = events.list(&ListParams::default()).await.ok()?;
+            list.items.into_iter().find(|e| {
+                e.involved_object.name.as_deref() == Some("legacy")
+                    && e.reason.as_deref() == Some("VersionNotAllowed")
+            })
+        },
+    )
     .await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
     assert!(event.message.unwrap_or_default().contains("spec.version"));
     let sts: Api<StatefulSet> = env.api();
-    assert!(sts.get_opt("legacy-db").await.expect("get").is_none(), "nothing is created for an invalid spec");
+    assert!(
+        sts.get_opt("legacy-db").await.expect("get").is_none(),
+        "nothing is created for an invalid spec"
+    );
 
     // A class that does not exist is named as well.
     let missing = sdb("orphan", with(base(), json!({"className": "gold"})));
-    api.patch("orphan", &PatchParams::apply("servicedb-e2e"), &Patch::Apply(&missing)).await.expect("accepted");
+    api.patch(
+        "orphan",
+        &PatchParams::apply("servicedb-e2e"),
+        &Patch::Apply(&missing),
+    )
+    .await
+    .expect("accepted");
     let failed = wait_phase(&api, "orphan", Phase::Failed).await;
-    let cond = failed.status.expect("status").conditions.into_iter().find(|c| c.type_ == "SpecValid").expect("condition");
+    let cond = failed
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "SpecValid")
+        .expect("condition");
     assert_eq!(cond.reason, "ClassNotFound");
-    assert!(cond.message.contains("spec.className") && cond.message.contains("gold"), "{}", cond.message);
+    assert!(
+        cond.message.contains("spec.className") && cond.message.contains("gold"),
+        "{}",
+        cond.message
+    );
 
     // Fixing the spec recovers without any other nudge.
     let fixed = sdb("legacy", with(base(), json!({"version": "16"})));
-    api.patch("legacy", &PatchParams::apply("servicedb-e2e"), &Patch::Apply(&fixed)).await.expect("fix");
+    api.patch(
+        "legacy",
+        &PatchParams::apply("servicedb-e2e"),
+        &Patch::Apply(&fixed),
+    )
+    .await
+    .expect("fix");
     let sts_obj = get_when(&sts, "legacy-db").await;
-    let image = sts_obj.spec.and_then(|s| s.template.spec).map(|p| p.containers[0].image.clone().unwrap_or_default());
+    let image = sts_obj
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].image.clone().unwrap_or_default());
     assert_eq!(image.as_deref(), Some("docker.io/library/postgres:16"));
     let live = wait_phase(&api, "legacy", Phase::Provisioning).await;
     assert!(live.meta().generation.is_some());

@@ -145,14 +145,25 @@ pub async fn apply(
 /// A StatefulSet's claim templates cannot change once it exists: keep the
 /// live ones so that an edit of `storage` does not make every apply fail.
 /// (Growing existing volumes is not implemented yet.)
-async fn keep_claim_templates(client: &Client, namespace: &str, desired: &mut StatefulSet) -> Result<(), Error> {
+async fn keep_claim_templates(
+    client: &Client,
+    namespace: &str,
+    desired: &mut StatefulSet,
+) -> Result<(), Error> {
     let name = desired.name_any();
     let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-    let existing = api.get_opt(&name).await.map_err(|source| Error::Apply { kind: "StatefulSet", name: name.clone(), source })?;
+    let existing = api.get_opt(&name).await.map_err(|source| Error::Apply {
+        kind: "StatefulSet",
+        name: name.clone(),
+        source,
+    })?;
     if let (Some(existing), Some(spec)) = (existing.and_then(|s| s.spec), desired.spec.as_mut())
         && existing.volume_claim_templates != spec.volume_claim_templates
     {
-        tracing::info!(name, "claim templates of an existing StatefulSet are kept; storage changes apply to new instances");
+        tracing::info!(
+            name,
+            "claim templates of an existing StatefulSet are kept; storage changes apply to new instances"
+        );
         spec.volume_claim_templates = existing.volume_claim_templates;
     }
     Ok(())

@@ -61,6 +61,18 @@ pub struct ValidatedDatabase {
     pub deletion_policy: DeletionPolicy,
 }
 
+impl std::fmt::Debug for ValidatedDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidatedDatabase")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("engine", &self.engine)
+            .field("version", &self.version)
+            .field("image", &self.image)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ValidatedDatabase {
     /// Base name of the instance's children (`orders` → `orders-db`).
     pub fn instance_name(&self) -> String {
@@ -165,7 +177,11 @@ pub fn validate(
     }
 
     let not_yet = |field: &'static str, what: &str| {
-        Err(Invalid::new(field, "Unsupported", format!("{what} is not available in this servicedb release yet; remove {field}")))
+        Err(Invalid::new(
+            field,
+            "Unsupported",
+            format!("{what} is not available in this servicedb release yet; remove {field}"),
+        ))
     };
     if spec.backup.is_some() {
         return not_yet("spec.backup", "backup");
@@ -173,7 +189,11 @@ pub fn validate(
     if spec.bootstrap.is_some() {
         return not_yet("spec.bootstrap", "bootstrapping from a backup");
     }
-    if spec.credentials.as_ref().is_some_and(|c| c.rotate_every.is_some()) {
+    if spec
+        .credentials
+        .as_ref()
+        .is_some_and(|c| c.rotate_every.is_some())
+    {
         return not_yet("spec.credentials.rotateEvery", "credential rotation");
     }
     if spec.monitoring.as_ref().and_then(|m| m.enabled) == Some(true) {
@@ -217,11 +237,12 @@ pub fn validate(
         class_name,
         storage_size: Quantity(storage_size),
         storage_class_name: storage_class_name.or_else(|| class.spec.storage_class_name.clone()),
-        resources: spec
-            .resources
-            .clone()
-            .or_else(|| class.spec.resources.clone())
-            .unwrap_or_else(default_resources),
+        resources: with_memory_limit(
+            spec.resources
+                .clone()
+                .or_else(|| class.spec.resources.clone())
+                .unwrap_or_else(default_resources),
+        ),
         owner: spec.owner.pod_selector.clone(),
         secret_name,
         admin_secret_name,
@@ -246,6 +267,17 @@ fn check_cron(field: &'static str, schedule: &str) -> Result<(), Invalid> {
         })
 }
 
+/// A database without a memory limit can take a node's memory from its
+/// neighbours; when none is given, the limit is the request (guaranteed memory).
+fn with_memory_limit(mut r: ResourceRequirements) -> ResourceRequirements {
+    let request = r.requests.as_ref().and_then(|q| q.get("memory")).cloned();
+    let limits = r.limits.get_or_insert_with(BTreeMap::new);
+    if let Some(request) = request {
+        limits.entry("memory".into()).or_insert(request);
+    }
+    r
+}
+
 fn default_resources() -> ResourceRequirements {
     let q = |s: &str| Quantity(s.to_string());
     ResourceRequirements {
@@ -260,4 +292,160 @@ fn default_resources() -> ResourceRequirements {
 
 fn join(items: impl Iterator<Item = String>) -> String {
     items.collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    fn edit(sdb: &mut ServiceDatabase, yaml: &str) {
+        let mut value = serde_json::to_value(&sdb.spec).unwrap();
+        let patch: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        for (k, v) in patch.as_object().unwrap() {
+            value[k] = v.clone();
+        }
+        sdb.spec = serde_json::from_value(value).unwrap();
+    }
+
+    #[test]
+    fn the_spec_wins_over_the_class_and_the_class_over_builtin_defaults() {
+        let class: DatabaseClass = fixture("class-postgres.yaml");
+        let db = validate(&fixture("sdb-orders.yaml"), &class).unwrap();
+        assert_eq!(db.version, "16");
+        assert_eq!(db.image, "docker.io/library/postgres:16");
+        assert_eq!(db.storage_size.0, "2Gi");
+        assert_eq!(db.storage_class_name.as_deref(), Some("fast"));
+        assert_eq!(db.secret_name, "orders-credentials");
+        assert_eq!(db.admin_secret_name, "orders-db-admin");
+        assert_eq!(db.host(), "orders-db.shop.svc");
+        assert_eq!(db.deletion_policy, DeletionPolicy::Delete);
+
+        let minimal = validate(&fixture("sdb-minimal.yaml"), &class).unwrap();
+        assert_eq!(minimal.version, "17", "the class's default version");
+        assert_eq!(minimal.storage_size.0, "5Gi", "the class's size");
+        assert_eq!(minimal.secret_name, "cart-items-db");
+        assert_eq!(minimal.database, "cart_items", "a valid SQL identifier");
+        assert_eq!(minimal.username, "cart_items");
+        assert_eq!(minimal.deletion_policy, DeletionPolicy::Retain);
+        let requests = minimal.resources.requests.unwrap();
+        assert_eq!(requests["cpu"].0, "200m", "the class's resources");
+    }
+
+    #[test]
+    fn without_class_defaults_builtin_ones_apply() {
+        let mut class: DatabaseClass = fixture("class-postgres.yaml");
+        class.spec.storage_size = None;
+        class.spec.resources = None;
+        class.spec.default_version = None;
+        let db = validate(&fixture("sdb-minimal.yaml"), &class).unwrap();
+        assert_eq!(db.version, "17", "the last allowed version");
+        assert_eq!(db.storage_size.0, DEFAULT_STORAGE_SIZE);
+        assert!(
+            db.resources.limits.unwrap().contains_key("memory"),
+            "a memory limit by default"
+        );
+    }
+
+    #[test]
+    fn a_version_the_class_does_not_allow_names_the_field_and_the_allowed_values() {
+        let class: DatabaseClass = fixture("class-postgres.yaml");
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        edit(&mut sdb, "version: '13'");
+        let err = validate(&sdb, &class).unwrap_err();
+        assert_eq!(err.field, "spec.version");
+        assert_eq!(err.reason, "VersionNotAllowed");
+        assert!(err.message.contains("16, 17"), "{}", err.message);
+    }
+
+    #[test]
+    fn an_isolation_the_class_does_not_allow_is_refused() {
+        let class: DatabaseClass = fixture("class-postgres.yaml");
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        edit(&mut sdb, "{isolation: Database, serverRef: {name: shared}}");
+        let err = validate(&sdb, &class).unwrap_err();
+        assert_eq!(
+            (err.field, err.reason),
+            ("spec.isolation", "IsolationNotAllowed")
+        );
+        assert!(
+            err.message.contains("allowed: Dedicated"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn a_class_of_another_engine_is_refused() {
+        let mut class: DatabaseClass = fixture("class-postgres.yaml");
+        class.spec.engine = Engine::Redis;
+        let err = validate(&fixture("sdb-orders.yaml"), &class).unwrap_err();
+        assert_eq!(
+            (err.field, err.reason),
+            ("spec.className", "ClassEngineMismatch")
+        );
+    }
+
+    #[test]
+    fn what_is_not_built_yet_is_refused_plainly() {
+        let mut class: DatabaseClass = fixture("class-postgres.yaml");
+        class.spec.allowed_isolations = None;
+        for (yaml, field) in [
+            (
+                "{isolation: Database, serverRef: {name: shared}}",
+                "spec.isolation",
+            ),
+            (
+                "{backup: {schedule: '@daily', destination: {volume: {claimName: b}}}}",
+                "spec.backup",
+            ),
+            (
+                "{credentials: {rotateEvery: 720h}}",
+                "spec.credentials.rotateEvery",
+            ),
+            ("{monitoring: {enabled: true}}", "spec.monitoring"),
+            ("{bootstrap: {fromBackup: {name: b1}}}", "spec.bootstrap"),
+        ] {
+            let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+            edit(&mut sdb, yaml);
+            let err = validate(&sdb, &class).unwrap_err();
+            assert_eq!((err.field, err.reason), (field, "Unsupported"), "{yaml}");
+        }
+        let mut redis = class.clone();
+        redis.spec.engine = Engine::Redis;
+        redis.spec.versions = vec!["7".into()];
+        redis.spec.default_version = None;
+        let mut sdb: ServiceDatabase = fixture("sdb-minimal.yaml");
+        sdb.spec.engine = Engine::Redis;
+        let err = validate(&sdb, &redis).unwrap_err();
+        assert_eq!((err.field, err.reason), ("spec.engine", "Unsupported"));
+    }
+
+    #[test]
+    fn a_bad_schedule_names_its_field() {
+        let class: DatabaseClass = fixture("class-postgres.yaml");
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        edit(
+            &mut sdb,
+            "{backup: {schedule: '99 2 * * *', destination: {volume: {claimName: b}}}}",
+        );
+        let err = validate(&sdb, &class).unwrap_err();
+        assert_eq!(
+            (err.field, err.reason),
+            ("spec.backup.schedule", "InvalidSchedule")
+        );
+    }
+
+    #[test]
+    fn the_admin_secret_name_cannot_be_taken() {
+        let class: DatabaseClass = fixture("class-postgres.yaml");
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        edit(&mut sdb, "{credentials: {secretName: orders-db-admin}}");
+        let err = validate(&sdb, &class).unwrap_err();
+        assert_eq!(err.field, "spec.credentials.secretName");
+    }
 }

@@ -1,0 +1,325 @@
+//! Builders from YAML fixtures: what a reviewer would check on the objects.
+
+use clap::Parser;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::Resource;
+
+use super::*;
+use crate::api::{DatabaseClass, ServiceDatabase};
+use crate::controller::servicedatabase::validate::validate;
+
+fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn facts() -> OperatorFacts {
+    OperatorFacts {
+        image: "example.com/servicedb:1.0".into(),
+        binary_path: "/usr/local/bin/servicedb".into(),
+        namespace: "servicedb-system".into(),
+        pod_labels: BTreeMap::from([("app.kubernetes.io/name".into(), "servicedb".into())]),
+    }
+}
+
+fn build(sdb_fixture: &str) -> (Children, OwnerReference) {
+    let class: DatabaseClass = fixture("class-postgres.yaml");
+    let sdb: ServiceDatabase = fixture(sdb_fixture);
+    let db = validate(&sdb, &class).unwrap();
+    let owner = sdb.controller_owner_ref(&()).unwrap();
+    let creds = Credentials {
+        admin_password: "admin-pw".into(),
+        app_password: "app/pw@1".into(),
+    };
+    (children(&db, &creds, &facts(), &owner), owner)
+}
+
+fn secret(s: &k8s_openapi::api::core::v1::Secret, key: &str) -> String {
+    String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
+}
+
+#[test]
+fn every_child_is_owned_labelled_and_namespaced() {
+    let (c, owner) = build("sdb-orders.yaml");
+    let metas = [
+        &c.statefulset.metadata,
+        &c.headless_service.metadata,
+        &c.client_service.metadata,
+        &c.pdb.metadata,
+        &c.network_policy.metadata,
+        &c.admin_secret.metadata,
+        &c.credentials_secret.metadata,
+    ];
+    for m in metas {
+        assert_eq!(m.namespace.as_deref(), Some("shop"));
+        assert_eq!(m.owner_references.as_ref().unwrap(), &vec![owner.clone()]);
+        assert_eq!(owner.controller, Some(true));
+        let l = m.labels.as_ref().unwrap();
+        assert_eq!(l[LABEL_NAME], "postgres");
+        assert_eq!(l[LABEL_INSTANCE], "orders");
+        assert_eq!(l[LABEL_MANAGED_BY], "servicedb");
+        assert!(l.contains_key(LABEL_COMPONENT));
+    }
+    let names: Vec<_> = metas.iter().map(|m| m.name.clone().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "orders-db",
+            "orders-db-hl",
+            "orders-db",
+            "orders-db",
+            "orders-db",
+            "orders-db-admin",
+            "orders-credentials"
+        ]
+    );
+}
+
+#[test]
+fn the_database_container_runs_the_instance_manager_with_arguments_it_accepts() {
+    let (c, _) = build("sdb-orders.yaml");
+    let sts = c.statefulset.spec.unwrap();
+    let pod = sts.template.spec.unwrap();
+    let db = &pod.containers[0];
+    assert_eq!(db.image.as_deref(), Some("docker.io/library/postgres:16"));
+    let mut argv = db.command.clone().unwrap();
+    argv.extend(db.args.clone().unwrap());
+
+    // The same flags the instance manager's own parser accepts.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+    #[derive(clap::Subcommand)]
+    enum Cmd {
+        Instance(crate::instance::Args),
+    }
+    let Cmd::Instance(args) = Cli::try_parse_from(&argv)
+        .expect("the instance manager accepts the StatefulSet's arguments")
+        .cmd;
+    assert_eq!(args.port, 5432);
+    assert_eq!(args.status_port as i32, statefulset::STATUS_PORT);
+
+    // The binary it runs is the one the init container copies.
+    let init = &pod.init_containers.unwrap()[0];
+    assert_eq!(init.image.as_deref(), Some("example.com/servicedb:1.0"));
+    assert_eq!(
+        init.command.clone().unwrap(),
+        [
+            "/usr/local/bin/servicedb",
+            "copy-binary",
+            "/opt/servicedb/servicedb"
+        ]
+    );
+    assert_eq!(argv[0], "/opt/servicedb/servicedb");
+
+    // Secrets are mounted where the arguments say.
+    let mounts = db.volume_mounts.clone().unwrap();
+    let mount = |path: &str| {
+        mounts
+            .iter()
+            .find(|m| m.mount_path == path)
+            .unwrap()
+            .name
+            .clone()
+    };
+    let volumes = pod.volumes.unwrap();
+    let secret_of = |vol: String| {
+        volumes
+            .iter()
+            .find(|v| v.name == vol)
+            .unwrap()
+            .secret
+            .as_ref()
+            .unwrap()
+            .secret_name
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(
+        secret_of(mount(statefulset::ADMIN_SECRET_DIR)),
+        "orders-db-admin"
+    );
+    assert_eq!(
+        secret_of(mount(statefulset::APP_SECRET_DIR)),
+        "orders-credentials"
+    );
+    assert_eq!(mount(statefulset::DATA_DIR), statefulset::DATA_VOLUME);
+}
+
+#[test]
+fn pods_meet_the_restricted_pod_security_standard() {
+    let (c, _) = build("sdb-orders.yaml");
+    let pod = c.statefulset.spec.unwrap().template.spec.unwrap();
+    let psc = pod.security_context.unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(psc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    for c in pod
+        .init_containers
+        .unwrap()
+        .iter()
+        .chain(pod.containers.iter())
+    {
+        let sc = c.security_context.clone().unwrap();
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+        assert_eq!(
+            sc.capabilities.unwrap().drop.unwrap(),
+            ["ALL"],
+            "{}",
+            c.name
+        );
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert!(sc.privileged.is_none());
+        assert!(
+            c.resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .is_some_and(|l| l.contains_key("memory")),
+            "{} has a memory limit",
+            c.name
+        );
+    }
+}
+
+#[test]
+fn storage_and_claim_retention_follow_the_spec() {
+    let (c, _) = build("sdb-orders.yaml");
+    let sts = c.statefulset.spec.unwrap();
+    let claim = &sts.volume_claim_templates.unwrap()[0];
+    let spec = claim.spec.clone().unwrap();
+    assert_eq!(
+        spec.resources.unwrap().requests.unwrap()["storage"].0,
+        "2Gi"
+    );
+    assert_eq!(spec.storage_class_name.as_deref(), Some("fast"));
+    assert_eq!(
+        sts.persistent_volume_claim_retention_policy
+            .unwrap()
+            .when_deleted
+            .as_deref(),
+        Some("Delete")
+    );
+    let (retained, _) = build("sdb-minimal.yaml");
+    let policy = retained
+        .statefulset
+        .spec
+        .unwrap()
+        .persistent_volume_claim_retention_policy
+        .unwrap();
+    assert_eq!(policy.when_deleted.as_deref(), Some("Retain"));
+}
+
+#[test]
+fn services_pdb_and_policy_select_the_database_pods() {
+    let (c, _) = build("sdb-orders.yaml");
+    let sts = c.statefulset.spec.unwrap();
+    let pod_labels = sts.template.metadata.unwrap().labels.unwrap();
+    let matches =
+        |sel: &BTreeMap<String, String>| sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v));
+    assert!(matches(sts.selector.match_labels.as_ref().unwrap()));
+    for svc in [&c.headless_service, &c.client_service] {
+        let spec = svc.spec.as_ref().unwrap();
+        assert!(matches(spec.selector.as_ref().unwrap()));
+        let port = &spec.ports.as_ref().unwrap()[0];
+        assert_eq!(port.port, 5432);
+    }
+    assert_eq!(
+        c.headless_service
+            .spec
+            .as_ref()
+            .unwrap()
+            .cluster_ip
+            .as_deref(),
+        Some("None")
+    );
+    assert_eq!(sts.service_name.as_deref(), Some("orders-db-hl"));
+    assert!(matches(
+        c.pdb
+            .spec
+            .as_ref()
+            .unwrap()
+            .selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()
+    ));
+
+    let np = c.network_policy.spec.unwrap();
+    assert!(matches(
+        np.pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()
+    ));
+    let rule = &np.ingress.unwrap()[0];
+    let peers = rule.from.as_ref().unwrap();
+    assert_eq!(peers.len(), 2, "the owner and the operator, nobody else");
+    assert_eq!(
+        peers[0]
+            .pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["app"],
+        "orders"
+    );
+    assert!(
+        peers[0].namespace_selector.is_none(),
+        "owner pods of the same namespace only"
+    );
+    assert_eq!(
+        peers[1]
+            .namespace_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["kubernetes.io/metadata.name"],
+        "servicedb-system"
+    );
+    assert_eq!(
+        rule.ports.as_ref().unwrap()[0].port,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(5432))
+    );
+}
+
+#[test]
+fn the_credentials_secret_has_every_key_and_an_encoded_uri() {
+    let (c, _) = build("sdb-orders.yaml");
+    let s = &c.credentials_secret;
+    let keys: Vec<_> = s.data.as_ref().unwrap().keys().cloned().collect();
+    assert_eq!(
+        keys,
+        [
+            "DATABASE_URL",
+            "database",
+            "engine",
+            "host",
+            "password",
+            "port",
+            "uri",
+            "username"
+        ]
+    );
+    assert_eq!(secret(s, "host"), "orders-db.shop.svc");
+    assert_eq!(secret(s, "password"), "app/pw@1");
+    assert_eq!(
+        secret(s, "uri"),
+        "postgresql://orders:app%2Fpw%401@orders-db.shop.svc:5432/orders"
+    );
+    assert_eq!(secret(s, "DATABASE_URL"), secret(s, "uri"));
+    assert_eq!(secret(&c.admin_secret, "username"), "postgres");
+    assert_eq!(secret(&c.admin_secret, "password"), "admin-pw");
+    assert_eq!(
+        c.admin_secret.data.as_ref().unwrap().len(),
+        2,
+        "the admin Secret holds only the admin login"
+    );
+}

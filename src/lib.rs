@@ -5,6 +5,7 @@ pub mod api;
 pub mod build;
 pub mod controller;
 pub mod engine;
+pub mod instance;
 pub mod operator;
 pub mod password;
 pub mod run;

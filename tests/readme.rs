@@ -21,7 +21,10 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn blocks<'a>(text: &'a str, lang: &str) -> Vec<&'a str> {
     let fence = format!("```{lang}\n");
-    text.split(fence.as_str()).skip(1).filter_map(|rest| rest.split("```").next()).collect()
+    text.split(fence.as_str())
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .collect()
 }
 
 #[test]
@@ -29,11 +32,17 @@ fn every_yaml_block_in_the_readme_is_an_example_file() {
     let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
     let mut examples = vec![];
     files(&root().join("examples"), &mut examples);
-    let contents: Vec<String> = examples.iter().map(|p| std::fs::read_to_string(p).expect("example")).collect();
+    let contents: Vec<String> = examples
+        .iter()
+        .map(|p| std::fs::read_to_string(p).expect("example"))
+        .collect();
     let yaml = blocks(&readme, "yaml");
     assert!(!yaml.is_empty(), "the README shows examples");
     for block in yaml {
-        assert!(contents.iter().any(|c| c == block), "this README block is not a file under examples/:\n{block}");
+        assert!(
+            contents.iter().any(|c| c == block),
+            "this README block is not a file under examples/:\n{block}"
+        );
     }
 }
 
@@ -47,14 +56,27 @@ fn every_make_target_the_readme_names_exists() {
         .filter_map(|l| l.split_once(':').map(|(t, _)| t.trim()))
         .collect();
     // `make x` in prose, and `make x` lines in shell blocks.
-    let mut named: Vec<String> = readme.split("`make ").skip(1).filter_map(|p| p.split('`').next()).map(String::from).collect();
+    let mut named: Vec<String> = readme
+        .split("`make ")
+        .skip(1)
+        .filter_map(|p| p.split('`').next())
+        .map(String::from)
+        .collect();
     for block in blocks(&readme, "sh") {
-        named.extend(block.lines().filter_map(|l| l.trim().strip_prefix("make ")).map(String::from));
+        named.extend(
+            block
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("make "))
+                .map(String::from),
+        );
     }
     assert!(named.len() >= 5, "the README names its make targets");
     for command in named {
         for target in command.split_whitespace() {
-            assert!(targets.contains(&target), "the README names `make {target}`, which the Makefile lacks (has {targets:?})");
+            assert!(
+                targets.contains(&target),
+                "the README names `make {target}`, which the Makefile lacks (has {targets:?})"
+            );
         }
     }
 }

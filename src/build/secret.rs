@@ -41,19 +41,23 @@ pub fn credentials(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerRef
         username: &db.username,
         password: &creds.app_password,
     });
+    let mut values = data([
+        ("engine", db.engine.as_str().to_string()),
+        ("host", host),
+        ("port", port.to_string()),
+        ("database", db.database.clone()),
+        ("username", db.username.clone()),
+        ("password", creds.app_password.clone()),
+        (db.engine_spec.customary_variable(), uri.clone()),
+        ("uri", uri),
+    ]);
+    for (key, value) in db.engine_spec.extra_secret_keys(&db.username) {
+        values.insert(key.to_string(), ByteString(value.into_bytes()));
+    }
     Secret {
         metadata: object_meta(db, db.secret_name.clone(), COMPONENT_CREDENTIALS, owner),
         type_: Some("Opaque".into()),
-        data: Some(data([
-            ("engine", db.engine.as_str().to_string()),
-            ("host", host),
-            ("port", port.to_string()),
-            ("database", db.database.clone()),
-            ("username", db.username.clone()),
-            ("password", creds.app_password.clone()),
-            (db.engine_spec.customary_variable(), uri.clone()),
-            ("uri", uri),
-        ])),
+        data: Some(values),
         ..Default::default()
     }
 }

@@ -2,8 +2,10 @@
 //! URIs, and the live user/grant logic shared by the operator (shared servers)
 //! and the instance manager (dedicated instances). One file per engine.
 
+pub mod mongodb;
 pub mod postgres;
 pub mod postgres_users;
+pub mod redis;
 
 use crate::api::Engine;
 
@@ -23,6 +25,15 @@ pub trait EngineSpec: Send + Sync {
     fn run_as_user(&self) -> i64;
     /// The environment variable applications customarily read (`DATABASE_URL`).
     fn customary_variable(&self) -> &'static str;
+    /// The `database` of the credentials Secret for a service identifier
+    /// (`orders` for Postgres and MongoDB; a database index for Redis).
+    fn database_name(&self, identifier: &str) -> String {
+        identifier.to_string()
+    }
+    /// Engine-specific keys of the credentials Secret, beyond the common ones.
+    fn extra_secret_keys(&self, _identifier: &str) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
     /// A connection URI for the given credentials.
     fn uri(&self, c: &Connection<'_>) -> String;
     /// Whether servicedb can run a dedicated instance of this engine yet.
@@ -42,55 +53,12 @@ pub struct Connection<'a> {
 pub fn for_engine(engine: Engine) -> &'static dyn EngineSpec {
     match engine {
         Engine::Postgres => &postgres::Postgres,
-        Engine::Redis => &Unsupported {
-            image: "redis",
-            port: 6379,
-            variable: "REDIS_URL",
-        },
-        Engine::MongoDB => &Unsupported {
-            image: "mongo",
-            port: 27017,
-            variable: "MONGODB_URI",
-        },
+        Engine::Redis => &redis::Redis,
+        Engine::MongoDB => &mongodb::MongoDB,
     }
 }
 
-/// An engine whose dedicated path is not built yet: the controller reports
-/// this plainly instead of creating half an instance.
-struct Unsupported {
-    image: &'static str,
-    port: i32,
-    variable: &'static str,
-}
-
-impl EngineSpec for Unsupported {
-    fn default_image(&self) -> &'static str {
-        self.image
-    }
-    fn port(&self) -> i32 {
-        self.port
-    }
-    fn port_name(&self) -> &'static str {
-        "db"
-    }
-    fn admin_username(&self) -> &'static str {
-        "admin"
-    }
-    fn run_as_user(&self) -> i64 {
-        999
-    }
-    fn customary_variable(&self) -> &'static str {
-        self.variable
-    }
-    fn uri(&self, _: &Connection<'_>) -> String {
-        String::new()
-    }
-    fn dedicated_supported(&self) -> bool {
-        false
-    }
-}
-
-/// Percent-encodes a URI user-info component.
+/// Percent-encodes a URI user-info or path component.
 pub fn encode_userinfo(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -20,7 +20,7 @@ pub(crate) enum SyncState {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct State_ {
+struct Snapshot {
     running: bool,
     accepting: bool,
     sync: SyncState,
@@ -28,11 +28,11 @@ struct State_ {
 
 /// What the supervisor and the sync loop know, read by the probes.
 #[derive(Debug)]
-pub(crate) struct Health(Mutex<State_>);
+pub(crate) struct Health(Mutex<Snapshot>);
 
 impl Default for Health {
     fn default() -> Self {
-        Health(Mutex::new(State_ {
+        Health(Mutex::new(Snapshot {
             running: false,
             accepting: false,
             sync: SyncState::Pending,
@@ -41,11 +41,11 @@ impl Default for Health {
 }
 
 impl Health {
-    fn update(&self, change: impl FnOnce(&mut State_)) {
+    fn update(&self, change: impl FnOnce(&mut Snapshot)) {
         change(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    fn get(&self) -> State_ {
+    fn get(&self) -> Snapshot {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -158,6 +158,9 @@ pub async fn acquire(
                     last_holder = Some(holder);
                 }
             }
+            Ok(Ok(Attempt::Raced)) => {
+                tracing::debug!(lease = %elector.cfg.name, "another candidate wrote the lease first");
+            }
             Ok(Err(error)) => {
                 tracing::warn!(
                     error = &error as &dyn std::error::Error,
@@ -236,17 +239,19 @@ impl LeaderGuard {
 
     /// Stops renewing and clears `holderIdentity` so that a standby takes
     /// over at its next poll. Call it after the controllers have stopped.
-    /// Does nothing to a Lease that another candidate already holds.
+    /// Does nothing to a Lease that another candidate already holds. An
+    /// error (API unreachable) needs no handling beyond a log line: the
+    /// Lease then expires as if we had crashed.
     pub async fn release(mut self) -> Result<(), LeaderError> {
         self.stop.cancel();
         if let Some(renewer) = self.renewer.take() {
-            // The task only ends by returning; a panic there is already gone.
+            // An error only says the task panicked; it renews no more either way.
             let _ = renewer.await;
         }
         self.metrics.set_leader(false);
 
         // A renewal sent just before the stop may land between our read and
-        // our write; one retry covers it.
+        // our write, failing it with 409; read again and retry.
         for _ in 0..3 {
             let Some(mut lease) = self
                 .api
@@ -333,6 +338,9 @@ async fn renew_loop(
                 tracing::error!(%holder, lease = %cfg.name, "the leader lease was taken by another candidate");
                 break;
             }
+            Ok(Ok(Attempt::Raced)) => {
+                tracing::warn!(lease = %cfg.name, "the leader lease changed while renewing it; retrying");
+            }
             Ok(Err(error)) => {
                 tracing::warn!(
                     error = &error as &dyn std::error::Error,
@@ -357,6 +365,9 @@ enum Attempt {
     Leading,
     /// Someone else does; `holder` names them for the logs.
     Standby { holder: String },
+    /// Another write got in between our read and our write (409); the next
+    /// try reads the new state.
+    Raced,
 }
 
 /// One candidate's view of the Lease, as in client-go's `LeaderElector`.
@@ -377,7 +388,7 @@ impl Elector {
     }
 
     /// Reads the Lease and, if it is free, ours or expired, writes ourselves
-    /// in as holder. A lost race is a `Standby`, not an error.
+    /// in as holder. A lost race is [`Attempt::Raced`], not an error.
     async fn try_acquire_or_renew(&mut self) -> Result<Attempt, LeaderError> {
         let now = Timestamp::now();
         let Some(mut lease) = self
@@ -399,9 +410,7 @@ impl Elector {
                     self.observe(created.spec.unwrap_or_default());
                     Ok(Attempt::Leading)
                 }
-                Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                    Ok(another_candidate())
-                }
+                Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(Attempt::Raced),
                 Err(e) => Err(self.api_error("create", e)),
             };
         };
@@ -424,7 +433,7 @@ impl Elector {
                 self.observe(updated.spec.unwrap_or_default());
                 Ok(Attempt::Leading)
             }
-            Err(kube::Error::Api(status)) if status.is_conflict() => Ok(another_candidate()),
+            Err(kube::Error::Api(status)) if status.is_conflict() => Ok(Attempt::Raced),
             Err(e) => Err(self.api_error("update", e)),
         }
     }
@@ -446,12 +455,6 @@ impl Elector {
             lease: format!("{}/{}", self.cfg.namespace, self.cfg.name),
             source: Box::new(source),
         }
-    }
-}
-
-fn another_candidate() -> Attempt {
-    Attempt::Standby {
-        holder: "another candidate".to_owned(),
     }
 }
 

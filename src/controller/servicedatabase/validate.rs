@@ -246,7 +246,7 @@ pub fn validate(
         owner: spec.owner.pod_selector.clone(),
         secret_name,
         admin_secret_name,
-        database: identifier.clone(),
+        database: engine_spec.database_name(&identifier),
         username: identifier,
         deletion_policy: spec.deletion_policy,
         name,

@@ -1,0 +1,68 @@
+//! MongoDB: the official `mongo` image, run by the instance manager as a
+//! single-member replica set (so transactions and change streams work). The
+//! service's user has `readWrite` on its own database only.
+
+use super::{Connection, EngineSpec, encode_userinfo};
+
+/// MongoDB.
+pub struct MongoDB;
+
+/// Name of the replica set servicedb initiates.
+pub const REPLICA_SET: &str = "rs0";
+
+impl EngineSpec for MongoDB {
+    fn default_image(&self) -> &'static str {
+        "docker.io/library/mongo"
+    }
+    fn port(&self) -> i32 {
+        27017
+    }
+    fn port_name(&self) -> &'static str {
+        "mongodb"
+    }
+    fn admin_username(&self) -> &'static str {
+        "root"
+    }
+    fn run_as_user(&self) -> i64 {
+        // The uid and gid of the `mongodb` user in the official image.
+        999
+    }
+    fn customary_variable(&self) -> &'static str {
+        "MONGODB_URI"
+    }
+    fn uri(&self, c: &Connection<'_>) -> String {
+        // directConnection: clients talk to the one member through the
+        // Service instead of discovering it by its pod name.
+        format!(
+            "mongodb://{}:{}@{}:{}/{db}?authSource={db}&directConnection=true",
+            encode_userinfo(c.username),
+            encode_userinfo(c.password),
+            c.host,
+            c.port,
+            db = encode_userinfo(c.database),
+        )
+    }
+    fn dedicated_supported(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_authenticates_against_the_service_database() {
+        let c = Connection {
+            host: "catalog-db.shop.svc",
+            port: 27017,
+            database: "catalog",
+            username: "catalog",
+            password: "s@fe",
+        };
+        assert_eq!(
+            MongoDB.uri(&c),
+            "mongodb://catalog:s%40fe@catalog-db.shop.svc:27017/catalog?authSource=catalog&directConnection=true"
+        );
+    }
+}

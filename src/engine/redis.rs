@@ -1,0 +1,74 @@
+//! Redis: the official `redis` image, run by the instance manager. The
+//! service's ACL user may touch only keys and channels under its prefix.
+
+use super::{Connection, EngineSpec, encode_userinfo};
+
+/// Redis.
+pub struct Redis;
+
+/// The key prefix of a service: `cart_items` → `cart_items:`.
+pub fn key_prefix(identifier: &str) -> String {
+    format!("{identifier}:")
+}
+
+impl EngineSpec for Redis {
+    fn default_image(&self) -> &'static str {
+        "docker.io/library/redis"
+    }
+    fn port(&self) -> i32 {
+        6379
+    }
+    fn port_name(&self) -> &'static str {
+        "redis"
+    }
+    fn admin_username(&self) -> &'static str {
+        "admin"
+    }
+    fn run_as_user(&self) -> i64 {
+        // The uid and gid of the `redis` user in the official image.
+        999
+    }
+    fn customary_variable(&self) -> &'static str {
+        "REDIS_URL"
+    }
+    fn database_name(&self, _identifier: &str) -> String {
+        "0".into()
+    }
+    fn extra_secret_keys(&self, identifier: &str) -> Vec<(&'static str, String)> {
+        vec![("keyPrefix", key_prefix(identifier))]
+    }
+    fn uri(&self, c: &Connection<'_>) -> String {
+        format!(
+            "redis://{}:{}@{}:{}/{}",
+            encode_userinfo(c.username),
+            encode_userinfo(c.password),
+            c.host,
+            c.port,
+            c.database
+        )
+    }
+    fn dedicated_supported(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_names_user_and_database_index() {
+        let c = Connection {
+            host: "cart-db.shop.svc",
+            port: 6379,
+            database: "0",
+            username: "cart",
+            password: "p:w",
+        };
+        assert_eq!(Redis.uri(&c), "redis://cart:p%3Aw@cart-db.shop.svc:6379/0");
+        assert_eq!(
+            Redis.extra_secret_keys("cart"),
+            vec![("keyPrefix", "cart:".to_string())]
+        );
+    }
+}

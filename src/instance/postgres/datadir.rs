@@ -1,0 +1,278 @@
+//! The data directory: created by initdb on first start, configured at
+//! every start. initdb works in a scratch directory that is renamed into
+//! place only when complete, so an interrupted first start (SIGTERM, OOM
+//! kill, node loss) never leaves a half-made PGDATA behind.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, bail};
+use tracing::{info, warn};
+
+use super::binaries::Binaries;
+use super::config::{self, Settings};
+use crate::instance::secrets::AdminCredentials;
+
+/// Linux's sun_path is 108 bytes including the NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, Clone)]
+pub(super) struct Layout {
+    pub data_dir: PathBuf,
+    pub pgdata: PathBuf,
+    pub socket_dir: PathBuf,
+    scratch: PathBuf,
+}
+
+impl Layout {
+    pub(super) fn new(data_dir: &Path) -> Layout {
+        Layout {
+            data_dir: data_dir.to_owned(),
+            pgdata: data_dir.join("pgdata"),
+            socket_dir: data_dir.join("run"),
+            scratch: data_dir.join("pgdata.initdb"),
+        }
+    }
+
+    pub(super) fn socket_path(&self, port: u16) -> PathBuf {
+        self.socket_dir.join(format!(".s.PGSQL.{port}"))
+    }
+
+    pub(super) fn postmaster_pid(&self) -> PathBuf {
+        self.pgdata.join("postmaster.pid")
+    }
+}
+
+/// Makes `layout.pgdata` a configured data directory, running initdb if it
+/// holds none yet. An existing one keeps its data and its passwords.
+pub(super) async fn prepare(
+    binaries: &Binaries,
+    layout: &Layout,
+    admin: &AdminCredentials,
+    settings: &Settings,
+) -> anyhow::Result<()> {
+    let socket = layout.socket_path(settings.port);
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        bail!(
+            "socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --data-dir",
+            socket.display()
+        );
+    }
+    std::fs::create_dir_all(&layout.data_dir)
+        .with_context(|| format!("cannot create {}", layout.data_dir.display()))?;
+    std::fs::create_dir_all(&layout.socket_dir)
+        .with_context(|| format!("cannot create {}", layout.socket_dir.display()))?;
+    set_mode(&layout.socket_dir, 0o700)?;
+
+    match std::fs::read_to_string(layout.pgdata.join("PG_VERSION")) {
+        Ok(version) => info!(
+            pgdata = %layout.pgdata.display(),
+            version = version.trim(),
+            "found an existing data directory; keeping its data and passwords"
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            initialise(binaries, layout, admin).await?;
+        }
+        Err(error) => {
+            return Err(error)
+                .with_context(|| format!("cannot read {}/PG_VERSION", layout.pgdata.display()));
+        }
+    }
+    // PostgreSQL refuses a group-writable data directory; a volume's fsGroup
+    // ownership change can make it one.
+    set_mode(&layout.pgdata, 0o700)?;
+    configure(&layout.pgdata, settings)
+}
+
+async fn initialise(
+    binaries: &Binaries,
+    layout: &Layout,
+    admin: &AdminCredentials,
+) -> anyhow::Result<()> {
+    if layout.pgdata.exists() {
+        let empty = std::fs::read_dir(&layout.pgdata)
+            .with_context(|| format!("cannot read {}", layout.pgdata.display()))?
+            .next()
+            .is_none();
+        if !empty {
+            bail!(
+                "{} is not empty but has no PG_VERSION: not a PostgreSQL data directory; \
+                 refusing to initialise over it",
+                layout.pgdata.display()
+            );
+        }
+        std::fs::remove_dir(&layout.pgdata)
+            .with_context(|| format!("cannot remove empty {}", layout.pgdata.display()))?;
+    }
+    if layout.scratch.exists() {
+        warn!(scratch = %layout.scratch.display(), "removing the leftovers of an interrupted initdb");
+        std::fs::remove_dir_all(&layout.scratch)
+            .with_context(|| format!("cannot remove {}", layout.scratch.display()))?;
+    }
+    if admin.password.contains(['\n', '\r']) {
+        bail!("the admin password must be a single line (initdb reads one line)");
+    }
+
+    info!(pgdata = %layout.pgdata.display(), admin = %admin.username, "initialising a new data directory");
+    let password_file =
+        PasswordFile::create(&layout.socket_dir.join("initdb.pwfile"), &admin.password)?;
+    let status = tokio::process::Command::new(&binaries.initdb)
+        .arg("--pgdata")
+        .arg(&layout.scratch)
+        .arg("--username")
+        .arg(&admin.username)
+        .arg("--pwfile")
+        .arg(&password_file.path)
+        .args([
+            "--auth-local=scram-sha-256",
+            "--auth-host=scram-sha-256",
+            "--encoding=UTF8",
+            "--data-checksums",
+            // Its "now start the server with pg_ctl -D <scratch>" would mislead.
+            "--no-instructions",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        // Dropped when a signal interrupts the start: don't leave it running.
+        .kill_on_drop(true)
+        .status()
+        .await
+        .with_context(|| format!("cannot run {}", binaries.initdb.display()))?;
+    drop(password_file);
+    if !status.success() {
+        bail!("initdb failed ({status})");
+    }
+    std::fs::rename(&layout.scratch, &layout.pgdata).with_context(|| {
+        format!(
+            "cannot move {} to {}",
+            layout.scratch.display(),
+            layout.pgdata.display()
+        )
+    })?;
+    info!(pgdata = %layout.pgdata.display(), "data directory initialised");
+    Ok(())
+}
+
+fn configure(pgdata: &Path, settings: &Settings) -> anyhow::Result<()> {
+    write_file(
+        &pgdata.join(config::CONF_FILE),
+        &config::servicedb_conf(settings),
+    )?;
+    write_file(&pgdata.join("pg_hba.conf"), config::PG_HBA)?;
+    let main_conf = pgdata.join("postgresql.conf");
+    let current = std::fs::read_to_string(&main_conf)
+        .with_context(|| format!("cannot read {}", main_conf.display()))?;
+    if let Some(updated) = config::with_include(&current) {
+        write_file(&main_conf, &updated)?;
+    }
+    Ok(())
+}
+
+/// Writes through a temporary file and a rename, so that a crash never
+/// leaves the server a half-written configuration.
+fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+    let temporary = path.with_extension("servicedb-tmp");
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temporary)?;
+        file.write_all(contents.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)
+    })();
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| {
+        format!(
+            "cannot set the permissions of {} to {mode:o}",
+            path.display()
+        )
+    })
+}
+
+/// initdb's `--pwfile`: readable by us only, removed as soon as initdb is
+/// done (and on every early return).
+struct PasswordFile {
+    path: PathBuf,
+}
+
+impl PasswordFile {
+    fn create(path: &Path, password: &str) -> anyhow::Result<PasswordFile> {
+        // A leftover from a killed start holds the same kind of secret; replace it.
+        match std::fs::remove_file(path) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(error).with_context(|| format!("cannot remove {}", path.display()));
+            }
+            _ => {}
+        }
+        let guard = PasswordFile {
+            path: path.to_owned(),
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
+        writeln!(file, "{password}").with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(guard)
+    }
+}
+
+impl Drop for PasswordFile {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            warn!(path = %self.path.display(), %error, "cannot remove initdb's password file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn password_file_is_private_and_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "stale").expect("write");
+        {
+            let file = PasswordFile::create(&path, "s3cret").expect("created");
+            let meta = std::fs::metadata(&file.path).expect("exists");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+            assert_eq!(std::fs::read_to_string(&path).expect("read"), "s3cret\n");
+        }
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn configure_writes_our_files_and_keeps_initdb_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("postgresql.conf"), "work_mem = 8MB\n").expect("write");
+        std::fs::write(dir.path().join("pg_hba.conf"), "local all all trust\n").expect("write");
+        let settings = Settings {
+            listen_addresses: "*".into(),
+            port: 5432,
+            socket_dir: PathBuf::from("/x/run"),
+            shared_buffers_mib: 128,
+        };
+        configure(dir.path(), &settings).expect("configured");
+        configure(dir.path(), &settings).expect("configured twice");
+        let main = std::fs::read_to_string(dir.path().join("postgresql.conf")).expect("read");
+        assert!(main.starts_with("work_mem = 8MB\n"));
+        assert_eq!(main.matches(config::INCLUDE_LINE).count(), 1);
+        let hba = std::fs::read_to_string(dir.path().join("pg_hba.conf")).expect("read");
+        assert!(!hba.contains("trust"));
+        let ours = std::fs::read_to_string(dir.path().join(config::CONF_FILE)).expect("read");
+        assert!(ours.contains("port = 5432"));
+        assert!(!dir.path().join("pg_hba.servicedb-tmp").exists());
+    }
+}

@@ -1,0 +1,251 @@
+//! Keeps the server's users in step with the mounted Secrets: every
+//! interval, re-read the Secret files, check the server still answers, and
+//! apply whatever changed (the admin's password, the service's role and
+//! database). Unchanged Secrets cost one `SELECT 1`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+use tracing::{debug, info, warn};
+
+use crate::engine::postgres_users::{self, ServiceUser, UserError};
+use crate::instance::secrets::{self, AdminCredentials, SecretError};
+use crate::instance::status::{Health, SyncState};
+
+/// How often to look while the server is starting, so that readiness
+/// follows soon after it accepts connections.
+const STARTUP_POLL: Duration = Duration::from_millis(200);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Even with unchanged Secrets, check the server's side this often, so that
+/// a password or privilege changed by hand does not stay changed.
+const RECHECK_EVERY: Duration = Duration::from_secs(300);
+
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub socket_dir: PathBuf,
+    pub port: u16,
+    pub admin_secret_dir: PathBuf,
+    pub app_secret_dir: PathBuf,
+    pub interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("the server does not accept connections yet: {0}")]
+    NotAccepting(String),
+    #[error("the server rejected the admin credentials")]
+    AdminRejected,
+    #[error("cannot connect as the admin: {0}")]
+    Connect(String),
+    #[error(
+        "the service username is the admin username {0:?}; the service needs a role of its own"
+    )]
+    ServiceIsAdmin(String),
+    #[error("admin {0}")]
+    Admin(UserError),
+    #[error("service user: {0}")]
+    Service(UserError),
+}
+
+impl SyncError {
+    fn category(&self) -> &'static str {
+        match self {
+            SyncError::Secret(error) => error.category(),
+            SyncError::NotAccepting(_) => "not_accepting",
+            SyncError::AdminRejected => "admin_rejected",
+            SyncError::Connect(_) => "connect",
+            SyncError::ServiceIsAdmin(_) => "service_is_admin",
+            SyncError::Admin(error) | SyncError::Service(error) => error.category(),
+        }
+    }
+}
+
+pub(super) async fn run(settings: Settings, health: Arc<Health>) {
+    let mut syncer = Syncer {
+        settings,
+        health: health.clone(),
+        client: None,
+        applied_admin: None,
+        applied_app: None,
+        last_full_check: Instant::now(),
+        last_error: None,
+    };
+    loop {
+        let result = syncer.tick().await;
+        let accepting = !matches!(result, Err(SyncError::NotAccepting(_)));
+        if matches!(
+            result,
+            Err(SyncError::AdminRejected | SyncError::Connect(_))
+        ) {
+            // The server answered, only not to our liking.
+            health.set_accepting(true);
+        }
+        match result {
+            Ok(()) => {
+                health.set_sync(SyncState::Succeeded);
+                syncer.last_error = None;
+            }
+            Err(SyncError::NotAccepting(reason)) => {
+                if health.set_accepting(false) {
+                    warn!(%reason, "postgres stopped accepting connections");
+                } else {
+                    debug!(%reason, "postgres does not accept connections yet");
+                }
+            }
+            Err(error) => {
+                health.set_sync(SyncState::Failed(error.category()));
+                // Once per distinct failure, not every interval.
+                let message = error.to_string();
+                if syncer.last_error.as_ref() != Some(&message) {
+                    warn!(category = error.category(), error = %message, "user sync failed");
+                    syncer.last_error = Some(message);
+                }
+            }
+        }
+        let pause = if accepting {
+            syncer.settings.interval
+        } else {
+            syncer.settings.interval.min(STARTUP_POLL)
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+struct Syncer {
+    settings: Settings,
+    health: Arc<Health>,
+    client: Option<Client>,
+    applied_admin: Option<AdminCredentials>,
+    applied_app: Option<ServiceUser>,
+    last_full_check: Instant,
+    last_error: Option<String>,
+}
+
+impl Syncer {
+    async fn tick(&mut self) -> Result<(), SyncError> {
+        let admin = secrets::read_admin(&self.settings.admin_secret_dir).await?;
+        let app = secrets::read_app(&self.settings.app_secret_dir).await?;
+        if app.role == admin.username {
+            return Err(SyncError::ServiceIsAdmin(app.role));
+        }
+        self.connect(&admin).await?;
+        if !self.health.set_accepting(true) {
+            info!("postgres accepts connections");
+        }
+        let Some(client) = &self.client else {
+            return Err(SyncError::NotAccepting("no connection".to_owned()));
+        };
+        if self.last_full_check.elapsed() >= RECHECK_EVERY {
+            self.applied_admin = None;
+            self.applied_app = None;
+            self.last_full_check = Instant::now();
+        }
+
+        if self.applied_admin.as_ref() != Some(&admin) {
+            let changed = postgres_users::set_password(client, &admin.username, &admin.password)
+                .await
+                .map_err(SyncError::Admin)?;
+            if changed {
+                info!(role = %admin.username, "admin password changed");
+            }
+            self.applied_admin = Some(admin);
+        }
+        if self.applied_app.as_ref() != Some(&app) {
+            let outcome = postgres_users::ensure_service_database(client, &app)
+                .await
+                .map_err(SyncError::Service)?;
+            if outcome.changed() {
+                info!(role = %app.role, database = %app.database, ?outcome, "service user updated");
+            } else {
+                debug!(role = %app.role, database = %app.database, "service user up to date");
+            }
+            self.applied_app = Some(app);
+        }
+        Ok(())
+    }
+
+    /// Reuses the open admin session while it works. A new one tries the
+    /// password in the Secret first, then the one applied last (the Secret
+    /// changed and the server still has the old one), then the Secret's
+    /// `previous-password` (it changed while we were down).
+    async fn connect(&mut self, admin: &AdminCredentials) -> Result<(), SyncError> {
+        if let Some(client) = &self.client {
+            match client.simple_query("SELECT 1").await {
+                Ok(_) => return Ok(()),
+                Err(error) => {
+                    debug!(error = %postgres_users::describe(&error), "admin session lost");
+                    self.client = None;
+                }
+            }
+        }
+        let mut candidates: Vec<&str> = vec![&admin.password];
+        let applied = self
+            .applied_admin
+            .as_ref()
+            .filter(|applied| applied.username == admin.username)
+            .map(|applied| applied.password.as_str());
+        for candidate in applied
+            .into_iter()
+            .chain(admin.previous_password.as_deref())
+        {
+            if !candidates.contains(&candidate) {
+                candidates.push(candidate);
+            }
+        }
+        for (attempt, password) in candidates.iter().enumerate() {
+            match self.connect_with(&admin.username, password).await {
+                Ok(client) => {
+                    if attempt > 0 {
+                        info!("connected with the admin's previous password; applying the new one");
+                        // Make sure the new password gets applied.
+                        self.applied_admin = None;
+                    }
+                    self.client = Some(client);
+                    return Ok(());
+                }
+                Err(error) if error.code() == Some(&SqlState::INVALID_PASSWORD) => continue,
+                Err(error) => return Err(classify_connect_error(&error)),
+            }
+        }
+        Err(SyncError::AdminRejected)
+    }
+
+    async fn connect_with(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(&self.settings.socket_dir)
+            .port(self.settings.port)
+            .user(user)
+            .password(password)
+            .dbname("postgres")
+            .application_name("servicedb-instance")
+            .connect_timeout(CONNECT_TIMEOUT);
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(error = %postgres_users::describe(&error), "admin connection closed");
+            }
+        });
+        Ok(client)
+    }
+}
+
+/// A server that is starting, stopping or recovering either has no socket
+/// yet or answers "cannot connect now"; anything else it says means it is up.
+fn classify_connect_error(error: &tokio_postgres::Error) -> SyncError {
+    let described = postgres_users::describe(error);
+    match error.code() {
+        None => SyncError::NotAccepting(described),
+        Some(code) if *code == SqlState::CANNOT_CONNECT_NOW => SyncError::NotAccepting(described),
+        Some(_) => SyncError::Connect(described),
+    }
+}

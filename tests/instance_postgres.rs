@@ -1,0 +1,725 @@
+//! `servicedb instance --engine postgres` as the kubelet runs it: the real
+//! binary, as an unprivileged user, against Debian's PostgreSQL 15, with
+//! Secrets laid out and updated the way the kubelet does it.
+//!
+//! Needs root (to run the instance manager as the `postgres` system user)
+//! and the postgresql-15 package.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::{Pid, User};
+use rand::distr::{Alphanumeric, SampleString};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn random(len: usize) -> String {
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+fn postgres_user() -> User {
+    match User::from_name("postgres") {
+        Ok(Some(user)) => user,
+        other => panic!(
+            "these tests run the instance manager as the `postgres` system user (PostgreSQL \
+             refuses root), but it was not found ({other:?}); install postgresql-15"
+        ),
+    }
+}
+
+#[derive(Clone)]
+struct Service {
+    role: String,
+    password: String,
+    database: String,
+}
+
+/// Directories, ports and credentials of one instance; they outlive the
+/// process so that a restart finds the same volume.
+struct Fixture {
+    root: tempfile::TempDir,
+    user: User,
+    pg_port: u16,
+    status_port: u16,
+    admin_user: String,
+    admin_password: String,
+    service: Service,
+    secret_versions: AtomicU32,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        assert!(
+            Path::new(PG_BIN).join("postgres").exists(),
+            "PostgreSQL 15 binaries not found in {PG_BIN}; install postgresql-15"
+        );
+        let user = postgres_user();
+        // Short path: the server's socket path must stay under 108 bytes.
+        let root = tempfile::Builder::new()
+            .prefix("sdb")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::os::unix::fs::chown(
+            root.path(),
+            Some(user.uid.as_raw()),
+            Some(user.gid.as_raw()),
+        )
+        .expect("chown the test directory to postgres");
+        let fixture = Fixture {
+            root,
+            user,
+            pg_port: free_port(),
+            status_port: free_port(),
+            admin_user: "postgres".to_owned(),
+            admin_password: random(24),
+            service: Service {
+                role: "Orders-svc".to_owned(),
+                // Quotes, a backslash and a space: must survive intact.
+                password: format!("{}'\"\\ ;$1", random(20)),
+                database: "orders-db".to_owned(),
+            },
+            secret_versions: AtomicU32::new(0),
+        };
+        fixture.write_admin_secret(&fixture.admin_password.clone());
+        fixture.write_app_secret(&fixture.service.password.clone());
+        fixture
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+    fn pgdata(&self) -> PathBuf {
+        self.data_dir().join("pgdata")
+    }
+    fn admin_dir(&self) -> PathBuf {
+        self.root.path().join("admin")
+    }
+    fn app_dir(&self) -> PathBuf {
+        self.root.path().join("app")
+    }
+
+    fn write_admin_secret(&self, password: &str) {
+        self.write_secret(
+            &self.admin_dir(),
+            &[("username", &self.admin_user), ("password", password)],
+        );
+    }
+
+    fn write_admin_secret_with_previous(&self, password: &str, previous: &str) {
+        self.write_secret(
+            &self.admin_dir(),
+            &[
+                ("username", &self.admin_user),
+                ("password", password),
+                ("previous-password", previous),
+            ],
+        );
+    }
+
+    fn write_app_secret(&self, password: &str) {
+        let s = &self.service;
+        self.write_secret(
+            &self.app_dir(),
+            &[
+                ("username", &s.role),
+                ("password", password),
+                ("database", &s.database),
+                ("uri", "postgresql://ignored"),
+            ],
+        );
+    }
+
+    /// The kubelet's layout: `..<version>/` holds the files, `..data` links to
+    /// the current version, each key links into `..data`; an update writes a
+    /// new version and swaps `..data` atomically.
+    fn write_secret(&self, dir: &Path, entries: &[(&str, &str)]) {
+        std::fs::create_dir_all(dir).expect("mkdir secret dir");
+        let n = self.secret_versions.fetch_add(1, Ordering::SeqCst);
+        let version = format!("..v{n}");
+        let version_dir = dir.join(&version);
+        std::fs::create_dir(&version_dir).expect("mkdir version");
+        for (key, value) in entries {
+            // A trailing newline, as `kubectl create secret --from-file` often has.
+            std::fs::write(version_dir.join(key), format!("{value}\n")).expect("write secret");
+            std::fs::set_permissions(
+                version_dir.join(key),
+                std::fs::Permissions::from_mode(0o644),
+            )
+            .expect("chmod secret");
+        }
+        let previous = std::fs::read_link(dir.join("..data")).ok();
+        std::os::unix::fs::symlink(&version, dir.join("..data_tmp")).expect("symlink");
+        std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).expect("swap ..data");
+        for (key, _) in entries {
+            let link = dir.join(key);
+            if link.symlink_metadata().is_err() {
+                std::os::unix::fs::symlink(format!("..data/{key}"), link).expect("symlink key");
+            }
+        }
+        if let Some(previous) = previous {
+            std::fs::remove_dir_all(dir.join(previous)).expect("remove old version");
+        }
+    }
+
+    fn start(&self) -> Process {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_servicedb"));
+        command
+            .args(["instance", "--engine", "postgres"])
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--admin-secret-dir")
+            .arg(self.admin_dir())
+            .arg("--app-secret-dir")
+            .arg(self.app_dir())
+            .args(["--port", &self.pg_port.to_string()])
+            .args(["--listen-address", "127.0.0.1"])
+            .args(["--status-port", &self.status_port.to_string()])
+            .args(["--bin-dir", PG_BIN])
+            .args(["--sync-interval", "1s"])
+            .env("RUST_LOG", "info")
+            .uid(self.user.uid.as_raw())
+            .gid(self.user.gid.as_raw())
+            .current_dir(self.root.path());
+        Process::spawn(command, self.pgdata())
+    }
+
+    async fn connect_service(&self, password: &str) -> Result<Client, tokio_postgres::Error> {
+        connect(
+            self.pg_port,
+            &self.service.role,
+            password,
+            &self.service.database,
+        )
+        .await
+    }
+
+    async fn connect_admin(&self, password: &str) -> Result<Client, tokio_postgres::Error> {
+        connect(self.pg_port, &self.admin_user, password, "postgres").await
+    }
+
+    fn postmaster_pid(&self) -> Option<i32> {
+        let text = std::fs::read_to_string(self.pgdata().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    fn readyz(&self) -> Option<(u16, String)> {
+        http_get(self.status_port, "/readyz")
+    }
+}
+
+/// The instance manager's process; killed (with its server) if a test
+/// fails before stopping it.
+struct Process {
+    child: Child,
+    log: Arc<Mutex<String>>,
+    pgdata: PathBuf,
+}
+
+impl Process {
+    fn spawn(mut command: Command, pgdata: PathBuf) -> Process {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("spawn servicedb instance");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        collect(stdout, log.clone());
+        collect(stderr, log.clone());
+        Process { child, log, pgdata }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().expect("log lock").clone()
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                // Let the log readers drain the pipes.
+                std::thread::sleep(Duration::from_millis(200));
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "instance manager did not exit within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls /readyz until 200; returns every status seen before it.
+    async fn wait_ready(&mut self, fixture: &Fixture) -> Vec<(u16, String)> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut seen = Vec::new();
+        loop {
+            if let Some(status) = self.exited() {
+                panic!(
+                    "instance manager exited early ({status}); log:\n{}",
+                    self.log()
+                );
+            }
+            if let Some((code, body)) = fixture.readyz() {
+                if code == 200 {
+                    return seen;
+                }
+                seen.push((code, body));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not ready within {READY_TIMEOUT:?}; last answers {:?}; log:\n{}",
+                seen.last(),
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn terminate(&mut self) -> ExitStatus {
+        kill(self.pid(), Signal::SIGTERM).expect("SIGTERM");
+        self.wait_exit(Duration::from_secs(60))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // The server dies with its parent (parent-death signal); make sure.
+        if let Some(pid) = std::fs::read_to_string(self.pgdata.join("postmaster.pid"))
+            .ok()
+            .and_then(|text| text.lines().next()?.trim().parse::<i32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "postgres" {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[instance] {line}");
+            let mut log = log.lock().expect("log lock");
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+}
+
+/// A minimal HTTP/1.1 GET: `None` while nothing listens.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.trim().to_owned())?;
+    Some((code, body))
+}
+
+async fn connect(
+    port: u16,
+    user: &str,
+    password: &str,
+    database: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(database)
+        .connect_timeout(Duration::from_secs(5))
+        .connect(NoTls)
+        .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+fn db_message(error: &tokio_postgres::Error) -> String {
+    error
+        .as_db_error()
+        .map(|db| db.message().to_owned())
+        .unwrap_or_else(|| error.to_string())
+}
+
+/// Retries `attempt` until it returns `Some` (the sync interval is 1 s).
+async fn eventually<T, F, Fut>(what: &str, process: &Process, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}; log:\n{}",
+            process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn provisions_a_private_least_privilege_database() {
+    let fixture = Fixture::new();
+    let mut process = fixture.start();
+
+    let before = process.wait_ready(&fixture).await;
+    assert!(
+        before.first().is_some_and(|(code, _)| *code == 503),
+        "/readyz must answer 503 until the server accepts connections; saw {before:?}"
+    );
+    assert!(
+        before
+            .iter()
+            .any(|(_, body)| body.contains("not running") || body.contains("not accepting")),
+        "503 answers say why: {before:?}"
+    );
+    assert_eq!(
+        http_get(fixture.status_port, "/healthz").map(|(code, _)| code),
+        Some(200)
+    );
+
+    // The service logs in over TCP with the generated password.
+    let service = fixture
+        .connect_service(&fixture.service.password)
+        .await
+        .expect("the service logs in with its password");
+    let row = service
+        .query_one(
+            "SELECT current_user::text, current_database()::text, \
+                    pg_get_userbyid(d.datdba)::text, r.rolsuper, r.rolcreaterole, r.rolcreatedb \
+             FROM pg_database d, pg_roles r \
+             WHERE d.datname = current_database() AND r.rolname = current_user",
+            &[],
+        )
+        .await
+        .expect("query");
+    assert_eq!(row.get::<_, String>(0), fixture.service.role);
+    assert_eq!(row.get::<_, String>(1), fixture.service.database);
+    assert_eq!(
+        row.get::<_, String>(2),
+        fixture.service.role,
+        "owns its database"
+    );
+    assert!(!row.get::<_, bool>(3), "not a superuser");
+    assert!(!row.get::<_, bool>(4), "no CREATEROLE");
+    assert!(!row.get::<_, bool>(5), "no CREATEDB");
+    service
+        .batch_execute("CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders VALUES (1)")
+        .await
+        .expect("the owner can use its database");
+    let denied = service
+        .batch_execute("CREATE ROLE sneaky LOGIN")
+        .await
+        .expect_err("the service cannot create roles");
+    assert_eq!(
+        denied.code(),
+        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+        "{denied:?}"
+    );
+
+    let wrong = fixture
+        .connect_service("not-the-password")
+        .await
+        .expect_err("a wrong password is rejected");
+    assert_eq!(wrong.code(), Some(&SqlState::INVALID_PASSWORD));
+
+    // Another role can log in to the server but not into the service's database.
+    let admin = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect("the admin logs in over TCP");
+    admin
+        .batch_execute("CREATE ROLE intruder LOGIN PASSWORD 'intruder-pw'")
+        .await
+        .expect("create another role");
+    connect(fixture.pg_port, "intruder", "intruder-pw", "postgres")
+        .await
+        .expect("the other role can log in to its own database");
+    let refused = connect(
+        fixture.pg_port,
+        "intruder",
+        "intruder-pw",
+        &fixture.service.database,
+    )
+    .await
+    .expect_err("the other role cannot connect to the service's database");
+    assert!(
+        db_message(&refused).contains("permission denied for database"),
+        "{refused:?}"
+    );
+
+    let hba = std::fs::read_to_string(fixture.pgdata().join("pg_hba.conf")).expect("pg_hba.conf");
+    assert!(!hba.contains("trust"), "pg_hba.conf:\n{hba}");
+    let log = process.log();
+    assert!(
+        !log.contains(&fixture.service.password),
+        "the service password leaked into the log"
+    );
+    assert!(
+        !log.contains(&fixture.admin_password),
+        "the admin password leaked into the log"
+    );
+    assert!(
+        !fixture.data_dir().join("run/initdb.pwfile").exists(),
+        "initdb's password file is removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn applies_changed_passwords_without_restarting_the_server() {
+    let fixture = Fixture::new();
+    let mut process = fixture.start();
+    process.wait_ready(&fixture).await;
+    let postmaster = fixture.postmaster_pid().expect("postmaster.pid");
+    let old = fixture.service.password.clone();
+    fixture
+        .connect_service(&old)
+        .await
+        .expect("old password works");
+
+    let new = format!("{}-rotated'\\", random(20));
+    fixture.write_app_secret(&new);
+    eventually("the new service password works", &process, || async {
+        fixture.connect_service(&new).await.ok()
+    })
+    .await;
+    let rejected = fixture
+        .connect_service(&old)
+        .await
+        .expect_err("the old service password is rejected");
+    assert_eq!(rejected.code(), Some(&SqlState::INVALID_PASSWORD));
+
+    let new_admin = random(24);
+    fixture.write_admin_secret(&new_admin);
+    eventually("the new admin password works", &process, || async {
+        fixture.connect_admin(&new_admin).await.ok()
+    })
+    .await;
+    let rejected = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect_err("the old admin password is rejected");
+    assert_eq!(rejected.code(), Some(&SqlState::INVALID_PASSWORD));
+
+    assert_eq!(
+        fixture.postmaster_pid(),
+        Some(postmaster),
+        "postgres was not restarted"
+    );
+    assert!(process.exited().is_none());
+    assert_eq!(fixture.readyz().map(|(code, _)| code), Some(200));
+    let log = process.log();
+    assert!(
+        !log.contains(&new),
+        "the new service password leaked into the log"
+    );
+    assert!(
+        !log.contains(&new_admin),
+        "the new admin password leaked into the log"
+    );
+}
+
+/// The stored SCRAM verifiers: a fresh random salt on every password change
+/// makes any rewrite visible.
+async fn verifiers(fixture: &Fixture) -> Vec<(String, String)> {
+    let admin = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect("admin logs in");
+    admin
+        .query(
+            "SELECT rolname::text, rolpassword FROM pg_authid WHERE rolname IN ($1, $2) ORDER BY 1",
+            &[&fixture.service.role, &fixture.admin_user],
+        )
+        .await
+        .expect("read verifiers")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stops_cleanly_on_sigterm_and_restarts_with_its_data() {
+    let fixture = Fixture::new();
+    let mut process = fixture.start();
+    process.wait_ready(&fixture).await;
+    let service = fixture
+        .connect_service(&fixture.service.password)
+        .await
+        .expect("service logs in");
+    service
+        .batch_execute("CREATE TABLE kept (n int); INSERT INTO kept SELECT generate_series(1, 3)")
+        .await
+        .expect("write data");
+    drop(service);
+    let before = verifiers(&fixture).await;
+    assert_eq!(before.len(), 2);
+    let postmaster = fixture.postmaster_pid().expect("postmaster.pid");
+
+    let status = process.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "exit status; log:\n{}",
+        process.log()
+    );
+    assert!(
+        !fixture.pgdata().join("postmaster.pid").exists(),
+        "postmaster.pid removed by a clean shutdown"
+    );
+    assert!(
+        process.log().contains("database system is shut down"),
+        "log:\n{}",
+        process.log()
+    );
+    assert_eq!(
+        kill(Pid::from_raw(postmaster), None),
+        Err(nix::errno::Errno::ESRCH),
+        "the postmaster is gone"
+    );
+
+    let mut restarted = fixture.start();
+    restarted.wait_ready(&fixture).await;
+    assert!(
+        restarted.log().contains("found an existing data directory"),
+        "log:\n{}",
+        restarted.log()
+    );
+    let service = fixture
+        .connect_service(&fixture.service.password)
+        .await
+        .expect("the same service password works after a restart");
+    let count: i64 = service
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await
+        .expect("the table survived")
+        .get(0);
+    assert_eq!(count, 3);
+    let after = verifiers(&fixture).await;
+    assert_eq!(before, after, "a restart changes no password");
+    assert_eq!(restarted.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn applies_an_admin_password_rotated_while_stopped() {
+    let fixture = Fixture::new();
+    let mut process = fixture.start();
+    process.wait_ready(&fixture).await;
+    assert_eq!(process.terminate().code(), Some(0));
+
+    // The Secret changed while the instance was down: the server still has
+    // the old password, which the Secret no longer mentions.
+    let new_admin = random(24);
+    fixture.write_admin_secret(&new_admin);
+    let mut process = fixture.start();
+    let reason = eventually("/readyz reports the rejected admin", &process, || async {
+        fixture
+            .readyz()
+            .filter(|(code, body)| *code == 503 && body.contains("admin_rejected"))
+    })
+    .await;
+    assert_eq!(reason.1, "user sync failed: admin_rejected");
+    assert!(process.exited().is_none(), "it keeps serving while unready");
+
+    // With the old password as `previous-password` it connects and applies the new one.
+    fixture.write_admin_secret_with_previous(&new_admin, &fixture.admin_password);
+    process.wait_ready(&fixture).await;
+    fixture
+        .connect_admin(&new_admin)
+        .await
+        .expect("the new admin password works");
+    let rejected = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect_err("the old admin password is rejected");
+    assert_eq!(rejected.code(), Some(&SqlState::INVALID_PASSWORD));
+    assert_eq!(process.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exits_non_zero_when_the_server_dies() {
+    let fixture = Fixture::new();
+    let mut process = fixture.start();
+    process.wait_ready(&fixture).await;
+    let postmaster = fixture.postmaster_pid().expect("postmaster.pid");
+    kill(Pid::from_raw(postmaster), Signal::SIGKILL).expect("kill the postmaster");
+    let status = process.wait_exit(Duration::from_secs(30));
+    assert!(
+        !status.success(),
+        "must exit non-zero so the kubelet restarts it"
+    );
+    assert!(
+        process.log().contains("postgres exited unexpectedly"),
+        "log:\n{}",
+        process.log()
+    );
+}
+
+#[test]
+fn refuses_to_run_as_root() {
+    if !nix::unistd::geteuid().is_root() {
+        panic!("this test suite must run as root (it switches to the postgres user)");
+    }
+    let root = tempfile::tempdir().expect("tempdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_servicedb"))
+        .args(["instance", "--engine", "postgres", "--bin-dir", PG_BIN])
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .args(["--status-port", &free_port().to_string()])
+        .output()
+        .expect("run servicedb instance");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to run as root"),
+        "stderr: {stderr}"
+    );
+    assert!(!root.path().join("data").exists(), "nothing was created");
+}

@@ -26,7 +26,7 @@ use super::common::{BackupSpec, Engine, Isolation, MonitoringSpec, Resources};
     )
 )]
 #[x_kube(
-    validation = Rule::new("!has(self.defaultVersion) || self.defaultVersion in self.versions").message("defaultVersion must be one of versions").field_path(".defaultVersion"),
+    validation = Rule::new("!has(self.defaultVersion) || !has(self.versions) || self.defaultVersion in self.versions").message("defaultVersion must be one of versions").field_path(".defaultVersion"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseClassSpec {
@@ -39,12 +39,14 @@ pub struct DatabaseClassSpec {
     #[serde(default)]
     pub default: bool,
 
-    /// Major versions a `ServiceDatabase` may ask for, such as `["16", "17"]`.
-    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 16)))]
+    /// Major versions a `ServiceDatabase` may ask for, such as `["16", "17"]`;
+    /// every version servicedb supports for the engine when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 16)))]
     pub versions: Vec<String>,
 
-    /// The version used when a `ServiceDatabase` names none; the last entry
-    /// of `versions` when unset.
+    /// The version used when a `ServiceDatabase` names none; the engine's
+    /// default when it is allowed, else the last entry of `versions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
     pub default_version: Option<String>,
@@ -58,7 +60,8 @@ pub struct DatabaseClassSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_isolations: Option<Vec<Isolation>>,
 
-    /// Data volume size when the `ServiceDatabase` names none (`1Gi` when unset).
+    /// Data volume size when the `ServiceDatabase` names none (the engine's
+    /// default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("isQuantity(self)").message("must be a quantity such as 10Gi"))]
@@ -68,7 +71,8 @@ pub struct DatabaseClassSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
 
-    /// Default resources of the database container.
+    /// Default resources of the database container (the engine's defaults
+    /// when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
 

@@ -7,7 +7,22 @@ pub mod postgres;
 pub mod postgres_users;
 pub mod redis;
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
 use crate::api::Engine;
+
+/// Requests of `cpu` and `memory`, and a memory limit.
+pub fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
+    let q = |s: &str| Quantity(s.to_string());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".into(), q(cpu)), ("memory".into(), q(memory))])),
+        limits: Some(BTreeMap::from([("memory".into(), q(memory_limit))])),
+        ..Default::default()
+    }
+}
 
 /// Everything the builders need to know about an engine's dedicated instance.
 /// Adding an engine means adding one file that implements this trait and one
@@ -34,6 +49,16 @@ pub trait EngineSpec: Send + Sync {
     fn extra_secret_keys(&self, _identifier: &str) -> Vec<(&'static str, String)> {
         Vec::new()
     }
+    /// Major versions servicedb supports, oldest first.
+    fn versions(&self) -> &'static [&'static str];
+    /// The version used when neither the resource nor its class names one.
+    fn default_version(&self) -> &'static str;
+    /// Data volume size when neither the resource nor its class names one.
+    fn default_storage(&self) -> &'static str {
+        "1Gi"
+    }
+    /// Container resources when neither the resource nor its class names them.
+    fn default_resources(&self) -> ResourceRequirements;
     /// A connection URI for the given credentials.
     fn uri(&self, c: &Connection<'_>) -> String;
     /// Whether servicedb can run a dedicated instance of this engine yet.

@@ -42,6 +42,18 @@ impl EngineSpec for MongoDB {
             db = encode_userinfo(c.database),
         )
     }
+    fn versions(&self) -> &'static [&'static str] {
+        &["6.0", "7.0", "8.0"]
+    }
+    fn default_version(&self) -> &'static str {
+        "7.0"
+    }
+    fn default_resources(&self) -> k8s_openapi::api::core::v1::ResourceRequirements {
+        super::resources("200m", "512Mi", "1Gi")
+    }
+    fn default_storage(&self) -> &'static str {
+        "2Gi"
+    }
     fn dedicated_supported(&self) -> bool {
         false
     }

@@ -35,6 +35,15 @@ impl EngineSpec for Postgres {
             encode_userinfo(c.database)
         )
     }
+    fn versions(&self) -> &'static [&'static str] {
+        &["15", "16", "17", "18"]
+    }
+    fn default_version(&self) -> &'static str {
+        "17"
+    }
+    fn default_resources(&self) -> k8s_openapi::api::core::v1::ResourceRequirements {
+        super::resources("100m", "256Mi", "512Mi")
+    }
     fn dedicated_supported(&self) -> bool {
         true
     }

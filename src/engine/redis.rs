@@ -47,6 +47,15 @@ impl EngineSpec for Redis {
             c.database
         )
     }
+    fn versions(&self) -> &'static [&'static str] {
+        &["7.2", "7.4", "8.0"]
+    }
+    fn default_version(&self) -> &'static str {
+        "7.4"
+    }
+    fn default_resources(&self) -> k8s_openapi::api::core::v1::ResourceRequirements {
+        super::resources("50m", "128Mi", "256Mi")
+    }
     fn dedicated_supported(&self) -> bool {
         false
     }

@@ -11,8 +11,6 @@ use crate::api::common::StorageSpec;
 use crate::api::{DatabaseClass, DeletionPolicy, Engine, Isolation, ServiceDatabase};
 use crate::engine::{EngineSpec, for_engine};
 
-/// Data volume size when neither the resource nor its class names one.
-pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
 
 /// A spec that cannot be realised, and which field to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -123,15 +121,21 @@ pub fn validate(
             ),
         ));
     }
+    let engine_spec = for_engine(spec.engine);
+    let allowed: Vec<String> = if class.spec.versions.is_empty() {
+        engine_spec.versions().iter().map(|v| v.to_string()).collect()
+    } else {
+        class.spec.versions.clone()
+    };
     let version = match &spec.version {
-        Some(v) if class.spec.versions.contains(v) => v.clone(),
+        Some(v) if allowed.contains(v) => v.clone(),
         Some(v) => {
             return Err(Invalid::new(
                 "spec.version",
                 "VersionNotAllowed",
                 format!(
                     "version {v:?} is not allowed by DatabaseClass {class_name}; allowed: {}",
-                    join(class.spec.versions.iter().cloned())
+                    allowed.join(", ")
                 ),
             ));
         }
@@ -139,7 +143,11 @@ pub fn validate(
             .spec
             .default_version
             .clone()
-            .or_else(|| class.spec.versions.last().cloned())
+            .or_else(|| {
+                let engine_default = engine_spec.default_version().to_string();
+                allowed.contains(&engine_default).then_some(engine_default)
+            })
+            .or_else(|| allowed.last().cloned())
             .ok_or_else(|| {
                 Invalid::new(
                     "spec.version",
@@ -158,7 +166,6 @@ pub fn validate(
             ),
         ));
     }
-    let engine_spec = for_engine(spec.engine);
     if !engine_spec.dedicated_supported() {
         return Err(Invalid::new(
             "spec.engine",
@@ -221,7 +228,7 @@ pub fn validate(
     } = storage;
     let storage_size = size
         .or_else(|| class.spec.storage_size.clone())
-        .unwrap_or_else(|| DEFAULT_STORAGE_SIZE.to_string());
+        .unwrap_or_else(|| engine_spec.default_storage().to_string());
     let image_repo = class
         .spec
         .image
@@ -241,7 +248,7 @@ pub fn validate(
             spec.resources
                 .clone()
                 .or_else(|| class.spec.resources.clone())
-                .unwrap_or_else(default_resources),
+                .unwrap_or_else(|| engine_spec.default_resources()),
         ),
         owner: spec.owner.pod_selector.clone(),
         secret_name,
@@ -276,18 +283,6 @@ fn with_memory_limit(mut r: ResourceRequirements) -> ResourceRequirements {
         limits.entry("memory".into()).or_insert(request);
     }
     r
-}
-
-fn default_resources() -> ResourceRequirements {
-    let q = |s: &str| Quantity(s.to_string());
-    ResourceRequirements {
-        requests: Some(BTreeMap::from([
-            ("cpu".into(), q("100m")),
-            ("memory".into(), q("256Mi")),
-        ])),
-        limits: Some(BTreeMap::from([("memory".into(), q("512Mi"))])),
-        ..Default::default()
-    }
 }
 
 fn join(items: impl Iterator<Item = String>) -> String {
@@ -344,11 +339,26 @@ mod tests {
         class.spec.default_version = None;
         let db = validate(&fixture("sdb-minimal.yaml"), &class).unwrap();
         assert_eq!(db.version, "17", "the last allowed version");
-        assert_eq!(db.storage_size.0, DEFAULT_STORAGE_SIZE);
+        assert_eq!(db.storage_size.0, "1Gi", "the engine's default size");
         assert!(
             db.resources.limits.unwrap().contains_key("memory"),
             "a memory limit by default"
         );
+    }
+
+    #[test]
+    fn a_class_without_versions_allows_the_engines_versions_and_defaults() {
+        let mut class: DatabaseClass = fixture("class-postgres.yaml");
+        class.spec.versions.clear();
+        class.spec.default_version = None;
+        let db = validate(&fixture("sdb-minimal.yaml"), &class).unwrap();
+        assert_eq!(db.version, "17", "the engine's default version");
+        let mut sdb: ServiceDatabase = fixture("sdb-minimal.yaml");
+        edit(&mut sdb, "version: '18'");
+        assert_eq!(validate(&sdb, &class).unwrap().version, "18");
+        edit(&mut sdb, "version: '9.6'");
+        let err = validate(&sdb, &class).unwrap_err();
+        assert!(err.message.contains("15, 16, 17, 18"), "{}", err.message);
     }
 
     #[test]

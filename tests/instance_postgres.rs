@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 use rand::distr::{Alphanumeric, SampleString};
+use servicedb::engine::postgres_users::{
+    Outcome, ServiceUser, drop_service_database, ensure_service_database, set_password,
+};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 
@@ -700,6 +703,129 @@ async fn exits_non_zero_when_the_server_dies() {
         "log:\n{}",
         process.log()
     );
+}
+
+/// The user library against the instance's server, as the operator will
+/// use it for shared servers: a repeat changes nothing, drift is repaired,
+/// hostile names stay names, and deletion converges.
+#[tokio::test(flavor = "multi_thread")]
+async fn user_library_repairs_drift_and_drops() {
+    let fixture = Fixture::new();
+    let mut process = fixture.start();
+    process.wait_ready(&fixture).await;
+    let admin = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect("admin logs in");
+    let user = ServiceUser {
+        role: fixture.service.role.clone(),
+        password: fixture.service.password.clone(),
+        database: fixture.service.database.clone(),
+    };
+
+    let repeat = ensure_service_database(&admin, &user)
+        .await
+        .expect("ensure");
+    assert_eq!(repeat, Outcome::default(), "a repeat writes nothing");
+
+    admin
+        .batch_execute(
+            r#"ALTER ROLE "Orders-svc" SUPERUSER CREATEDB;
+               GRANT CONNECT, TEMPORARY ON DATABASE "orders-db" TO PUBLIC;
+               CREATE ROLE squatter;
+               ALTER DATABASE "orders-db" OWNER TO squatter;"#,
+        )
+        .await
+        .expect("drift");
+    let repaired = ensure_service_database(&admin, &user)
+        .await
+        .expect("repair");
+    assert!(repaired.role_attributes_fixed, "{repaired:?}");
+    assert!(repaired.owner_changed, "{repaired:?}");
+    assert!(repaired.privileges_fixed, "{repaired:?}");
+    assert!(!repaired.password_changed && !repaired.role_created && !repaired.database_created);
+    let row = admin
+        .query_one(
+            "SELECT r.rolsuper, r.rolcreatedb, pg_get_userbyid(d.datdba)::text, \
+                    has_database_privilege('public', d.datname, 'CONNECT') \
+             FROM pg_roles r, pg_database d WHERE r.rolname = $1 AND d.datname = $2",
+            &[&user.role, &user.database],
+        )
+        .await
+        .expect("inspect");
+    assert!(!row.get::<_, bool>(0) && !row.get::<_, bool>(1));
+    assert_eq!(row.get::<_, String>(2), user.role);
+    assert!(!row.get::<_, bool>(3), "PUBLIC cannot connect");
+    assert_eq!(
+        ensure_service_database(&admin, &user)
+            .await
+            .expect("ensure"),
+        Outcome::default()
+    );
+
+    let hostile = ServiceUser {
+        role: r#"evil"; DROP ROLE postgres; --"#.to_owned(),
+        password: r#"it's \ "quoted""#.to_owned(),
+        database: r#"db" OWNER "postgres"#.to_owned(),
+    };
+    let created = ensure_service_database(&admin, &hostile)
+        .await
+        .expect("hostile names");
+    assert!(
+        created.role_created && created.database_created,
+        "{created:?}"
+    );
+    let owner: String = connect(
+        fixture.pg_port,
+        &hostile.role,
+        &hostile.password,
+        &hostile.database,
+    )
+    .await
+    .expect("the hostile role logs in to its database")
+    .query_one(
+        "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = current_database()",
+        &[],
+    )
+    .await
+    .expect("owner")
+    .get(0);
+    assert_eq!(owner, hostile.role);
+    assert!(
+        set_password(&admin, &hostile.role, "rotated")
+            .await
+            .expect("rotate")
+    );
+    assert!(
+        !set_password(&admin, &hostile.role, "rotated")
+            .await
+            .expect("repeat")
+    );
+
+    let own = ServiceUser {
+        role: fixture.admin_user.clone(),
+        password: "x".to_owned(),
+        database: "admin-db".to_owned(),
+    };
+    let refused = ensure_service_database(&admin, &own)
+        .await
+        .expect_err("the connected admin is not a service role");
+    assert_eq!(refused.category(), "own_role");
+
+    drop_service_database(&admin, &user).await.expect("drop");
+    drop_service_database(&admin, &user)
+        .await
+        .expect("drop again converges");
+    let gone = admin
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1), \
+                    EXISTS (SELECT FROM pg_database WHERE datname = $2)",
+            &[&user.role, &user.database],
+        )
+        .await
+        .expect("inspect");
+    assert!(!gone.get::<_, bool>(0) && !gone.get::<_, bool>(1));
+    assert_eq!(process.terminate().code(), Some(0));
 }
 
 #[test]

@@ -51,7 +51,9 @@ echo $! >"$dir/operator.pid"
 trap '[ -n "${RUN_DETACH:-}" ] || stop' EXIT INT TERM
 
 for _ in $(seq 60); do
-  [ "$(k get sdb -n "$ns" -o jsonpath='{.items[*].status.phase}' 2>/dev/null | wc -w)" -ge 2 ] && break
+  total=$(k get sdb -n "$ns" -o name 2>/dev/null | wc -l)
+  phased=$(k get sdb -n "$ns" -o jsonpath='{.items[*].status.phase}' 2>/dev/null | wc -w)
+  [ "$total" -gt 0 ] && [ "$phased" -ge "$total" ] && break
   kill -0 "$(cat "$dir/operator.pid")" 2>/dev/null || { echo "run: the operator exited; see $dir/operator.log" >&2; tail -20 "$dir/operator.log" >&2; exit 1; }
   sleep 0.5
 done

@@ -5,6 +5,8 @@
 //! Needs root (to run the instance manager as the `postgres` system user)
 //! and the postgresql-15 package.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -181,7 +183,7 @@ impl Fixture {
     }
 
     fn start(&self) -> Process {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_servicedb"));
+        let mut command = Command::new(common::servicedb_binary());
         command
             .args(["instance", "--engine", "postgres"])
             .arg("--data-dir")
@@ -834,7 +836,7 @@ fn refuses_to_run_as_root() {
         panic!("this test suite must run as root (it switches to the postgres user)");
     }
     let root = tempfile::tempdir().expect("tempdir");
-    let output = Command::new(env!("CARGO_BIN_EXE_servicedb"))
+    let output = Command::new(common::servicedb_binary())
         .args(["instance", "--engine", "postgres", "--bin-dir", PG_BIN])
         .arg("--data-dir")
         .arg(root.path().join("data"))

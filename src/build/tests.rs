@@ -323,3 +323,117 @@ fn the_credentials_secret_has_every_key_and_an_encoded_uri() {
         "the admin Secret holds only the admin login"
     );
 }
+
+/// A class that approves an engine and leaves everything else to it.
+fn bare_class(engine: crate::api::Engine) -> DatabaseClass {
+    serde_yaml::from_str(&format!(
+        "metadata: {{name: {}}}\nspec: {{engine: {engine}, default: true}}",
+        engine.as_str()
+    ))
+    .unwrap()
+}
+
+#[test]
+fn redis_and_mongodb_instances_get_their_image_port_and_secret_keys() {
+    for (fixture_name, image, port, variable, uri_prefix, admin) in [
+        (
+            "sdb-cart-redis.yaml",
+            "docker.io/library/redis:7.4",
+            6379,
+            "REDIS_URL",
+            "redis://cart:",
+            "admin",
+        ),
+        (
+            "sdb-catalog-mongodb.yaml",
+            "docker.io/library/mongo:8.0",
+            27017,
+            "MONGODB_URI",
+            "mongodb://catalog:",
+            "root",
+        ),
+    ] {
+        let sdb: ServiceDatabase = fixture(fixture_name);
+        let db = validate(&sdb, &bare_class(sdb.spec.engine)).unwrap();
+        let owner = sdb.controller_owner_ref(&()).unwrap();
+        let creds = Credentials {
+            admin_password: "a".into(),
+            app_password: "b".into(),
+        };
+        let c = children(&db, &creds, &facts(), &owner);
+        let pod = c.statefulset.spec.clone().unwrap().template.spec.unwrap();
+        let container = &pod.containers[0];
+        assert_eq!(container.image.as_deref(), Some(image));
+        assert_eq!(container.ports.as_ref().unwrap()[0].container_port, port);
+        let mut argv = container.command.clone().unwrap();
+        argv.extend(container.args.clone().unwrap());
+        assert!(
+            argv.windows(2)
+                .any(|w| w[0] == "--engine" && w[1] == sdb.spec.engine.as_str()),
+            "{argv:?}"
+        );
+        assert!(
+            argv.windows(2)
+                .any(|w| w[0] == "--port" && w[1] == port.to_string()),
+            "{argv:?}"
+        );
+        assert_eq!(
+            c.client_service
+                .spec
+                .as_ref()
+                .unwrap()
+                .ports
+                .as_ref()
+                .unwrap()[0]
+                .port,
+            port
+        );
+        let np_port = &c
+            .network_policy
+            .spec
+            .as_ref()
+            .unwrap()
+            .ingress
+            .as_ref()
+            .unwrap()[0]
+            .ports
+            .as_ref()
+            .unwrap()[0];
+        assert_eq!(
+            np_port.port,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(port))
+        );
+        let s = &c.credentials_secret;
+        assert!(
+            secret(s, variable).starts_with(uri_prefix),
+            "{}",
+            secret(s, variable)
+        );
+        assert_eq!(secret(s, "uri"), secret(s, variable));
+        assert_eq!(secret(&c.admin_secret, "username"), admin);
+        let limits = container
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .as_ref()
+            .unwrap();
+        assert!(
+            limits.contains_key("memory"),
+            "the engine's default resources"
+        );
+    }
+    let cart: ServiceDatabase = fixture("sdb-cart-redis.yaml");
+    let db = validate(&cart, &bare_class(cart.spec.engine)).unwrap();
+    let c = children(
+        &db,
+        &Credentials {
+            admin_password: "a".into(),
+            app_password: "b".into(),
+        },
+        &facts(),
+        &cart.controller_owner_ref(&()).unwrap(),
+    );
+    assert_eq!(secret(&c.credentials_secret, "keyPrefix"), "cart:");
+    assert_eq!(secret(&c.credentials_secret, "database"), "0");
+}

@@ -1,6 +1,7 @@
-//! Each example becomes a private Postgres instance: the expected children,
-//! owned and labelled, a complete credentials Secret, a NetworkPolicy that
-//! admits only the owner, and a status that turns Ready with the StatefulSet.
+//! The `shop` example — orders in Postgres, the cart in Redis, the catalog in
+//! MongoDB — becomes three private instances: the expected children, owned and
+//! labelled, complete credentials Secrets, NetworkPolicies that admit only the
+//! owner, and statuses that turn Ready with their StatefulSets.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,16 +17,54 @@ use servicedb::api::{Phase, ServiceDatabase};
 
 use crate::harness::{Env, apply_manifest, examples, wait_for};
 
-const KEYS: [&str; 8] = [
-    "engine",
-    "host",
-    "port",
-    "database",
-    "username",
-    "password",
-    "uri",
-    "DATABASE_URL",
+/// Keys every credentials Secret has, whatever the engine.
+const COMMON_KEYS: [&str; 7] = [
+    "engine", "host", "port", "database", "username", "password", "uri",
 ];
+
+/// What a user expects of each engine.
+struct Expect {
+    name_label: &'static str,
+    image: &'static str,
+    port: i32,
+    variable: &'static str,
+    admin: &'static str,
+    scheme: &'static str,
+    extra_keys: &'static [&'static str],
+}
+
+fn expect(engine: servicedb::api::Engine) -> Expect {
+    use servicedb::api::Engine::*;
+    match engine {
+        Postgres => Expect {
+            name_label: "postgres",
+            image: "docker.io/library/postgres",
+            port: 5432,
+            variable: "DATABASE_URL",
+            admin: "postgres",
+            scheme: "postgresql://",
+            extra_keys: &[],
+        },
+        Redis => Expect {
+            name_label: "redis",
+            image: "docker.io/library/redis",
+            port: 6379,
+            variable: "REDIS_URL",
+            admin: "admin",
+            scheme: "redis://",
+            extra_keys: &["keyPrefix"],
+        },
+        MongoDB => Expect {
+            name_label: "mongodb",
+            image: "docker.io/library/mongo",
+            port: 27017,
+            variable: "MONGODB_URI",
+            admin: "root",
+            scheme: "mongodb://",
+            extra_keys: &[],
+        },
+    }
+}
 
 pub fn secret_value(secret: &Secret, key: &str) -> String {
     let bytes = secret
@@ -74,22 +113,30 @@ fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, S
 }
 
 #[tokio::test]
-async fn every_example_becomes_a_private_postgres_instance() {
+async fn the_shop_example_becomes_three_private_instances() {
     let env = Env::new("examples").await;
     let mut sdbs = vec![];
     for file in examples() {
         sdbs.extend(apply_manifest(&env.client, &env.ns, &file).await);
     }
-    assert!(sdbs.len() >= 2, "the examples declare ServiceDatabases");
+    let engines: Vec<_> = sdbs.iter().map(|s| s.spec.engine).collect();
+    use servicedb::api::Engine::*;
+    assert_eq!(
+        engines,
+        [Postgres, Redis, MongoDB],
+        "the shop: orders, cart, catalog"
+    );
     let statefulsets: Api<StatefulSet> = env.api();
     let services: Api<Service> = env.api();
     let secrets: Api<Secret> = env.api();
     let pdbs: Api<PodDisruptionBudget> = env.api();
     let policies: Api<NetworkPolicy> = env.api();
+    let deployments: Api<Deployment> = env.api();
     let sdb_api: Api<ServiceDatabase> = env.api();
 
     for sdb in &sdbs {
         let name = sdb.name_any();
+        let want = expect(sdb.spec.engine);
         let inst = format!("{name}-db");
         let sts = get_when(&statefulsets, &inst).await;
         let headless = get_when(&services, &format!("{inst}-hl")).await;
@@ -127,7 +174,7 @@ async fn every_example_becomes_a_private_postgres_instance() {
             let labels = meta.labels.clone().unwrap_or_default();
             assert_eq!(
                 labels.get("app.kubernetes.io/name").map(String::as_str),
-                Some("postgres"),
+                Some(want.name_label),
                 "{what} labels"
             );
             assert_eq!(
@@ -156,14 +203,29 @@ async fn every_example_becomes_a_private_postgres_instance() {
             .iter()
             .find(|c| c.name == "database")
             .expect("database container");
-        let version = sdb.spec.version.clone().unwrap_or_else(|| "17".into());
+        let version = live
+            .status
+            .as_ref()
+            .and_then(|s| s.version.clone())
+            .or(sdb.spec.version.clone());
+        let version = wait_for(
+            "the resolved version in the status",
+            Duration::from_secs(15),
+            || {
+                let v = version.clone();
+                let api = sdb_api.clone();
+                let name = name.clone();
+                async move { v.or(api.get(&name).await.ok()?.status?.version) }
+            },
+        )
+        .await;
         assert_eq!(
             db.image.as_deref(),
-            Some(format!("docker.io/library/postgres:{version}").as_str())
+            Some(format!("{}:{version}", want.image).as_str())
         );
         let args = db.args.clone().unwrap_or_default().join(" ");
         assert!(
-            args.starts_with("instance --engine postgres"),
+            args.starts_with(&format!("instance --engine {}", want.name_label)),
             "database container runs the instance manager: {args}"
         );
         assert_eq!(
@@ -202,12 +264,17 @@ async fn every_example_becomes_a_private_postgres_instance() {
                 .as_deref(),
             Some("/readyz")
         );
+        let class_size = if sdb.spec.engine == MongoDB {
+            "2Gi"
+        } else {
+            "1Gi"
+        };
         let want_size = sdb
             .spec
             .storage
             .as_ref()
             .and_then(|s| s.size.clone())
-            .unwrap_or_else(|| "1Gi".into());
+            .unwrap_or_else(|| class_size.into());
         let pvc = &spec.volume_claim_templates.clone().expect("claim template")[0];
         let size = pvc
             .spec
@@ -245,11 +312,15 @@ async fn every_example_becomes_a_private_postgres_instance() {
                 .as_ref()
                 .and_then(|s| s.ports.clone())
                 .map(|p| p[0].port),
-            Some(5432)
+            Some(want.port)
         );
 
-        // The credentials Secret: every key, consistent with each other.
-        for key in KEYS {
+        // The credentials Secret: the common keys plus the engine's own.
+        for key in COMMON_KEYS
+            .iter()
+            .chain([want.variable].iter())
+            .chain(want.extra_keys.iter())
+        {
             assert!(
                 !secret_value(&creds, key).is_empty(),
                 "Secret {secret_name} has key {key}"
@@ -257,26 +328,27 @@ async fn every_example_becomes_a_private_postgres_instance() {
         }
         let host = format!("{inst}.{}.svc", env.ns);
         assert_eq!(secret_value(&creds, "host"), host);
-        assert_eq!(secret_value(&creds, "port"), "5432");
-        assert_eq!(secret_value(&creds, "engine"), "postgres");
+        assert_eq!(secret_value(&creds, "port"), want.port.to_string());
+        assert_eq!(secret_value(&creds, "engine"), want.name_label);
         let password = secret_value(&creds, "password");
         assert!(password.len() >= 32, "a long generated password");
         let uri = secret_value(&creds, "uri");
-        assert_eq!(
-            uri,
-            format!(
-                "postgresql://{}:{password}@{host}:5432/{}",
+        assert!(
+            uri.starts_with(&format!(
+                "{}{}:{password}@{host}:{}/",
+                want.scheme,
                 secret_value(&creds, "username"),
-                secret_value(&creds, "database")
-            )
+                want.port
+            )),
+            "{uri}"
         );
-        assert_eq!(secret_value(&creds, "DATABASE_URL"), uri);
+        assert_eq!(secret_value(&creds, want.variable), uri);
         assert_ne!(
             secret_value(&admin, "password"),
             password,
             "the admin and the service have different passwords"
         );
-        assert_eq!(secret_value(&admin, "username"), "postgres");
+        assert_eq!(secret_value(&admin, "username"), want.admin);
 
         // The NetworkPolicy selects the database pods and admits the owner's pods.
         let np_spec = np.spec.clone().expect("np spec");
@@ -303,23 +375,52 @@ async fn every_example_becomes_a_private_postgres_instance() {
             .into_iter()
             .flat_map(|r| r.from.unwrap_or_default())
             .collect::<Vec<_>>();
-        let owner = sdb
-            .spec
-            .owner
-            .pod_selector
-            .match_labels
-            .clone()
-            .unwrap_or_default();
-        assert!(
-            peers.iter().any(|p| p.namespace_selector.is_none()
-                && p.pod_selector.as_ref().and_then(|s| s.match_labels.clone())
-                    == Some(owner.clone())),
-            "NetworkPolicy admits the owner's pods {owner:?}: {peers:?}"
-        );
         assert!(
             peers.iter().all(|p| p.pod_selector.is_some()),
             "no peer admits every pod of a namespace"
         );
+
+        // The example's Deployment reads this Secret, and its pods are admitted.
+        let app = deployments
+            .get(&name)
+            .await
+            .expect("the example's Deployment");
+        let template = app.spec.expect("spec").template;
+        let env_from = template.spec.expect("pod").containers[0]
+            .env_from
+            .clone()
+            .unwrap_or_default();
+        assert_eq!(
+            env_from[0].secret_ref.as_ref().map(|s| s.name.clone()),
+            Some(secret_name.clone())
+        );
+        let app_labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+        assert!(
+            peers.iter().any(|p| p.namespace_selector.is_none()
+                && p.pod_selector
+                    .clone()
+                    .and_then(|s| s.match_labels)
+                    .is_some_and(|m| labels_match(&m, &app_labels))),
+            "the {name} pods are admitted by the NetworkPolicy: {peers:?}"
+        );
+        for other in sdbs.iter().filter(|o| o.name_any() != name) {
+            let other_labels = other
+                .spec
+                .owner
+                .pod_selector
+                .match_labels
+                .clone()
+                .unwrap_or_default();
+            assert!(
+                !peers.iter().any(|p| p.namespace_selector.is_none()
+                    && p.pod_selector
+                        .clone()
+                        .and_then(|s| s.match_labels)
+                        .is_some_and(|m| labels_match(&m, &other_labels))),
+                "{}'s pods are not admitted to {name}'s database",
+                other.name_any()
+            );
+        }
 
         // Status while the instance starts.
         let live = wait_phase(&sdb_api, &name, Phase::Provisioning).await;
@@ -391,53 +492,4 @@ async fn every_example_becomes_a_private_postgres_instance() {
         set_ready_replicas(&statefulsets, &inst, 0).await;
         wait_phase(&sdb_api, &name, Phase::Degraded).await;
     }
-
-    // The README's application Deployment is accepted, reads the Secret
-    // servicedb made, and carries the labels the NetworkPolicy admits.
-    let text = std::fs::read_to_string(crate::harness::example_path(
-        "examples/app/orders-deployment.yaml",
-    ))
-    .expect("deployment example");
-    let deployment: Deployment = serde_yaml::from_str(&text).expect("deployment yaml");
-    let deployments: Api<Deployment> = env.api();
-    let deployment = deployments
-        .patch(
-            "orders",
-            &PatchParams::apply("servicedb-e2e"),
-            &Patch::Apply(&deployment),
-        )
-        .await
-        .expect("the API server accepts the example Deployment");
-    let pod = deployment.spec.expect("spec").template;
-    let env_from = pod.spec.expect("pod").containers[0]
-        .env_from
-        .clone()
-        .unwrap_or_default();
-    let secret = env_from[0]
-        .secret_ref
-        .as_ref()
-        .map(|s| s.name.clone())
-        .expect("secretRef");
-    assert!(
-        secrets.get_opt(&secret).await.expect("get").is_some(),
-        "the Deployment's Secret {secret} exists"
-    );
-    let np = policies.get("orders-db").await.expect("np");
-    let pod_labels = pod.metadata.and_then(|m| m.labels).unwrap_or_default();
-    let admitted = np
-        .spec
-        .and_then(|s| s.ingress)
-        .unwrap_or_default()
-        .into_iter()
-        .flat_map(|r| r.from.unwrap_or_default())
-        .any(|p| {
-            p.namespace_selector.is_none()
-                && p.pod_selector
-                    .and_then(|s| s.match_labels)
-                    .is_some_and(|m| labels_match(&m, &pod_labels))
-        });
-    assert!(
-        admitted,
-        "the orders pods are admitted by the NetworkPolicy"
-    );
 }

@@ -38,7 +38,7 @@ impl Env {
         ensure_namespace(&client, OPERATOR_NS).await;
         let ns = format!("e2e-{test}-{}", &uuid_suffix());
         ensure_namespace(&client, &ns).await;
-        apply_manifest(&client, &ns, &example("00-databaseclass-postgres.yaml")).await;
+        apply_manifest(&client, &ns, &example("00-databaseclasses.yaml")).await;
         let operator = Operator::start(test);
         Env {
             client,
@@ -120,9 +120,11 @@ pub fn example(file: &str) -> PathBuf {
         .join(file)
 }
 
-/// A path relative to the repository.
-pub fn example_path(relative: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+/// Path of a file in tests/fixtures.
+pub fn fixture(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(file)
 }
 
 /// Every file of examples/manifests, sorted.
@@ -160,6 +162,12 @@ pub async fn apply_manifest(client: &Client, ns: &str, path: &PathBuf) -> Vec<Se
                     .await
                     .expect("applying class");
             }
+            "Deployment" => {
+                Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns)
+                    .patch(&name, &pp, &Patch::Apply(&json))
+                    .await
+                    .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
+            }
             "ServiceDatabase" => {
                 let sdb = Api::<ServiceDatabase>::namespaced(client.clone(), ns)
                     .patch(&name, &pp, &Patch::Apply(&json))
@@ -168,7 +176,7 @@ pub async fn apply_manifest(client: &Client, ns: &str, path: &PathBuf) -> Vec<Se
                 created.push(sdb);
             }
             other => panic!(
-                "{}: the e2e harness applies servicedb kinds only, not {other}",
+                "{}: the e2e harness applies servicedb kinds and Deployments only, not {other}",
                 path.display()
             ),
         }

@@ -14,8 +14,8 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 
-use crate::dedicated_postgres::{get_when, secret_value, set_ready_replicas, wait_phase};
-use crate::harness::{Env, apply_manifest, example, wait_for};
+use crate::dedicated::{get_when, secret_value, set_ready_replicas, wait_phase};
+use crate::harness::{Env, apply_manifest, example, fixture, wait_for};
 
 /// resourceVersion of every child of `name`, by kind/name.
 async fn child_versions(env: &Env, name: &str) -> BTreeMap<String, String> {
@@ -92,7 +92,7 @@ async fn reconciles(env: &Env) -> f64 {
 #[tokio::test]
 async fn a_resync_writes_nothing_and_credentials_survive_an_operator_restart() {
     let mut env = Env::new("resync").await;
-    apply_manifest(&env.client, &env.ns, &example("20-payments-postgres.yaml")).await;
+    apply_manifest(&env.client, &env.ns, &fixture("sdb-payments-delete.yaml")).await;
     let sts: Api<StatefulSet> = env.api();
     let secrets: Api<Secret> = env.api();
     let sdbs: Api<ServiceDatabase> = env.api();
@@ -174,7 +174,7 @@ async fn a_resync_writes_nothing_and_credentials_survive_an_operator_restart() {
 #[tokio::test]
 async fn deleted_children_come_back_and_spec_edits_roll_through() {
     let env = Env::new("repair").await;
-    apply_manifest(&env.client, &env.ns, &example("10-orders-postgres.yaml")).await;
+    apply_manifest(&env.client, &env.ns, &example("10-orders.yaml")).await;
     let sts: Api<StatefulSet> = env.api();
     let svc: Api<Service> = env.api();
     let np: Api<NetworkPolicy> = env.api();
@@ -276,8 +276,8 @@ async fn make_pvc(env: &Env, name: &str) {
 #[tokio::test]
 async fn retain_keeps_data_and_credentials_and_delete_removes_everything() {
     let env = Env::new("deletion").await;
-    apply_manifest(&env.client, &env.ns, &example("10-orders-postgres.yaml")).await;
-    apply_manifest(&env.client, &env.ns, &example("20-payments-postgres.yaml")).await;
+    apply_manifest(&env.client, &env.ns, &example("10-orders.yaml")).await;
+    apply_manifest(&env.client, &env.ns, &fixture("sdb-payments-delete.yaml")).await;
     let sts: Api<StatefulSet> = env.api();
     let svc: Api<Service> = env.api();
     let secrets: Api<Secret> = env.api();
@@ -349,7 +349,7 @@ async fn retain_keeps_data_and_credentials_and_delete_removes_everything() {
     );
 
     // Recreating a retained database adopts its data and credentials.
-    apply_manifest(&env.client, &env.ns, &example("10-orders-postgres.yaml")).await;
+    apply_manifest(&env.client, &env.ns, &example("10-orders.yaml")).await;
     get_when(&sts, "orders-db").await;
     let adopted = wait_for(
         "the retained Secret to be adopted",

@@ -9,6 +9,6 @@
 
 mod harness;
 
-mod dedicated_postgres;
+mod dedicated;
 mod lifecycle;
 mod validation;

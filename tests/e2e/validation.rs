@@ -13,7 +13,7 @@ use kube::{Api, Resource};
 use serde_json::{Value, json};
 use servicedb::api::{Phase, ServiceDatabase};
 
-use crate::dedicated_postgres::{get_when, wait_phase};
+use crate::dedicated::{get_when, wait_phase};
 use crate::harness::{Env, wait_for};
 
 fn sdb(name: &str, spec: Value) -> Value {

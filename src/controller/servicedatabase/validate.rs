@@ -11,7 +11,6 @@ use crate::api::common::StorageSpec;
 use crate::api::{DatabaseClass, DeletionPolicy, Engine, Isolation, ServiceDatabase};
 use crate::engine::{EngineSpec, for_engine};
 
-
 /// A spec that cannot be realised, and which field to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -123,7 +122,11 @@ pub fn validate(
     }
     let engine_spec = for_engine(spec.engine);
     let allowed: Vec<String> = if class.spec.versions.is_empty() {
-        engine_spec.versions().iter().map(|v| v.to_string()).collect()
+        engine_spec
+            .versions()
+            .iter()
+            .map(|v| v.to_string())
+            .collect()
     } else {
         class.spec.versions.clone()
     };

@@ -10,7 +10,7 @@ TESTENV_DIR ?= $(HOME)/.cache/servicedb/testenv-e2e
 RUN_DIR ?= $(HOME)/.cache/servicedb/testenv-run
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/servicedb
 
-.PHONY: build crds check-crds lint unit engine e2e test run stop testenv-up testenv-down static clean
+.PHONY: build crds check-crds lint unit engine engine-static e2e test run stop testenv-up testenv-down static clean
 
 build:
 	$(CARGO) build --locked
@@ -56,10 +56,16 @@ testenv-up:
 testenv-down:
 	@hack/testenv/down.sh $(TESTENV_DIR)
 
+STATIC_BIN := $(or $(CARGO_TARGET_DIR),target)/x86_64-unknown-linux-gnu/release/servicedb
+
 ## static: the statically linked binary for the operator and engine images.
 static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --locked --release --target x86_64-unknown-linux-gnu
-	@file $(or $(CARGO_TARGET_DIR),target)/x86_64-unknown-linux-gnu/release/servicedb
+	@file $(STATIC_BIN) | tee /dev/stderr | grep -q 'static' || { echo "$(STATIC_BIN) is not statically linked" >&2; exit 1; }
+
+## engine-static: the engine tests against the statically linked binary.
+engine-static: static
+	SERVICEDB_TEST_BINARY=$(abspath $(STATIC_BIN)) $(CARGO) test --locked --test instance_postgres
 
 clean:
 	$(CARGO) clean

@@ -14,7 +14,11 @@ pub fn servicedb_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         use std::os::unix::fs::PermissionsExt;
-        let built = PathBuf::from(env!("CARGO_BIN_EXE_servicedb"));
+        // SERVICEDB_TEST_BINARY runs the same tests against another build,
+        // such as the statically linked one the images carry (`make engine-static`).
+        let built = std::env::var_os("SERVICEDB_TEST_BINARY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_servicedb")));
         // One fixed place, replaced by each test process (cargo runs test
         // binaries one after another), so stale copies do not pile up.
         let dir = std::env::temp_dir().join("servicedb-test-bin");

@@ -33,9 +33,13 @@ lint:
 unit:
 	$(CARGO) test --locked --lib --bins
 
-## engine: the instance manager against real PostgreSQL binaries.
+ENGINE_TESTS := --test instance_postgres --test instance_redis --test instance_mongodb
+
+## engine: the instance manager against real PostgreSQL and Redis servers, and
+## the MongoDB user handling against FerretDB (hack/ferretdb).
 engine:
-	$(CARGO) test --locked --test instance_postgres
+	hack/ferretdb/build.sh >/dev/null
+	$(CARGO) test --locked $(ENGINE_TESTS)
 
 ## e2e: the operator against a real API server (KUBECONFIG, or a local one).
 e2e: build
@@ -65,7 +69,8 @@ static:
 
 ## engine-static: the engine tests against the statically linked binary.
 engine-static: static
-	SERVICEDB_TEST_BINARY=$(abspath $(STATIC_BIN)) $(CARGO) test --locked --test instance_postgres
+	hack/ferretdb/build.sh >/dev/null
+	SERVICEDB_TEST_BINARY=$(abspath $(STATIC_BIN)) $(CARGO) test --locked $(ENGINE_TESTS)
 
 clean:
 	$(CARGO) clean

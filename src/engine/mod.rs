@@ -3,9 +3,11 @@
 //! and the instance manager (dedicated instances). One file per engine.
 
 pub mod mongodb;
+pub mod mongodb_users;
 pub mod postgres;
 pub mod postgres_users;
 pub mod redis;
+pub mod redis_acl;
 
 use std::collections::BTreeMap;
 
@@ -18,7 +20,10 @@ use crate::api::Engine;
 pub fn resources(cpu: &str, memory: &str, memory_limit: &str) -> ResourceRequirements {
     let q = |s: &str| Quantity(s.to_string());
     ResourceRequirements {
-        requests: Some(BTreeMap::from([("cpu".into(), q(cpu)), ("memory".into(), q(memory))])),
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), q(cpu)),
+            ("memory".into(), q(memory)),
+        ])),
         limits: Some(BTreeMap::from([("memory".into(), q(memory_limit))])),
         ..Default::default()
     }

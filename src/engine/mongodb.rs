@@ -32,9 +32,11 @@ impl EngineSpec for MongoDB {
     }
     fn uri(&self, c: &Connection<'_>) -> String {
         // directConnection: clients talk to the one member through the
-        // Service instead of discovering it by its pod name.
+        // Service instead of discovering it by its pod name. The mechanism is
+        // named because the users have SCRAM-SHA-256 only, and some drivers
+        // probe the mechanisms against `admin` whatever the authSource.
         format!(
-            "mongodb://{}:{}@{}:{}/{db}?authSource={db}&directConnection=true",
+            "mongodb://{}:{}@{}:{}/{db}?authSource={db}&authMechanism=SCRAM-SHA-256&directConnection=true",
             encode_userinfo(c.username),
             encode_userinfo(c.password),
             c.host,
@@ -52,10 +54,12 @@ impl EngineSpec for MongoDB {
         super::resources("200m", "512Mi", "1Gi")
     }
     fn default_storage(&self) -> &'static str {
-        "2Gi"
+        // The oplog of the replica set is capped at 5% of the disk but never
+        // below 990 MB.
+        "5Gi"
     }
     fn dedicated_supported(&self) -> bool {
-        false
+        true
     }
 }
 
@@ -74,7 +78,7 @@ mod tests {
         };
         assert_eq!(
             MongoDB.uri(&c),
-            "mongodb://catalog:s%40fe@catalog-db.shop.svc:27017/catalog?authSource=catalog&directConnection=true"
+            "mongodb://catalog:s%40fe@catalog-db.shop.svc:27017/catalog?authSource=catalog&authMechanism=SCRAM-SHA-256&directConnection=true"
         );
     }
 }

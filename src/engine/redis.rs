@@ -57,7 +57,7 @@ impl EngineSpec for Redis {
         super::resources("50m", "128Mi", "256Mi")
     }
     fn dedicated_supported(&self) -> bool {
-        false
+        true
     }
 }
 

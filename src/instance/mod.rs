@@ -22,7 +22,9 @@
 //!   directory.
 //! - `GET :<status-port>/healthz` and `/readyz` for the probes.
 
+mod mongodb;
 mod postgres;
+mod redis;
 mod secrets;
 mod status;
 
@@ -33,6 +35,9 @@ use std::time::Duration;
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngineKind {
     Postgres,
+    Redis,
+    #[value(name = "mongodb")]
+    MongoDB,
 }
 
 /// `servicedb instance`: run and supervise a database server in this container.
@@ -80,6 +85,8 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.engine {
         EngineKind::Postgres => postgres::run(args).await,
+        EngineKind::Redis => redis::run(args).await,
+        EngineKind::MongoDB => mongodb::run(args).await,
     }
 }
 

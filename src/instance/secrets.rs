@@ -16,6 +16,22 @@ pub(crate) struct AdminCredentials {
     pub previous_password: Option<String>,
 }
 
+impl AdminCredentials {
+    /// The passwords to log in with, in order and without repeats: the
+    /// Secret's, then `applied` (what the server was last given: the Secret
+    /// changed and the server still has the old one), then
+    /// `previous-password`. Shared by the engines' sync loops.
+    pub(crate) fn passwords_to_try<'a>(&'a self, applied: Option<&'a str>) -> Vec<&'a str> {
+        let mut passwords = vec![self.password.as_str()];
+        for password in applied.into_iter().chain(self.previous_password.as_deref()) {
+            if !passwords.contains(&password) {
+                passwords.push(password);
+            }
+        }
+        passwords
+    }
+}
+
 impl fmt::Debug for AdminCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdminCredentials")
@@ -66,7 +82,7 @@ pub(crate) async fn read_app(dir: &Path) -> Result<ServiceUser, SecretError> {
     })
 }
 
-async fn read_key(dir: &Path, key: &str) -> Result<String, SecretError> {
+pub(crate) async fn read_key(dir: &Path, key: &str) -> Result<String, SecretError> {
     read_optional_key(dir, key)
         .await?
         .ok_or_else(|| SecretError::Missing {
@@ -138,6 +154,22 @@ mod tests {
         std::fs::write(data.join("password"), "\n").expect("write");
         let err = read_admin(dir.path()).await.expect_err("empty");
         assert_eq!(err.category(), "secret_empty");
+    }
+
+    #[test]
+    fn passwords_to_try_come_in_order_without_repeats() {
+        let admin = AdminCredentials {
+            username: "admin".into(),
+            password: "new".into(),
+            previous_password: Some("old".into()),
+        };
+        assert_eq!(admin.passwords_to_try(None), ["new", "old"]);
+        assert_eq!(
+            admin.passwords_to_try(Some("applied")),
+            ["new", "applied", "old"]
+        );
+        assert_eq!(admin.passwords_to_try(Some("old")), ["new", "old"]);
+        assert_eq!(admin.passwords_to_try(Some("new")), ["new", "old"]);
     }
 
     #[test]

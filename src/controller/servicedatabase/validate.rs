@@ -428,14 +428,6 @@ mod tests {
             let err = validate(&sdb, &class).unwrap_err();
             assert_eq!((err.field, err.reason), (field, "Unsupported"), "{yaml}");
         }
-        let mut redis = class.clone();
-        redis.spec.engine = Engine::Redis;
-        redis.spec.versions = vec!["7".into()];
-        redis.spec.default_version = None;
-        let mut sdb: ServiceDatabase = fixture("sdb-minimal.yaml");
-        sdb.spec.engine = Engine::Redis;
-        let err = validate(&sdb, &redis).unwrap_err();
-        assert_eq!((err.field, err.reason), ("spec.engine", "Unsupported"));
     }
 
     #[test]

@@ -173,7 +173,7 @@ fn configure(pgdata: &Path, settings: &Settings) -> anyhow::Result<()> {
 
 /// Writes through a temporary file and a rename, so that a crash never
 /// leaves the server a half-written configuration.
-fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(in crate::instance) fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     let temporary = path.with_extension("servicedb-tmp");
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
@@ -189,7 +189,7 @@ fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
     result.with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+pub(in crate::instance) fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| {
         format!(
             "cannot set the permissions of {} to {mode:o}",

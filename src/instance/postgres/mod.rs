@@ -3,8 +3,8 @@
 
 mod binaries;
 mod config;
-mod datadir;
-mod postmaster;
+pub(super) mod datadir;
+pub(super) mod postmaster;
 mod sync;
 
 use std::sync::Arc;
@@ -117,20 +117,20 @@ pub(super) async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// SIGTERM (the kubelet) and SIGINT (a terminal) both mean "stop".
-struct Signals {
+pub(super) struct Signals {
     terminate: Signal,
     interrupt: Signal,
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Signals> {
+    pub(super) fn new() -> anyhow::Result<Signals> {
         Ok(Signals {
             terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
             interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
         })
     }
 
-    async fn recv(&mut self) -> &'static str {
+    pub(super) async fn recv(&mut self) -> &'static str {
         tokio::select! {
             _ = self.terminate.recv() => "SIGTERM",
             _ = self.interrupt.recv() => "SIGINT",

@@ -25,7 +25,6 @@ pub(super) struct Postmaster {
 
 impl Postmaster {
     pub(super) fn start(binaries: &Binaries, layout: &Layout) -> anyhow::Result<Postmaster> {
-        let parent = nix::unistd::getpid();
         let mut command = tokio::process::Command::new(&binaries.postgres);
         command
             .arg("-D")
@@ -36,19 +35,7 @@ impl Postmaster {
         // If the instance manager dies without stopping the server (SIGKILL,
         // a crash) the server must not outlive it holding the data
         // directory: ask the kernel for an immediate shutdown then.
-        //
-        // SAFETY: runs between fork and exec; it calls only prctl and getppid,
-        // which are async-signal-safe, and allocates nothing.
-        unsafe {
-            command.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGQUIT)?;
-                // The parent may have died before prctl took effect.
-                if nix::unistd::getppid() != parent {
-                    return Err(std::io::Error::other("parent exited"));
-                }
-                Ok(())
-            });
-        }
+        signal_on_parent_death(&mut command, Signal::SIGQUIT);
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", binaries.postgres.display()))?;
@@ -98,8 +85,29 @@ impl Postmaster {
     }
 }
 
+/// Has the kernel send `signal` to the child started by `command` when this
+/// process dies, however it dies. Shared by the engines' supervisors.
+pub(in crate::instance) fn signal_on_parent_death(
+    command: &mut tokio::process::Command,
+    signal: Signal,
+) {
+    let parent = nix::unistd::getpid();
+    // SAFETY: runs between fork and exec; it calls only prctl and getppid,
+    // which are async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(signal)?;
+            // The parent may have died before prctl took effect.
+            if nix::unistd::getppid() != parent {
+                return Err(std::io::Error::other("parent exited"));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// "exit status 1", "killed by signal 9".
-pub(super) fn describe(status: ExitStatus) -> String {
+pub(in crate::instance) fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(signal)) => match Signal::try_from(signal) {

@@ -1,0 +1,541 @@
+//! Redis ACL users: the `default` user switched off, one administrator with
+//! every permission, and one least-privilege user per service, confined to
+//! the keys and channels under its prefix.
+//!
+//! Used by the instance manager (dedicated instances: it renders the ACL
+//! file before the server starts and applies changes live) and by the
+//! operator (shared servers, over the network), so it knows nothing about
+//! Kubernetes. Passwords only ever travel and rest as SHA-256 hashes
+//! (`#<hex>` rules): the cleartext never reaches the server, its ACL file,
+//! `ACL LIST`, the slow log or `MONITOR`. No password appears in an error.
+//!
+//! What a service user may do, and why ([`service_user_rules`]):
+//!
+//! - `~<prefix>*` and `&<prefix>*`: read and write its own keys, publish and
+//!   subscribe on its own channels. Redis checks these patterns against key
+//!   and channel *arguments* only, so a prefix must end in its one `:` (see
+//!   [`KeyPrefix`]): `cart:*` can then never match `cart_items:1`.
+//! - `+@all -@admin -@dangerous`: every data command (strings, hashes,
+//!   lists, sets, sorted sets, streams, MULTI/EXEC, SCAN, EXPIRE, pub/sub),
+//!   but none of the server's controls: FLUSHALL, FLUSHDB, CONFIG, DEBUG,
+//!   SHUTDOWN, ACL, MONITOR, CLIENT LIST/KILL, SAVE, REPLICAOF, MODULE,
+//!   MIGRATE, RESTORE, SWAPDB, INFO, SLOWLOG. `@dangerous` also removes KEYS
+//!   and SORT: KEYS walks the whole keyspace whatever its pattern (SCAN with
+//!   MATCH is the supported way to list keys) and SORT's BY/GET read keys
+//!   named by patterns. Both categories are named although Redis 7 makes
+//!   `@admin` a subset of `@dangerous`: other versions and Valkey may not.
+//! - `-@scripting`: no EVAL, FCALL, FUNCTION or SCRIPT. Scripts do not
+//!   escape key permissions, but every recent critical Redis vulnerability
+//!   (CVE-2025-49844 and its siblings: use-after-free and sandbox escapes in
+//!   the Lua engine) needs nothing more than an authenticated user allowed
+//!   to run Lua, and FUNCTION LOAD/FLUSH change a library namespace that all
+//!   users of a server share. Clients that need Lua (BullMQ, Redlock-style
+//!   unlock scripts) need an explicit opt-in, which does not exist yet.
+//!
+//! Known limits, inherent to Redis ACLs: SCAN, RANDOMKEY, DBSIZE, PUBSUB
+//! CHANNELS and broadcast-mode CLIENT TRACKING reveal the *names* (never the
+//! values) of other keys and channels on the same server. On a dedicated
+//! instance there are none; on a shared server key names must not be secret.
+
+use std::fmt::Write as _;
+
+use redis::aio::ConnectionLike;
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+use sha2::{Digest, Sha256};
+
+/// The user every unauthenticated connection is; kept switched off.
+pub const DEFAULT_USER: &str = "default";
+/// Longest username and key prefix accepted.
+pub const MAX_NAME_BYTES: usize = 128;
+/// The separator a key prefix ends with (and contains nowhere else).
+pub const PREFIX_SEPARATOR: char = ':';
+
+/// Categories a service user never gets; see the module documentation.
+const DENIED_CATEGORIES: [&str; 3] = ["admin", "dangerous", "scripting"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum AclError {
+    #[error("invalid username {name:?}: {reason}")]
+    InvalidUsername { name: String, reason: &'static str },
+    #[error("invalid key prefix {prefix:?}: {reason}")]
+    InvalidKeyPrefix {
+        prefix: String,
+        reason: &'static str,
+    },
+    #[error("invalid password: {reason}")]
+    InvalidPassword { reason: &'static str },
+    #[error("user {name:?} cannot be managed as a service user: {reason}")]
+    ReservedUser { name: String, reason: &'static str },
+    #[error("user {name:?} appears more than once")]
+    DuplicateUser { name: String },
+    #[error("{action} failed: {}", describe(source))]
+    Server {
+        action: &'static str,
+        source: RedisError,
+    },
+}
+
+impl AclError {
+    /// Stable label for metrics and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            AclError::InvalidUsername { .. } => "invalid_username",
+            AclError::InvalidKeyPrefix { .. } => "invalid_key_prefix",
+            AclError::InvalidPassword { .. } => "invalid_password",
+            AclError::ReservedUser { .. } => "reserved_user",
+            AclError::DuplicateUser { .. } => "duplicate_user",
+            AclError::Server { source, .. } => match source.kind() {
+                ErrorKind::Server(ServerErrorKind::NoPerm) => "permission_denied",
+                ErrorKind::AuthenticationFailed => "authentication_failed",
+                ErrorKind::Server(ServerErrorKind::BusyLoading) => "server_loading",
+                ErrorKind::Io => "connection",
+                _ if source.detail().is_some_and(|d| d.contains("ACL file")) => "no_acl_file",
+                _ => "server",
+            },
+        }
+    }
+
+    /// Whether retrying with the same input cannot help.
+    pub fn is_invalid_input(&self) -> bool {
+        !matches!(self, AclError::Server { .. })
+    }
+}
+
+/// The server's error code and message; the client's own message for
+/// anything else. Commands only ever carry password hashes, so the server
+/// cannot echo a password back.
+pub fn describe(error: &RedisError) -> String {
+    match (error.code(), error.detail()) {
+        (Some(code), Some(detail)) => format!("{code} {detail}"),
+        _ => error.to_string(),
+    }
+}
+
+/// A service's key prefix, such as `cart:`: a name of letters, digits, `_`,
+/// `-` and `.`, then one `:`. With the separator only at the end, no
+/// service's prefix can be the start of another's, so `~cart:*` never
+/// matches a key of `cart_items:` or `cart:items:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPrefix(String);
+
+impl KeyPrefix {
+    pub fn new(prefix: &str) -> Result<KeyPrefix, AclError> {
+        let invalid = |reason| AclError::InvalidKeyPrefix {
+            prefix: prefix.to_owned(),
+            reason,
+        };
+        let Some(name) = prefix.strip_suffix(PREFIX_SEPARATOR) else {
+            return Err(invalid("must end with ':'"));
+        };
+        if name.is_empty() {
+            return Err(invalid("must have a name before the ':'"));
+        }
+        if prefix.len() > MAX_NAME_BYTES {
+            return Err(invalid("longer than 128 bytes"));
+        }
+        if !name.chars().all(is_name_char) {
+            return Err(invalid(
+                "only letters, digits, '_', '-' and '.' may precede the final ':' \
+                 (no glob characters, spaces or other separators)",
+            ));
+        }
+        Ok(KeyPrefix(prefix.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')
+}
+
+/// Usernames become words of the ACL file, so they are limited to letters,
+/// digits, `_`, `-`, `.` and `@`.
+pub fn validate_username(name: &str) -> Result<(), AclError> {
+    let invalid = |reason| AclError::InvalidUsername {
+        name: name.to_owned(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(invalid("longer than 128 bytes"));
+    }
+    if !name.chars().all(|c| is_name_char(c) || c == '@') {
+        return Err(invalid(
+            "only letters, digits, '_', '-', '.' and '@' are allowed",
+        ));
+    }
+    Ok(())
+}
+
+/// Any non-empty password: only its hash is ever written anywhere.
+pub fn validate_password(password: &str) -> Result<(), AclError> {
+    if password.is_empty() {
+        return Err(AclError::InvalidPassword {
+            reason: "must not be empty",
+        });
+    }
+    Ok(())
+}
+
+/// The lowercase hex SHA-256 of a password, as Redis's `#<hash>` rule wants it.
+pub fn password_hash(password: &str) -> String {
+    Sha256::digest(password.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        })
+}
+
+/// A service user's permissions (everything but its password): its keys
+/// and channels, and every command except the denied categories.
+pub fn service_user_rules(prefix: &KeyPrefix) -> Vec<String> {
+    let mut rules = vec![
+        format!("~{}*", prefix.as_str()),
+        format!("&{}*", prefix.as_str()),
+        "+@all".to_owned(),
+    ];
+    rules.extend(
+        DENIED_CATEGORIES
+            .iter()
+            .map(|category| format!("-@{category}")),
+    );
+    rules
+}
+
+/// The administrator's permissions: every key, channel and command.
+pub fn admin_rules() -> Vec<String> {
+    ["~*", "&*", "+@all"].map(str::to_owned).to_vec()
+}
+
+/// A user and its complete ACL: one line of an ACL file, or the arguments
+/// of one `ACL SETUSER`. Every ACL starts with `reset`, so applying it
+/// replaces whatever the user had (extra passwords, keys, selectors, `nopass`)
+/// rather than adding to it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AclUser {
+    name: String,
+    rules: Vec<String>,
+}
+
+impl std::fmt::Debug for AclUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AclUser")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AclUser {
+    /// `default` switched off, with no password, key, channel or command.
+    pub fn disabled_default() -> AclUser {
+        AclUser {
+            name: DEFAULT_USER.to_owned(),
+            rules: vec!["reset".to_owned()],
+        }
+    }
+
+    pub fn admin(name: &str, password: &str) -> Result<AclUser, AclError> {
+        AclUser::enabled(name, password, admin_rules())
+    }
+
+    pub fn service(name: &str, password: &str, prefix: &KeyPrefix) -> Result<AclUser, AclError> {
+        AclUser::enabled(name, password, service_user_rules(prefix))
+    }
+
+    fn enabled(name: &str, password: &str, permissions: Vec<String>) -> Result<AclUser, AclError> {
+        validate_username(name)?;
+        if name == DEFAULT_USER {
+            return Err(AclError::ReservedUser {
+                name: name.to_owned(),
+                reason: "the default user stays switched off",
+            });
+        }
+        validate_password(password)?;
+        let mut rules = vec![
+            "reset".to_owned(),
+            "on".to_owned(),
+            format!("#{}", password_hash(password)),
+        ];
+        rules.extend(permissions);
+        Ok(AclUser {
+            name: name.to_owned(),
+            rules,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn rules(&self) -> &[String] {
+        &self.rules
+    }
+
+    /// `ACL SETUSER` with this user's complete ACL (atomic: on a bad rule
+    /// Redis changes nothing).
+    pub async fn apply(&self, conn: &mut impl ConnectionLike) -> Result<(), AclError> {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&self.name)
+            .arg(&self.rules)
+            .query_async::<()>(conn)
+            .await
+            .map_err(server_error("ACL SETUSER"))
+    }
+}
+
+/// An ACL file (`aclfile` in redis.conf) holding exactly these users. Redis
+/// allows no comments in it; `ACL SAVE` rewrites it in its own words.
+pub fn render_acl_file(users: &[AclUser]) -> Result<String, AclError> {
+    let mut text = String::new();
+    for (index, user) in users.iter().enumerate() {
+        if users[..index].iter().any(|other| other.name == user.name) {
+            return Err(AclError::DuplicateUser {
+                name: user.name.clone(),
+            });
+        }
+        text.push_str("user ");
+        text.push_str(&user.name);
+        for rule in &user.rules {
+            text.push(' ');
+            text.push_str(rule);
+        }
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// Creates or updates a service user so that it has exactly this password
+/// and the permissions of [`service_user_rules`]. Refuses `default` and the
+/// user `conn` is logged in as (it would lock the caller out).
+pub async fn ensure_user(
+    conn: &mut impl ConnectionLike,
+    username: &str,
+    password: &str,
+    prefix: &str,
+) -> Result<(), AclError> {
+    let prefix = KeyPrefix::new(prefix)?;
+    let user = AclUser::service(username, password, &prefix)?;
+    refuse_own_user(conn, username).await?;
+    user.apply(conn).await
+}
+
+/// Sets the administrator's password and full permissions.
+pub async fn ensure_admin(
+    conn: &mut impl ConnectionLike,
+    username: &str,
+    password: &str,
+) -> Result<(), AclError> {
+    AclUser::admin(username, password)?.apply(conn).await
+}
+
+/// Switches `default` off and takes away all it had, so that a connection
+/// must authenticate before it can do anything.
+pub async fn disable_default_user(conn: &mut impl ConnectionLike) -> Result<(), AclError> {
+    AclUser::disabled_default().apply(conn).await
+}
+
+/// Deletes a service user; Redis disconnects its clients. `Ok(false)` if it
+/// did not exist.
+pub async fn remove_user(conn: &mut impl ConnectionLike, username: &str) -> Result<bool, AclError> {
+    validate_username(username)?;
+    if username == DEFAULT_USER {
+        return Err(AclError::ReservedUser {
+            name: username.to_owned(),
+            reason: "the default user cannot be deleted",
+        });
+    }
+    refuse_own_user(conn, username).await?;
+    let deleted: u64 = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(username)
+        .query_async(conn)
+        .await
+        .map_err(server_error("ACL DELUSER"))?;
+    Ok(deleted > 0)
+}
+
+/// `ACL SAVE`: writes the server's users to its ACL file, so that what was
+/// applied live survives a restart. Fails (`no_acl_file`) on a server
+/// started without `aclfile`.
+pub async fn save_acl_file(conn: &mut impl ConnectionLike) -> Result<(), AclError> {
+    redis::cmd("ACL")
+        .arg("SAVE")
+        .query_async::<()>(conn)
+        .await
+        .map_err(server_error("ACL SAVE"))
+}
+
+async fn refuse_own_user(conn: &mut impl ConnectionLike, username: &str) -> Result<(), AclError> {
+    let current: String = redis::cmd("ACL")
+        .arg("WHOAMI")
+        .query_async(conn)
+        .await
+        .map_err(server_error("ACL WHOAMI"))?;
+    if current == username {
+        return Err(AclError::ReservedUser {
+            name: username.to_owned(),
+            reason: "it is the user this connection is logged in as",
+        });
+    }
+    Ok(())
+}
+
+fn server_error(action: &'static str) -> impl FnOnce(RedisError) -> AclError {
+    move |source| AclError::Server { action, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(text: &str) -> KeyPrefix {
+        KeyPrefix::new(text).expect("valid prefix")
+    }
+
+    #[test]
+    fn hashes_are_lowercase_sha256_hex() {
+        assert_eq!(
+            password_hash("pw"),
+            "30c952fab122c3f9759f02a6d95c3758b246b4fee239957b2d4fee46e26170c4"
+        );
+        assert_eq!(
+            password_hash(""),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn service_rules_confine_keys_and_channels_and_deny_server_controls() {
+        assert_eq!(
+            service_user_rules(&prefix("cart:")),
+            [
+                "~cart:*",
+                "&cart:*",
+                "+@all",
+                "-@admin",
+                "-@dangerous",
+                "-@scripting"
+            ]
+        );
+    }
+
+    #[test]
+    fn prefixes_cannot_overlap_or_glob() {
+        for good in ["cart:", "cart_items:", "a:", "v1.orders-eu:"] {
+            assert_eq!(prefix(good).as_str(), good);
+        }
+        for (bad, reason) in [
+            ("", "must end with ':'"),
+            ("cart", "must end with ':'"),
+            (":", "must have a name before the ':'"),
+            ("cart:items:", "only letters"),
+            ("c*:", "only letters"),
+            ("c?:", "only letters"),
+            ("c[a]:", "only letters"),
+            ("c\\:", "only letters"),
+            ("c d:", "only letters"),
+            ("c\n:", "only letters"),
+            ("c\":", "only letters"),
+            ("ü:", "only letters"),
+        ] {
+            match KeyPrefix::new(bad) {
+                Err(AclError::InvalidKeyPrefix { reason: got, .. }) => {
+                    assert!(got.starts_with(reason), "{bad:?}: {got}");
+                }
+                other => panic!("{bad:?} accepted: {other:?}"),
+            }
+        }
+        let long = format!("{}:", "a".repeat(MAX_NAME_BYTES));
+        assert_eq!(
+            KeyPrefix::new(&long).map_err(|e| e.category()).err(),
+            Some("invalid_key_prefix")
+        );
+    }
+
+    #[test]
+    fn usernames_are_single_acl_words() {
+        for good in ["admin", "cart_items", "svc-1.eu", "a@b"] {
+            assert!(validate_username(good).is_ok(), "{good}");
+        }
+        for bad in ["", "a b", "a\nuser evil on nopass", "\"a\"", "a:b", "a*"] {
+            assert_eq!(
+                validate_username(bad).map_err(|e| e.category()),
+                Err("invalid_username"),
+                "{bad:?}"
+            );
+        }
+        assert!(validate_username(&"a".repeat(MAX_NAME_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn users_reset_then_carry_only_a_hash() {
+        let service = AclUser::service("cart", "s3cret pw", &prefix("cart:")).expect("user");
+        assert_eq!(service.name(), "cart");
+        assert_eq!(
+            &service.rules()[..3],
+            ["reset", "on", &format!("#{}", password_hash("s3cret pw"))]
+        );
+        assert_eq!(&service.rules()[3..], service_user_rules(&prefix("cart:")));
+        let admin = AclUser::admin("admin", "adm").expect("admin");
+        assert_eq!(&admin.rules()[3..], ["~*", "&*", "+@all"]);
+        assert_eq!(AclUser::disabled_default().rules(), ["reset"]);
+
+        let refused = AclUser::service("default", "pw", &prefix("cart:")).expect_err("default");
+        assert_eq!(refused.category(), "reserved_user");
+        let refused = AclUser::admin("admin", "").expect_err("empty password");
+        assert_eq!(refused.category(), "invalid_password");
+        assert!(refused.is_invalid_input());
+    }
+
+    #[test]
+    fn acl_file_lists_each_user_once_without_cleartext() {
+        let users = [
+            AclUser::disabled_default(),
+            AclUser::admin("admin", "admin-secret").expect("admin"),
+            AclUser::service("cart", "cart-secret", &prefix("cart:")).expect("service"),
+        ];
+        let file = render_acl_file(&users).expect("rendered");
+        let lines: Vec<&str> = file.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], "user default reset");
+        assert_eq!(
+            lines[1],
+            format!(
+                "user admin reset on #{} ~* &* +@all",
+                password_hash("admin-secret")
+            )
+        );
+        assert_eq!(
+            lines[2],
+            format!(
+                "user cart reset on #{} ~cart:* &cart:* +@all -@admin -@dangerous -@scripting",
+                password_hash("cart-secret")
+            )
+        );
+        assert!(file.ends_with('\n'));
+        assert!(!file.contains("secret"), "{file}");
+        assert!(!file.contains('>'), "no cleartext password rule");
+
+        let twice = [users[1].clone(), users[1].clone()];
+        assert_eq!(
+            render_acl_file(&twice).map_err(|e| e.category()),
+            Err("duplicate_user")
+        );
+        assert_eq!(render_acl_file(&[]).expect("empty"), "");
+    }
+
+    #[test]
+    fn debug_hides_hashes() {
+        let user = AclUser::admin("admin", "pw").expect("admin");
+        let shown = format!("{user:?}");
+        assert!(shown.contains("admin"));
+        assert!(!shown.contains(&password_hash("pw")));
+    }
+}

@@ -1,0 +1,311 @@
+//! The loop that brings the server to what the Secrets say, every
+//! `--sync-interval` (every 200 ms while it is still starting): re-read the
+//! Secret files, look at the server (an unauthenticated `hello`, then root's
+//! login), take the step [`bootstrap::next_step`] picks, and report to the
+//! probes. Unchanged Secrets on a ready server cost two `hello`s (one
+//! anonymous, one as root on the primary).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mongodb::Client;
+use mongodb::bson::Document;
+use tracing::{debug, info, warn};
+
+use super::bootstrap::{self, ReplicaSet, RootLogin, Step};
+use crate::engine::mongodb_users::{self as users, Login, UserError, UserSpec};
+use crate::engine::postgres_users::ServiceUser;
+use crate::instance::secrets::{self, AdminCredentials, SecretError};
+use crate::instance::status::{Health, SyncState};
+
+const LOOPBACK: &str = "127.0.0.1";
+const STARTUP_POLL: Duration = Duration::from_millis(200);
+const TIMEOUT: Duration = Duration::from_secs(3);
+/// Even with unchanged Secrets, compare the service's user with the server
+/// this often, so that a change made by hand does not stay.
+const RECHECK_EVERY: Duration = Duration::from_secs(300);
+/// Steps taken in one go (initiate, create root, rotate root, sync users)
+/// before pausing; more means something keeps undoing our work.
+const MAX_STEPS: usize = 4;
+
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub port: u16,
+    pub admin_secret_dir: PathBuf,
+    pub app_secret_dir: PathBuf,
+    pub interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("mongod does not answer yet: {0}")]
+    NotAccepting(UserError),
+    #[error(
+        "root cannot log in with the Secret's password (nor a previous one) and users exist \
+         already, so it cannot be created; put the current password in `previous-password`"
+    )]
+    AdminRejected,
+    #[error("the service username is the admin's ({0:?}); the service needs a user of its own")]
+    ServiceIsAdmin(String),
+    #[error("logged in as root, mongod says it is not the writable primary")]
+    NotPrimary,
+    #[error("root: {0}")]
+    Root(UserError),
+    #[error("service user: {0}")]
+    Service(UserError),
+}
+
+impl SyncError {
+    fn category(&self) -> &'static str {
+        match self {
+            SyncError::Secret(error) => error.category(),
+            SyncError::NotAccepting(_) => "not_accepting",
+            SyncError::AdminRejected => "admin_rejected",
+            SyncError::ServiceIsAdmin(_) => "service_is_admin",
+            SyncError::NotPrimary => "not_primary",
+            SyncError::Root(error) | SyncError::Service(error) => error.category(),
+        }
+    }
+}
+
+enum Progress {
+    /// Root answers on the primary and the users are in step.
+    Ready,
+    /// Still starting: electing, or a bootstrap step to observe.
+    Starting,
+}
+
+pub(super) async fn run(settings: Settings, health: Arc<Health>) {
+    let mut syncer = match Syncer::new(settings) {
+        Ok(syncer) => syncer,
+        Err(error) => {
+            warn!(%error, "cannot make a client for mongod");
+            health.set_sync(SyncState::Failed(error.category()));
+            return;
+        }
+    };
+    let mut reported: Option<String> = None;
+    loop {
+        let outcome = syncer.tick(&health).await;
+        let pause = match outcome {
+            Ok(Progress::Ready) => {
+                health.set_sync(SyncState::Succeeded);
+                reported = None;
+                syncer.settings.interval
+            }
+            Ok(Progress::Starting) => {
+                health.set_sync(SyncState::Pending);
+                STARTUP_POLL
+            }
+            Err(SyncError::NotAccepting(reason)) => {
+                // Ready again only after a whole tick has succeeded.
+                health.set_sync(SyncState::Pending);
+                if health.set_accepting(false) {
+                    warn!(%reason, "mongod stopped answering");
+                } else {
+                    debug!(%reason, "mongod does not answer yet");
+                }
+                STARTUP_POLL
+            }
+            Err(error) => {
+                health.set_sync(SyncState::Failed(error.category()));
+                let message = error.to_string();
+                if reported.as_deref() != Some(message.as_str()) {
+                    warn!(category = error.category(), error = %message, "user sync failed");
+                    reported = Some(message);
+                }
+                syncer.settings.interval
+            }
+        };
+        tokio::time::sleep(pause.min(syncer.settings.interval)).await;
+    }
+}
+
+/// A root session, the password it logged in with, and what `hello` as
+/// root said this tick.
+struct Root {
+    client: Client,
+    password: String,
+    hello: Document,
+}
+
+struct Syncer {
+    settings: Settings,
+    /// No credentials: `hello`, and the localhost exception on first start.
+    anonymous: Client,
+    root: Option<Root>,
+    applied_app: Option<ServiceUser>,
+    checked_at: Instant,
+}
+
+impl Syncer {
+    fn new(settings: Settings) -> Result<Syncer, UserError> {
+        Ok(Syncer {
+            anonymous: users::direct_client(LOOPBACK, settings.port, None, TIMEOUT)?,
+            settings,
+            root: None,
+            applied_app: None,
+            checked_at: Instant::now(),
+        })
+    }
+
+    /// The member as it names itself in the replica set config. Loopback
+    /// is always this member, whatever the pod is called or wherever the
+    /// volume is attached next; clients connect with `directConnection=true`
+    /// (the Secret's URI), so they never dial the configured host.
+    fn member_host(&self) -> String {
+        format!("{LOOPBACK}:{}", self.settings.port)
+    }
+
+    async fn tick(&mut self, health: &Health) -> Result<Progress, SyncError> {
+        let admin = secrets::read_admin(&self.settings.admin_secret_dir).await?;
+        let app = secrets::read_app(&self.settings.app_secret_dir).await?;
+        if app.role == admin.username {
+            return Err(SyncError::ServiceIsAdmin(app.role));
+        }
+        for _ in 0..MAX_STEPS {
+            let hello = users::hello(&self.anonymous)
+                .await
+                .map_err(SyncError::NotAccepting)?;
+            if !health.set_accepting(true) {
+                info!("mongod answers");
+            }
+            let replica = ReplicaSet::from_hello(&hello);
+            let login = self.log_in(&admin).await?;
+            let step = bootstrap::next_step(replica, login);
+            debug!(?replica, ?login, ?step, "next step");
+            match step {
+                Step::InitiateReplicaSet { as_root } => {
+                    let client = match (&self.root, as_root) {
+                        (Some(root), true) => &root.client,
+                        _ => &self.anonymous,
+                    };
+                    let host = self.member_host();
+                    if users::initiate_replica_set(client, &host)
+                        .await
+                        .map_err(SyncError::Root)?
+                    {
+                        info!(%host, "replica set initiated");
+                    }
+                }
+                Step::WaitForPrimary => return Ok(Progress::Starting),
+                Step::CreateRoot => {
+                    let root = UserSpec::root(&admin.username, &admin.password);
+                    match users::create_user(&self.anonymous, &root).await {
+                        Ok(()) => info!(user = %admin.username, "root created"),
+                        Err(error) if error.is_unauthorized() => {
+                            return Err(SyncError::AdminRejected);
+                        }
+                        Err(error) => return Err(SyncError::Root(error)),
+                    }
+                }
+                Step::RotateRootPassword => {
+                    let Some(root) = self.root.take() else {
+                        return Ok(Progress::Starting);
+                    };
+                    users::set_password(
+                        &root.client,
+                        users::ADMIN_DATABASE,
+                        &admin.username,
+                        &admin.password,
+                    )
+                    .await
+                    .map_err(SyncError::Root)?;
+                    info!(user = %admin.username, "root's password changed to the Secret's");
+                }
+                Step::SyncUsers => {
+                    self.sync_service_user(&app).await?;
+                    return Ok(Progress::Ready);
+                }
+            }
+        }
+        Ok(Progress::Starting)
+    }
+
+    /// Root's session, kept while it works with the Secret's password. A
+    /// new one tries the Secret's password, then the one in use until now,
+    /// then the Secret's `previous-password`.
+    async fn log_in(&mut self, admin: &AdminCredentials) -> Result<RootLogin, SyncError> {
+        if let Some(root) = &mut self.root
+            && root.password == admin.password
+        {
+            match users::hello(&root.client).await {
+                Ok(hello) => {
+                    root.hello = hello;
+                    return Ok(RootLogin::Current);
+                }
+                Err(error) if error.is_login_refused() => {}
+                Err(error) => return Err(SyncError::NotAccepting(error)),
+            }
+        }
+        let in_use = self.root.take().map(|root| root.password);
+        let mut candidates = vec![admin.password.as_str()];
+        candidates.extend(in_use.as_deref());
+        candidates.extend(admin.previous_password.as_deref());
+        let mut seen = HashSet::new();
+        candidates.retain(|password| seen.insert(*password));
+        for (attempt, password) in candidates.into_iter().enumerate() {
+            let login = Login {
+                source: users::ADMIN_DATABASE,
+                user: &admin.username,
+                password,
+            };
+            let client = users::direct_client(LOOPBACK, self.settings.port, Some(login), TIMEOUT)
+                .map_err(SyncError::Root)?;
+            match users::hello(&client).await {
+                Ok(hello) => {
+                    self.root = Some(Root {
+                        client,
+                        password: password.to_owned(),
+                        hello,
+                    });
+                    return Ok(if attempt == 0 {
+                        RootLogin::Current
+                    } else {
+                        RootLogin::Outdated
+                    });
+                }
+                Err(error) if error.is_login_refused() => continue,
+                Err(error) => return Err(SyncError::NotAccepting(error)),
+            }
+        }
+        Ok(RootLogin::Rejected)
+    }
+
+    /// Readiness needs `hello` as root (sent by [`Syncer::log_in`] this
+    /// tick) to say PRIMARY; then the service's user is brought in step if
+    /// the Secret changed (or a recheck is due).
+    async fn sync_service_user(&mut self, app: &ServiceUser) -> Result<(), SyncError> {
+        let Some(root) = &self.root else {
+            return Err(SyncError::NotPrimary);
+        };
+        if ReplicaSet::from_hello(&root.hello) != ReplicaSet::Primary {
+            return Err(SyncError::NotPrimary);
+        }
+        if self.checked_at.elapsed() >= RECHECK_EVERY {
+            self.applied_app = None;
+        }
+        if self.applied_app.as_ref() == Some(app) {
+            return Ok(());
+        }
+        let outcome =
+            users::ensure_service_user(&root.client, &app.database, &app.role, &app.password)
+                .await
+                .map_err(SyncError::Service)?;
+        match outcome {
+            users::Outcome::Unchanged => {
+                debug!(user = %app.role, database = %app.database, "service user up to date");
+            }
+            changed => {
+                info!(user = %app.role, database = %app.database, ?changed, "service user updated");
+            }
+        }
+        self.applied_app = Some(app.clone());
+        self.checked_at = Instant::now();
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! The users the server must have, from the mounted Secrets: `default`
+//! switched off, the administrator, and the service confined to its key
+//! prefix.
+
+use std::path::Path;
+
+use crate::engine::redis_acl::{AclError, AclUser, KeyPrefix};
+use crate::instance::secrets::{self, AdminCredentials, SecretError};
+
+/// The service's credentials: `username`, `password` and `keyPrefix` of the
+/// app Secret (its other keys, such as `uri`, are for the application).
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct AppCredentials {
+    pub username: String,
+    pub password: String,
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for AppCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppCredentials")
+            .field("username", &self.username)
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) async fn read_app(dir: &Path) -> Result<AppCredentials, SecretError> {
+    Ok(AppCredentials {
+        username: secrets::read_key(dir, "username").await?,
+        password: secrets::read_key(dir, "password").await?,
+        key_prefix: secrets::read_key(dir, "keyPrefix").await?,
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum UsersError {
+    #[error(
+        "the service username is the admin username {0:?}; the service needs a user of its own"
+    )]
+    ServiceIsAdmin(String),
+    #[error("admin: {0}")]
+    Admin(AclError),
+    #[error("service user: {0}")]
+    Service(AclError),
+}
+
+impl UsersError {
+    pub(super) fn category(&self) -> &'static str {
+        match self {
+            UsersError::ServiceIsAdmin(_) => "service_is_admin",
+            UsersError::Admin(error) | UsersError::Service(error) => error.category(),
+        }
+    }
+}
+
+pub(super) fn admin_user(admin: &AdminCredentials) -> Result<AclUser, UsersError> {
+    AclUser::admin(&admin.username, &admin.password).map_err(UsersError::Admin)
+}
+
+pub(super) fn service_user(
+    admin: &AdminCredentials,
+    app: &AppCredentials,
+) -> Result<AclUser, UsersError> {
+    if app.username == admin.username {
+        return Err(UsersError::ServiceIsAdmin(app.username.clone()));
+    }
+    let prefix = KeyPrefix::new(&app.key_prefix).map_err(UsersError::Service)?;
+    AclUser::service(&app.username, &app.password, &prefix).map_err(UsersError::Service)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin() -> AdminCredentials {
+        AdminCredentials {
+            username: "admin".into(),
+            password: "adm".into(),
+            previous_password: None,
+        }
+    }
+
+    fn app(username: &str, key_prefix: &str) -> AppCredentials {
+        AppCredentials {
+            username: username.into(),
+            password: "hunter2".into(),
+            key_prefix: key_prefix.into(),
+        }
+    }
+
+    #[test]
+    fn the_service_gets_its_own_confined_user() {
+        let user = service_user(&admin(), &app("cart", "cart:")).expect("user");
+        assert_eq!(user.name(), "cart");
+        assert!(user.rules().contains(&"~cart:*".to_owned()));
+        let category = |result: Result<AclUser, UsersError>| result.map_err(|e| e.category()).err();
+        assert_eq!(
+            category(service_user(&admin(), &app("admin", "cart:"))),
+            Some("service_is_admin")
+        );
+        assert_eq!(
+            category(service_user(&admin(), &app("default", "cart:"))),
+            Some("reserved_user")
+        );
+        assert_eq!(
+            category(service_user(&admin(), &app("cart", "*"))),
+            Some("invalid_key_prefix")
+        );
+        assert_eq!(category(admin_user(&admin())), None);
+    }
+
+    #[tokio::test]
+    async fn reads_the_app_secret_and_ignores_other_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (key, value) in [
+            ("username", "cart\n"),
+            ("password", "s3cret"),
+            ("keyPrefix", "cart:\n"),
+            ("uri", "redis://ignored"),
+        ] {
+            std::fs::write(dir.path().join(key), value).expect("write");
+        }
+        let read = read_app(dir.path()).await.expect("read");
+        assert_eq!(read, app("cart", "cart:").with_password("s3cret"));
+        assert!(!format!("{read:?}").contains("s3cret"));
+        std::fs::remove_file(dir.path().join("keyPrefix")).expect("rm");
+        let missing = read_app(dir.path()).await.expect_err("no keyPrefix");
+        assert_eq!(missing.category(), "secret_missing");
+    }
+
+    impl AppCredentials {
+        fn with_password(mut self, password: &str) -> Self {
+            self.password = password.into();
+            self
+        }
+    }
+}

@@ -265,7 +265,7 @@ async fn the_shop_example_becomes_three_private_instances() {
             Some("/readyz")
         );
         let class_size = if sdb.spec.engine == MongoDB {
-            "2Gi"
+            "5Gi"
         } else {
             "1Gi"
         };

@@ -366,3 +366,49 @@ async fn retain_keeps_data_and_credentials_and_delete_removes_everything() {
         "the service keeps its password"
     );
 }
+
+#[tokio::test]
+async fn a_standby_operator_waits_and_takes_over_when_the_leader_stops() {
+    let mut env = Env::new("ha").await;
+    apply_manifest(&env.client, &env.ns, &example("10-orders.yaml")).await;
+    let svc: Api<Service> = env.api();
+    get_when(&env.api::<StatefulSet>(), "orders-db").await;
+
+    // A second replica: ready (it answers probes) but not reconciling.
+    let standby = crate::harness::Operator::start("ha-standby");
+    wait_for(
+        "the standby to be ready",
+        Duration::from_secs(30),
+        || async { crate::harness::http_get(standby.http, "/readyz").await },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        standby.metric("servicedb_leader").await,
+        Some(0.0),
+        "the standby does not lead"
+    );
+    let standby_reconciles = standby
+        .metric("servicedb_reconcile_total")
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(standby_reconciles, 0.0, "the standby does not reconcile");
+
+    // The leader stops gracefully: the standby takes over at once and repairs.
+    env.operator.stop();
+    wait_for("the standby to lead", Duration::from_secs(20), || async {
+        (standby.metric("servicedb_leader").await == Some(1.0)).then_some(())
+    })
+    .await;
+    svc.delete("orders-db", &DeleteParams::default())
+        .await
+        .expect("delete service");
+    wait_for(
+        "the new leader to recreate the Service",
+        Duration::from_secs(30),
+        || async { svc.get_opt("orders-db").await.ok()?.map(|_| ()) },
+    )
+    .await;
+    let mut standby = standby;
+    standby.stop();
+}

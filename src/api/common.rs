@@ -129,7 +129,8 @@ pub struct CredentialsSpec {
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: Option<String>,
     /// Rotate the password this often (a Go duration such as `720h`, at
-    /// least `1h`). No rotation when unset.
+    /// least `1h`). No rotation when unset. Not available in this release
+    /// (refused with reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1h')").message("must be a duration such as 720h, at least 1h"))]

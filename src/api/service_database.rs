@@ -59,7 +59,8 @@ pub struct ServiceDatabaseSpec {
 
     /// `Dedicated` (an instance of its own, the default), `Database` (own
     /// database and user on a shared `DatabaseServer`) or `Schema` (own schema
-    /// on a shared Postgres server). Cannot be changed.
+    /// on a shared Postgres server). Cannot be changed. This release runs
+    /// `Dedicated` only; the others are refused with reason `Unsupported`.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("isolation is immutable"))]
     pub isolation: Isolation,
@@ -81,21 +82,25 @@ pub struct ServiceDatabaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsSpec>,
 
-    /// Scheduled backups; none when unset.
+    /// Scheduled backups; none when unset. Not available in this release
+    /// (refused with reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
-    /// Prometheus monitoring; defaults from the class.
+    /// Prometheus monitoring; defaults from the class. Not available in this
+    /// release (`enabled: true` is refused with reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
 
     /// What happens to the data when this resource is deleted: `Retain` (the
     /// default: the volume and the credentials Secret stay), `Delete`, or
-    /// `Snapshot` (a final backup, then delete).
+    /// `Snapshot` (a final backup, then delete; until backups exist it
+    /// retains, with a Warning Event).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
-    /// Initial contents of a new database.
+    /// Initial contents of a new database. Not available in this release
+    /// (refused with reason `Unsupported`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapSpec>,
 }

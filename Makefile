@@ -17,13 +17,15 @@ build:
 
 ## crds: write crds/ from the Rust types.
 crds: build
-	@mkdir -p crds
+	@mkdir -p crds charts/servicedb/crds
 	$(BIN) crd > crds/servicedb.dev.yaml
-	@echo "wrote crds/servicedb.dev.yaml"
+	cp crds/servicedb.dev.yaml charts/servicedb/crds/servicedb.dev.yaml
+	@echo "wrote crds/servicedb.dev.yaml and charts/servicedb/crds/servicedb.dev.yaml"
 
 ## check-crds: fail when crds/ differs from the code.
 check-crds: build
 	@$(BIN) crd | diff -u crds/servicedb.dev.yaml - || { echo "crds/ is stale: run 'make crds' and commit it" >&2; exit 1; }
+	@$(BIN) crd | diff -u charts/servicedb/crds/servicedb.dev.yaml - || { echo "charts/servicedb/crds/ is stale: run 'make crds' and commit it" >&2; exit 1; }
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -74,3 +76,18 @@ engine-static: static
 
 clean:
 	$(CARGO) clean
+
+## chart: lint the Helm chart and render it with the defaults and with every
+## option on (helm from hack/helm.sh, built once from the Go module proxy).
+.PHONY: chart
+CHART := charts/servicedb
+chart:
+	@set -e; helm=$$(hack/helm.sh); \
+	echo "helm lint $(CHART)"; \
+	$$helm lint --strict $(CHART); \
+	$$helm lint --strict $(CHART) -f $(CHART)/ci/all-on-values.yaml; \
+	echo "helm template $(CHART) (defaults, every option on)"; \
+	$$helm template servicedb $(CHART) -n servicedb-system >/dev/null; \
+	$$helm template servicedb $(CHART) -n servicedb-system -f $(CHART)/ci/all-on-values.yaml \
+	  --api-versions monitoring.coreos.com/v1 | grep -q '^kind: ServiceMonitor$$'; \
+	echo "chart ok"

@@ -58,6 +58,9 @@ pub struct OperatorArgs {
     pub pod_labels: String,
 }
 
+/// How long in-flight reconciles may run on after a shutdown request.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     crate::operator::init(args.log_format)?;
     let client = Client::try_default()
@@ -126,8 +129,19 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         });
     }
     tracing::info!("controllers starting");
-    servicedatabase::run(ctx, args.concurrency, async move { stop.cancelled().await }).await;
-    tracing::info!("controllers stopped");
+    let controllers =
+        servicedatabase::run(ctx, args.concurrency, async move { stop.cancelled().await });
+    // In-flight reconciles get DRAIN to finish after a shutdown request; a
+    // stop must never wait out the pod's whole grace period (a shutdown that
+    // lands while the watches are still starting can otherwise stall).
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::select! {
+        () = controllers => tracing::info!("controllers stopped"),
+        () = deadline => tracing::warn!(?DRAIN, "controllers did not stop in time; exiting anyway"),
+    }
 
     if let Some(guard) = leader
         && !leadership_lost.is_cancelled()

@@ -11,6 +11,10 @@
 //! → wait for: a signal (clean shutdown, exit 0) or the server's death (exit
 //! non-zero, so that the kubelet restarts the container).
 //!
+//! `supervise` is that pipeline for every engine; an engine's folder brings
+//! what differs (`Engine`): its checks, files and command line, its stop
+//! signals, and its user sync (`sync::UserSync`).
+//!
 //! Contract with the pod:
 //! - `<admin-secret-dir>/{username,password}`: the administrator; an
 //!   optional `previous-password` is tried when `password` is rejected (a
@@ -22,14 +26,29 @@
 //!   directory.
 //! - `GET :<status-port>/healthz` and `/readyz` for the probes.
 
+mod files;
 mod mongodb;
 mod postgres;
+mod process;
 mod redis;
 mod secrets;
+mod signals;
 mod status;
+mod sync;
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use nix::sys::signal::Signal;
+use tracing::{error, info, warn};
+
+use process::{Server, Stop, describe};
+use secrets::AdminCredentials;
+use signals::Signals;
+use status::Health;
 
 /// Database engines the instance manager can run.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +103,113 @@ pub struct Args {
 /// which Linux ties to the thread that forked it.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     match args.engine {
-        EngineKind::Postgres => postgres::run(args).await,
-        EngineKind::Redis => redis::run(args).await,
-        EngineKind::MongoDB => mongodb::run(args).await,
+        EngineKind::Postgres => supervise::<postgres::Postgres>(&args).await,
+        EngineKind::Redis => supervise::<redis::Redis>(&args).await,
+        EngineKind::MongoDB => supervise::<mongodb::MongoDB>(&args).await,
     }
+}
+
+/// What an engine brings to [`supervise`]; the rest is shared.
+trait Engine: Sized {
+    /// The server process, as the log names it.
+    const SERVER: &'static str;
+    /// Why the engine must not run as root.
+    const NOT_AS_ROOT: &'static str;
+    /// Sent by the kernel should the instance manager die without stopping
+    /// the server (SIGKILL, a crash).
+    const ON_PARENT_DEATH: Signal;
+    /// The clean stop; SIGKILL follows the last step's grace. Keep the pod's
+    /// terminationGracePeriodSeconds above the sum plus a few seconds.
+    const STOP: &'static [Stop];
+    /// What an unclean stop means for the next start.
+    const AFTER_UNCLEAN_STOP: &'static str;
+
+    /// Finds the server's binaries and checks the flags and the admin's
+    /// credentials: quick checks, done before the status port is bound.
+    async fn new(args: &Args, admin: AdminCredentials) -> anyhow::Result<Self>;
+    /// Writes what the server needs (data directory, configuration); a
+    /// signal interrupts it.
+    async fn prepare(&self) -> anyhow::Result<()>;
+    /// The server's command line.
+    fn command(&self) -> tokio::process::Command;
+    /// The user sync, spawned once the server runs.
+    fn sync(&self, args: &Args, health: Arc<Health>) -> impl Future<Output = ()> + Send + 'static;
+}
+
+async fn supervise<E: Engine>(args: &Args) -> anyhow::Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        bail!(
+            "refusing to run as root: {}; run the container as a non-root user \
+             (securityContext.runAsUser, e.g. 999)",
+            E::NOT_AS_ROOT
+        );
+    }
+    if args.listen_address.chars().any(char::is_control) {
+        bail!("--listen-address must not contain control characters");
+    }
+    let mut signals = Signals::new()?;
+    // Every engine needs the admin to start: initdb's superuser, the ACL
+    // file, the keyfile.
+    let admin = secrets::read_admin(&args.admin_secret_dir)
+        .await
+        .context("cannot read the admin Secret")?;
+    let engine = E::new(args, admin).await?;
+
+    let health = Arc::new(Health::default());
+    let listener = status::bind(args.status_port)
+        .await
+        .with_context(|| format!("cannot listen on status port {}", args.status_port))?;
+    let mut status_server = tokio::spawn(status::serve(listener, health.clone()));
+
+    tokio::select! {
+        prepared = engine.prepare() => prepared?,
+        received = signals.recv() => {
+            info!(signal = received, "stopped before the server was started");
+            return Ok(());
+        }
+    }
+    let mut server = Server::spawn(E::SERVER, engine.command(), E::ON_PARENT_DEATH)?;
+    health.set_running(true);
+    let sync = tokio::spawn(engine.sync(args, health.clone()));
+
+    let outcome = tokio::select! {
+        exited = server.wait() => {
+            health.set_running(false);
+            sync.abort();
+            let status = exited.with_context(|| format!("cannot wait for {}", E::SERVER))?;
+            let status = describe(status);
+            error!(%status, "{} exited unexpectedly", E::SERVER);
+            return Err(anyhow!("{} exited unexpectedly ({status})", E::SERVER));
+        }
+        received = signals.recv() => {
+            info!(signal = received, "shutting down");
+            Ok(())
+        }
+        served = &mut status_server => {
+            let reason = match served {
+                Ok(Ok(())) => "stopped".to_owned(),
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+            };
+            error!(%reason, "status server failed; shutting down");
+            Err(anyhow!("status server failed: {reason}"))
+        }
+    };
+
+    sync.abort();
+    health.set_running(false);
+    let status = server
+        .stop(E::STOP)
+        .await
+        .with_context(|| format!("cannot stop {}", E::SERVER))?;
+    if status.success() {
+        info!("{} stopped", E::SERVER);
+    } else {
+        let status = describe(status);
+        warn!(%status, "{} did not stop cleanly; {}", E::SERVER, E::AFTER_UNCLEAN_STOP);
+    }
+    status_server.abort();
+    outcome
 }
 
 /// Parses `500ms`, `5s`, `2m`, `1h`, or a bare number of seconds.

@@ -211,16 +211,27 @@ pub struct Operator {
     pub log: PathBuf,
     test: String,
     starts: u32,
+    env: Vec<(String, String)>,
 }
 
 impl Operator {
     pub fn start(test: &str) -> Operator {
+        Operator::start_with_env(test, &[])
+    }
+
+    /// Like [`Operator::start`], with extra environment variables: another
+    /// KUBECONFIG (other rights), or a Deployment's SERVICEDB_* settings.
+    pub fn start_with_env(test: &str, env: &[(&str, &str)]) -> Operator {
         let mut op = Operator {
             child: None,
             http: 0,
             log: PathBuf::new(),
             test: test.to_string(),
             starts: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         op.spawn();
         op
@@ -249,6 +260,7 @@ impl Operator {
             .arg("--identity")
             .arg(format!("e2e-{}-{}", self.test, self.starts))
             .env("RUST_LOG", "info,servicedb=debug,kube=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -279,6 +291,14 @@ impl Operator {
                 "operator did not stop within 10s of SIGTERM; log: {}",
                 self.log.display()
             );
+        }
+    }
+
+    /// SIGKILL, as a crash would: the Lease stays held until it expires.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 

@@ -9,6 +9,7 @@
 
 mod harness;
 
+mod chart;
 mod dedicated;
 mod lifecycle;
 mod validation;

@@ -19,7 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest, Sha256};
 
-use crate::instance::postgres::datadir::{set_mode, write_file};
+use crate::instance::files::{set_mode, write_file};
 
 /// Versioned, so that a future derivation can never collide with this one.
 const LABEL: &[u8] = b"servicedb mongodb keyfile v1\0";

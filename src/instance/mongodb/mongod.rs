@@ -1,21 +1,13 @@
-//! The `mongod` process: its command line (a pure function, so it is
-//! unit-tested), and the child itself, whose output goes straight to the
-//! container's log and which is stopped with SIGTERM (mongod's own clean
-//! shutdown: step down, checkpoint, exit 0).
+//! The `mongod` program and its command line (a pure function, so it is
+//! unit-tested).
 
 use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tracing::{info, warn};
 
 use crate::engine::mongodb::REPLICA_SET;
-use crate::instance::postgres::postmaster::signal_on_parent_death;
+use crate::instance::files::is_executable;
 
 /// What mongod is started with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,13 +71,9 @@ fn bind_args(listen_address: &str) -> Vec<String> {
 /// `--bin-dir/mongod` if given, else the first `mongod` in PATH (the
 /// official image has it in /usr/bin).
 pub(super) fn find(bin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let executable = |path: &Path| {
-        std::fs::metadata(path)
-            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-    };
     if let Some(dir) = bin_dir {
         let path = dir.join("mongod");
-        if executable(&path) {
+        if is_executable(&path) {
             return Ok(path);
         }
         bail!("--bin-dir {} has no executable `mongod`", dir.display());
@@ -93,65 +81,14 @@ pub(super) fn find(bin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .map(|dir| dir.join("mongod"))
-        .find(|candidate| executable(candidate))
+        .find(|candidate| is_executable(candidate))
         .context("no `mongod` in PATH; pass --bin-dir")
-}
-
-pub(super) struct Mongod {
-    child: tokio::process::Child,
-    pid: Pid,
-}
-
-impl Mongod {
-    pub(super) fn start(program: &Path, args: Vec<OsString>) -> anyhow::Result<Mongod> {
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::inherit());
-        // mongod must not outlive the instance manager (SIGKILL, a crash)
-        // holding the data files' lock: SIGTERM is its clean shutdown.
-        signal_on_parent_death(&mut command, Signal::SIGTERM);
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", program.display()))?;
-        let id = child
-            .id()
-            .context("mongod exited before it could be supervised")?;
-        let pid = Pid::from_raw(i32::try_from(id).context("process id out of range")?);
-        info!(pid = id, program = %program.display(), "mongod started");
-        Ok(Mongod { child, pid })
-    }
-
-    /// Resolves when mongod exits. Cancel-safe.
-    pub(super) async fn wait(&mut self) -> std::io::Result<ExitStatus> {
-        self.child.wait().await
-    }
-
-    /// SIGTERM, then SIGKILL if mongod has not exited after `grace`.
-    pub(super) async fn stop(&mut self, grace: Duration) -> std::io::Result<ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status);
-        }
-        info!(pid = %self.pid, "stopping mongod (SIGTERM)");
-        if let Err(error) = kill(self.pid, Signal::SIGTERM) {
-            // ESRCH: it exited meanwhile; wait() reports how.
-            warn!(pid = %self.pid, %error, "cannot signal mongod");
-        }
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(status) => status,
-            Err(_) => {
-                warn!(?grace, "mongod did not stop in time; killing it");
-                self.child.start_kill()?;
-                self.child.wait().await
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn settings(listen_address: &str) -> Settings {

@@ -5,23 +5,21 @@
 //! probes. Unchanged Secrets on a ready server cost two `hello`s (one
 //! anonymous, one as root on the primary).
 
-use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::Client;
 use mongodb::bson::Document;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::bootstrap::{self, ReplicaSet, RootLogin, Step};
 use crate::engine::mongodb_users::{self as users, Login, UserError, UserSpec};
 use crate::engine::postgres_users::ServiceUser;
 use crate::instance::secrets::{self, AdminCredentials, SecretError};
 use crate::instance::status::{Health, SyncState};
+use crate::instance::sync::{Progress, Server, SyncFailure, UserSync};
 
 const LOOPBACK: &str = "127.0.0.1";
-const STARTUP_POLL: Duration = Duration::from_millis(200);
 const TIMEOUT: Duration = Duration::from_secs(3);
 /// Even with unchanged Secrets, compare the service's user with the server
 /// this often, so that a change made by hand does not stay.
@@ -35,11 +33,10 @@ pub(super) struct Settings {
     pub port: u16,
     pub admin_secret_dir: PathBuf,
     pub app_secret_dir: PathBuf,
-    pub interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum SyncError {
+pub(super) enum SyncError {
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error("mongod does not answer yet: {0}")]
@@ -59,7 +56,7 @@ enum SyncError {
     Service(UserError),
 }
 
-impl SyncError {
+impl SyncFailure for SyncError {
     fn category(&self) -> &'static str {
         match self {
             SyncError::Secret(error) => error.category(),
@@ -70,58 +67,12 @@ impl SyncError {
             SyncError::Root(error) | SyncError::Service(error) => error.category(),
         }
     }
-}
 
-enum Progress {
-    /// Root answers on the primary and the users are in step.
-    Ready,
-    /// Still starting: electing, or a bootstrap step to observe.
-    Starting,
-}
-
-pub(super) async fn run(settings: Settings, health: Arc<Health>) {
-    let mut syncer = match Syncer::new(settings) {
-        Ok(syncer) => syncer,
-        Err(error) => {
-            warn!(%error, "cannot make a client for mongod");
-            health.set_sync(SyncState::Failed(error.category()));
-            return;
+    fn server(&self) -> Server<'_> {
+        match self {
+            SyncError::NotAccepting(reason) => Server::Silent(reason),
+            _ => Server::Unknown,
         }
-    };
-    let mut reported: Option<String> = None;
-    loop {
-        let outcome = syncer.tick(&health).await;
-        let pause = match outcome {
-            Ok(Progress::Ready) => {
-                health.set_sync(SyncState::Succeeded);
-                reported = None;
-                syncer.settings.interval
-            }
-            Ok(Progress::Starting) => {
-                health.set_sync(SyncState::Pending);
-                STARTUP_POLL
-            }
-            Err(SyncError::NotAccepting(reason)) => {
-                // Ready again only after a whole tick has succeeded.
-                health.set_sync(SyncState::Pending);
-                if health.set_accepting(false) {
-                    warn!(%reason, "mongod stopped answering");
-                } else {
-                    debug!(%reason, "mongod does not answer yet");
-                }
-                STARTUP_POLL
-            }
-            Err(error) => {
-                health.set_sync(SyncState::Failed(error.category()));
-                let message = error.to_string();
-                if reported.as_deref() != Some(message.as_str()) {
-                    warn!(category = error.category(), error = %message, "user sync failed");
-                    reported = Some(message);
-                }
-                syncer.settings.interval
-            }
-        };
-        tokio::time::sleep(pause.min(syncer.settings.interval)).await;
     }
 }
 
@@ -133,7 +84,7 @@ struct Root {
     hello: Document,
 }
 
-struct Syncer {
+pub(super) struct Syncer {
     settings: Settings,
     /// No credentials: `hello`, and the localhost exception on first start.
     anonymous: Client,
@@ -142,8 +93,21 @@ struct Syncer {
     checked_at: Instant,
 }
 
+impl UserSync for Syncer {
+    type Error = SyncError;
+
+    async fn tick(&mut self, health: &Health) -> Result<Progress, SyncError> {
+        let result = self.steps(health).await;
+        if let Err(SyncError::NotAccepting(_)) = result {
+            // Ready again only after a whole tick has succeeded.
+            health.set_sync(SyncState::Pending);
+        }
+        result
+    }
+}
+
 impl Syncer {
-    fn new(settings: Settings) -> Result<Syncer, UserError> {
+    pub(super) fn new(settings: Settings) -> Result<Syncer, UserError> {
         Ok(Syncer {
             anonymous: users::direct_client(LOOPBACK, settings.port, None, TIMEOUT)?,
             settings,
@@ -161,7 +125,9 @@ impl Syncer {
         format!("{LOOPBACK}:{}", self.settings.port)
     }
 
-    async fn tick(&mut self, health: &Health) -> Result<Progress, SyncError> {
+    /// Takes the steps [`bootstrap::next_step`] picks until one has to
+    /// wait or the users are in step.
+    async fn steps(&mut self, health: &Health) -> Result<Progress, SyncError> {
         let admin = secrets::read_admin(&self.settings.admin_secret_dir).await?;
         let app = secrets::read_app(&self.settings.app_secret_dir).await?;
         if app.role == admin.username {
@@ -227,8 +193,8 @@ impl Syncer {
     }
 
     /// Root's session, kept while it works with the Secret's password. A
-    /// new one tries the Secret's password, then the one in use until now,
-    /// then the Secret's `previous-password`.
+    /// new one tries the passwords of [`AdminCredentials::passwords_to_try`],
+    /// the one in use until now among them.
     async fn log_in(&mut self, admin: &AdminCredentials) -> Result<RootLogin, SyncError> {
         if let Some(root) = &mut self.root
             && root.password == admin.password
@@ -243,11 +209,7 @@ impl Syncer {
             }
         }
         let in_use = self.root.take().map(|root| root.password);
-        let mut candidates = vec![admin.password.as_str()];
-        candidates.extend(in_use.as_deref());
-        candidates.extend(admin.previous_password.as_deref());
-        let mut seen = HashSet::new();
-        candidates.retain(|password| seen.insert(*password));
+        let candidates = admin.passwords_to_try(in_use.as_deref());
         for (attempt, password) in candidates.into_iter().enumerate() {
             let login = Login {
                 source: users::ADMIN_DATABASE,

@@ -1,9 +1,10 @@
 //! Finding the PostgreSQL server binaries in whatever image we run in.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
+
+use crate::instance::files::is_executable;
 
 /// Versioned installs: Debian's packages, and the official image (which
 /// also puts its bin directory in PATH).
@@ -71,13 +72,10 @@ fn parse_version(name: &str) -> Option<Vec<u32>> {
     name.split('.').map(|part| part.parse().ok()).collect()
 }
 
-fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn fake_install(root: &Path, version: &str) -> PathBuf {

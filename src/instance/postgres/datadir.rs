@@ -4,7 +4,7 @@
 //! kill, node loss) never leaves a half-made PGDATA behind.
 
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -13,10 +13,8 @@ use tracing::{info, warn};
 
 use super::binaries::Binaries;
 use super::config::{self, Settings};
+use crate::instance::files::{self, set_mode, write_file};
 use crate::instance::secrets::AdminCredentials;
-
-/// Linux's sun_path is 108 bytes including the NUL.
-const MAX_SOCKET_PATH: usize = 107;
 
 #[derive(Debug, Clone)]
 pub(super) struct Layout {
@@ -36,12 +34,8 @@ impl Layout {
         }
     }
 
-    pub(super) fn socket_path(&self, port: u16) -> PathBuf {
+    fn socket_path(&self, port: u16) -> PathBuf {
         self.socket_dir.join(format!(".s.PGSQL.{port}"))
-    }
-
-    pub(super) fn postmaster_pid(&self) -> PathBuf {
-        self.pgdata.join("postmaster.pid")
     }
 }
 
@@ -53,18 +47,10 @@ pub(super) async fn prepare(
     admin: &AdminCredentials,
     settings: &Settings,
 ) -> anyhow::Result<()> {
-    let socket = layout.socket_path(settings.port);
-    if socket.as_os_str().len() > MAX_SOCKET_PATH {
-        bail!(
-            "socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --data-dir",
-            socket.display()
-        );
-    }
+    files::check_socket_path(&layout.socket_path(settings.port))?;
     std::fs::create_dir_all(&layout.data_dir)
         .with_context(|| format!("cannot create {}", layout.data_dir.display()))?;
-    std::fs::create_dir_all(&layout.socket_dir)
-        .with_context(|| format!("cannot create {}", layout.socket_dir.display()))?;
-    set_mode(&layout.socket_dir, 0o700)?;
+    files::create_private_dir(&layout.socket_dir)?;
 
     match std::fs::read_to_string(layout.pgdata.join("PG_VERSION")) {
         Ok(version) => info!(
@@ -171,33 +157,6 @@ fn configure(pgdata: &Path, settings: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes through a temporary file and a rename, so that a crash never
-/// leaves the server a half-written configuration.
-pub(in crate::instance) fn write_file(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let temporary = path.with_extension("servicedb-tmp");
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temporary)?;
-        file.write_all(contents.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    result.with_context(|| format!("cannot write {}", path.display()))
-}
-
-pub(in crate::instance) fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).with_context(|| {
-        format!(
-            "cannot set the permissions of {} to {mode:o}",
-            path.display()
-        )
-    })
-}
-
 /// initdb's `--pwfile`: readable by us only, removed as soon as initdb is
 /// done (and on every early return).
 struct PasswordFile {
@@ -207,12 +166,7 @@ struct PasswordFile {
 impl PasswordFile {
     fn create(path: &Path, password: &str) -> anyhow::Result<PasswordFile> {
         // A leftover from a killed start holds the same kind of secret; replace it.
-        match std::fs::remove_file(path) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                return Err(error).with_context(|| format!("cannot remove {}", path.display()));
-            }
-            _ => {}
-        }
+        files::remove_leftover(path)?;
         let guard = PasswordFile {
             path: path.to_owned(),
         };
@@ -237,6 +191,8 @@ impl Drop for PasswordFile {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

@@ -4,20 +4,17 @@
 //! database). Unchanged Secrets cost one `SELECT 1`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::engine::postgres_users::{self, ServiceUser, UserError};
 use crate::instance::secrets::{self, AdminCredentials, SecretError};
-use crate::instance::status::{Health, SyncState};
+use crate::instance::status::Health;
+use crate::instance::sync::{Progress, Server, SyncFailure, UserSync};
 
-/// How often to look while the server is starting, so that readiness
-/// follows soon after it accepts connections.
-const STARTUP_POLL: Duration = Duration::from_millis(200);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Even with unchanged Secrets, check the server's side this often, so that
 /// a password or privilege changed by hand does not stay changed.
@@ -29,11 +26,10 @@ pub(super) struct Settings {
     pub port: u16,
     pub admin_secret_dir: PathBuf,
     pub app_secret_dir: PathBuf,
-    pub interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum SyncError {
+pub(super) enum SyncError {
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error("the server does not accept connections yet: {0}")]
@@ -52,7 +48,7 @@ enum SyncError {
     Service(UserError),
 }
 
-impl SyncError {
+impl SyncFailure for SyncError {
     fn category(&self) -> &'static str {
         match self {
             SyncError::Secret(error) => error.category(),
@@ -63,78 +59,35 @@ impl SyncError {
             SyncError::Admin(error) | SyncError::Service(error) => error.category(),
         }
     }
-}
 
-pub(super) async fn run(settings: Settings, health: Arc<Health>) {
-    let mut syncer = Syncer {
-        settings,
-        health: health.clone(),
-        client: None,
-        applied_admin: None,
-        applied_app: None,
-        last_full_check: Instant::now(),
-        last_error: None,
-    };
-    loop {
-        let result = syncer.tick().await;
-        let accepting = !matches!(result, Err(SyncError::NotAccepting(_)));
-        if matches!(
-            result,
-            Err(SyncError::AdminRejected | SyncError::Connect(_))
-        ) {
-            // The server answered, only not to our liking.
-            health.set_accepting(true);
+    fn server(&self) -> Server<'_> {
+        match self {
+            SyncError::NotAccepting(reason) => Server::Silent(reason),
+            SyncError::AdminRejected | SyncError::Connect(_) => Server::Answered,
+            _ => Server::Unknown,
         }
-        match result {
-            Ok(()) => {
-                health.set_sync(SyncState::Succeeded);
-                syncer.last_error = None;
-            }
-            Err(SyncError::NotAccepting(reason)) => {
-                if health.set_accepting(false) {
-                    warn!(%reason, "postgres stopped accepting connections");
-                } else {
-                    debug!(%reason, "postgres does not accept connections yet");
-                }
-            }
-            Err(error) => {
-                health.set_sync(SyncState::Failed(error.category()));
-                // Once per distinct failure, not every interval.
-                let message = error.to_string();
-                if syncer.last_error.as_ref() != Some(&message) {
-                    warn!(category = error.category(), error = %message, "user sync failed");
-                    syncer.last_error = Some(message);
-                }
-            }
-        }
-        let pause = if accepting {
-            syncer.settings.interval
-        } else {
-            syncer.settings.interval.min(STARTUP_POLL)
-        };
-        tokio::time::sleep(pause).await;
     }
 }
 
-struct Syncer {
+pub(super) struct Syncer {
     settings: Settings,
-    health: Arc<Health>,
     client: Option<Client>,
     applied_admin: Option<AdminCredentials>,
     applied_app: Option<ServiceUser>,
     last_full_check: Instant,
-    last_error: Option<String>,
 }
 
-impl Syncer {
-    async fn tick(&mut self) -> Result<(), SyncError> {
+impl UserSync for Syncer {
+    type Error = SyncError;
+
+    async fn tick(&mut self, health: &Health) -> Result<Progress, SyncError> {
         let admin = secrets::read_admin(&self.settings.admin_secret_dir).await?;
         let app = secrets::read_app(&self.settings.app_secret_dir).await?;
         if app.role == admin.username {
             return Err(SyncError::ServiceIsAdmin(app.role));
         }
         self.connect(&admin).await?;
-        if !self.health.set_accepting(true) {
+        if !health.set_accepting(true) {
             info!("postgres accepts connections");
         }
         let Some(client) = &self.client else {
@@ -166,13 +119,24 @@ impl Syncer {
             }
             self.applied_app = Some(app);
         }
-        Ok(())
+        Ok(Progress::Ready)
+    }
+}
+
+impl Syncer {
+    pub(super) fn new(settings: Settings) -> Syncer {
+        Syncer {
+            settings,
+            client: None,
+            applied_admin: None,
+            applied_app: None,
+            last_full_check: Instant::now(),
+        }
     }
 
     /// Reuses the open admin session while it works. A new one tries the
-    /// password in the Secret first, then the one applied last (the Secret
-    /// changed and the server still has the old one), then the Secret's
-    /// `previous-password` (it changed while we were down).
+    /// passwords of [`AdminCredentials::passwords_to_try`], the one applied
+    /// last among them.
     async fn connect(&mut self, admin: &AdminCredentials) -> Result<(), SyncError> {
         if let Some(client) = &self.client {
             match client.simple_query("SELECT 1").await {
@@ -183,21 +147,12 @@ impl Syncer {
                 }
             }
         }
-        let mut candidates: Vec<&str> = vec![&admin.password];
         let applied = self
             .applied_admin
             .as_ref()
             .filter(|applied| applied.username == admin.username)
             .map(|applied| applied.password.as_str());
-        for candidate in applied
-            .into_iter()
-            .chain(admin.previous_password.as_deref())
-        {
-            if !candidates.contains(&candidate) {
-                candidates.push(candidate);
-            }
-        }
-        for (attempt, password) in candidates.iter().enumerate() {
+        for (attempt, password) in admin.passwords_to_try(applied).into_iter().enumerate() {
             match self.connect_with(&admin.username, password).await {
                 Ok(client) => {
                     if attempt > 0 {

@@ -1,10 +1,11 @@
 //! Finding the server binary: `redis-server`, or Valkey's `valkey-server`,
 //! which reads the same configuration.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::bail;
+
+use crate::instance::files::is_executable;
 
 const NAMES: [&str; 2] = ["redis-server", "valkey-server"];
 /// Debian's and Alpine's packages; the official image also has
@@ -37,14 +38,16 @@ pub(super) fn find(bin_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 fn in_dir(dir: &Path) -> Option<PathBuf> {
-    NAMES.iter().map(|name| dir.join(name)).find(|path| {
-        std::fs::metadata(path)
-            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
-    })
+    NAMES
+        .iter()
+        .map(|name| dir.join(name))
+        .find(|path| is_executable(path))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn install(dir: &Path, name: &str, mode: u32) -> PathBuf {

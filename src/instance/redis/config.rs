@@ -9,10 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::engine::redis_acl::{self, AclUser};
-use crate::instance::postgres::datadir::{set_mode, write_file};
-
-/// Linux's sun_path is 108 bytes including the NUL.
-const MAX_SOCKET_PATH: usize = 107;
+use crate::instance::files::{self, write_file};
 
 /// RDB snapshots beside the AOF: after an hour if anything changed, after
 /// five minutes if 100 keys did, after a minute if 10000 did.
@@ -40,12 +37,7 @@ impl Layout {
             redis_dir,
             run_dir,
         };
-        if layout.socket.as_os_str().len() > MAX_SOCKET_PATH {
-            bail!(
-                "socket path {} is longer than {MAX_SOCKET_PATH} bytes; use a shorter --data-dir",
-                layout.socket.display()
-            );
-        }
+        files::check_socket_path(&layout.socket)?;
         for path in [&layout.redis_dir, &layout.socket] {
             let text = path
                 .to_str()
@@ -60,19 +52,10 @@ impl Layout {
     /// Creates the directories (private to the server's user: the volume's
     /// fsGroup may have made them group-accessible) and writes our files.
     pub(super) fn prepare(&self, settings: &Settings, users: &[AclUser]) -> anyhow::Result<()> {
-        for dir in [&self.redis_dir, &self.run_dir] {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            set_mode(dir, 0o700)?;
-        }
+        files::create_private_dir(&self.redis_dir)?;
+        files::create_private_dir(&self.run_dir)?;
         // A socket left by a killed server would make Redis fail to bind.
-        match std::fs::remove_file(&self.socket) {
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                return Err(error)
-                    .with_context(|| format!("cannot remove {}", self.socket.display()));
-            }
-            _ => {}
-        }
+        files::remove_leftover(&self.socket)?;
         write_file(&self.acl_file, &redis_acl::render_acl_file(users)?)?;
         write_file(&self.config, &redis_conf(self, settings))
     }

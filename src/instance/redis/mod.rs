@@ -9,114 +9,98 @@
 
 mod binary;
 mod config;
-mod server;
 mod sync;
 mod users;
 
+use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
-use tracing::{error, info, warn};
+use anyhow::Context;
+use nix::sys::signal::Signal;
+use tracing::{info, warn};
 
-use super::Args;
-use super::postgres::Signals;
-use super::postgres::postmaster::describe;
-use super::secrets;
-use super::status::{self, Health};
+use super::process::Stop;
+use super::secrets::AdminCredentials;
+use super::status::Health;
+use super::{Args, Engine};
 use crate::engine::redis_acl::AclUser;
-use server::RedisServer;
 
-/// Time Redis gets for its final save before it is killed; keep the pod's
-/// terminationGracePeriodSeconds above this plus a few seconds.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(45);
+pub(super) struct Redis {
+    binary: PathBuf,
+    layout: config::Layout,
+    settings: config::Settings,
+    /// The ACL file's users.
+    acl: Vec<AclUser>,
+}
 
-pub(super) async fn run(args: Args) -> anyhow::Result<()> {
-    if nix::unistd::geteuid().is_root() {
-        bail!(
-            "refusing to run as root: a compromised Redis would own the container; run the \
-             container as a non-root user (securityContext.runAsUser, e.g. 999)"
-        );
-    }
-    let settings = config::Settings {
-        bind: config::bind_addresses(&args.listen_address)?,
-        port: args.port,
-    };
-    let mut signals = Signals::new()?;
-    let binary = binary::find(args.bin_dir.as_deref())?;
-    info!(server = %binary.display(), "using the Redis server binary");
-    let layout = config::Layout::new(&args.data_dir)?;
+impl Engine for Redis {
+    const SERVER: &str = "redis-server";
+    const NOT_AS_ROOT: &str = "a compromised Redis would own the container";
+    /// Should the instance manager die without stopping it, Redis still
+    /// saves and exits rather than living on unsupervised.
+    const ON_PARENT_DEATH: Signal = Signal::SIGTERM;
+    /// Redis writes a final RDB snapshot, flushes the AOF and exits 0. It
+    /// stays up when that save fails; the AOF still holds every write up to
+    /// the last second.
+    const STOP: &[Stop] = &[Stop {
+        signal: Signal::SIGTERM,
+        grace: Duration::from_secs(45),
+        meaning: "SIGTERM: final save",
+    }];
+    const AFTER_UNCLEAN_STOP: &str = "the AOF will be replayed at the next start";
 
-    // The admin is needed to administer the server at all; the service's
-    // user can follow once its Secret is readable.
-    let admin = secrets::read_admin(&args.admin_secret_dir)
-        .await
-        .context("cannot read the admin Secret")?;
-    let mut acl = vec![
-        AclUser::disabled_default(),
-        users::admin_user(&admin).context("invalid admin Secret")?,
-    ];
-    match users::read_app(&args.app_secret_dir).await {
-        Ok(app) => match users::service_user(&admin, &app) {
-            Ok(user) => acl.push(user),
+    async fn new(args: &Args, admin: AdminCredentials) -> anyhow::Result<Redis> {
+        let settings = config::Settings {
+            bind: config::bind_addresses(&args.listen_address)?,
+            port: args.port,
+        };
+        let binary = binary::find(args.bin_dir.as_deref())?;
+        info!(server = %binary.display(), "using the Redis server binary");
+        let layout = config::Layout::new(&args.data_dir)?;
+
+        // The admin is needed to administer the server at all; the service's
+        // user can follow once its Secret is readable.
+        let mut acl = vec![
+            AclUser::disabled_default(),
+            users::admin_user(&admin).context("invalid admin Secret")?,
+        ];
+        match users::read_app(&args.app_secret_dir).await {
+            Ok(app) => match users::service_user(&admin, &app) {
+                Ok(user) => acl.push(user),
+                Err(error) => {
+                    warn!(category = error.category(), %error, "starting without the service user")
+                }
+            },
             Err(error) => {
                 warn!(category = error.category(), %error, "starting without the service user")
             }
-        },
-        Err(error) => {
-            warn!(category = error.category(), %error, "starting without the service user")
         }
+        Ok(Redis {
+            binary,
+            layout,
+            settings,
+            acl,
+        })
     }
 
-    let health = Arc::new(Health::default());
-    let listener = status::bind(args.status_port)
-        .await
-        .with_context(|| format!("cannot listen on status port {}", args.status_port))?;
-    let mut status_server = tokio::spawn(status::serve(listener, health.clone()));
+    async fn prepare(&self) -> anyhow::Result<()> {
+        self.layout.prepare(&self.settings, &self.acl)
+    }
 
-    layout.prepare(&settings, &acl)?;
-    let mut server = RedisServer::start(&binary, &layout.config)?;
-    health.set_running(true);
-    let sync = tokio::spawn(sync::run(
-        sync::Settings {
-            socket: layout.socket.clone(),
+    fn command(&self) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.binary);
+        command.arg(&self.layout.config);
+        command
+    }
+
+    fn sync(&self, args: &Args, health: Arc<Health>) -> impl Future<Output = ()> + Send + 'static {
+        let syncer = sync::Syncer::new(sync::Settings {
+            socket: self.layout.socket.clone(),
             admin_secret_dir: args.admin_secret_dir.clone(),
             app_secret_dir: args.app_secret_dir.clone(),
-            interval: args.sync_interval,
-        },
-        health.clone(),
-    ));
-
-    let outcome = tokio::select! {
-        exited = server.wait() => {
-            health.set_running(false);
-            sync.abort();
-            let status = describe(exited.context("cannot wait for redis-server")?);
-            error!(%status, "redis-server exited unexpectedly");
-            return Err(anyhow!("redis-server exited unexpectedly ({status})"));
-        }
-        received = signals.recv() => {
-            info!(signal = received, "shutting down");
-            Ok(())
-        }
-        served = &mut status_server => {
-            let reason = served
-                .map_err(anyhow::Error::from)
-                .and_then(|result| result.map_err(anyhow::Error::from))
-                .map_or_else(|error| error.to_string(), |()| "stopped".to_owned());
-            error!(%reason, "status server failed; shutting down");
-            Err(anyhow!("status server failed: {reason}"))
-        }
-    };
-
-    sync.abort();
-    health.set_running(false);
-    let status = server.shutdown(SHUTDOWN_GRACE).await?;
-    if status.success() {
-        info!("redis-server stopped");
-    } else {
-        warn!(status = %describe(status), "redis-server did not stop cleanly; the AOF will be replayed at the next start");
+        });
+        super::sync::run(Self::SERVER, syncer, health, args.sync_interval)
     }
-    status_server.abort();
-    outcome
 }

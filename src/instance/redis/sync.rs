@@ -7,7 +7,6 @@
 //! and ACL cost one PING and one ACL LIST.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -18,11 +17,9 @@ use tracing::{debug, info, warn};
 use super::users::{self, AppCredentials, UsersError};
 use crate::engine::redis_acl::{self, AclError, AclUser};
 use crate::instance::secrets::{self, AdminCredentials, SecretError};
-use crate::instance::status::{Health, SyncState};
+use crate::instance::status::Health;
+use crate::instance::sync::{Progress, Server, SyncFailure, UserSync};
 
-/// How often to look while the server is starting, so that readiness
-/// follows soon after it answers.
-const STARTUP_POLL: Duration = Duration::from_millis(200);
 /// Bounds every connect and command: a server that does not answer within
 /// this is not ready.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,11 +29,10 @@ pub(super) struct Settings {
     pub socket: PathBuf,
     pub admin_secret_dir: PathBuf,
     pub app_secret_dir: PathBuf,
-    pub interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
-enum SyncError {
+pub(super) enum SyncError {
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error(transparent)]
@@ -52,6 +48,17 @@ enum SyncError {
 }
 
 impl SyncError {
+    /// The admin session is gone: the next tick opens a new one.
+    fn lost_session(&self) -> bool {
+        match self {
+            SyncError::NotAccepting(_) => true,
+            SyncError::Acl(acl) => acl.category() == "connection",
+            _ => false,
+        }
+    }
+}
+
+impl SyncFailure for SyncError {
     fn category(&self) -> &'static str {
         match self {
             SyncError::Secret(error) => error.category(),
@@ -60,6 +67,19 @@ impl SyncError {
             SyncError::AdminRejected => "admin_rejected",
             SyncError::Connect(_) => "connect",
             SyncError::Acl(error) => error.category(),
+        }
+    }
+
+    fn server(&self) -> Server<'_> {
+        match self {
+            SyncError::NotAccepting(reason) => Server::Silent(reason),
+            // A lost session is not an answer.
+            SyncError::Acl(acl) if acl.category() == "connection" => Server::Unknown,
+            // Rejected credentials and refused ACL commands are answers.
+            SyncError::AdminRejected | SyncError::Connect(_) | SyncError::Acl(_) => {
+                Server::Answered
+            }
+            _ => Server::Unknown,
         }
     }
 }
@@ -71,66 +91,34 @@ struct Applied {
     acl: Vec<String>,
 }
 
-pub(super) async fn run(settings: Settings, health: Arc<Health>) {
-    let mut syncer = Syncer {
-        settings,
-        conn: None,
-        applied: None,
-    };
-    let mut last_error: Option<String> = None;
-    loop {
-        let result = syncer.tick().await;
-        let answering = !matches!(result, Err(SyncError::NotAccepting(_)));
-        match result {
-            Ok(()) => {
-                let was_accepting = health.set_accepting(true);
-                if !was_accepting || last_error.take().is_some() {
-                    info!("redis-server answers and its users are in step");
-                }
-                health.set_sync(SyncState::Succeeded);
-            }
-            Err(SyncError::NotAccepting(reason)) => {
-                syncer.conn = None;
-                if health.set_accepting(false) {
-                    warn!(%reason, "redis-server stopped answering");
-                } else {
-                    debug!(%reason, "redis-server does not answer yet");
-                }
-            }
-            Err(error) => {
-                match &error {
-                    SyncError::Acl(acl) if acl.category() == "connection" => syncer.conn = None,
-                    // Rejected credentials and refused ACL commands are answers.
-                    SyncError::AdminRejected | SyncError::Connect(_) | SyncError::Acl(_) => {
-                        health.set_accepting(true);
-                    }
-                    _ => {}
-                }
-                health.set_sync(SyncState::Failed(error.category()));
-                let message = error.to_string();
-                if last_error.as_ref() != Some(&message) {
-                    warn!(category = error.category(), error = %message, "user sync failed");
-                    last_error = Some(message);
-                }
-            }
-        }
-        let pause = if answering {
-            syncer.settings.interval
-        } else {
-            syncer.settings.interval.min(STARTUP_POLL)
-        };
-        tokio::time::sleep(pause).await;
-    }
-}
-
-struct Syncer {
+pub(super) struct Syncer {
     settings: Settings,
     conn: Option<MultiplexedConnection>,
     applied: Option<Applied>,
 }
 
+impl UserSync for Syncer {
+    type Error = SyncError;
+
+    async fn tick(&mut self, _: &Health) -> Result<Progress, SyncError> {
+        let result = self.apply().await;
+        if result.as_ref().is_err_and(SyncError::lost_session) {
+            self.conn = None;
+        }
+        result.map(|()| Progress::Ready)
+    }
+}
+
 impl Syncer {
-    async fn tick(&mut self) -> Result<(), SyncError> {
+    pub(super) fn new(settings: Settings) -> Syncer {
+        Syncer {
+            settings,
+            conn: None,
+            applied: None,
+        }
+    }
+
+    async fn apply(&mut self) -> Result<(), SyncError> {
         let admin = secrets::read_admin(&self.settings.admin_secret_dir).await?;
         let app = users::read_app(&self.settings.app_secret_dir).await?;
         let admin_user = users::admin_user(&admin)?;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ServiceDatabase;
 use crate::build::OperatorFacts;
-use crate::controller::{Context, servicedatabase};
+use crate::controller::{Context, databaseserver, servicedatabase};
 use crate::operator::{HttpState, LeaseConfig, LogFormat, Metrics};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -49,6 +49,10 @@ pub struct OperatorArgs {
         default_value = "/usr/local/bin/servicedb"
     )]
     pub binary_path: String,
+    /// How often a reachable DatabaseServer is probed again (seconds); also
+    /// the longest backoff for an unreachable one.
+    #[arg(long, env = "SERVICEDB_SERVER_REPROBE_SECONDS", default_value_t = 60)]
+    pub server_reprobe_seconds: u64,
     /// Labels of the operator's pods, `k=v,k=v`, admitted by NetworkPolicies.
     #[arg(
         long,
@@ -63,6 +67,12 @@ const DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     crate::operator::init(args.log_format)?;
+    // Listen for SIGTERM before anything else: a pod stopped while it starts
+    // must still shut down cleanly.
+    let shutdown = CancellationToken::new();
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
+    tokio::spawn(signal_on(terminate, shutdown.clone()));
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
@@ -80,9 +90,6 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         .await
         .context("the servicedb CRDs are not served; install them with `servicedb crd | kubectl apply -f -`")?;
     http.set_ready(true);
-
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_on(shutdown.clone()));
 
     // The pod name is the identity; two replicas must never share one, so
     // the host name (a pod's name) and the pid both go in when it is missing.
@@ -129,8 +136,24 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         });
     }
     tracing::info!("controllers starting");
-    let controllers =
-        servicedatabase::run(ctx, args.concurrency, async move { stop.cancelled().await });
+    let controllers = futures::future::join(
+        servicedatabase::run(
+            ctx.clone(),
+            args.concurrency,
+            stop.clone().cancelled_owned(),
+        ),
+        databaseserver::run_with(
+            ctx,
+            args.concurrency,
+            databaseserver::Settings {
+                reprobe: std::time::Duration::from_secs(args.server_reprobe_seconds.max(1)),
+            },
+            stop.cancelled_owned(),
+        ),
+    );
+    let controllers = async move {
+        controllers.await;
+    };
     // In-flight reconciles get DRAIN to finish after a shutdown request; a
     // stop must never wait out the pod's whole grace period (a shutdown that
     // lands while the watches are still starting can otherwise stall).
@@ -157,16 +180,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn signal_on(token: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return;
-        }
-    };
+async fn signal_on(mut terminate: tokio::signal::unix::Signal, token: CancellationToken) {
     tokio::select! {
-        _ = term.recv() => {},
+        _ = terminate.recv() => {},
         _ = tokio::signal::ctrl_c() => {},
     }
     tracing::info!("shutdown requested");

@@ -49,13 +49,19 @@ pub struct Credentials {
 
 /// Every object a ServiceDatabase becomes.
 pub struct Children {
+    /// The dedicated instance; none when the database lives on a shared server.
+    pub instance: Option<Instance>,
+    pub credentials_secret: Secret,
+}
+
+/// The objects of a dedicated instance.
+pub struct Instance {
     pub statefulset: StatefulSet,
     pub headless_service: Service,
     pub client_service: Service,
     pub pdb: PodDisruptionBudget,
     pub network_policy: NetworkPolicy,
     pub admin_secret: Secret,
-    pub credentials_secret: Secret,
 }
 
 /// Builds every child of a ServiceDatabase.
@@ -65,13 +71,16 @@ pub fn children(
     facts: &OperatorFacts,
     owner: &OwnerReference,
 ) -> Children {
-    Children {
+    let instance = db.server.is_none().then(|| Instance {
         statefulset: statefulset::build(db, facts, owner),
         headless_service: service::headless(db, owner),
         client_service: service::client(db, owner),
         pdb: pdb::build(db, owner),
         network_policy: network_policy::build(db, facts, owner),
         admin_secret: secret::admin(db, creds, owner),
+    });
+    Children {
+        instance,
         credentials_secret: secret::credentials(db, creds, owner),
     }
 }

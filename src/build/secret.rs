@@ -33,7 +33,7 @@ pub fn admin(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerReference
 /// a Deployment can `envFrom` it unchanged.
 pub fn credentials(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerReference) -> Secret {
     let host = db.host();
-    let port = db.engine_spec.port();
+    let port = db.port();
     let uri = db.engine_spec.uri(&Connection {
         host: &host,
         port,

@@ -4,6 +4,11 @@ use clap::Parser;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
 use super::*;
 use crate::api::{DatabaseClass, ServiceDatabase};
 use crate::controller::servicedatabase::validate::validate;
@@ -22,16 +27,47 @@ fn facts() -> OperatorFacts {
     }
 }
 
-fn build(sdb_fixture: &str) -> (Children, OwnerReference) {
+/// A dedicated instance's children, flattened for the assertions.
+struct Flat {
+    statefulset: StatefulSet,
+    headless_service: Service,
+    client_service: Service,
+    pdb: PodDisruptionBudget,
+    network_policy: NetworkPolicy,
+    admin_secret: Secret,
+    credentials_secret: Secret,
+}
+
+fn flat(c: Children) -> Flat {
+    let Instance {
+        statefulset,
+        headless_service,
+        client_service,
+        pdb,
+        network_policy,
+        admin_secret,
+    } = c.instance.expect("a dedicated instance");
+    Flat {
+        statefulset,
+        headless_service,
+        client_service,
+        pdb,
+        network_policy,
+        admin_secret,
+        credentials_secret: c.credentials_secret,
+    }
+}
+
+fn build(sdb_fixture: &str) -> (Flat, OwnerReference) {
     let class: DatabaseClass = fixture("class-postgres.yaml");
     let sdb: ServiceDatabase = fixture(sdb_fixture);
-    let db = validate(&sdb, &class).unwrap();
+    let db = validate(&sdb, &class, None).unwrap();
     let owner = sdb.controller_owner_ref(&()).unwrap();
     let creds = Credentials {
         admin_password: "admin-pw".into(),
         app_password: "app/pw@1".into(),
     };
-    (children(&db, &creds, &facts(), &owner), owner)
+    (flat(children(&db, &creds, &facts(), &owner)), owner)
 }
 
 fn secret(s: &k8s_openapi::api::core::v1::Secret, key: &str) -> String {
@@ -354,13 +390,13 @@ fn redis_and_mongodb_instances_get_their_image_port_and_secret_keys() {
         ),
     ] {
         let sdb: ServiceDatabase = fixture(fixture_name);
-        let db = validate(&sdb, &bare_class(sdb.spec.engine)).unwrap();
+        let db = validate(&sdb, &bare_class(sdb.spec.engine), None).unwrap();
         let owner = sdb.controller_owner_ref(&()).unwrap();
         let creds = Credentials {
             admin_password: "a".into(),
             app_password: "b".into(),
         };
-        let c = children(&db, &creds, &facts(), &owner);
+        let c = flat(children(&db, &creds, &facts(), &owner));
         let pod = c.statefulset.spec.clone().unwrap().template.spec.unwrap();
         let container = &pod.containers[0];
         assert_eq!(container.image.as_deref(), Some(image));
@@ -424,8 +460,8 @@ fn redis_and_mongodb_instances_get_their_image_port_and_secret_keys() {
         );
     }
     let cart: ServiceDatabase = fixture("sdb-cart-redis.yaml");
-    let db = validate(&cart, &bare_class(cart.spec.engine)).unwrap();
-    let c = children(
+    let db = validate(&cart, &bare_class(cart.spec.engine), None).unwrap();
+    let c = flat(children(
         &db,
         &Credentials {
             admin_password: "a".into(),
@@ -433,7 +469,57 @@ fn redis_and_mongodb_instances_get_their_image_port_and_secret_keys() {
         },
         &facts(),
         &cart.controller_owner_ref(&()).unwrap(),
-    );
+    ));
     assert_eq!(secret(&c.credentials_secret, "keyPrefix"), "cart:");
     assert_eq!(secret(&c.credentials_secret, "database"), "0");
+}
+
+#[test]
+fn a_database_on_a_shared_server_is_only_a_secret_pointing_at_the_server() {
+    use crate::controller::servicedatabase::dereference::ServerFacts;
+    let class: DatabaseClass = fixture("class-postgres.yaml");
+    let mut class = class;
+    class.spec.allowed_isolations = None;
+    let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+    sdb.spec.isolation = crate::api::Isolation::Database;
+    sdb.spec.server_ref = Some(crate::api::common::ObjectRef {
+        name: "shared".into(),
+        namespace: Some("platform".into()),
+    });
+    let server = ServerFacts {
+        name: "shared".into(),
+        namespace: "platform".into(),
+        engine: crate::api::Engine::Postgres,
+        host: "pg.example.com".into(),
+        port: 6432,
+        admin_username: "admin".into(),
+        admin_password: "admin-secret".into(),
+    };
+    let db = validate(&sdb, &class, Some(&server)).unwrap();
+    assert_eq!(
+        db.database, "shop_orders",
+        "qualified by namespace on a shared server"
+    );
+    let creds = Credentials {
+        admin_password: "unused".into(),
+        app_password: "pw".into(),
+    };
+    let c = children(
+        &db,
+        &creds,
+        &facts(),
+        &sdb.controller_owner_ref(&()).unwrap(),
+    );
+    assert!(c.instance.is_none(), "no instance of its own");
+    let s = &c.credentials_secret;
+    assert_eq!(secret(s, "host"), "pg.example.com");
+    assert_eq!(secret(s, "port"), "6432");
+    assert_eq!(
+        secret(s, "uri"),
+        "postgresql://shop_orders:pw@pg.example.com:6432/shop_orders"
+    );
+    assert!(
+        !format!("{:?}", s.data).contains("admin-secret"),
+        "the server's admin password never reaches the service"
+    );
 }

@@ -1,6 +1,7 @@
 //! Controllers, one folder per kind, each a fixed pipeline:
 //! dereference → validate → build → apply → status.
 
+pub mod databaseserver;
 pub mod servicedatabase;
 
 use std::sync::Arc;

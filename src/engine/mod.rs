@@ -90,5 +90,11 @@ pub fn for_engine(engine: Engine) -> &'static dyn EngineSpec {
 
 /// Percent-encodes a URI user-info or path component.
 pub fn encode_userinfo(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    // RFC 3986 unreserved characters stay as they are (`shop_orders`).
+    const ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    percent_encoding::utf8_percent_encode(s, ENCODE).to_string()
 }

@@ -162,6 +162,16 @@ pub async fn apply_manifest(client: &Client, ns: &str, path: &PathBuf) -> Vec<Se
                     .await
                     .expect("applying class");
             }
+            "DatabaseServer" => {
+                let server_ns = json["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or(ns)
+                    .to_string();
+                Api::<servicedb::api::DatabaseServer>::namespaced(client.clone(), &server_ns)
+                    .patch(&name, &pp, &Patch::Apply(&json))
+                    .await
+                    .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
+            }
             "Deployment" => {
                 Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns)
                     .patch(&name, &pp, &Patch::Apply(&json))
@@ -267,6 +277,23 @@ impl Operator {
             .spawn()
             .expect("starting servicedb operator");
         self.child = Some(child);
+        // Started means listening: a test that stops the operator at once
+        // then exercises a graceful stop, not a kill during exec.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.http)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!(
+                    "operator exited at start with {status}; log: {}",
+                    self.log.display()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "operator not listening after 30s; log: {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM and wait: a graceful stop releases the Lease.
@@ -274,7 +301,8 @@ impl Operator {
         if let Some(mut child) = self.child.take() {
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            for _ in 0..100 {
+            // The operator bounds its drain at 10 s (see src/run.rs).
+            for _ in 0..150 {
                 if let Ok(Some(status)) = child.try_wait() {
                     assert!(
                         status.success(),
@@ -288,7 +316,7 @@ impl Operator {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
-                "operator did not stop within 10s of SIGTERM; log: {}",
+                "operator did not stop within 15s of SIGTERM; log: {}",
                 self.log.display()
             );
         }

@@ -8,8 +8,11 @@
 //! and create the PVCs a StatefulSet controller would.
 
 mod harness;
+mod servers;
 
 mod chart;
+mod database_server;
 mod dedicated;
 mod lifecycle;
+mod shared;
 mod validation;

@@ -17,7 +17,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::build::{Children, FIELD_MANAGER, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::build::{
+    Children, FIELD_MANAGER, Instance, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -65,26 +67,11 @@ pub async fn apply(
     children: Children,
 ) -> Result<Applied, Error> {
     let Children {
-        mut statefulset,
-        headless_service,
-        client_service,
-        pdb,
-        network_policy,
-        admin_secret,
+        instance: dedicated,
         credentials_secret,
     } = children;
-    keep_claim_templates(client, namespace, &mut statefulset).await?;
     let mut out = Applied::default();
     let mut keep = Keep::default();
-    // Secrets first: the pod mounts them.
-    apply_one(
-        client,
-        namespace,
-        &admin_secret,
-        &mut out,
-        &mut keep.secrets,
-    )
-    .await?;
     apply_one(
         client,
         namespace,
@@ -93,39 +80,59 @@ pub async fn apply(
         &mut keep.secrets,
     )
     .await?;
-    apply_one(
-        client,
-        namespace,
-        &headless_service,
-        &mut out,
-        &mut keep.services,
-    )
-    .await?;
-    apply_one(
-        client,
-        namespace,
-        &client_service,
-        &mut out,
-        &mut keep.services,
-    )
-    .await?;
-    apply_one(
-        client,
-        namespace,
-        &network_policy,
-        &mut out,
-        &mut keep.network_policies,
-    )
-    .await?;
-    apply_one(client, namespace, &pdb, &mut out, &mut keep.pdbs).await?;
-    apply_one(
-        client,
-        namespace,
-        &statefulset,
-        &mut out,
-        &mut keep.statefulsets,
-    )
-    .await?;
+    if let Some(Instance {
+        mut statefulset,
+        headless_service,
+        client_service,
+        pdb,
+        network_policy,
+        admin_secret,
+    }) = dedicated
+    {
+        keep_claim_templates(client, namespace, &mut statefulset).await?;
+        // Secrets before the StatefulSet: the pod mounts them.
+        apply_one(
+            client,
+            namespace,
+            &admin_secret,
+            &mut out,
+            &mut keep.secrets,
+        )
+        .await?;
+        apply_one(
+            client,
+            namespace,
+            &headless_service,
+            &mut out,
+            &mut keep.services,
+        )
+        .await?;
+        apply_one(
+            client,
+            namespace,
+            &client_service,
+            &mut out,
+            &mut keep.services,
+        )
+        .await?;
+        apply_one(
+            client,
+            namespace,
+            &network_policy,
+            &mut out,
+            &mut keep.network_policies,
+        )
+        .await?;
+        apply_one(client, namespace, &pdb, &mut out, &mut keep.pdbs).await?;
+        apply_one(
+            client,
+            namespace,
+            &statefulset,
+            &mut out,
+            &mut keep.statefulsets,
+        )
+        .await?;
+    }
 
     let Keep {
         statefulsets,

@@ -1,6 +1,8 @@
 //! Step 1 of the ServiceDatabase pipeline (async, reads the cluster): the
 //! class, the existing Secrets (so passwords stay stable across reconciles
-//! and operator restarts) and the StatefulSet's readiness.
+//! and operator restarts), the StatefulSet's readiness, and for shared
+//! isolation the DatabaseServer, its admin credentials and whether it admits
+//! this namespace.
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
@@ -17,6 +19,31 @@ pub struct Dereferenced {
     pub credentials: Credentials,
     /// Ready replicas of the instance's StatefulSet (0 when it doesn't exist).
     pub ready_replicas: i32,
+    /// The shared server named by `spec.serverRef`, when there is one.
+    pub server: Option<ServerFacts>,
+}
+
+/// What the pipeline needs of a shared `DatabaseServer`.
+#[derive(Clone)]
+pub struct ServerFacts {
+    pub name: String,
+    pub namespace: String,
+    pub engine: crate::api::Engine,
+    pub host: String,
+    pub port: i32,
+    pub admin_username: String,
+    pub admin_password: String,
+}
+
+impl std::fmt::Debug for ServerFacts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerFacts")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +89,13 @@ pub async fn dereference(client: &Client, sdb: &ServiceDatabase) -> Result<Deref
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
 
+    let server = match &sdb.spec.server_ref {
+        Some(server_ref) => Some(server(client, sdb, server_ref).await?),
+        None => None,
+    };
+
     Ok(Dereferenced {
+        server,
         class,
         credentials: Credentials {
             admin_password: admin.unwrap_or_else(crate::password::generate),
@@ -166,4 +199,127 @@ async fn existing_password(
         .and_then(|d| d.get("password"))
         .and_then(|p| String::from_utf8(p.0.clone()).ok())
         .filter(|p| !p.is_empty()))
+}
+
+fn invalid(field: &'static str, reason: &'static str, message: String) -> Error {
+    Error::Invalid(Invalid {
+        field,
+        reason,
+        message,
+    })
+}
+
+/// The DatabaseServer a ServiceDatabase names, if it exists, admits the
+/// ServiceDatabase's namespace and has usable admin credentials.
+async fn server(
+    client: &Client,
+    sdb: &ServiceDatabase,
+    server_ref: &crate::api::common::ObjectRef,
+) -> Result<ServerFacts, Error> {
+    use crate::api::DatabaseServer;
+    use k8s_openapi::api::core::v1::Namespace;
+    let own_namespace = sdb.namespace().unwrap_or_default();
+    let namespace = server_ref
+        .namespace
+        .clone()
+        .unwrap_or_else(|| own_namespace.clone());
+    let field = "spec.serverRef";
+    let servers: Api<DatabaseServer> = Api::namespaced(client.clone(), &namespace);
+    let server = servers
+        .get_opt(&server_ref.name)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "DatabaseServer",
+            source,
+        })?
+        .ok_or_else(|| {
+            invalid(
+                field,
+                "ServerNotFound",
+                format!(
+                    "DatabaseServer {namespace}/{} does not exist",
+                    server_ref.name
+                ),
+            )
+        })?;
+    let name = server.name_any();
+    if server.spec.engine != sdb.spec.engine {
+        return Err(invalid(
+            field,
+            "ServerEngineMismatch",
+            format!(
+                "DatabaseServer {namespace}/{name} runs {}, not {}",
+                server.spec.engine, sdb.spec.engine
+            ),
+        ));
+    }
+    let mut candidate = Api::<Namespace>::all(client.clone())
+        .get_opt(&own_namespace)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "Namespace",
+            source,
+        })?
+        .unwrap_or_default();
+    candidate
+        .metadata
+        .name
+        .get_or_insert_with(|| own_namespace.clone());
+    if !crate::controller::databaseserver::admits(
+        &server.spec.allowed_namespaces,
+        &namespace,
+        &candidate,
+    ) {
+        return Err(invalid(
+            field,
+            "NamespaceNotAllowed",
+            format!(
+                "DatabaseServer {namespace}/{name} does not admit namespace {own_namespace} (see its spec.allowedNamespaces)"
+            ),
+        ));
+    }
+    let Some(external) = &server.spec.external else {
+        return Err(invalid(
+            field,
+            "Unsupported",
+            format!(
+                "DatabaseServer {namespace}/{name} is managed; managed servers are not available in this release yet"
+            ),
+        ));
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let admin = secrets
+        .get_opt(&external.admin_secret_ref.name)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "Secret",
+            source,
+        })?;
+    let key = |k: &str| {
+        admin
+            .as_ref()
+            .and_then(|s| s.data.as_ref())
+            .and_then(|d| d.get(k))
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .filter(|v| !v.is_empty())
+    };
+    let (Some(admin_username), Some(admin_password)) = (key("username"), key("password")) else {
+        return Err(invalid(
+            field,
+            "ServerCredentialsMissing",
+            format!(
+                "DatabaseServer {namespace}/{name}: its admin Secret {} is missing or lacks username/password",
+                external.admin_secret_ref.name
+            ),
+        ));
+    };
+    Ok(ServerFacts {
+        name,
+        namespace,
+        engine: server.spec.engine,
+        host: external.host.clone(),
+        port: external.port,
+        admin_username,
+        admin_password,
+    })
 }

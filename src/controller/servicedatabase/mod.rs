@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod dereference;
+pub mod provision;
 pub mod status;
 pub mod validate;
 
@@ -50,6 +51,8 @@ pub enum Error {
     #[error(transparent)]
     Apply(#[from] apply::Error),
     #[error(transparent)]
+    Provision(#[from] provision::Error),
+    #[error(transparent)]
     Status(#[from] status::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -65,6 +68,7 @@ impl Error {
                 "invalid-spec"
             }
             Error::Apply(_) => "apply",
+            Error::Provision(e) => e.category(),
             Error::Status(_) => "status",
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.category(),
@@ -85,6 +89,7 @@ impl Error {
             "invalid-spec" => "InvalidSpec",
             "read" => "ReadFailed",
             "apply" => "ApplyFailed",
+            "server-unreachable" => "ServerUnreachable",
             "status" => "StatusFailed",
             _ => "FinalizerFailed",
         }
@@ -156,7 +161,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         Err(dereference::Error::Invalid(e)) => return invalid(e).await,
         Err(e) => return Err(e.into()),
     };
-    let db = match validate::validate(sdb, &found.class) {
+    let db = match validate::validate(sdb, &found.class, found.server.as_ref()) {
         Ok(db) => db,
         Err(e) => return invalid(e).await,
     };
@@ -169,6 +174,18 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             message: "object has no uid".into(),
         }));
     };
+    if let Some(server) = &db.server {
+        // The login must work before its Secret is published.
+        if let Err(e) = provision::ensure(&db, server, &found.credentials.app_password).await {
+            let outcome = status::Outcome::ServerUnavailable {
+                db: &db,
+                message: e.to_string(),
+            };
+            let status = status::compute(sdb, &outcome, now);
+            status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
+            return Err(e.into());
+        }
+    }
     let children = crate::build::children(&db, &found.credentials, &ctx.facts, &owner);
     let applied = apply::apply(&ctx.client, &db.namespace, &db.name, children).await?;
     if applied.written > 0 || applied.deleted > 0 {
@@ -182,7 +199,12 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         sdb,
         &status::Outcome::Applied {
             db: &db,
-            ready_replicas: found.ready_replicas,
+            // On a shared server the database exists once provisioned.
+            ready_replicas: if db.server.is_some() {
+                1
+            } else {
+                found.ready_replicas
+            },
         },
         now,
     );
@@ -194,6 +216,9 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
 async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> {
     let namespace = sdb.namespace().unwrap_or_default();
     let name = sdb.name_any();
+    if sdb.spec.server_ref.is_some() && sdb.spec.deletion_policy == DeletionPolicy::Delete {
+        drop_on_server(sdb, ctx).await?;
+    }
     match sdb.spec.deletion_policy {
         DeletionPolicy::Delete => {
             apply::cleanup::delete_all(&ctx.client, &namespace, &name).await?
@@ -220,6 +245,30 @@ async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> 
     }
     tracing::info!(policy = ?sdb.spec.deletion_policy, "cleaned up");
     Ok(Action::await_change())
+}
+
+/// `Delete` on a shared server: drop the database and its login. A spec that
+/// never validated created nothing, so there is nothing to drop.
+async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Error> {
+    let found = match dereference::dereference(&ctx.client, sdb).await {
+        Ok(found) => found,
+        Err(dereference::Error::Invalid(e)) => {
+            tracing::warn!(
+                reason = e.reason,
+                "the database's server cannot be used for deletion: {e}; nothing dropped"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Ok(db) = validate::validate(sdb, &found.class, found.server.as_ref()) else {
+        return Ok(());
+    };
+    if let Some(server) = &db.server {
+        provision::remove(&db, server).await?;
+        tracing::info!(server = %server.name, database = %db.database, "dropped the database and its login");
+    }
+    Ok(())
 }
 
 fn error_policy(sdb: Arc<ServiceDatabase>, error: &Error, ctx: Arc<Context>) -> Action {

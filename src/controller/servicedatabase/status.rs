@@ -28,6 +28,11 @@ pub enum Outcome<'a> {
         db: &'a ValidatedDatabase,
         ready_replicas: i32,
     },
+    /// The shared server could not be reached or refused the provisioning.
+    ServerUnavailable {
+        db: &'a ValidatedDatabase,
+        message: String,
+    },
 }
 
 /// The status for an outcome, merged with the previous one.
@@ -48,9 +53,45 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                 ..previous
             }
         }
+        Outcome::ServerUnavailable { db, message } => {
+            let observed = [
+                Observed::new(
+                    types::SPEC_VALID,
+                    true,
+                    "Valid",
+                    format!("accepted by DatabaseClass {}", db.class_name),
+                ),
+                Observed::new(
+                    types::INSTANCE_READY,
+                    false,
+                    "ServerUnavailable",
+                    message.clone(),
+                ),
+                Observed::new(types::READY, false, "ServerUnavailable", message.clone()),
+            ];
+            ServiceDatabaseStatus {
+                phase: match previous.phase {
+                    Phase::Ready | Phase::Degraded => Phase::Degraded,
+                    _ => Phase::Provisioning,
+                },
+                observed_generation: generation,
+                conditions: merge(&previous.conditions, &observed, generation, now),
+                ..previous
+            }
+        }
         Outcome::Applied { db, ready_replicas } => {
             let ready = *ready_replicas > 0;
-            let instance = if ready {
+            let instance = if let Some(server) = &db.server {
+                Observed::new(
+                    types::INSTANCE_READY,
+                    true,
+                    "DatabaseProvisioned",
+                    format!(
+                        "database {} and its login exist on DatabaseServer {}/{}",
+                        db.database, server.namespace, server.name
+                    ),
+                )
+            } else if ready {
                 Observed::new(
                     types::INSTANCE_READY,
                     true,
@@ -82,15 +123,26 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                     "SecretReady",
                     format!("Secret {} holds the connection details", db.secret_name),
                 ),
-                Observed::new(
-                    types::NETWORK_ISOLATED,
-                    true,
-                    "NetworkPolicyApplied",
-                    format!(
-                        "NetworkPolicy {} admits only the owner's pods",
-                        db.instance_name()
-                    ),
-                ),
+                if db.server.is_some() {
+                    // A shared server is not a pod of this namespace: the
+                    // service's own login is what keeps others out.
+                    Observed::new(
+                        types::NETWORK_ISOLATED,
+                        true,
+                        "SharedServerLogin",
+                        "isolated by its own least-privilege login on the shared server",
+                    )
+                } else {
+                    Observed::new(
+                        types::NETWORK_ISOLATED,
+                        true,
+                        "NetworkPolicyApplied",
+                        format!(
+                            "NetworkPolicy {} admits only the owner's pods",
+                            db.instance_name()
+                        ),
+                    )
+                },
                 if ready {
                     Observed::new(
                         types::READY,
@@ -120,7 +172,7 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                 version: Some(db.version.clone()),
                 endpoint: Some(Endpoint {
                     host: db.host(),
-                    port: db.engine_spec.port(),
+                    port: db.port(),
                 }),
                 credentials_secret: Some(db.secret_name.clone()),
                 ..previous

@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
+use super::dereference::ServerFacts;
 use crate::api::common::StorageSpec;
 use crate::api::{DatabaseClass, DeletionPolicy, Engine, Isolation, ServiceDatabase};
 use crate::engine::{EngineSpec, for_engine};
@@ -56,6 +57,8 @@ pub struct ValidatedDatabase {
     /// The service's login.
     pub username: String,
     pub deletion_policy: DeletionPolicy,
+    /// The shared server hosting the database; `None` for a dedicated instance.
+    pub server: Option<ServerFacts>,
 }
 
 impl std::fmt::Debug for ValidatedDatabase {
@@ -75,9 +78,18 @@ impl ValidatedDatabase {
     pub fn instance_name(&self) -> String {
         instance_name(&self.name)
     }
-    /// The DNS name clients use.
+    /// The address clients use: the instance's Service, or the shared server.
     pub fn host(&self) -> String {
-        format!("{}.{}.svc", self.instance_name(), self.namespace)
+        match &self.server {
+            Some(server) => server.host.clone(),
+            None => format!("{}.{}.svc", self.instance_name(), self.namespace),
+        }
+    }
+    /// The port clients use.
+    pub fn port(&self) -> i32 {
+        self.server
+            .as_ref()
+            .map_or_else(|| self.engine_spec.port(), |s| s.port)
     }
 }
 
@@ -91,6 +103,7 @@ pub fn instance_name(name: &str) -> String {
 pub fn validate(
     sdb: &ServiceDatabase,
     class: &DatabaseClass,
+    server: Option<&ServerFacts>,
 ) -> Result<ValidatedDatabase, Invalid> {
     let spec = &sdb.spec;
     let name = sdb.metadata.name.clone().unwrap_or_default();
@@ -159,16 +172,31 @@ pub fn validate(
                 )
             })?,
     };
-    if spec.isolation != Isolation::Dedicated {
-        return Err(Invalid::new(
-            "spec.isolation",
-            "Unsupported",
-            format!(
-                "isolation {} (placement on a DatabaseServer) is not available in this servicedb release yet; use Dedicated",
-                spec.isolation
-            ),
-        ));
-    }
+    // Shared placement: a Postgres database or a Redis key space on an
+    // external DatabaseServer.
+    let shared = match (spec.isolation, server) {
+        (Isolation::Dedicated, _) => None,
+        (Isolation::Database, Some(server))
+            if matches!(spec.engine, Engine::Postgres | Engine::Redis) =>
+        {
+            Some(server.clone())
+        }
+        (isolation, _) => {
+            return Err(Invalid::new(
+                "spec.isolation",
+                "Unsupported",
+                format!(
+                    "isolation {isolation} for {} is not available in this servicedb release yet; use Dedicated{}",
+                    spec.engine,
+                    if spec.engine == Engine::MongoDB {
+                        ""
+                    } else {
+                        " or Database"
+                    }
+                ),
+            ));
+        }
+    };
     if !engine_spec.dedicated_supported() {
         return Err(Invalid::new(
             "spec.engine",
@@ -237,7 +265,11 @@ pub fn validate(
         .image
         .clone()
         .unwrap_or_else(|| engine_spec.default_image().to_string());
-    let identifier = name.replace('-', "_");
+    let identifier = match &shared {
+        None => name.replace('-', "_"),
+        // A shared server hosts many namespaces: qualify the name.
+        Some(_) => shared_identifier(&namespace, &name),
+    };
 
     Ok(ValidatedDatabase {
         engine: spec.engine,
@@ -259,9 +291,23 @@ pub fn validate(
         database: engine_spec.database_name(&identifier),
         username: identifier,
         deletion_policy: spec.deletion_policy,
+        server: shared,
         name,
         namespace,
     })
+}
+
+/// `shop` + `orders` → `shop_orders`; names too long for an identifier (63
+/// bytes) keep a readable start and a hash of the whole.
+pub fn shared_identifier(namespace: &str, name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let full = format!("{namespace}_{name}").replace('-', "_");
+    if full.len() <= 63 {
+        return full;
+    }
+    let hash = Sha256::digest(full.as_bytes());
+    let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    format!("{}_{hex}", &full[..54])
 }
 
 fn check_cron(field: &'static str, schedule: &str) -> Result<(), Invalid> {
@@ -313,7 +359,7 @@ mod tests {
     #[test]
     fn the_spec_wins_over_the_class_and_the_class_over_builtin_defaults() {
         let class: DatabaseClass = fixture("class-postgres.yaml");
-        let db = validate(&fixture("sdb-orders.yaml"), &class).unwrap();
+        let db = validate(&fixture("sdb-orders.yaml"), &class, None).unwrap();
         assert_eq!(db.version, "16");
         assert_eq!(db.image, "docker.io/library/postgres:16");
         assert_eq!(db.storage_size.0, "2Gi");
@@ -323,7 +369,7 @@ mod tests {
         assert_eq!(db.host(), "orders-db.shop.svc");
         assert_eq!(db.deletion_policy, DeletionPolicy::Delete);
 
-        let minimal = validate(&fixture("sdb-minimal.yaml"), &class).unwrap();
+        let minimal = validate(&fixture("sdb-minimal.yaml"), &class, None).unwrap();
         assert_eq!(minimal.version, "17", "the class's default version");
         assert_eq!(minimal.storage_size.0, "5Gi", "the class's size");
         assert_eq!(minimal.secret_name, "cart-items-db");
@@ -340,7 +386,7 @@ mod tests {
         class.spec.storage_size = None;
         class.spec.resources = None;
         class.spec.default_version = None;
-        let db = validate(&fixture("sdb-minimal.yaml"), &class).unwrap();
+        let db = validate(&fixture("sdb-minimal.yaml"), &class, None).unwrap();
         assert_eq!(db.version, "17", "the last allowed version");
         assert_eq!(db.storage_size.0, "1Gi", "the engine's default size");
         assert!(
@@ -354,13 +400,13 @@ mod tests {
         let mut class: DatabaseClass = fixture("class-postgres.yaml");
         class.spec.versions.clear();
         class.spec.default_version = None;
-        let db = validate(&fixture("sdb-minimal.yaml"), &class).unwrap();
+        let db = validate(&fixture("sdb-minimal.yaml"), &class, None).unwrap();
         assert_eq!(db.version, "17", "the engine's default version");
         let mut sdb: ServiceDatabase = fixture("sdb-minimal.yaml");
         edit(&mut sdb, "version: '18'");
-        assert_eq!(validate(&sdb, &class).unwrap().version, "18");
+        assert_eq!(validate(&sdb, &class, None).unwrap().version, "18");
         edit(&mut sdb, "version: '9.6'");
-        let err = validate(&sdb, &class).unwrap_err();
+        let err = validate(&sdb, &class, None).unwrap_err();
         assert!(err.message.contains("15, 16, 17, 18"), "{}", err.message);
     }
 
@@ -369,7 +415,7 @@ mod tests {
         let class: DatabaseClass = fixture("class-postgres.yaml");
         let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
         edit(&mut sdb, "version: '13'");
-        let err = validate(&sdb, &class).unwrap_err();
+        let err = validate(&sdb, &class, None).unwrap_err();
         assert_eq!(err.field, "spec.version");
         assert_eq!(err.reason, "VersionNotAllowed");
         assert!(err.message.contains("16, 17"), "{}", err.message);
@@ -380,7 +426,7 @@ mod tests {
         let class: DatabaseClass = fixture("class-postgres.yaml");
         let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
         edit(&mut sdb, "{isolation: Database, serverRef: {name: shared}}");
-        let err = validate(&sdb, &class).unwrap_err();
+        let err = validate(&sdb, &class, None).unwrap_err();
         assert_eq!(
             (err.field, err.reason),
             ("spec.isolation", "IsolationNotAllowed")
@@ -396,7 +442,7 @@ mod tests {
     fn a_class_of_another_engine_is_refused() {
         let mut class: DatabaseClass = fixture("class-postgres.yaml");
         class.spec.engine = Engine::Redis;
-        let err = validate(&fixture("sdb-orders.yaml"), &class).unwrap_err();
+        let err = validate(&fixture("sdb-orders.yaml"), &class, None).unwrap_err();
         assert_eq!(
             (err.field, err.reason),
             ("spec.className", "ClassEngineMismatch")
@@ -425,7 +471,7 @@ mod tests {
         ] {
             let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
             edit(&mut sdb, yaml);
-            let err = validate(&sdb, &class).unwrap_err();
+            let err = validate(&sdb, &class, None).unwrap_err();
             assert_eq!((err.field, err.reason), (field, "Unsupported"), "{yaml}");
         }
     }
@@ -438,7 +484,7 @@ mod tests {
             &mut sdb,
             "{backup: {schedule: '99 2 * * *', destination: {volume: {claimName: b}}}}",
         );
-        let err = validate(&sdb, &class).unwrap_err();
+        let err = validate(&sdb, &class, None).unwrap_err();
         assert_eq!(
             (err.field, err.reason),
             ("spec.backup.schedule", "InvalidSchedule")
@@ -450,7 +496,7 @@ mod tests {
         let class: DatabaseClass = fixture("class-postgres.yaml");
         let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
         edit(&mut sdb, "{credentials: {secretName: orders-db-admin}}");
-        let err = validate(&sdb, &class).unwrap_err();
+        let err = validate(&sdb, &class, None).unwrap_err();
         assert_eq!(err.field, "spec.credentials.secretName");
     }
 }

@@ -1,0 +1,109 @@
+//! Step 1 of the DatabaseServer pipeline (async, reads the cluster): the
+//! admin Secret and the ServiceDatabases placed on the server.
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+
+use super::validate::SecretData;
+use crate::api::{DatabaseServer, ServiceDatabase};
+
+/// What the cluster says about a server's surroundings.
+pub struct Dereferenced {
+    /// Data of `spec.external.adminSecretRef`; `None` when it doesn't exist
+    /// (or the server is managed).
+    pub admin_secret: SecretData,
+    /// ServiceDatabases whose `spec.serverRef` names this server.
+    pub databases: i32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {kind}: {source}")]
+    Read {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+pub async fn dereference(client: &Client, server: &DatabaseServer) -> Result<Dereferenced, Error> {
+    let namespace = server.namespace().unwrap_or_default();
+    let admin_secret = match &server.spec.external {
+        Some(external) => Api::<Secret>::namespaced(client.clone(), &namespace)
+            .get_opt(&external.admin_secret_ref.name)
+            .await
+            .map_err(|source| Error::Read {
+                kind: "Secret",
+                source,
+            })?
+            .map(|s| s.data.unwrap_or_default()),
+        None => None,
+    };
+    let sdbs = Api::<ServiceDatabase>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| Error::Read {
+            kind: "ServiceDatabase",
+            source,
+        })?;
+    let databases = sdbs
+        .items
+        .iter()
+        .filter(|sdb| places_on(sdb, &namespace, &server.name_any()))
+        .count();
+    Ok(Dereferenced {
+        admin_secret,
+        databases: i32::try_from(databases).unwrap_or(i32::MAX),
+    })
+}
+
+/// Whether a ServiceDatabase's `spec.serverRef` names the server
+/// `namespace/name`; the reference's namespace defaults to the
+/// ServiceDatabase's own.
+pub fn places_on(sdb: &ServiceDatabase, namespace: &str, name: &str) -> bool {
+    sdb.spec.server_ref.as_ref().is_some_and(|r| {
+        r.name == name
+            && r.namespace.as_deref().or(sdb.metadata.namespace.as_deref()) == Some(namespace)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sdb(ns: &str, server_ref: serde_json::Value) -> ServiceDatabase {
+        serde_json::from_value(json!({
+            "apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+            "metadata": {"name": "orders", "namespace": ns},
+            "spec": {"engine": "Postgres", "owner": {"podSelector": {}},
+                     "isolation": "Database", "serverRef": server_ref},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn server_ref_namespace_defaults_to_the_databases_own() {
+        assert!(places_on(
+            &sdb("platform", json!({"name": "pg"})),
+            "platform",
+            "pg"
+        ));
+        assert!(!places_on(
+            &sdb("shop", json!({"name": "pg"})),
+            "platform",
+            "pg"
+        ));
+        assert!(places_on(
+            &sdb("shop", json!({"name": "pg", "namespace": "platform"})),
+            "platform",
+            "pg"
+        ));
+        assert!(!places_on(
+            &sdb("platform", json!({"name": "other"})),
+            "platform",
+            "pg"
+        ));
+    }
+}

@@ -1,0 +1,202 @@
+//! Step 2 of the DatabaseServer pipeline (pure): spec + admin Secret → the
+//! target to probe, or an [`Invalid`] naming the field to change.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use k8s_openapi::ByteString;
+
+use crate::api::DatabaseServer;
+use crate::api::common::Engine;
+use crate::api::database_server::TlsMode;
+pub use crate::controller::servicedatabase::validate::Invalid;
+
+const SECRET_FIELD: &str = "spec.external.adminSecretRef";
+
+/// An external server and the administrator's login.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Target {
+    pub engine: Engine,
+    pub host: String,
+    pub port: u16,
+    pub tls: TlsMode,
+    pub username: String,
+    pub password: String,
+}
+
+// Hand-written so that a `{:?}` anywhere can never print the password.
+impl fmt::Debug for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Target")
+            .field("engine", &self.engine)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The data of the admin Secret, `None` when it does not exist.
+pub type SecretData = Option<BTreeMap<String, ByteString>>;
+
+/// Checks what the API server cannot: that this release can reach the server
+/// and that the admin Secret holds a login.
+pub fn validate(server: &DatabaseServer, admin_secret: &SecretData) -> Result<Target, Invalid> {
+    let Some(external) = &server.spec.external else {
+        return Err(invalid(
+            "spec.managed",
+            "Unsupported",
+            "managed servers are not available in this release",
+        ));
+    };
+    let tls = external.tls.as_ref().map(|t| t.mode).unwrap_or_default();
+    if tls != TlsMode::Disable {
+        // No TLS stack for Postgres or Redis is linked into this release.
+        return Err(invalid(
+            "spec.external.tls.mode",
+            "Unsupported",
+            format!("TLS mode {tls:?} is not available in this release; use Disable"),
+        ));
+    }
+    let port = u16::try_from(external.port)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            invalid(
+                "spec.external.port",
+                "InvalidPort",
+                format!("{} is not a TCP port", external.port),
+            )
+        })?;
+    let name = &external.admin_secret_ref.name;
+    let Some(data) = admin_secret else {
+        return Err(invalid(
+            SECRET_FIELD,
+            "SecretNotFound",
+            format!("Secret {name} does not exist"),
+        ));
+    };
+    let key = |key: &str| -> Result<String, Invalid> {
+        let value = data
+            .get(key)
+            .and_then(|v| String::from_utf8(v.0.clone()).ok())
+            .map(|v| v.trim_end_matches(['\r', '\n']).to_owned())
+            .filter(|v| !v.is_empty());
+        value.ok_or_else(|| {
+            invalid(
+                SECRET_FIELD,
+                "SecretKeyMissing",
+                format!("Secret {name} has no non-empty UTF-8 key {key:?}"),
+            )
+        })
+    };
+    Ok(Target {
+        engine: server.spec.engine,
+        host: external.host.clone(),
+        port,
+        tls,
+        username: key("username")?,
+        password: key("password")?,
+    })
+}
+
+fn invalid(field: &'static str, reason: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        reason,
+        message: message.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn server(spec: serde_json::Value) -> DatabaseServer {
+        serde_json::from_value(json!({
+            "apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer",
+            "metadata": {"name": "shared", "namespace": "platform"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn external() -> DatabaseServer {
+        server(json!({"engine": "Postgres", "external": {
+            "host": "db.example", "port": 5432, "adminSecretRef": {"name": "admin"}}}))
+    }
+
+    fn secret(pairs: &[(&str, &str)]) -> SecretData {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn external_with_a_login_is_a_target() {
+        let t = validate(
+            &external(),
+            &secret(&[("username", "admin"), ("password", "s3cret\n")]),
+        )
+        .unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("db.example", 5432));
+        assert_eq!(
+            (t.username.as_str(), t.password.as_str()),
+            ("admin", "s3cret")
+        );
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn a_missing_secret_names_the_field() {
+        let e = validate(&external(), &None).unwrap_err();
+        assert_eq!((e.field, e.reason), (SECRET_FIELD, "SecretNotFound"));
+        assert!(
+            e.to_string().contains("spec.external.adminSecretRef"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("admin"), "{e}");
+    }
+
+    #[test]
+    fn missing_keys_name_the_field_and_key_without_values() {
+        for (pairs, key) in [
+            (vec![("password", "s3cret")], "username"),
+            (vec![("username", "admin")], "password"),
+            (vec![("username", "admin"), ("password", "")], "password"),
+        ] {
+            let e = validate(&external(), &secret(&pairs)).unwrap_err();
+            assert_eq!((e.field, e.reason), (SECRET_FIELD, "SecretKeyMissing"));
+            assert!(e.message.contains(key), "{e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn managed_servers_are_unsupported() {
+        let e = validate(&server(json!({"engine": "Redis", "managed": {}})), &None).unwrap_err();
+        assert_eq!(e.reason, "Unsupported");
+        assert!(
+            e.message
+                .contains("managed servers are not available in this release")
+        );
+    }
+
+    #[test]
+    fn tls_is_unsupported_for_now() {
+        let s = server(json!({"engine": "Postgres", "external": {
+            "host": "db", "port": 5432, "adminSecretRef": {"name": "admin"},
+            "tls": {"mode": "Require"}}}));
+        let e = validate(&s, &secret(&[("username", "a"), ("password", "b")])).unwrap_err();
+        assert_eq!(
+            (e.field, e.reason),
+            ("spec.external.tls.mode", "Unsupported")
+        );
+    }
+}

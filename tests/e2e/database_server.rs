@@ -1,0 +1,476 @@
+//! The DatabaseServer controller against real servers: PostgreSQL and Redis
+//! started by `servers.rs`, a real API server, and the real operator binary
+//! (with `SERVICEDB_SERVER_REPROBE_SECONDS` short, so that an outage shows
+//! within seconds rather than within the production minute).
+//!
+//! MongoDB is not installed on the test machine: its probe is unit-tested only.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Secret};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use servicedb::api::DatabaseServer;
+use servicedb::api::database_server::DatabaseServerStatus;
+
+use crate::harness::{Env, wait_for};
+use crate::servers::{Postgres, Redis, random_password};
+
+/// How often the operator under test probes a reachable server.
+const REPROBE: Duration = Duration::from_secs(5);
+
+/// The operator under test, re-probing servers every REPROBE seconds so that
+/// outages show within the tests' patience.
+struct InProcess {
+    operator: crate::harness::Operator,
+}
+
+impl InProcess {
+    fn start(env: &mut Env) -> InProcess {
+        env.operator.stop();
+        let seconds = REPROBE.as_secs().to_string();
+        let operator = crate::harness::Operator::start_with_env(
+            &format!("{}-fast", env.ns),
+            &[("SERVICEDB_SERVER_REPROBE_SECONDS", seconds.as_str())],
+        );
+        InProcess { operator }
+    }
+
+    /// Reconciliations of DatabaseServers started so far.
+    async fn reconciles(&self) -> f64 {
+        self.operator
+            .metric("servicedb_reconcile_total{controller=\"databaseserver\"")
+            .await
+            .unwrap_or(0.0)
+    }
+}
+
+async fn admin_secret(env: &Env, name: &str, data: &[(&str, &str)]) {
+    let data: BTreeMap<&str, &str> = data.iter().copied().collect();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name}, "stringData": data,
+    }))
+    .expect("secret");
+    env.api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("creating the admin Secret");
+}
+
+async fn server(env: &Env, name: &str, engine: &str, spec: Value) -> DatabaseServer {
+    let mut full = json!({"engine": engine});
+    if let (Value::Object(a), Value::Object(b)) = (&mut full, spec) {
+        a.extend(b);
+    }
+    let obj: DatabaseServer = serde_json::from_value(json!({
+        "apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer",
+        "metadata": {"name": name}, "spec": full,
+    }))
+    .expect("DatabaseServer");
+    env.api::<DatabaseServer>()
+        .create(&PostParams::default(), &obj)
+        .await
+        .expect("creating the DatabaseServer")
+}
+
+fn external(port: u16, secret: &str) -> Value {
+    json!({"external": {"host": "127.0.0.1", "port": port, "adminSecretRef": {"name": secret}}})
+}
+
+fn condition(status: &DatabaseServerStatus, type_: &str) -> Option<(String, String, String)> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until condition `type_` has `status` (and `reason`, if given).
+async fn wait_condition(
+    env: &Env,
+    name: &str,
+    type_: &str,
+    status: &str,
+    reason: Option<&str>,
+    timeout: Duration,
+) -> DatabaseServer {
+    let api = env.api::<DatabaseServer>();
+    wait_for(
+        &format!("DatabaseServer {name}: {type_}={status} {reason:?}"),
+        timeout,
+        || async {
+            let s = api.get(name).await.ok()?;
+            let (st, re, _) = condition(s.status.as_ref()?, type_)?;
+            (st == status && reason.is_none_or(|r| r == re)).then_some(s)
+        },
+    )
+    .await
+}
+
+/// Everything a user can read about the namespace's servers: their status
+/// and the Events on them.
+async fn visible_text(env: &Env) -> String {
+    let servers = env
+        .api::<DatabaseServer>()
+        .list(&ListParams::default())
+        .await
+        .expect("listing servers");
+    let events = env
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .expect("listing events");
+    let mut text = String::new();
+    for s in servers.items {
+        text += &serde_json::to_string(&s.status).unwrap_or_default();
+    }
+    for e in events.items {
+        text += &format!(
+            "{} {}\n",
+            e.reason.unwrap_or_default(),
+            e.message.unwrap_or_default()
+        );
+    }
+    text
+}
+
+async fn events_for(env: &Env, name: &str) -> Vec<(String, String, String)> {
+    env.api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .expect("listing events")
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some(name))
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn postgres_and_redis_servers_become_reachable_with_their_version() {
+    let mut env = Env::new("dbs-reach").await;
+    let pg = Postgres::start_new();
+    let redis = Redis::start_new();
+    let controller = InProcess::start(&mut env);
+    admin_secret(
+        &env,
+        "pg-admin",
+        &[
+            ("username", &pg.admin_user),
+            ("password", &pg.admin_password),
+        ],
+    )
+    .await;
+    admin_secret(
+        &env,
+        "redis-admin",
+        &[
+            ("username", &redis.admin_user),
+            ("password", &redis.admin_password),
+        ],
+    )
+    .await;
+    server(&env, "pg", "Postgres", external(pg.port, "pg-admin")).await;
+    server(&env, "cache", "Redis", external(redis.port, "redis-admin")).await;
+
+    let timeout = Duration::from_secs(30);
+    let pg_server =
+        wait_condition(&env, "pg", "Reachable", "True", Some("Reachable"), timeout).await;
+    let status = pg_server.status.clone().expect("status");
+    assert_eq!(status.server_version.as_deref(), Some(pg.version.as_str()));
+    assert_eq!(
+        condition(&status, "Ready").map(|c| c.0).as_deref(),
+        Some("True")
+    );
+    assert_eq!(status.observed_generation, pg_server.metadata.generation);
+    assert_eq!(status.databases, Some(0));
+    let cache = wait_condition(
+        &env,
+        "cache",
+        "Reachable",
+        "True",
+        Some("Reachable"),
+        timeout,
+    )
+    .await;
+    assert_eq!(
+        cache
+            .status
+            .as_ref()
+            .and_then(|s| s.server_version.as_deref()),
+        Some(redis.version.as_str())
+    );
+
+    // A ServiceDatabase placed on the server is counted.
+    let sdb = json!({
+        "apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+        "metadata": {"name": "orders"},
+        "spec": {"engine": "Postgres", "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
+                 "isolation": "Database", "serverRef": {"name": "pg"}},
+    });
+    env.api::<servicedb::api::ServiceDatabase>()
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(sdb).expect("sdb"),
+        )
+        .await
+        .expect("creating a ServiceDatabase on the server");
+    let api = env.api::<DatabaseServer>();
+    wait_for("status.databases = 1", timeout, || async {
+        (api.get("pg").await.ok()?.status?.databases == Some(1)).then_some(())
+    })
+    .await;
+    let events = events_for(&env, "pg").await;
+    assert!(
+        events.iter().any(|(t, r, _)| t == "Normal" && r == "Ready"),
+        "a Ready Event on pg: {events:?}"
+    );
+
+    // A forced reconcile of an unchanged server writes nothing.
+    let before = controller.reconciles().await;
+    let annotated = api
+        .patch(
+            "pg",
+            &PatchParams::apply("servicedb-e2e-poke"),
+            &Patch::Apply(json!({
+                "apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer",
+                "metadata": {"annotations": {"e2e/poke": "1"}},
+            })),
+        )
+        .await
+        .expect("annotating the server");
+    let version = annotated.metadata.resource_version.clone();
+    wait_for("a reconcile after the annotation", timeout, || async {
+        (controller.reconciles().await > before).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = api.get("pg").await.expect("server");
+    assert_eq!(
+        after.metadata.resource_version, version,
+        "a resync must write nothing"
+    );
+
+    let text = visible_text(&env).await;
+    for password in [&pg.admin_password, &redis.admin_password] {
+        assert!(
+            !text.contains(password.as_str()),
+            "a password is visible: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_authentication_failed() {
+    let mut env = Env::new("dbs-auth").await;
+    let pg = Postgres::start_new();
+    let redis = Redis::start_new();
+    let _controller = InProcess::start(&mut env);
+    let wrong = random_password();
+    admin_secret(
+        &env,
+        "pg-admin",
+        &[("username", &pg.admin_user), ("password", &wrong)],
+    )
+    .await;
+    admin_secret(
+        &env,
+        "redis-admin",
+        &[("username", &redis.admin_user), ("password", &wrong)],
+    )
+    .await;
+    server(&env, "pg", "Postgres", external(pg.port, "pg-admin")).await;
+    server(&env, "cache", "Redis", external(redis.port, "redis-admin")).await;
+
+    let timeout = Duration::from_secs(30);
+    for name in ["pg", "cache"] {
+        let s = wait_condition(
+            &env,
+            name,
+            "Reachable",
+            "False",
+            Some("AuthenticationFailed"),
+            timeout,
+        )
+        .await;
+        let status = s.status.expect("status");
+        assert_eq!(
+            condition(&status, "Ready").map(|c| (c.0, c.1)),
+            Some(("False".into(), "AuthenticationFailed".into()))
+        );
+        assert_eq!(status.server_version, None);
+    }
+    wait_for("a Warning Event on pg", timeout, || async {
+        let events = events_for(&env, "pg").await;
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "AuthenticationFailed")
+            .then_some(())
+    })
+    .await;
+    let text = visible_text(&env).await;
+    for password in [&wrong, &pg.admin_password, &redis.admin_password] {
+        assert!(
+            !text.contains(password.as_str()),
+            "a password is visible: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_stopped_server_turns_unreachable_and_recovers_by_itself() {
+    let mut env = Env::new("dbs-outage").await;
+    let mut pg = Postgres::start_new();
+    let _controller = InProcess::start(&mut env);
+    admin_secret(
+        &env,
+        "pg-admin",
+        &[
+            ("username", &pg.admin_user),
+            ("password", &pg.admin_password),
+        ],
+    )
+    .await;
+    server(&env, "pg", "Postgres", external(pg.port, "pg-admin")).await;
+    wait_condition(
+        &env,
+        "pg",
+        "Reachable",
+        "True",
+        None,
+        Duration::from_secs(30),
+    )
+    .await;
+
+    pg.stop();
+    let down = wait_condition(
+        &env,
+        "pg",
+        "Reachable",
+        "False",
+        None,
+        Duration::from_secs(20),
+    )
+    .await;
+    let (_, reason, _) =
+        condition(down.status.as_ref().expect("status"), "Reachable").expect("Reachable");
+    assert!(
+        ["ConnectionRefused", "NotAcceptingConnections"].contains(&reason.as_str()),
+        "reason {reason}"
+    );
+    // Down for a while: the backoff grows, but stays bounded by the re-probe interval.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    pg.start();
+    let up = wait_condition(
+        &env,
+        "pg",
+        "Reachable",
+        "True",
+        None,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        up.status.and_then(|s| s.server_version),
+        Some(pg.version.clone())
+    );
+    let events = events_for(&env, "pg").await;
+    assert!(
+        events.iter().any(|(t, _, _)| t == "Warning"),
+        "a Warning Event when the server went down: {events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_admin_secret_names_the_field() {
+    let mut env = Env::new("dbs-secret").await;
+    let _controller = InProcess::start(&mut env);
+    // Secrets are not watched: one created after its server is seen on the
+    // next slow re-check, so this one comes first.
+    admin_secret(&env, "half-admin", &[("username", "admin")]).await;
+    server(&env, "pg", "Postgres", external(5432, "nowhere")).await;
+    server(&env, "half", "Postgres", external(5432, "half-admin")).await;
+    server(&env, "managed", "Redis", json!({"managed": {}})).await;
+
+    let timeout = Duration::from_secs(30);
+    let s = wait_condition(
+        &env,
+        "pg",
+        "Ready",
+        "False",
+        Some("SecretNotFound"),
+        timeout,
+    )
+    .await;
+    let status = s.status.expect("status");
+    let (_, _, message) = condition(&status, "Ready").expect("Ready");
+    assert!(
+        message.contains("spec.external.adminSecretRef"),
+        "{message}"
+    );
+    assert!(message.contains("nowhere"), "{message}");
+    assert_eq!(
+        condition(&status, "Reachable").map(|c| (c.0, c.1)),
+        Some(("False".into(), "NotProbed".into()))
+    );
+    let s = wait_condition(
+        &env,
+        "half",
+        "Ready",
+        "False",
+        Some("SecretKeyMissing"),
+        timeout,
+    )
+    .await;
+    let (_, _, message) = condition(s.status.as_ref().expect("status"), "Ready").expect("Ready");
+    assert!(
+        message.contains("spec.external.adminSecretRef") && message.contains("password"),
+        "{message}"
+    );
+    let s = wait_condition(
+        &env,
+        "managed",
+        "Ready",
+        "False",
+        Some("Unsupported"),
+        timeout,
+    )
+    .await;
+    let (_, _, message) = condition(s.status.as_ref().expect("status"), "Ready").expect("Ready");
+    assert!(
+        message.contains("managed servers are not available in this release"),
+        "{message}"
+    );
+
+    // One Warning Event per change, not one per retry.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = events_for(&env, "pg").await;
+    let warnings: Vec<_> = events
+        .iter()
+        .filter(|(t, r, _)| t == "Warning" && r == "SecretNotFound")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    assert!(
+        warnings[0].2.contains("spec.external.adminSecretRef"),
+        "{events:?}"
+    );
+    // Nor one Event repeated as a series by the recorder.
+    let repeated: Vec<Event> = env
+        .api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .expect("listing events")
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.name.as_deref() == Some("pg"))
+        .filter(|e| e.series.is_some() || e.count.unwrap_or(0) > 1)
+        .collect();
+    assert!(repeated.is_empty(), "{repeated:?}");
+}

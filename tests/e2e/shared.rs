@@ -1,0 +1,591 @@
+//! `isolation: Database` on shared `DatabaseServer`s (real PostgreSQL and
+//! Redis started by the test): services of two namespaces get their own
+//! database or key space and least-privilege login on one server, a namespace
+//! the server does not admit is refused, and a server outage shows in the
+//! status and heals by itself.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::json;
+use servicedb::api::{DatabaseServer, Phase, ServiceDatabase};
+
+use crate::dedicated::{get_when, secret_value, wait_phase};
+use crate::harness::{Env, apply_manifest, ensure_namespace, wait_for};
+use crate::servers::{Postgres, Redis};
+
+async fn connect(
+    port: u16,
+    user: &str,
+    password: &str,
+    database: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(database)
+        .connect_timeout(Duration::from_secs(5))
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+async fn server(env: &Env, name: &str, pg: &Postgres, allowed: serde_json::Value) {
+    server_of(
+        env,
+        name,
+        "Postgres",
+        pg.port,
+        &pg.admin_user,
+        &pg.admin_password,
+        allowed,
+    )
+    .await
+}
+
+async fn server_of(
+    env: &Env,
+    name: &str,
+    engine: &str,
+    port: u16,
+    user: &str,
+    password: &str,
+    allowed: serde_json::Value,
+) {
+    let secrets: Api<Secret> = env.api();
+    let admin = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-admin")},
+        "stringData": {"username": user, "password": password}});
+    secrets
+        .patch(
+            &format!("{name}-admin"),
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&admin),
+        )
+        .await
+        .expect("admin secret");
+    let server = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer", "metadata": {"name": name},
+        "spec": {"engine": engine, "allowedNamespaces": allowed,
+                 "external": {"host": "127.0.0.1", "port": port, "adminSecretRef": {"name": format!("{name}-admin")}}}});
+    env.api::<DatabaseServer>()
+        .patch(
+            name,
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&server),
+        )
+        .await
+        .expect("server");
+}
+
+async fn place(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    server: &str,
+    server_ns: &str,
+    policy: &str,
+) {
+    place_of(client, ns, name, "Postgres", server, server_ns, policy).await
+}
+
+async fn place_of(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    engine: &str,
+    server: &str,
+    server_ns: &str,
+    policy: &str,
+) {
+    let sdb = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase", "metadata": {"name": name},
+        "spec": {"engine": engine, "isolation": "Database", "serverRef": {"name": server, "namespace": server_ns},
+                 "owner": {"podSelector": {"matchLabels": {"app": name}}}, "deletionPolicy": policy}});
+    Api::<ServiceDatabase>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&sdb),
+        )
+        .await
+        .expect("service database");
+}
+
+#[tokio::test]
+async fn services_of_two_namespaces_share_a_server_each_with_a_private_database() {
+    let env = Env::new("shared").await;
+    let mut pg = Postgres::start_new();
+    server(&env, "shared-pg", &pg, json!({"from": "All"})).await;
+    server(&env, "team-only", &pg, json!({"from": "Same"})).await;
+    let other_ns = format!("{}-b", env.ns);
+    ensure_namespace(&env.client, &other_ns).await;
+    place(
+        &env.client,
+        &env.ns,
+        "orders",
+        "shared-pg",
+        &env.ns,
+        "Retain",
+    )
+    .await;
+    place(
+        &env.client,
+        &other_ns,
+        "orders",
+        "shared-pg",
+        &env.ns,
+        "Delete",
+    )
+    .await;
+
+    let here: Api<ServiceDatabase> = env.api();
+    let there: Api<ServiceDatabase> = Api::namespaced(env.client.clone(), &other_ns);
+    let ready_here = wait_phase(&here, "orders", Phase::Ready).await;
+    wait_phase(&there, "orders", Phase::Ready).await;
+    let status = ready_here.status.expect("status");
+    assert_eq!(
+        status.endpoint.map(|e| (e.host, e.port)),
+        Some(("127.0.0.1".into(), i32::from(pg.port)))
+    );
+
+    // Each namespace has its own Secret, with its own login and database.
+    let secret_here = get_when(&env.api::<Secret>(), "orders-db").await;
+    let secret_there = get_when(
+        &Api::<Secret>::namespaced(env.client.clone(), &other_ns),
+        "orders-db",
+    )
+    .await;
+    let (user_a, pw_a, db_a) = (
+        secret_value(&secret_here, "username"),
+        secret_value(&secret_here, "password"),
+        secret_value(&secret_here, "database"),
+    );
+    let (user_b, pw_b, db_b) = (
+        secret_value(&secret_there, "username"),
+        secret_value(&secret_there, "password"),
+        secret_value(&secret_there, "database"),
+    );
+    assert_ne!(
+        db_a, db_b,
+        "same service name, different namespaces, different databases"
+    );
+    assert_eq!(secret_value(&secret_here, "host"), "127.0.0.1");
+    assert_eq!(secret_value(&secret_here, "port"), pg.port.to_string());
+
+    // The service connects with its Secret, owns its data, and nothing more.
+    let a = connect(pg.port, &user_a, &pw_a, &db_a)
+        .await
+        .expect("the service logs in with its Secret");
+    a.batch_execute("CREATE TABLE orders (id int primary key); INSERT INTO orders VALUES (1)")
+        .await
+        .expect("creates its tables");
+    let superuser: bool = a
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .expect("query")
+        .get(0);
+    assert!(!superuser, "the service's login is not a superuser");
+    let Err(refused) = connect(pg.port, &user_a, &pw_a, &db_b).await else {
+        panic!("another service's database is open to it");
+    };
+    assert!(
+        refused.to_string().contains("permission denied")
+            || format!("{refused:?}").contains("permission denied"),
+        "{refused:?}"
+    );
+    connect(pg.port, &user_b, &pw_b, &db_b)
+        .await
+        .expect("the other service logs in to its own");
+
+    // A namespace the server does not admit is refused, naming the field.
+    place(
+        &env.client,
+        &other_ns,
+        "intruder",
+        "team-only",
+        &env.ns,
+        "Delete",
+    )
+    .await;
+    let refused = wait_phase(&there, "intruder", Phase::Failed).await;
+    let cond = refused
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "SpecValid")
+        .expect("SpecValid");
+    assert_eq!(cond.reason, "NamespaceNotAllowed");
+    assert!(
+        cond.message.contains("spec.serverRef") && cond.message.contains("allowedNamespaces"),
+        "{}",
+        cond.message
+    );
+
+    // The server goes down: the status says so; it comes back: healed, no nudge.
+    pg.stop();
+    here.patch(
+        "orders",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"e2e/poke": "1"}}})),
+    )
+    .await
+    .expect("poke");
+    let down = wait_phase(&here, "orders", Phase::Degraded).await;
+    let cond = down
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "InstanceReady")
+        .expect("InstanceReady");
+    assert_eq!(cond.reason, "ServerUnavailable");
+    pg.start();
+    wait_for(
+        "recovery after the server returns",
+        Duration::from_secs(90),
+        || async {
+            let s = here.get("orders").await.ok()?;
+            (s.status?.phase == Phase::Ready).then_some(())
+        },
+    )
+    .await;
+
+    // Delete drops the database and its login on the server; Retain keeps them.
+    there
+        .delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(
+        "the Delete database to be gone",
+        Duration::from_secs(30),
+        || async { there.get_opt("orders").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    let admin = connect(pg.port, &pg.admin_user, &pg.admin_password, "postgres")
+        .await
+        .expect("admin");
+    let dbs: Vec<String> = admin
+        .query("SELECT datname FROM pg_database", &[])
+        .await
+        .expect("list")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!dbs.contains(&db_b), "Delete dropped {db_b}: {dbs:?}");
+    assert!(
+        dbs.contains(&db_a),
+        "the other service's database is untouched"
+    );
+    here.delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(
+        "the Retain database's resource to be gone",
+        Duration::from_secs(30),
+        || async { here.get_opt("orders").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    let kept = connect(pg.port, &user_a, &pw_a, &db_a)
+        .await
+        .expect("Retain keeps the login");
+    let n: i64 = kept
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 1, "Retain keeps the data");
+
+    // No generated or admin password in the operator's log.
+    let logs = env.operator.logs();
+    for secret in [&pw_a, &pw_b, &pg.admin_password] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a password appears in the operator's log"
+        );
+    }
+}
+
+async fn redis_as(
+    port: u16,
+    user: &str,
+    password: &str,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+    let info = ConnectionAddr::Tcp("127.0.0.1".into(), port)
+        .into_connection_info()?
+        .set_redis_settings(
+            RedisConnectionInfo::default()
+                .set_username(user)
+                .set_password(password),
+        );
+    redis::Client::open(info)?
+        .get_multiplexed_async_connection()
+        .await
+}
+
+#[tokio::test]
+async fn redis_services_share_a_server_each_confined_to_its_key_prefix() {
+    let env = Env::new("shared-redis").await;
+    let cache = Redis::start_new();
+    // Only namespaces labelled for it may use this server.
+    let selector = json!({"from": "Selector", "selector": {"matchLabels": {"e2e.servicedb.dev/cache": "yes"}}});
+    server_of(
+        &env,
+        "shared-redis",
+        "Redis",
+        cache.port,
+        &cache.admin_user,
+        &cache.admin_password,
+        selector,
+    )
+    .await;
+    let labelled = format!("{}-b", env.ns);
+    let unlabelled = format!("{}-c", env.ns);
+    ensure_namespace(&env.client, &labelled).await;
+    ensure_namespace(&env.client, &unlabelled).await;
+    for ns in [&env.ns, &labelled] {
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client.clone())
+            .patch(
+                ns,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"metadata": {"labels": {"e2e.servicedb.dev/cache": "yes"}}})),
+            )
+            .await
+            .expect("label namespace");
+    }
+    place_of(
+        &env.client,
+        &env.ns,
+        "cart",
+        "Redis",
+        "shared-redis",
+        &env.ns,
+        "Retain",
+    )
+    .await;
+    place_of(
+        &env.client,
+        &labelled,
+        "cart",
+        "Redis",
+        "shared-redis",
+        &env.ns,
+        "Delete",
+    )
+    .await;
+    place_of(
+        &env.client,
+        &unlabelled,
+        "cart",
+        "Redis",
+        "shared-redis",
+        &env.ns,
+        "Delete",
+    )
+    .await;
+
+    let here: Api<ServiceDatabase> = env.api();
+    let there: Api<ServiceDatabase> = Api::namespaced(env.client.clone(), &labelled);
+    let outside: Api<ServiceDatabase> = Api::namespaced(env.client.clone(), &unlabelled);
+    wait_phase(&here, "cart", Phase::Ready).await;
+    wait_phase(&there, "cart", Phase::Ready).await;
+    let refused = wait_phase(&outside, "cart", Phase::Failed).await;
+    let cond = refused
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "SpecValid")
+        .expect("SpecValid");
+    assert_eq!(cond.reason, "NamespaceNotAllowed", "{}", cond.message);
+
+    let mine = get_when(&env.api::<Secret>(), "cart-db").await;
+    let theirs = get_when(
+        &Api::<Secret>::namespaced(env.client.clone(), &labelled),
+        "cart-db",
+    )
+    .await;
+    let (user, password, prefix) = (
+        secret_value(&mine, "username"),
+        secret_value(&mine, "password"),
+        secret_value(&mine, "keyPrefix"),
+    );
+    let (their_user, their_password, their_prefix) = (
+        secret_value(&theirs, "username"),
+        secret_value(&theirs, "password"),
+        secret_value(&theirs, "keyPrefix"),
+    );
+    assert_ne!(prefix, their_prefix);
+    assert!(secret_value(&mine, "REDIS_URL").starts_with(&format!("redis://{user}:")));
+
+    let mut conn = redis_as(cache.port, &user, &password)
+        .await
+        .expect("the service logs in with its Secret");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{prefix}1"))
+        .arg("apples")
+        .query_async(&mut conn)
+        .await
+        .expect("writes its keys");
+    let got: String = redis::cmd("GET")
+        .arg(format!("{prefix}1"))
+        .query_async(&mut conn)
+        .await
+        .expect("reads its keys");
+    assert_eq!(got, "apples");
+    let mut theirs_conn = redis_as(cache.port, &their_user, &their_password)
+        .await
+        .expect("the other service logs in");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{their_prefix}1"))
+        .arg("pears")
+        .query_async(&mut theirs_conn)
+        .await
+        .expect("its own keys");
+    for (what, cmd) in [
+        (
+            "another service's key",
+            redis::cmd("GET").arg(format!("{their_prefix}1")).clone(),
+        ),
+        ("FLUSHALL", redis::cmd("FLUSHALL").clone()),
+        ("CONFIG", redis::cmd("CONFIG").arg("GET").arg("*").clone()),
+        ("KEYS", redis::cmd("KEYS").arg("*").clone()),
+    ] {
+        let err = cmd
+            .query_async::<redis::Value>(&mut conn)
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Some("NOPERM"), "{what}: {err}");
+    }
+
+    // Delete removes the login and the keys; Retain keeps them.
+    there
+        .delete("cart", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(
+        "the Delete cart to be gone",
+        Duration::from_secs(30),
+        || async { there.get_opt("cart").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    assert!(
+        redis_as(cache.port, &their_user, &their_password)
+            .await
+            .is_err(),
+        "the deleted service's login is gone"
+    );
+    let mut admin = redis_as(cache.port, &cache.admin_user, &cache.admin_password)
+        .await
+        .expect("admin");
+    let left: Option<String> = redis::cmd("GET")
+        .arg(format!("{their_prefix}1"))
+        .query_async(&mut admin)
+        .await
+        .expect("get");
+    assert_eq!(left, None, "its keys are gone");
+    let kept: Option<String> = redis::cmd("GET")
+        .arg(format!("{prefix}1"))
+        .query_async(&mut admin)
+        .await
+        .expect("get");
+    assert_eq!(
+        kept.as_deref(),
+        Some("apples"),
+        "the other service's keys are untouched"
+    );
+
+    let logs = env.operator.logs();
+    for secret in [&password, &their_password, &cache.admin_password] {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a password appears in the operator's log"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_shared_server_examples_are_accepted_and_explain_what_is_missing() {
+    let env = Env::new("shared-examples").await;
+    ensure_namespace(&env.client, "platform-db").await;
+    // platform-db is a fixed name: start from no admin Secret even on a
+    // control plane an earlier run used.
+    let _ = Api::<Secret>::namespaced(env.client.clone(), "platform-db")
+        .delete("shared-pg-admin", &DeleteParams::default())
+        .await;
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/shared");
+    apply_manifest(&env.client, &env.ns, &dir.join("database-server.yaml")).await;
+    apply_manifest(
+        &env.client,
+        &env.ns,
+        &dir.join("invoices-on-shared-server.yaml"),
+    )
+    .await;
+    let sdbs: Api<ServiceDatabase> = env.api();
+
+    // No admin Secret yet: the condition names the field and the Secret.
+    let failed = wait_phase(&sdbs, "invoices", Phase::Failed).await;
+    let cond = failed
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "SpecValid")
+        .expect("SpecValid");
+    assert_eq!(cond.reason, "ServerCredentialsMissing");
+    assert!(
+        cond.message.contains("spec.serverRef") && cond.message.contains("shared-pg-admin"),
+        "{}",
+        cond.message
+    );
+
+    // With the Secret, the (here unresolvable) server is what is missing.
+    let admin = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shared-pg-admin"},
+        "stringData": {"username": "admin", "password": "not-a-real-password"}});
+    Api::<Secret>::namespaced(env.client.clone(), "platform-db")
+        .patch(
+            "shared-pg-admin",
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&admin),
+        )
+        .await
+        .expect("admin secret");
+    sdbs.patch(
+        "invoices",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"annotations": {"e2e/poke": "1"}}})),
+    )
+    .await
+    .expect("poke");
+    let waiting = wait_for("ServerUnavailable", Duration::from_secs(60), || async {
+        let s = sdbs.get("invoices").await.ok()?;
+        let c = s
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "InstanceReady")?;
+        (c.reason == "ServerUnavailable").then_some(c)
+    })
+    .await;
+    assert!(
+        waiting.message.contains("platform-db/shared-pg"),
+        "{}",
+        waiting.message
+    );
+    assert!(!waiting.message.contains("not-a-real-password"));
+    assert!(
+        get_opt_secret(&env, "invoices-db").await.is_none(),
+        "no Secret before the login exists"
+    );
+}
+
+async fn get_opt_secret(env: &Env, name: &str) -> Option<Secret> {
+    env.api::<Secret>().get_opt(name).await.expect("get")
+}

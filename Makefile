@@ -67,7 +67,8 @@ STATIC_BIN := $(or $(CARGO_TARGET_DIR),target)/x86_64-unknown-linux-gnu/release/
 ## static: the statically linked binary for the operator and engine images.
 static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --locked --release --target x86_64-unknown-linux-gnu
-	@file $(STATIC_BIN) | tee /dev/stderr | grep -q 'static' || { echo "$(STATIC_BIN) is not statically linked" >&2; exit 1; }
+	@file $(STATIC_BIN)
+	@file $(STATIC_BIN) | grep -q 'static' || { echo "$(STATIC_BIN) is not statically linked" >&2; exit 1; }
 
 ## engine-static: the engine tests against the statically linked binary.
 engine-static: static

@@ -42,3 +42,50 @@ impl Context {
         }
     }
 }
+
+/// Writes `status` with server-side apply when it differs from `previous`;
+/// an unchanged status costs no request. Returns whether it wrote.
+pub async fn write_status<K, S>(
+    client: &Client,
+    obj: &K,
+    previous: &S,
+    status: &S,
+) -> Result<bool, kube::Error>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    S: serde::Serialize + PartialEq,
+{
+    use kube::ResourceExt;
+    use kube::api::{Patch, PatchParams};
+    if previous == status {
+        return Ok(false);
+    }
+    let api: kube::Api<K> =
+        kube::Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(crate::build::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Records an Event. Best effort: failing to record one never fails a reconcile.
+pub async fn publish(
+    recorder: &Recorder,
+    event: &kube::runtime::events::Event,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+) {
+    if let Err(e) = recorder.publish(event, reference).await {
+        tracing::warn!(error = %e, "recording an Event failed");
+    }
+}

@@ -348,9 +348,7 @@ async fn report(result: RunResult, ctx: &Context) {
                 action: "Reconcile".into(),
                 secondary: None,
             };
-            if let Err(e) = ctx.recorder.publish(&event, &(*obj).into()).await {
-                tracing::warn!(error = %e, "recording an Event failed");
-            }
+            crate::controller::publish(&ctx.recorder, &event, &(*obj).into()).await;
         }
         Err(e) => tracing::warn!(controller = CONTROLLER, error = %e, "controller error"),
     }

@@ -4,16 +4,14 @@
 //! written only when it changed.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 
 use super::probe::ProbeError;
 use super::validate::Invalid;
 use crate::api::DatabaseServer;
 use crate::api::conditions::{Observed, merge};
 use crate::api::database_server::DatabaseServerStatus;
-use crate::build::FIELD_MANAGER;
 
 /// Condition types of a `DatabaseServer`.
 pub mod types {
@@ -104,29 +102,15 @@ pub async fn update(
     status: DatabaseServerStatus,
 ) -> Result<(), Error> {
     let previous = server.status.clone().unwrap_or_default();
-    if previous == status {
+    if !crate::controller::write_status(client, server, &previous, &status)
+        .await
+        .map_err(Error::Patch)?
+    {
         return Ok(());
     }
-    let api: Api<DatabaseServer> =
-        Api::namespaced(client.clone(), &server.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": "servicedb.dev/v1alpha1",
-        "kind": "DatabaseServer",
-        "status": status,
-    });
-    api.patch_status(
-        &server.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Patch)?;
 
     if let Some(event) = transition(&previous, &status) {
-        // An Event is best effort: failing to record one must not fail the reconcile.
-        if let Err(e) = recorder.publish(&event, &server.object_ref(&())).await {
-            tracing::warn!(error = %e, "recording an Event failed");
-        }
+        crate::controller::publish(recorder, &event, &server.object_ref(&())).await;
     }
     Ok(())
 }

@@ -237,9 +237,7 @@ async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> 
                 action: "Delete".into(),
                 secondary: None,
             };
-            if let Err(e) = ctx.recorder.publish(&event, &sdb.object_ref(&())).await {
-                tracing::warn!(error = %e, "recording an Event failed");
-            }
+            crate::controller::publish(&ctx.recorder, &event, &sdb.object_ref(&())).await;
             apply::cleanup::retain(&ctx.client, &namespace, &name).await?
         }
     }
@@ -351,9 +349,7 @@ async fn report(result: RunResult, ctx: &Context) {
                 action: "Reconcile".into(),
                 secondary: None,
             };
-            if let Err(e) = ctx.recorder.publish(&event, &(*obj).into()).await {
-                tracing::warn!(error = %e, "recording an Event failed");
-            }
+            crate::controller::publish(&ctx.recorder, &event, &(*obj).into()).await;
         }
         Err(e) => tracing::warn!(error = %e, "controller error"),
     }

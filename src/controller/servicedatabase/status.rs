@@ -3,15 +3,13 @@
 //! written only when it changed.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 
 use super::validate::{Invalid, ValidatedDatabase};
 use crate::api::conditions::{Observed, merge, types};
 use crate::api::service_database::Endpoint;
 use crate::api::{Phase, ServiceDatabase, ServiceDatabaseStatus};
-use crate::build::FIELD_MANAGER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -191,23 +189,12 @@ pub async fn update(
     invalid: Option<&Invalid>,
 ) -> Result<(), Error> {
     let previous = sdb.status.clone().unwrap_or_default();
-    if previous == status {
+    if !crate::controller::write_status(client, sdb, &previous, &status)
+        .await
+        .map_err(Error::Patch)?
+    {
         return Ok(());
     }
-    let api: Api<ServiceDatabase> =
-        Api::namespaced(client.clone(), &sdb.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": "servicedb.dev/v1alpha1",
-        "kind": "ServiceDatabase",
-        "status": status,
-    });
-    api.patch_status(
-        &sdb.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::Patch)?;
 
     let reason_changed = |t: &str| {
         let find = |s: &ServiceDatabaseStatus| {
@@ -240,10 +227,7 @@ pub async fn update(
         _ => None,
     };
     if let Some(event) = event {
-        // An Event is best effort: failing to record one must not fail the reconcile.
-        if let Err(e) = recorder.publish(&event, &sdb.object_ref(&())).await {
-            tracing::warn!(error = %e, "recording an Event failed");
-        }
+        crate::controller::publish(recorder, &event, &sdb.object_ref(&())).await;
     }
     Ok(())
 }

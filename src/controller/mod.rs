@@ -89,3 +89,56 @@ pub async fn publish(
         tracing::warn!(error = %e, "recording an Event failed");
     }
 }
+
+/// What a controller's error tells the shared outcome reporting.
+pub trait ReconcileError: std::error::Error + Send + Sync + 'static {
+    /// Stable category for metrics and logs.
+    fn category(&self) -> &'static str;
+    /// Event reason when the failure is reported as an Event.
+    fn reason(&self) -> &'static str;
+    /// Whether the status step already told the user (condition and Event):
+    /// then the failure is only logged.
+    fn is_reported(&self) -> bool;
+}
+
+/// Logs each outcome of a controller's stream and turns failures the status
+/// did not report into Warning Events on the object.
+pub async fn report<K, E>(
+    controller: &'static str,
+    result: Result<
+        (
+            kube::runtime::reflector::ObjectRef<K>,
+            kube::runtime::controller::Action,
+        ),
+        kube::runtime::controller::Error<E, kube::runtime::watcher::Error>,
+    >,
+    ctx: &Context,
+) where
+    K: kube::Resource,
+    E: ReconcileError,
+{
+    use kube::runtime::controller::Error as C;
+    match result {
+        Ok((obj, _)) => {
+            tracing::debug!(controller, namespace = obj.namespace.as_deref().unwrap_or(""), object = %obj.name, "reconciled")
+        }
+        Err(C::ReconcilerFailed(error, obj)) => {
+            let (category, namespace) = (error.category(), obj.namespace.as_deref().unwrap_or(""));
+            if error.is_reported() {
+                tracing::info!(controller, namespace, object = %obj.name, category, error = %error, "reported in the status");
+                return;
+            }
+            tracing::warn!(controller, namespace, object = %obj.name, category, error = %error, "reconcile failed");
+            let event = kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Warning,
+                reason: error.reason().into(),
+                // Events hold at most 1 kB of note.
+                note: Some(error.to_string().chars().take(1000).collect()),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            publish(&ctx.recorder, &event, &(*obj).into()).await;
+        }
+        Err(e) => tracing::warn!(controller, error = %e, "controller error"),
+    }
+}

@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
@@ -60,6 +59,18 @@ pub enum Error {
     Unreachable(ProbeError),
     #[error(transparent)]
     Status(#[from] status::Error),
+}
+
+impl super::ReconcileError for Error {
+    fn category(&self) -> &'static str {
+        Error::category(self)
+    }
+    fn reason(&self) -> &'static str {
+        Error::reason(self)
+    }
+    fn is_reported(&self) -> bool {
+        Error::is_reported(self)
+    }
 }
 
 impl Error {
@@ -316,42 +327,9 @@ pub async fn run_with(
     .run(reconcile, error_policy, state)
     .for_each(|result| {
         let ctx = ctx.clone();
-        async move { report(result, &ctx).await }
+        async move { super::report(CONTROLLER, result, &ctx).await }
     })
     .await;
-}
-
-type RunResult = Result<
-    (ObjectRef<DatabaseServer>, Action),
-    kube::runtime::controller::Error<Error, watcher::Error>,
->;
-
-/// Logs each outcome and turns failures the status did not report into Events.
-async fn report(result: RunResult, ctx: &Context) {
-    use kube::runtime::controller::Error as C;
-    match result {
-        Ok((obj, _)) => {
-            tracing::debug!(controller = CONTROLLER, namespace = obj.namespace.as_deref().unwrap_or(""), object = %obj.name, "reconciled")
-        }
-        Err(C::ReconcilerFailed(error, obj)) => {
-            let category = error.category();
-            let namespace = obj.namespace.as_deref().unwrap_or("");
-            if error.is_reported() {
-                tracing::info!(controller = CONTROLLER, namespace, object = %obj.name, category, error = %error, "server not ready");
-                return;
-            }
-            tracing::warn!(controller = CONTROLLER, namespace, object = %obj.name, category, error = %error, "reconcile failed");
-            let event = KubeEvent {
-                type_: EventType::Warning,
-                reason: error.reason().into(),
-                note: Some(error.to_string().chars().take(1000).collect()),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            crate::controller::publish(&ctx.recorder, &event, &(*obj).into()).await;
-        }
-        Err(e) => tracing::warn!(controller = CONTROLLER, error = %e, "controller error"),
-    }
 }
 
 #[cfg(test)]

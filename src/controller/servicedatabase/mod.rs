@@ -58,6 +58,19 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
+impl super::ReconcileError for Error {
+    fn category(&self) -> &'static str {
+        Error::category(self)
+    }
+    fn reason(&self) -> &'static str {
+        Error::reason(self)
+    }
+    fn is_reported(&self) -> bool {
+        // An invalid spec is a condition and an Event already.
+        self.is_invalid_input()
+    }
+}
+
 impl Error {
     /// Stable category for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
@@ -317,53 +330,9 @@ pub async fn run(
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| {
             let ctx = ctx.clone();
-            async move { report(result, &ctx).await }
+            async move { super::report(CONTROLLER, result, &ctx).await }
         })
         .await;
-}
-
-type RunResult = Result<
-    (ObjectRef<ServiceDatabase>, Action),
-    kube::runtime::controller::Error<Error, watcher::Error>,
->;
-
-/// Logs each outcome and turns failures into Events on the object.
-async fn report(result: RunResult, ctx: &Context) {
-    use kube::runtime::controller::Error as C;
-    match result {
-        Ok((obj, _)) => {
-            tracing::debug!(namespace = obj.namespace.as_deref().unwrap_or(""), object = %obj.name, "reconciled")
-        }
-        Err(C::ReconcilerFailed(error, obj)) => {
-            let category = error.category();
-            if error.is_invalid_input() {
-                // The status step already recorded a specific Event.
-                tracing::info!(namespace = obj.namespace.as_deref().unwrap_or(""), object = %obj.name, category, error = %error, "spec needs a change");
-                return;
-            }
-            tracing::warn!(namespace = obj.namespace.as_deref().unwrap_or(""), object = %obj.name, category, error = %error, "reconcile failed");
-            let event = KubeEvent {
-                type_: EventType::Warning,
-                reason: error.reason().into(),
-                note: Some(truncate(&error.to_string(), 1000)),
-                action: "Reconcile".into(),
-                secondary: None,
-            };
-            crate::controller::publish(&ctx.recorder, &event, &(*obj).into()).await;
-        }
-        Err(e) => tracing::warn!(error = %e, "controller error"),
-    }
-}
-
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 fn jiff_now() -> k8s_openapi::jiff::Timestamp {

@@ -19,7 +19,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -81,13 +81,6 @@ fn random(len: usize) -> String {
     Alphanumeric.sample_string(&mut rand::rng(), len)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("an ephemeral port")
-}
-
 fn wait_for_port(port: u16, child: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -115,7 +108,7 @@ struct FerretDb {
 impl FerretDb {
     fn start() -> FerretDb {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
+        let port = common::free_port();
         let root_password = random(24);
         let log = std::fs::File::create(dir.path().join("ferretdb.log")).expect("log file");
         let mut child = Command::new(ferretdb())
@@ -421,8 +414,13 @@ async fn login_failures_are_categorised_without_the_password() {
         .expect_err("usersInfo needs a login");
     assert_eq!(error.category(), "permission_denied", "{error}");
     // Nothing listening at all.
-    let closed = users::direct_client("127.0.0.1", free_port(), None, Duration::from_millis(500))
-        .expect("client");
+    let closed = users::direct_client(
+        "127.0.0.1",
+        common::free_port(),
+        None,
+        Duration::from_millis(500),
+    )
+    .expect("client");
     let error = users::hello(&closed).await.expect_err("nothing there");
     assert_eq!(error.category(), "connection", "{error}");
 }
@@ -452,8 +450,8 @@ impl Instance {
         let instance = Instance {
             root,
             user,
-            port: free_port(),
-            status_port: free_port(),
+            port: common::free_port(),
+            status_port: common::free_port(),
             admin_password: random(24),
         };
         for dir in ["data", "bin", "admin", "app"] {

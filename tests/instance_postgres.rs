@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -31,21 +31,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 fn random(len: usize) -> String {
     Alphanumeric.sample_string(&mut rand::rng(), len)
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn postgres_user() -> User {
-    match User::from_name("postgres") {
-        Ok(Some(user)) => user,
-        other => panic!(
-            "these tests run the instance manager as the `postgres` system user (PostgreSQL \
-             refuses root), but it was not found ({other:?}); install postgresql-15"
-        ),
-    }
 }
 
 #[derive(Clone)]
@@ -74,23 +59,13 @@ impl Fixture {
             Path::new(PG_BIN).join("postgres").exists(),
             "PostgreSQL 15 binaries not found in {PG_BIN}; install postgresql-15"
         );
-        let user = postgres_user();
-        // Short path: the server's socket path must stay under 108 bytes.
-        let root = tempfile::Builder::new()
-            .prefix("sdb")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        std::os::unix::fs::chown(
-            root.path(),
-            Some(user.uid.as_raw()),
-            Some(user.gid.as_raw()),
-        )
-        .expect("chown the test directory to postgres");
+        let user = common::system_user("postgres", "postgresql-15");
+        let root = common::owned_tempdir("sdb", &user);
         let fixture = Fixture {
             root,
             user,
-            pg_port: free_port(),
-            status_port: free_port(),
+            pg_port: common::free_port(),
+            status_port: common::free_port(),
             admin_user: "postgres".to_owned(),
             admin_password: random(24),
             service: Service {
@@ -840,7 +815,7 @@ fn refuses_to_run_as_root() {
         .args(["instance", "--engine", "postgres", "--bin-dir", PG_BIN])
         .arg("--data-dir")
         .arg(root.path().join("data"))
-        .args(["--status-port", &free_port().to_string()])
+        .args(["--status-port", &common::free_port().to_string()])
         .output()
         .expect("run servicedb instance");
     assert!(!output.status.success());

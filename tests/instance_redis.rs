@@ -37,13 +37,6 @@ fn random(len: usize) -> String {
     Alphanumeric.sample_string(&mut rand::rng(), len)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("an ephemeral port")
-        .port()
-}
-
 /// A volume, two mounted Secrets and two ports; they outlive each
 /// instance manager process so that a restart finds the same data.
 struct Fixture {
@@ -60,26 +53,13 @@ impl Fixture {
             Path::new(REDIS_BIN_DIR).join("redis-server").exists(),
             "redis-server not found in {REDIS_BIN_DIR}; install the redis-server package"
         );
-        let redis_user = match User::from_name("redis") {
-            Ok(Some(user)) => user,
-            other => panic!("the `redis` system user is missing ({other:?}); install redis-server"),
-        };
-        // Short: the server's socket path must stay under 108 bytes.
-        let root = tempfile::Builder::new()
-            .prefix("sdbr")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        std::os::unix::fs::chown(
-            root.path(),
-            Some(redis_user.uid.as_raw()),
-            Some(redis_user.gid.as_raw()),
-        )
-        .expect("chown the volume to redis");
+        let redis_user = common::system_user("redis", "redis-server");
+        let root = common::owned_tempdir("sdbr", &redis_user);
         let fixture = Fixture {
             root,
             redis_user,
-            port: free_port(),
-            status_port: free_port(),
+            port: common::free_port(),
+            status_port: common::free_port(),
             secret_version: AtomicU32::new(0),
         };
         fixture.set_admin_password(admin_password);
@@ -1033,7 +1013,7 @@ fn refuses_to_run_as_root() {
         .args(["instance", "--engine", "redis", "--port", "0"])
         .arg("--data-dir")
         .arg(root.path().join("data"))
-        .args(["--status-port", &free_port().to_string()])
+        .args(["--status-port", &common::free_port().to_string()])
         .output()
         .expect("run servicedb instance");
     assert!(!output.status.success());

@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 /// user cannot enter (CI builds under `~/.cache`). As in a pod, where an init
 /// container copies the binary, the tests place it somewhere readable: a hard
 /// link when the filesystem allows, else a copy.
+#[allow(dead_code)] // each test crate uses a subset of these helpers
 pub fn servicedb_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -35,4 +36,38 @@ pub fn servicedb_binary() -> PathBuf {
         target
     })
     .clone()
+}
+
+/// A free TCP port on the loopback interface.
+#[allow(dead_code)] // each test crate uses a subset of these helpers
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
+/// The system user an engine runs as (the instance manager and the servers
+/// refuse root), created by the engine's Debian package.
+#[allow(dead_code)] // each test crate uses a subset of these helpers
+pub fn system_user(name: &str, package: &str) -> nix::unistd::User {
+    match nix::unistd::User::from_name(name) {
+        Ok(Some(user)) => user,
+        other => panic!(
+            "the tests run the server as the `{name}` system user, which was not found ({other:?}); install {package}"
+        ),
+    }
+}
+
+/// A directory under /tmp (short: a server's socket path must stay under 108
+/// bytes) owned by `user`, removed when dropped.
+#[allow(dead_code)] // each test crate uses a subset of these helpers
+pub fn owned_tempdir(prefix: &str, user: &nix::unistd::User) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    std::os::unix::fs::chown(dir.path(), Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+        .expect("chown the test directory");
+    dir
 }

@@ -7,6 +7,8 @@
 //! where needed: they patch a StatefulSet's status to report ready replicas
 //! and create the PVCs a StatefulSet controller would.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod harness;
 mod servers;
 

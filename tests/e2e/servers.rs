@@ -18,6 +18,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 use rand::distr::{Alphanumeric, SampleString};
 
+use crate::common::{owned_tempdir, system_user};
 use crate::harness::free_port;
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -27,27 +28,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A random alphanumeric password.
 pub fn random_password() -> String {
     Alphanumeric.sample_string(&mut rand::rng(), 24)
-}
-
-fn system_user(name: &str, package: &str) -> User {
-    match User::from_name(name) {
-        Ok(Some(user)) => user,
-        other => panic!(
-            "the e2e tests run {package} as the `{name}` system user, which was not found ({other:?}); install {package}"
-        ),
-    }
-}
-
-/// A directory under /tmp (short: PostgreSQL's socket path must stay under
-/// 108 bytes) owned by `user`.
-fn owned_tempdir(prefix: &str, user: &User) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir_in("/tmp")
-        .expect("tempdir");
-    std::os::unix::fs::chown(dir.path(), Some(user.uid.as_raw()), Some(user.gid.as_raw()))
-        .expect("chown the server directory");
-    dir
 }
 
 fn write_owned(path: &Path, content: &str, user: &User) {

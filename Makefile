@@ -10,7 +10,7 @@ TESTENV_DIR ?= $(HOME)/.cache/servicedb/testenv-e2e
 RUN_DIR ?= $(HOME)/.cache/servicedb/testenv-run
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/servicedb
 
-.PHONY: build crds check-crds lint unit engine engine-static e2e test run stop testenv-up testenv-down static clean
+.PHONY: build crds check-crds lint unit engine engine-static e2e test bench run stop testenv-up testenv-down static clean
 
 build:
 	$(CARGO) build --locked
@@ -48,6 +48,11 @@ e2e: build
 	hack/e2e.sh
 
 test: unit engine e2e
+
+## bench: provisioning time of many databases on shared servers (figures,
+## not pass/fail).
+bench:
+	hack/bench.sh
 
 ## run: the operator against the current cluster, or a local control plane.
 run: build

@@ -20,8 +20,10 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 use rand::distr::{Alphanumeric, SampleString};
+use servicedb::engine::logins::{self, Login, Logins};
 use servicedb::engine::postgres_users::{
-    Outcome, ServiceUser, drop_service_database, ensure_service_database, set_password,
+    Outcome, ServiceUser, drop_service_database, drop_service_schema, ensure_schema_database,
+    ensure_service_database, ensure_service_logins, ensure_service_schema, set_password,
 };
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
@@ -112,6 +114,10 @@ impl Fixture {
         );
     }
 
+    fn write_app_secret_entries(&self, entries: &[(&str, &str)]) {
+        self.write_secret(&self.app_dir(), entries);
+    }
+
     fn write_app_secret(&self, password: &str) {
         let s = &self.service;
         self.write_secret(
@@ -168,6 +174,7 @@ impl Fixture {
             .arg("--app-secret-dir")
             .arg(self.app_dir())
             .args(["--port", &self.pg_port.to_string()])
+            .args(["--service-owner", &self.service.role])
             .args(["--listen-address", "127.0.0.1"])
             .args(["--status-port", &self.status_port.to_string()])
             .args(["--bin-dir", PG_BIN])
@@ -191,6 +198,14 @@ impl Fixture {
 
     async fn connect_admin(&self, password: &str) -> Result<Client, tokio_postgres::Error> {
         connect(self.pg_port, &self.admin_user, password, "postgres").await
+    }
+
+    async fn connect_admin_to(
+        &self,
+        password: &str,
+        database: &str,
+    ) -> Result<Client, tokio_postgres::Error> {
+        connect(self.pg_port, &self.admin_user, password, database).await
     }
 
     fn postmaster_pid(&self) -> Option<i32> {
@@ -802,6 +817,274 @@ async fn user_library_repairs_drift_and_drops() {
         .await
         .expect("inspect");
     assert!(!gone.get::<_, bool>(0) && !gone.get::<_, bool>(1));
+    assert_eq!(process.terminate().code(), Some(0));
+}
+
+/// Rotation through the library, as the operator does it on a shared
+/// server: the twin login acts as the owner, both logins work during the
+/// grace period, the retired one cannot log in afterwards, and dropping the
+/// database drops both.
+#[tokio::test(flavor = "multi_thread")]
+async fn logins_rotate_through_the_owner_and_its_twin() {
+    let fixture = Fixture::new();
+    let mut process = fixture.start();
+    process.wait_ready(&fixture).await;
+    let admin = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect("admin logs in");
+    let (owner, db) = ("svc_rot", "svc_rot");
+    let twin = logins::twin(owner);
+    let step0 = Logins::single(Login::new(owner, "first password"));
+    ensure_service_logins(&admin, owner, db, &step0)
+        .await
+        .expect("create");
+    let a = connect(fixture.pg_port, owner, "first password", db)
+        .await
+        .expect("owner");
+    a.batch_execute("CREATE TABLE t (id int); INSERT INTO t VALUES (1)")
+        .await
+        .expect("write");
+
+    // Steps 1 and 2: the twin is made, then both work.
+    let step2 = Logins {
+        current: Login::new(&twin, "second password"),
+        next: None,
+        previous: Some(Login::new(owner, "first password")),
+    };
+    let made = ensure_service_logins(&admin, owner, db, &step2)
+        .await
+        .expect("rotate");
+    assert!(made.role_created, "{made:?}");
+    assert_eq!(
+        ensure_service_logins(&admin, owner, db, &step2)
+            .await
+            .expect("repeat"),
+        Outcome::default(),
+        "a repeat writes nothing"
+    );
+    let b = connect(fixture.pg_port, &twin, "second password", db)
+        .await
+        .expect("twin");
+    b.batch_execute("INSERT INTO t VALUES (2); CREATE TABLE u (id int)")
+        .await
+        .expect("twin writes");
+    let row = b
+        .query_one("SELECT current_user::text, (SELECT tableowner::text FROM pg_tables WHERE tablename = 'u'), \
+                    (SELECT rolsuper FROM pg_roles WHERE rolname = session_user)", &[])
+        .await
+        .expect("who");
+    assert_eq!(
+        row.get::<_, String>(0),
+        owner,
+        "the twin's sessions run as the owner"
+    );
+    assert_eq!(
+        row.get::<_, String>(1),
+        owner,
+        "its tables belong to the owner"
+    );
+    assert!(!row.get::<_, bool>(2), "the twin is no superuser");
+    connect(fixture.pg_port, owner, "first password", db)
+        .await
+        .expect("old still works");
+
+    // Step 3: the owner login is retired; open sessions carry on.
+    let step3 = Logins::single(Login::new(&twin, "second password"));
+    ensure_service_logins(&admin, owner, db, &step3)
+        .await
+        .expect("retire");
+    let refused = connect(fixture.pg_port, owner, "first password", db)
+        .await
+        .expect_err("retired");
+    assert!(
+        db_message(&refused).contains("not permitted to log in"),
+        "{refused:?}"
+    );
+    a.query_one("SELECT count(*) FROM t", &[])
+        .await
+        .expect("open session lives on");
+    // The next rotation goes back to the owner with a fresh password.
+    let step4 = Logins {
+        current: Login::new(owner, "third password"),
+        next: None,
+        previous: Some(Login::new(&twin, "second password")),
+    };
+    ensure_service_logins(&admin, owner, db, &step4)
+        .await
+        .expect("again");
+    connect(fixture.pg_port, owner, "third password", db)
+        .await
+        .expect("owner is back");
+    // A twin someone made a superuser by hand is repaired.
+    admin
+        .batch_execute(&format!("ALTER ROLE \"{twin}\" SUPERUSER"))
+        .await
+        .expect("drift");
+    let fixed = ensure_service_logins(&admin, owner, db, &step4)
+        .await
+        .expect("repair");
+    assert!(fixed.role_attributes_fixed, "{fixed:?}");
+
+    let user = ServiceUser {
+        role: owner.into(),
+        password: String::new(),
+        database: db.into(),
+    };
+    drop(a);
+    drop(b);
+    drop_service_database(&admin, &user).await.expect("drop");
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ($1, $2)",
+            &[&owner, &twin],
+        )
+        .await
+        .expect("roles")
+        .get(0);
+    assert_eq!(left, 0, "both logins are gone");
+    assert_eq!(process.terminate().code(), Some(0));
+}
+
+/// `isolation: Schema`: one shared database, a schema per service owned by
+/// its role, nothing else reachable.
+#[tokio::test(flavor = "multi_thread")]
+async fn schemas_isolate_services_in_one_database() {
+    let fixture = Fixture::new();
+    let mut process = fixture.start();
+    process.wait_ready(&fixture).await;
+    let admin = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect("admin logs in");
+    let shared_db = "services";
+    assert!(ensure_schema_database(&admin, shared_db).await.expect("db"));
+    assert!(
+        !ensure_schema_database(&admin, shared_db)
+            .await
+            .expect("again")
+    );
+    let shared = fixture
+        .connect_admin_to(&fixture.admin_password, shared_db)
+        .await
+        .expect("admin in shared db");
+    for (svc, pw) in [("svc_a", "password a"), ("svc_b", "password b")] {
+        ensure_service_schema(
+            &admin,
+            &shared,
+            svc,
+            shared_db,
+            &Logins::single(Login::new(svc, pw)),
+        )
+        .await
+        .expect("schema");
+    }
+    assert_eq!(
+        ensure_service_schema(
+            &admin,
+            &shared,
+            "svc_a",
+            shared_db,
+            &Logins::single(Login::new("svc_a", "password a"))
+        )
+        .await
+        .expect("repeat"),
+        Outcome::default()
+    );
+    let a = connect(fixture.pg_port, "svc_a", "password a", shared_db)
+        .await
+        .expect("a");
+    let b = connect(fixture.pg_port, "svc_b", "password b", shared_db)
+        .await
+        .expect("b");
+    a.batch_execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (1)")
+        .await
+        .expect("a writes");
+    b.batch_execute("CREATE TABLE invoices (id int)")
+        .await
+        .expect("b writes");
+    for (client, sql) in [
+        (&b, "SELECT * FROM svc_a.orders"),
+        (&a, "SELECT * FROM svc_b.invoices"),
+        (&a, "CREATE TABLE public.x (id int)"),
+        (&a, "CREATE TABLE svc_b.x (id int)"),
+        (&a, "CREATE SCHEMA mine"),
+    ] {
+        let err = client.batch_execute(sql).await.expect_err(sql);
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{sql}: {err:?}"
+        );
+    }
+    drop(b);
+    drop_service_schema(&admin, &shared, "svc_b")
+        .await
+        .expect("drop");
+    drop_service_schema(&admin, &shared, "svc_b")
+        .await
+        .expect("drop again converges");
+    let (schemas, roles): (i64, i64) = {
+        let row = shared
+            .query_one(
+                "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'svc_b'), \
+                               (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'svc_b%')",
+                &[],
+            )
+            .await
+            .expect("inspect");
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((schemas, roles), (0, 0));
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("a reads")
+        .get(0);
+    assert_eq!(n, 1, "the other service is untouched");
+    assert_eq!(process.terminate().code(), Some(0));
+}
+
+/// The instance manager applies a rotation written into the app Secret:
+/// the next login is made before the switch, the previous one is retired
+/// once it leaves the Secret.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_instance_manager_applies_a_rotation_from_the_secret() {
+    let fixture = Fixture::new();
+    let mut process = fixture.start();
+    process.wait_ready(&fixture).await;
+    let s = &fixture.service;
+    let twin = logins::twin(&s.role);
+    fixture.write_app_secret_entries(&[
+        ("username", &s.role),
+        ("password", &s.password),
+        ("next-username", &twin),
+        ("next-password", "the next one"),
+        ("database", &s.database),
+    ]);
+    eventually("the next login to work", &process, || async {
+        connect(fixture.pg_port, &twin, "the next one", &s.database)
+            .await
+            .ok()
+    })
+    .await;
+    connect(fixture.pg_port, &s.role, &s.password, &s.database)
+        .await
+        .expect("current still works");
+    fixture.write_app_secret_entries(&[
+        ("username", &twin),
+        ("password", "the next one"),
+        ("database", &s.database),
+    ]);
+    eventually("the previous login to be retired", &process, || async {
+        connect(fixture.pg_port, &s.role, &s.password, &s.database)
+            .await
+            .err()
+    })
+    .await;
+    connect(fixture.pg_port, &twin, "the next one", &s.database)
+        .await
+        .expect("the new login");
     assert_eq!(process.terminate().code(), Some(0));
 }
 

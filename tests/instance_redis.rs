@@ -713,6 +713,59 @@ async fn applies_changed_passwords_without_restarting_redis() {
     assert_eq!(manager.terminate().await.code(), Some(0));
 }
 
+/// A rotation in the app Secret: during the grace period the user accepts
+/// the previous password too (one ACL user, two passwords, saved to the ACL
+/// file); once `previous-password` leaves the Secret it is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_keeps_the_previous_password_for_the_grace_period() {
+    let (admin_pw, app_pw) = (random(24), random(24));
+    let fixture = Fixture::new(&admin_pw, &app_pw);
+    let mut manager = fixture.start();
+    manager.wait_ready(&fixture).await;
+    let new_pw = random(24);
+    fixture.publish_secret(
+        "app",
+        &[
+            ("username", SERVICE),
+            ("password", &new_pw),
+            ("previous-username", SERVICE),
+            ("previous-password", &app_pw),
+            ("keyPrefix", PREFIX),
+        ],
+    );
+    let mut conn = manager
+        .eventually("the new password", || async {
+            fixture.login(SERVICE, &new_pw).await.ok()
+        })
+        .await;
+    fixture
+        .login(SERVICE, &app_pw)
+        .await
+        .expect("the previous password works during the grace period");
+    assert_noperm(&mut conn, &["SET", "other:k", "v"]).await;
+    let acl = fixture.acl_file();
+    assert!(acl.contains(&redis_acl::password_hash(&new_pw)), "{acl}");
+    assert!(acl.contains(&redis_acl::password_hash(&app_pw)), "{acl}");
+
+    fixture.set_app_password(&new_pw);
+    manager
+        .eventually("the previous password to be refused", || async {
+            fixture.login(SERVICE, &app_pw).await.err()
+        })
+        .await;
+    fixture
+        .login(SERVICE, &new_pw)
+        .await
+        .expect("the new password");
+    assert!(
+        !fixture
+            .acl_file()
+            .contains(&redis_acl::password_hash(&app_pw))
+    );
+    manager.assert_log_free_of(&[&admin_pw, &app_pw, &new_pw]);
+    assert_eq!(manager.terminate().await.code(), Some(0));
+}
+
 /// The admin's session is gone when its Secret changes: the instance
 /// manager must log in with the password it applied last, then apply the
 /// new one.

@@ -129,12 +129,22 @@ pub struct CredentialsSpec {
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: Option<String>,
     /// Rotate the password this often (a Go duration such as `720h`, at
-    /// least `1h`). No rotation when unset. Not available in this release
-    /// (refused with reason `Unsupported`).
+    /// least `1h`). No scheduled rotation when unset; the annotation
+    /// `servicedb.dev/rotate-credentials` (any new value) rotates on demand.
+    /// A rotation switches the Secret to the service's other login with a
+    /// fresh password; the replaced login keeps working for `gracePeriod`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1h')").message("must be a duration such as 720h, at least 1h"))]
     pub rotate_every: Option<String>,
+    /// How long the replaced login keeps working after a rotation, so that
+    /// pods re-read the Secret (mounted Secrets are refreshed within about a
+    /// minute; pods that read it through `env` need a rollout). A Go duration
+    /// between `1s` and `168h`; `1h` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1s') && duration(self) <= duration('168h')").message("must be a duration between 1s and 168h, such as 1h"))]
+    pub grace_period: Option<String>,
 }
 
 /// Monitoring of the database.

@@ -50,6 +50,11 @@ pub struct DatabaseServerSpec {
     /// Which namespaces may place databases on this server.
     #[serde(default)]
     pub allowed_namespaces: AllowedNamespaces,
+    /// Postgres: the database in which isolation `Schema` gives every service
+    /// a schema of its own (created when missing); `servicedb` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub schema_database: Option<String>,
 }
 
 /// An existing server.

@@ -58,9 +58,9 @@ pub struct ServiceDatabaseSpec {
     pub owner: OwnerSpec,
 
     /// `Dedicated` (an instance of its own, the default), `Database` (own
-    /// database and user on a shared `DatabaseServer`) or `Schema` (own schema
-    /// on a shared Postgres server). Cannot be changed. This release runs
-    /// `Dedicated` only; the others are refused with reason `Unsupported`.
+    /// database, or key prefix on Redis, and login on a shared
+    /// `DatabaseServer`) or `Schema` (own schema in the server's shared
+    /// database, Postgres only). Cannot be changed.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("isolation is immutable"))]
     pub isolation: Isolation,

@@ -17,6 +17,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use crate::controller::servicedatabase::validate::ValidatedDatabase;
+use crate::engine::logins::{Login, Logins};
 
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "servicedb";
@@ -40,11 +41,27 @@ pub struct OperatorFacts {
     pub pod_labels: BTreeMap<String, String>,
 }
 
-/// Passwords, read from the existing Secrets or freshly generated.
+/// Passwords, read from the existing Secrets or freshly generated, and the
+/// service's logins as the rotation plan has them.
 #[derive(Clone)]
 pub struct Credentials {
     pub admin_password: String,
-    pub app_password: String,
+    /// What the credentials Secret lists: `username`/`password`, and the
+    /// `next-`/`previous-` logins of a rotation under way.
+    pub logins: Logins,
+    /// The rotation record kept on the credentials Secret.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Credentials {
+    /// One login under the service's own name, no rotation record.
+    pub fn single(db: &ValidatedDatabase, admin_password: &str, app_password: &str) -> Credentials {
+        Credentials {
+            admin_password: admin_password.to_string(),
+            logins: Logins::single(Login::new(db.username.clone(), app_password)),
+            annotations: BTreeMap::new(),
+        }
+    }
 }
 
 /// Every object a ServiceDatabase becomes.

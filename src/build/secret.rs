@@ -34,28 +34,53 @@ pub fn admin(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerReference
 pub fn credentials(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerReference) -> Secret {
     let host = db.host();
     let port = db.port();
+    let current = &creds.logins.current;
     let uri = db.engine_spec.uri(&Connection {
         host: &host,
         port,
         database: &db.database,
-        username: &db.username,
-        password: &creds.app_password,
+        username: &current.username,
+        password: &current.password,
     });
     let mut values = data([
         ("engine", db.engine.as_str().to_string()),
         ("host", host),
         ("port", port.to_string()),
         ("database", db.database.clone()),
-        ("username", db.username.clone()),
-        ("password", creds.app_password.clone()),
+        ("username", current.username.clone()),
+        ("password", current.password.clone()),
         (db.engine_spec.customary_variable(), uri.clone()),
         ("uri", uri),
     ]);
     for (key, value) in db.engine_spec.extra_secret_keys(&db.username) {
         values.insert(key.to_string(), ByteString(value.into_bytes()));
     }
+    if let Some(schema) = &db.schema {
+        values.insert("schema".into(), ByteString(schema.clone().into_bytes()));
+    }
+    // A rotation under way: the login being prepared, and the one that
+    // stays valid for the grace period.
+    for (prefix, login) in [
+        ("next", &creds.logins.next),
+        ("previous", &creds.logins.previous),
+    ] {
+        if let Some(login) = login {
+            values.insert(
+                format!("{prefix}-username"),
+                ByteString(login.username.clone().into_bytes()),
+            );
+            values.insert(
+                format!("{prefix}-password"),
+                ByteString(login.password.clone().into_bytes()),
+            );
+        }
+    }
+    let mut metadata = object_meta(db, db.secret_name.clone(), COMPONENT_CREDENTIALS, owner);
+    if !creds.annotations.is_empty() {
+        metadata.annotations = Some(creds.annotations.clone());
+    }
     Secret {
-        metadata: object_meta(db, db.secret_name.clone(), COMPONENT_CREDENTIALS, owner),
+        metadata,
         type_: Some("Opaque".into()),
         data: Some(values),
         ..Default::default()

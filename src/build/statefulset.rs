@@ -78,6 +78,8 @@ pub fn build(db: &ValidatedDatabase, facts: &OperatorFacts, owner: &OwnerReferen
             APP_SECRET_DIR.into(),
             "--port".into(),
             db.engine_spec.port().to_string(),
+            "--service-owner".into(),
+            db.username.clone(),
             "--status-port".into(),
             STATUS_PORT.to_string(),
         ]),

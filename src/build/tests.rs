@@ -63,10 +63,7 @@ fn build(sdb_fixture: &str) -> (Flat, OwnerReference) {
     let sdb: ServiceDatabase = fixture(sdb_fixture);
     let db = validate(&sdb, &class, None).unwrap();
     let owner = sdb.controller_owner_ref(&()).unwrap();
-    let creds = Credentials {
-        admin_password: "admin-pw".into(),
-        app_password: "app/pw@1".into(),
-    };
+    let creds = Credentials::single(&db, "admin-pw", "app/pw@1");
     (flat(children(&db, &creds, &facts(), &owner)), owner)
 }
 
@@ -392,10 +389,7 @@ fn redis_and_mongodb_instances_get_their_image_port_and_secret_keys() {
         let sdb: ServiceDatabase = fixture(fixture_name);
         let db = validate(&sdb, &bare_class(sdb.spec.engine), None).unwrap();
         let owner = sdb.controller_owner_ref(&()).unwrap();
-        let creds = Credentials {
-            admin_password: "a".into(),
-            app_password: "b".into(),
-        };
+        let creds = Credentials::single(&db, "a", "b");
         let c = flat(children(&db, &creds, &facts(), &owner));
         let pod = c.statefulset.spec.clone().unwrap().template.spec.unwrap();
         let container = &pod.containers[0];
@@ -463,10 +457,7 @@ fn redis_and_mongodb_instances_get_their_image_port_and_secret_keys() {
     let db = validate(&cart, &bare_class(cart.spec.engine), None).unwrap();
     let c = flat(children(
         &db,
-        &Credentials {
-            admin_password: "a".into(),
-            app_password: "b".into(),
-        },
+        &Credentials::single(&db, "a", "b"),
         &facts(),
         &cart.controller_owner_ref(&()).unwrap(),
     ));
@@ -494,16 +485,15 @@ fn a_database_on_a_shared_server_is_only_a_secret_pointing_at_the_server() {
         port: 6432,
         admin_username: "admin".into(),
         admin_password: "admin-secret".into(),
+        schema_database: "servicedb".into(),
+        tls: Default::default(),
     };
     let db = validate(&sdb, &class, Some(&server)).unwrap();
     assert_eq!(
         db.database, "shop_orders",
         "qualified by namespace on a shared server"
     );
-    let creds = Credentials {
-        admin_password: "unused".into(),
-        app_password: "pw".into(),
-    };
+    let creds = Credentials::single(&db, "unused", "pw");
     let c = children(
         &db,
         &creds,

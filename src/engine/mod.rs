@@ -2,12 +2,14 @@
 //! URIs, and the live user/grant logic shared by the operator (shared servers)
 //! and the instance manager (dedicated instances). One file per engine.
 
+pub mod logins;
 pub mod mongodb;
 pub mod mongodb_users;
 pub mod postgres;
 pub mod postgres_users;
 pub mod redis;
 pub mod redis_acl;
+pub mod tls;
 
 use std::collections::BTreeMap;
 

@@ -526,6 +526,17 @@ pub fn direct_client(
     login: Option<Login<'_>>,
     timeout: Duration,
 ) -> Result<Client, UserError> {
+    direct_client_tls(host, port, login, timeout, None)
+}
+
+/// [`direct_client`] with the driver's TLS options (external servers).
+pub fn direct_client_tls(
+    host: &str,
+    port: u16,
+    login: Option<Login<'_>>,
+    timeout: Duration,
+    tls: Option<mongodb::options::Tls>,
+) -> Result<Client, UserError> {
     let credential = login.map(|login| {
         Credential::builder()
             .username(login.user.to_owned())
@@ -544,6 +555,7 @@ pub fn direct_client(
         .connect_timeout(timeout)
         .server_selection_timeout(timeout)
         .app_name("servicedb".to_owned())
+        .tls(tls)
         .build();
     let secret = login.map_or("", |login| login.password);
     Client::with_options(options).map_err(|error| UserError::from_driver("connect", &error, secret))
@@ -636,6 +648,31 @@ pub async fn ensure_service_user(
 ) -> Result<Outcome, UserError> {
     validate_service_database(db)?;
     ensure_user(client, &UserSpec::service(db, user, password)).await
+}
+
+/// The service's two identities on its database (see
+/// [`crate::engine::logins`]): each one `logins` lists exists with its
+/// password and `readWrite` on `db`; the other is dropped (MongoDB users
+/// cannot be disabled; open sessions stay until they close).
+pub async fn ensure_service_logins(
+    client: &Client,
+    db: &str,
+    owner: &str,
+    logins: &crate::engine::logins::Logins,
+) -> Result<(), UserError> {
+    validate_service_database(db)?;
+    let twin = crate::engine::logins::twin(owner);
+    for identity in [owner, twin.as_str()] {
+        match logins.password_of(identity) {
+            Some(password) => {
+                ensure_user(client, &UserSpec::service(db, identity, password)).await?;
+            }
+            None => {
+                drop_user(client, db, identity).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `createUser` as is, without looking first: the one command the

@@ -17,6 +17,8 @@ mod scram;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
+use super::logins::{self, Logins};
+
 /// Role and database names longer than this are truncated by PostgreSQL
 /// (NAMEDATALEN - 1); we reject them instead of letting two names collide.
 pub const MAX_NAME_BYTES: usize = 63;
@@ -52,6 +54,15 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    fn merge(&mut self, other: Outcome) {
+        self.role_created |= other.role_created;
+        self.role_attributes_fixed |= other.role_attributes_fixed;
+        self.password_changed |= other.password_changed;
+        self.database_created |= other.database_created;
+        self.owner_changed |= other.owner_changed;
+        self.privileges_fixed |= other.privileges_fixed;
+    }
+
     /// Whether anything was written to the server.
     pub fn changed(&self) -> bool {
         *self != Outcome::default()
@@ -242,41 +253,49 @@ pub async fn ensure_service_database(
     client: &Client,
     user: &ServiceUser,
 ) -> Result<Outcome, UserError> {
-    validate_role_name(&user.role)?;
-    validate_database_name(&user.database)?;
     validate_password(&user.password)?;
-    refuse_own_role(client, &user.role).await?;
+    ensure_owner(client, &user.role, Some(&user.password), &user.database).await
+}
 
-    let mut outcome = Outcome::default();
-    let role = quote_ident(&user.role);
-    match fetch_role(client, &user.role).await? {
-        None => {
-            let verifier = scram_verifier(&user.password);
-            execute(
-                client,
-                "create role",
-                &format!("CREATE ROLE {role} {LEAST_PRIVILEGE} PASSWORD {verifier}"),
-            )
-            .await?;
-            outcome.role_created = true;
-        }
-        Some(existing) => {
-            if !existing.is_least_privilege() {
-                execute(
-                    client,
-                    "restrict role",
-                    &format!("ALTER ROLE {role} {LEAST_PRIVILEGE}"),
-                )
-                .await?;
-                outcome.role_attributes_fixed = true;
-            }
-            if !existing.password_matches(&user.password) {
-                alter_password(client, &user.role, &user.password).await?;
-                outcome.password_changed = true;
-            }
-        }
+/// Creates or repairs a service's owner role, its database and its twin
+/// login (see [`crate::engine::logins`]): each identity that `logins` lists
+/// can log in with its password, the other one cannot. Sessions of the twin
+/// run as the owner (`SET role`), so everything stays owned by one role.
+pub async fn ensure_service_logins(
+    client: &Client,
+    owner: &str,
+    database: &str,
+    logins: &Logins,
+) -> Result<Outcome, UserError> {
+    for login in logins.all() {
+        validate_password(&login.password)?;
     }
+    let twin = logins::twin(owner);
+    validate_role_name(&twin)?;
+    let mut outcome = ensure_owner(client, owner, logins.password_of(owner), database).await?;
+    let twin_outcome = ensure_twin(client, owner, &twin, logins.password_of(&twin)).await?;
+    outcome.merge(twin_outcome);
+    Ok(outcome)
+}
 
+/// The owner role and its database. `password: None` keeps the role but
+/// takes its LOGIN away (the twin is the login in use).
+async fn ensure_owner(
+    client: &Client,
+    owner: &str,
+    password: Option<&str>,
+    database_name: &str,
+) -> Result<Outcome, UserError> {
+    validate_role_name(owner)?;
+    validate_database_name(database_name)?;
+    refuse_own_role(client, owner).await?;
+    let user = ServiceUser {
+        role: owner.to_string(),
+        password: String::new(),
+        database: database_name.to_string(),
+    };
+    let mut outcome = ensure_login_role(client, owner, password).await?;
+    let role = quote_ident(&user.role);
     let database = quote_ident(&user.database);
     let owner: Option<String> = client
         .query_opt(
@@ -347,6 +366,274 @@ pub async fn ensure_service_database(
     Ok(outcome)
 }
 
+/// A least-privilege role that can log in with `password`, or cannot log in
+/// at all (`None`; its password is left as it is).
+async fn ensure_login_role(
+    client: &Client,
+    role_name: &str,
+    password: Option<&str>,
+) -> Result<Outcome, UserError> {
+    let mut outcome = Outcome::default();
+    let role = quote_ident(role_name);
+    let attributes = attributes(password.is_some());
+    match fetch_role(client, role_name).await? {
+        None => {
+            let password = password
+                .map(|p| format!(" PASSWORD {}", scram_verifier(p)))
+                .unwrap_or_default();
+            execute(
+                client,
+                "create role",
+                &format!("CREATE ROLE {role} {attributes}{password}"),
+            )
+            .await?;
+            outcome.role_created = true;
+        }
+        Some(existing) => {
+            if !existing.is_least_privilege(password.is_some()) {
+                execute(
+                    client,
+                    "restrict role",
+                    &format!("ALTER ROLE {role} {attributes}"),
+                )
+                .await?;
+                outcome.role_attributes_fixed = true;
+            }
+            if let Some(password) = password
+                && !existing.password_matches(password)
+            {
+                alter_password(client, role_name, password).await?;
+                outcome.password_changed = true;
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// The twin login: a member of the owner whose sessions run as the owner.
+/// Without a password it exists only if it existed, unable to log in.
+async fn ensure_twin(
+    client: &Client,
+    owner: &str,
+    twin: &str,
+    password: Option<&str>,
+) -> Result<Outcome, UserError> {
+    if password.is_none() {
+        let mut outcome = Outcome::default();
+        if fetch_role(client, twin).await?.is_some_and(|r| r.login) {
+            execute(
+                client,
+                "disable the previous login",
+                &format!("ALTER ROLE {} NOLOGIN", quote_ident(twin)),
+            )
+            .await?;
+            outcome.role_attributes_fixed = true;
+        }
+        return Ok(outcome);
+    }
+    let mut outcome = ensure_login_role(client, twin, password).await?;
+    let row = client
+        .query_one(
+            "SELECT pg_has_role($1::name, $2::name, 'MEMBER'), \
+                    coalesce((SELECT $3::text = ANY(setconfig) FROM pg_db_role_setting \
+                              WHERE setdatabase = 0 AND setrole = (SELECT oid FROM pg_roles WHERE rolname = $1)), false)",
+            &[&twin, &owner, &format!("role={owner}")],
+        )
+        .await
+        .map_err(database_error("read twin membership"))?;
+    let read = database_error("read twin membership");
+    let (member, runs_as_owner): (bool, bool) =
+        (row.try_get(0).map_err(read)?, row.try_get(1).map_err(read)?);
+    if !member {
+        execute(
+            client,
+            "grant the owner role to the twin",
+            &format!("GRANT {} TO {}", quote_ident(owner), quote_ident(twin)),
+        )
+        .await?;
+        outcome.privileges_fixed = true;
+    }
+    if !runs_as_owner {
+        execute(
+            client,
+            "make the twin act as the owner",
+            &format!(
+                "ALTER ROLE {} SET role TO {}",
+                quote_ident(twin),
+                quote_literal(owner)
+            ),
+        )
+        .await?;
+        outcome.privileges_fixed = true;
+    }
+    Ok(outcome)
+}
+
+/// Isolation `Schema`, step one, on a connection to any database: the
+/// shared database exists and only roles granted CONNECT may enter it.
+pub async fn ensure_schema_database(client: &Client, database: &str) -> Result<bool, UserError> {
+    validate_database_name(database)?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .await
+        .map_err(database_error("look up database"))?
+        .is_some();
+    let quoted = quote_ident(database);
+    if !exists {
+        execute(
+            client,
+            "create database",
+            &format!("CREATE DATABASE {quoted}"),
+        )
+        .await?;
+    }
+    let public: bool = client
+        .query_one(
+            "SELECT has_database_privilege('public'::name, $1::text, 'CONNECT') \
+                 OR has_database_privilege('public'::name, $1::text, 'TEMPORARY')",
+            &[&database],
+        )
+        .await
+        .map_err(database_error("read database privileges"))?
+        .try_get(0)
+        .map_err(database_error("read database privileges"))?;
+    if public {
+        execute(
+            client,
+            "revoke public access",
+            &format!("REVOKE CONNECT, TEMPORARY ON DATABASE {quoted} FROM PUBLIC"),
+        )
+        .await?;
+    }
+    Ok(!exists)
+}
+
+/// Isolation `Schema`, step two: the service's owner role and twin (on
+/// `admin`, any database), CONNECT on the shared database, and in it
+/// (`shared`, a connection to that database) the schema named after the
+/// owner and owned by it. The `public` schema is closed to everyone, so a
+/// service can use its own schema only: other schemas belong to other roles
+/// and grant nothing. The default `search_path` (`"$user", public`) finds
+/// the schema for the owner and its twin (whose sessions run as the owner).
+pub async fn ensure_service_schema(
+    admin: &Client,
+    shared: &Client,
+    owner: &str,
+    database: &str,
+    logins: &Logins,
+) -> Result<Outcome, UserError> {
+    validate_role_name(owner)?;
+    validate_database_name(database)?;
+    for login in logins.all() {
+        validate_password(&login.password)?;
+    }
+    refuse_own_role(admin, owner).await?;
+    let twin = logins::twin(owner);
+    validate_role_name(&twin)?;
+    let mut outcome = ensure_login_role(admin, owner, logins.password_of(owner)).await?;
+    outcome.merge(ensure_twin(admin, owner, &twin, logins.password_of(&twin)).await?);
+    let role = quote_ident(owner);
+    let can_connect: bool = admin
+        .query_one(
+            "SELECT has_database_privilege($1::name, $2::text, 'CONNECT')",
+            &[&owner, &database],
+        )
+        .await
+        .map_err(database_error("read database privileges"))?
+        .try_get(0)
+        .map_err(database_error("read database privileges"))?;
+    if !can_connect {
+        execute(
+            admin,
+            "grant connect",
+            &format!(
+                "GRANT CONNECT ON DATABASE {} TO {role}",
+                quote_ident(database)
+            ),
+        )
+        .await?;
+        outcome.privileges_fixed = true;
+    }
+    let public_open: bool = shared
+        .query_one(
+            "SELECT has_schema_privilege('public'::name, 'public', 'USAGE') \
+                 OR has_schema_privilege('public'::name, 'public', 'CREATE')",
+            &[],
+        )
+        .await
+        .map_err(database_error("read schema privileges"))?
+        .try_get(0)
+        .map_err(database_error("read schema privileges"))?;
+    if public_open {
+        execute(
+            shared,
+            "close the public schema",
+            "REVOKE ALL ON SCHEMA public FROM PUBLIC",
+        )
+        .await?;
+        outcome.privileges_fixed = true;
+    }
+    let schema_owner: Option<String> = shared
+        .query_opt(
+            "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1",
+            &[&owner],
+        )
+        .await
+        .map_err(database_error("look up schema"))?
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(database_error("read schema owner"))?;
+    match schema_owner {
+        None => {
+            execute(
+                shared,
+                "create schema",
+                &format!("CREATE SCHEMA {role} AUTHORIZATION {role}"),
+            )
+            .await?;
+            outcome.database_created = true;
+        }
+        Some(found) if found != owner => {
+            execute(
+                shared,
+                "change schema owner",
+                &format!("ALTER SCHEMA {role} OWNER TO {role}"),
+            )
+            .await?;
+            outcome.owner_changed = true;
+        }
+        Some(_) => {}
+    }
+    Ok(outcome)
+}
+
+/// Drops a service's schema with everything in it, and its roles.
+pub async fn drop_service_schema(
+    admin: &Client,
+    shared: &Client,
+    owner: &str,
+) -> Result<(), UserError> {
+    validate_role_name(owner)?;
+    refuse_own_role(admin, owner).await?;
+    let role = quote_ident(owner);
+    execute(
+        shared,
+        "drop schema",
+        &format!("DROP SCHEMA IF EXISTS {role} CASCADE"),
+    )
+    .await?;
+    let twin = logins::twin(owner);
+    for name in [twin.as_str(), owner] {
+        if validate_role_name(name).is_ok() && fetch_role(admin, name).await?.is_some() {
+            let quoted = quote_ident(name);
+            execute(shared, "drop owned", &format!("DROP OWNED BY {quoted}")).await?;
+            execute(admin, "drop owned", &format!("DROP OWNED BY {quoted}")).await?;
+            execute(admin, "drop role", &format!("DROP ROLE {quoted}")).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Sets a role's password unless its stored verifier already matches.
 /// Returns whether it changed. Works on the connected role too (the admin
 /// rotating its own password).
@@ -378,6 +665,12 @@ pub async fn drop_service_database(client: &Client, user: &ServiceUser) -> Resul
         &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
     )
     .await?;
+    let twin = logins::twin(&user.role);
+    if validate_role_name(&twin).is_ok() && fetch_role(client, &twin).await?.is_some() {
+        let twin = quote_ident(&twin);
+        execute(client, "drop owned", &format!("DROP OWNED BY {twin}")).await?;
+        execute(client, "drop role", &format!("DROP ROLE {twin}")).await?;
+    }
     if fetch_role(client, &user.role).await?.is_some() {
         let role = quote_ident(&user.role);
         // Grants the role holds in the database we are connected to would
@@ -389,7 +682,15 @@ pub async fn drop_service_database(client: &Client, user: &ServiceUser) -> Resul
 }
 
 const LEAST_PRIVILEGE: &str =
-    "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
+    "NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT";
+
+/// The attributes of a service role that may (or may not) log in.
+fn attributes(login: bool) -> String {
+    format!(
+        "{} {LEAST_PRIVILEGE}",
+        if login { "LOGIN" } else { "NOLOGIN" }
+    )
+}
 
 /// A fresh SCRAM-SHA-256 verifier for the password, as an SQL literal.
 fn scram_verifier(password: &str) -> String {
@@ -447,8 +748,8 @@ struct ExistingRole {
 }
 
 impl ExistingRole {
-    fn is_least_privilege(&self) -> bool {
-        self.login
+    fn is_least_privilege(&self, login: bool) -> bool {
+        self.login == login
             && !self.superuser
             && !self.create_db
             && !self.create_role
@@ -602,14 +903,15 @@ mod tests {
                 password.as_bytes(),
             )),
         };
-        assert!(role.is_least_privilege());
+        assert!(role.is_least_privilege(true));
+        assert!(!role.is_least_privilege(false));
         assert!(role.password_matches(password));
         assert!(!role.password_matches("correct horse "));
         role.superuser = true;
-        assert!(!role.is_least_privilege());
+        assert!(!role.is_least_privilege(true));
         role.superuser = false;
         role.login = false;
-        assert!(!role.is_least_privilege());
+        assert!(!role.is_least_privilege(true));
         role.verifier = None;
         assert!(!role.password_matches(password));
         role.verifier = Some(postgres_protocol::password::md5(password.as_bytes(), "x"));

@@ -241,14 +241,32 @@ impl AclUser {
     }
 
     pub fn admin(name: &str, password: &str) -> Result<AclUser, AclError> {
-        AclUser::enabled(name, password, admin_rules())
+        AclUser::admin_one(name, password)
     }
 
     pub fn service(name: &str, password: &str, prefix: &KeyPrefix) -> Result<AclUser, AclError> {
-        AclUser::enabled(name, password, service_user_rules(prefix))
+        AclUser::enabled(name, &[password], service_user_rules(prefix))
     }
 
-    fn enabled(name: &str, password: &str, permissions: Vec<String>) -> Result<AclUser, AclError> {
+    /// A service user that accepts each of `passwords` (a rotation's grace
+    /// period: the new password and the one it replaces).
+    pub fn service_with_passwords(
+        name: &str,
+        passwords: &[&str],
+        prefix: &KeyPrefix,
+    ) -> Result<AclUser, AclError> {
+        AclUser::enabled(name, passwords, service_user_rules(prefix))
+    }
+
+    fn admin_one(name: &str, password: &str) -> Result<AclUser, AclError> {
+        AclUser::enabled(name, &[password], admin_rules())
+    }
+
+    fn enabled(
+        name: &str,
+        passwords: &[&str],
+        permissions: Vec<String>,
+    ) -> Result<AclUser, AclError> {
         validate_username(name)?;
         if name == DEFAULT_USER {
             return Err(AclError::ReservedUser {
@@ -256,12 +274,16 @@ impl AclUser {
                 reason: "the default user stays switched off",
             });
         }
-        validate_password(password)?;
-        let mut rules = vec![
-            "reset".to_owned(),
-            "on".to_owned(),
-            format!("#{}", password_hash(password)),
-        ];
+        if passwords.is_empty() {
+            return Err(AclError::InvalidPassword {
+                reason: "a user needs at least one password",
+            });
+        }
+        let mut rules = vec!["reset".to_owned(), "on".to_owned()];
+        for password in passwords {
+            validate_password(password)?;
+            rules.push(format!("#{}", password_hash(password)));
+        }
         rules.extend(permissions);
         Ok(AclUser {
             name: name.to_owned(),
@@ -322,6 +344,20 @@ pub async fn ensure_user(
 ) -> Result<(), AclError> {
     let prefix = KeyPrefix::new(prefix)?;
     let user = AclUser::service(username, password, &prefix)?;
+    refuse_own_user(conn, username).await?;
+    user.apply(conn).await
+}
+
+/// Like [`ensure_user`], with every password the service's logins list
+/// (one user; a rotation adds a password, its grace period's end removes one).
+pub async fn ensure_user_logins(
+    conn: &mut impl ConnectionLike,
+    username: &str,
+    logins: &crate::engine::logins::Logins,
+    prefix: &str,
+) -> Result<(), AclError> {
+    let prefix = KeyPrefix::new(prefix)?;
+    let user = AclUser::service_with_passwords(username, &logins.passwords_of(username), &prefix)?;
     refuse_own_user(conn, username).await?;
     user.apply(conn).await
 }

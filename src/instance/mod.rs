@@ -75,6 +75,10 @@ pub struct Args {
     /// Mounted Secret with the service's `username`, `password` and `database`.
     #[arg(long, default_value = "/etc/servicedb/app")]
     pub app_secret_dir: PathBuf,
+    /// The service's owner identity (Postgres role, MongoDB user); its
+    /// rotation twin is `<owner>_b`. Defaults to the app Secret's `username`.
+    #[arg(long)]
+    pub service_owner: Option<String>,
     /// TCP port the database server listens on.
     #[arg(long, default_value_t = 5432)]
     pub port: u16,

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::engine::logins::{Login, Logins};
 use crate::engine::postgres_users::ServiceUser;
 
 /// The administrator's credentials.
@@ -79,6 +80,29 @@ pub(crate) async fn read_app(dir: &Path) -> Result<ServiceUser, SecretError> {
         role: read_key(dir, "username").await?,
         password: read_key(dir, "password").await?,
         database: read_key(dir, "database").await?,
+    })
+}
+
+/// The service's logins as the credentials Secret lists them: `username`/
+/// `password`, and during a rotation `next-…` and `previous-…` (see
+/// [`crate::engine::logins`]).
+pub(crate) async fn read_logins(dir: &Path) -> Result<Logins, SecretError> {
+    let pair = |user: &'static str, password: &'static str| async move {
+        match (
+            read_optional_key(dir, user).await?,
+            read_optional_key(dir, password).await?,
+        ) {
+            (Some(user), Some(password)) => Ok::<_, SecretError>(Some(Login::new(user, password))),
+            _ => Ok(None),
+        }
+    };
+    Ok(Logins {
+        current: Login::new(
+            read_key(dir, "username").await?,
+            read_key(dir, "password").await?,
+        ),
+        next: pair("next-username", "next-password").await?,
+        previous: pair("previous-username", "previous-password").await?,
     })
 }
 

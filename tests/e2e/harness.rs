@@ -296,6 +296,12 @@ impl Operator {
         }
     }
 
+    /// The operator's process id while it runs (the benchmark reads its memory).
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// SIGTERM and wait: a graceful stop releases the Lease.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -16,5 +16,7 @@ mod chart;
 mod database_server;
 mod dedicated;
 mod lifecycle;
+mod rotation;
 mod shared;
+mod tls;
 mod validation;

@@ -92,9 +92,113 @@ pub struct Postgres {
     pub admin_password: String,
     /// What the server reports as `server_version`'s first word, such as `15.18`.
     pub version: String,
+    /// Serves TLS only (`hostssl`), with a certificate from this CA.
+    pub tls: Option<TestCa>,
+}
+
+/// A throw-away CA and a server certificate for 127.0.0.1/localhost, made
+/// with the openssl command line.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path, user: &User) -> TestCa {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl (Debian package openssl)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            dir.join("san.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("ext");
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=servicedb-test-ca",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        for file in ["server.key", "server.crt", "ca.crt"] {
+            let path = dir.join(file);
+            std::os::unix::fs::chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                .expect("chown");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        }
+        TestCa {
+            ca_pem: std::fs::read_to_string(dir.join("ca.crt")).expect("ca.crt"),
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            ca: dir.join("ca.crt"),
+        }
+    }
 }
 
 impl Postgres {
+    /// A server that accepts TLS connections only.
+    pub fn start_new_tls() -> Postgres {
+        let mut pg = Postgres::start_new();
+        pg.stop();
+        let ca = TestCa::new(pg.dir.path(), &pg.user);
+        write_owned(
+            &pg.dir.path().join("data/pg_hba.conf"),
+            "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+            &pg.user,
+        );
+        pg.tls = Some(ca);
+        pg.start();
+        pg
+    }
+
     pub fn start_new() -> Postgres {
         assert!(
             Path::new(PG_BIN).join("postgres").exists(),
@@ -140,6 +244,7 @@ impl Postgres {
             admin_user,
             admin_password,
             version,
+            tls: None,
         };
         pg.start();
         pg
@@ -170,6 +275,16 @@ impl Postgres {
                 self.dir.path().display()
             ))
             .args(["-c", "fsync=off"])
+            .args(self.tls.iter().flat_map(|ca| {
+                [
+                    "-c".to_string(),
+                    "ssl=on".to_string(),
+                    "-c".to_string(),
+                    format!("ssl_cert_file={}", ca.cert.display()),
+                    "-c".to_string(),
+                    format!("ssl_key_file={}", ca.key.display()),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);
@@ -211,9 +326,33 @@ pub struct Redis {
     pub admin_password: String,
     /// What `INFO server` reports as `redis_version`, such as `7.0.15`.
     pub version: String,
+    /// The TLS port beside the plain one, when started with TLS.
+    pub tls_port: Option<u16>,
+    pub tls: Option<TestCa>,
 }
 
 impl Redis {
+    /// A server that also serves TLS on `tls_port` (no client certificates).
+    pub fn start_new_tls() -> Redis {
+        let mut redis = Redis::start_new();
+        redis.stop();
+        let ca = TestCa::new(redis.dir.path(), &redis.user);
+        let port = free_port();
+        let conf = redis.dir.path().join("redis.conf");
+        let mut config = std::fs::read_to_string(&conf).expect("redis.conf");
+        config.push_str(&format!(
+            "tls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients no\n",
+            ca.cert.display(),
+            ca.key.display(),
+            ca.ca.display()
+        ));
+        write_owned(&conf, &config, &redis.user);
+        redis.tls_port = Some(port);
+        redis.tls = Some(ca);
+        redis.start();
+        redis
+    }
+
     pub fn start_new() -> Redis {
         assert!(
             Path::new(REDIS_SERVER).exists(),
@@ -239,6 +378,8 @@ impl Redis {
             admin_user: "admin".to_owned(),
             admin_password: random_password(),
             version,
+            tls_port: None,
+            tls: None,
         };
         let config = format!(
             "port {port}\nbind 127.0.0.1\ndir {dir}\nsave \"\"\nappendonly no\n\

@@ -16,7 +16,7 @@ use crate::dedicated::{get_when, secret_value, wait_phase};
 use crate::harness::{Env, apply_manifest, ensure_namespace, wait_for};
 use crate::servers::{Postgres, Redis};
 
-async fn connect(
+pub(crate) async fn connect(
     port: u16,
     user: &str,
     password: &str,
@@ -35,7 +35,7 @@ async fn connect(
     Ok(client)
 }
 
-async fn server(env: &Env, name: &str, pg: &Postgres, allowed: serde_json::Value) {
+pub(crate) async fn server(env: &Env, name: &str, pg: &Postgres, allowed: serde_json::Value) {
     server_of(
         env,
         name,
@@ -48,7 +48,7 @@ async fn server(env: &Env, name: &str, pg: &Postgres, allowed: serde_json::Value
     .await
 }
 
-async fn server_of(
+pub(crate) async fn server_of(
     env: &Env,
     name: &str,
     engine: &str,
@@ -312,7 +312,7 @@ async fn services_of_two_namespaces_share_a_server_each_with_a_private_database(
     }
 }
 
-async fn redis_as(
+pub(crate) async fn redis_as(
     port: u16,
     user: &str,
     password: &str,

@@ -15,6 +15,8 @@ pub struct Dereferenced {
     pub admin_secret: SecretData,
     /// ServiceDatabases whose `spec.serverRef` names this server.
     pub databases: i32,
+    /// Data of `spec.external.tls.caSecretRef`; `None` when unset or missing.
+    pub ca_secret: SecretData,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,23 @@ pub async fn dereference(client: &Client, server: &DatabaseServer) -> Result<Der
             .map(|s| s.data.unwrap_or_default()),
         None => None,
     };
+    let ca_secret = match server
+        .spec
+        .external
+        .as_ref()
+        .and_then(|e| e.tls.as_ref())
+        .and_then(|t| t.ca_secret_ref.as_ref())
+    {
+        Some(ca) => Api::<Secret>::namespaced(client.clone(), &namespace)
+            .get_opt(&ca.name)
+            .await
+            .map_err(|source| Error::Read {
+                kind: "Secret",
+                source,
+            })?
+            .map(|s| s.data.unwrap_or_default()),
+        None => None,
+    };
     let sdbs = Api::<ServiceDatabase>::all(client.clone())
         .list(&ListParams::default())
         .await
@@ -54,6 +73,7 @@ pub async fn dereference(client: &Client, server: &DatabaseServer) -> Result<Der
         .count();
     Ok(Dereferenced {
         admin_secret,
+        ca_secret,
         databases: i32::try_from(databases).unwrap_or(i32::MAX),
     })
 }

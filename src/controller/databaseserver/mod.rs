@@ -240,7 +240,7 @@ async fn pipeline(
     let ctx = &state.ctx;
     let now = &Time(k8s_openapi::jiff::Timestamp::now());
     let found = dereference::dereference(&ctx.client, server).await?;
-    let target = match validate::validate(server, &found.admin_secret) {
+    let target = match validate::validate(server, &found.admin_secret, &found.ca_secret) {
         Ok(target) => target,
         Err(invalid) => {
             let status = status::compute(

@@ -112,18 +112,19 @@ async fn postgres(target: &Target) -> Result<String, ProbeError> {
         };
         let message = match error.as_db_error() {
             Some(db) => db.message().to_owned(),
-            None => error.to_string(),
+            // The cause says why (a refused certificate, a reset).
+            None => crate::engine::postgres_users::describe(&error),
         };
         ProbeError::scrubbed(reason, &message, target)
     };
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+    let client = crate::engine::tls::postgres(&mut config, &target.tls)
         .await
-        .map_err(classify)?;
-    let connection = tokio::spawn(connection);
+        .map_err(|e| match e {
+            crate::engine::tls::PostgresConnectError::Postgres(e) => classify(e),
+            crate::engine::tls::PostgresConnectError::Tls(e) => ProbeError::new("TlsFailed", e.0),
+        })?;
     let rows = client.simple_query("SHOW server_version").await;
     drop(client);
-    connection.abort();
     let version = rows
         .map_err(classify)?
         .into_iter()
@@ -145,10 +146,7 @@ pub fn postgres_version(reported: &str) -> String {
 }
 
 async fn redis(target: &Target) -> Result<String, ProbeError> {
-    use redis::{
-        AsyncConnectionConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisConnectionInfo,
-        RedisError,
-    };
+    use redis::{ErrorKind, RedisError};
     let classify = |error: RedisError| {
         let reason = if error.kind() == ErrorKind::AuthenticationFailed
             || matches!(error.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
@@ -165,22 +163,16 @@ async fn redis(target: &Target) -> Result<String, ProbeError> {
         };
         ProbeError::scrubbed(reason, &crate::engine::redis_acl::describe(&error), target)
     };
-    let info = ConnectionAddr::Tcp(target.host.clone(), target.port)
-        .into_connection_info()
-        .map_err(classify)?
-        .set_redis_settings(
-            RedisConnectionInfo::default()
-                .set_username(target.username.as_str())
-                .set_password(target.password.as_str()),
-        );
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(DRIVER_TIMEOUT))
-        .set_response_timeout(Some(DRIVER_TIMEOUT));
-    let mut conn = redis::Client::open(info)
-        .map_err(classify)?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(classify)?;
+    let mut conn = crate::engine::tls::redis(
+        &target.host,
+        target.port,
+        &target.username,
+        &target.password,
+        &target.tls,
+        DRIVER_TIMEOUT,
+    )
+    .await
+    .map_err(classify)?;
     let info: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut conn)
@@ -228,6 +220,10 @@ async fn mongodb(target: &Target) -> Result<String, ProbeError> {
         .connect_timeout(DRIVER_TIMEOUT)
         .server_selection_timeout(DRIVER_TIMEOUT)
         .app_name("servicedb".to_owned())
+        .tls(
+            crate::engine::tls::mongodb(&target.tls)
+                .map_err(|e| ProbeError::new("TlsFailed", e.0))?,
+        )
         .build();
     let client = mongodb::Client::with_options(options).map_err(classify)?;
     let reply = client
@@ -246,7 +242,6 @@ async fn mongodb(target: &Target) -> Result<String, ProbeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::database_server::TlsMode;
 
     #[test]
     fn versions_are_read_from_replies() {
@@ -271,7 +266,7 @@ mod tests {
             engine,
             host: "127.0.0.1".into(),
             port,
-            tls: TlsMode::Disable,
+            tls: crate::engine::tls::TlsSettings::default(),
             username: "admin".into(),
             password: "hunter2".into(),
         }

@@ -8,8 +8,9 @@ use k8s_openapi::ByteString;
 
 use crate::api::DatabaseServer;
 use crate::api::common::Engine;
-use crate::api::database_server::TlsMode;
+use crate::api::database_server::{TlsMode, TlsSpec};
 pub use crate::controller::servicedatabase::validate::Invalid;
+use crate::engine::tls::TlsSettings;
 
 const SECRET_FIELD: &str = "spec.external.adminSecretRef";
 
@@ -19,7 +20,7 @@ pub struct Target {
     pub engine: Engine,
     pub host: String,
     pub port: u16,
-    pub tls: TlsMode,
+    pub tls: TlsSettings,
     pub username: String,
     pub password: String,
 }
@@ -31,7 +32,7 @@ impl fmt::Debug for Target {
             .field("engine", &self.engine)
             .field("host", &self.host)
             .field("port", &self.port)
-            .field("tls", &self.tls)
+            .field("tls", &self.tls.mode)
             .field("username", &self.username)
             .field("password", &"<redacted>")
             .finish()
@@ -43,7 +44,11 @@ pub type SecretData = Option<BTreeMap<String, ByteString>>;
 
 /// Checks what the API server cannot: that this release can reach the server
 /// and that the admin Secret holds a login.
-pub fn validate(server: &DatabaseServer, admin_secret: &SecretData) -> Result<Target, Invalid> {
+pub fn validate(
+    server: &DatabaseServer,
+    admin_secret: &SecretData,
+    ca_secret: &SecretData,
+) -> Result<Target, Invalid> {
     let Some(external) = &server.spec.external else {
         return Err(invalid(
             "spec.managed",
@@ -51,15 +56,7 @@ pub fn validate(server: &DatabaseServer, admin_secret: &SecretData) -> Result<Ta
             "managed servers are not available in this release",
         ));
     };
-    let tls = external.tls.as_ref().map(|t| t.mode).unwrap_or_default();
-    if tls != TlsMode::Disable {
-        // No TLS stack for Postgres or Redis is linked into this release.
-        return Err(invalid(
-            "spec.external.tls.mode",
-            "Unsupported",
-            format!("TLS mode {tls:?} is not available in this release; use Disable"),
-        ));
-    }
+    let tls = tls_settings(external.tls.as_ref(), ca_secret)?;
     let port = u16::try_from(external.port)
         .ok()
         .filter(|p| *p > 0)
@@ -99,6 +96,59 @@ pub fn validate(server: &DatabaseServer, admin_secret: &SecretData) -> Result<Ta
         tls,
         username: key("username")?,
         password: key("password")?,
+    })
+}
+
+/// The TLS settings, with the CA checked: a CA Secret that is missing,
+/// lacks `ca.crt` or holds no certificate is named in the condition.
+pub fn tls_settings(
+    spec: Option<&TlsSpec>,
+    ca_secret: &SecretData,
+) -> Result<TlsSettings, Invalid> {
+    const FIELD: &str = "spec.external.tls.caSecretRef";
+    let Some(spec) = spec else {
+        return Ok(TlsSettings::default());
+    };
+    let ca_pem = match &spec.ca_secret_ref {
+        None => None,
+        Some(ca) => {
+            let Some(data) = ca_secret else {
+                return Err(invalid(
+                    FIELD,
+                    "SecretNotFound",
+                    format!("Secret {} does not exist", ca.name),
+                ));
+            };
+            let pem = data
+                .get("ca.crt")
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        FIELD,
+                        "SecretKeyMissing",
+                        format!("Secret {} has no UTF-8 key \"ca.crt\"", ca.name),
+                    )
+                })?;
+            crate::engine::tls::ca_certificates(&pem).map_err(|e| {
+                invalid(
+                    FIELD,
+                    "InvalidCertificate",
+                    format!("Secret {}: {e}", ca.name),
+                )
+            })?;
+            Some(pem)
+        }
+    };
+    if spec.mode == TlsMode::Disable && ca_pem.is_some() {
+        return Err(invalid(
+            "spec.external.tls.mode",
+            "TlsDisabled",
+            "a CA is given but mode is Disable; set mode VerifyFull or Require",
+        ));
+    }
+    Ok(TlsSettings {
+        mode: spec.mode,
+        ca_pem,
     })
 }
 
@@ -142,7 +192,14 @@ mod tests {
     fn external_with_a_login_is_a_target() {
         let t = validate(
             &external(),
-            &secret(&[("username", "admin"), ("password", "s3cret\n")]),
+            &secret(&[
+                ("username", "admin"),
+                (
+                    "password", "s3cret
+",
+                ),
+            ]),
+            &None,
         )
         .unwrap();
         assert_eq!((t.host.as_str(), t.port), ("db.example", 5432));
@@ -155,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_missing_secret_names_the_field() {
-        let e = validate(&external(), &None).unwrap_err();
+        let e = validate(&external(), &None, &None).unwrap_err();
         assert_eq!((e.field, e.reason), (SECRET_FIELD, "SecretNotFound"));
         assert!(
             e.to_string().contains("spec.external.adminSecretRef"),
@@ -171,7 +228,7 @@ mod tests {
             (vec![("username", "admin")], "password"),
             (vec![("username", "admin"), ("password", "")], "password"),
         ] {
-            let e = validate(&external(), &secret(&pairs)).unwrap_err();
+            let e = validate(&external(), &secret(&pairs), &None).unwrap_err();
             assert_eq!((e.field, e.reason), (SECRET_FIELD, "SecretKeyMissing"));
             assert!(e.message.contains(key), "{e}");
             assert!(!e.to_string().contains("s3cret"), "{e}");
@@ -180,7 +237,12 @@ mod tests {
 
     #[test]
     fn managed_servers_are_unsupported() {
-        let e = validate(&server(json!({"engine": "Redis", "managed": {}})), &None).unwrap_err();
+        let e = validate(
+            &server(json!({"engine": "Redis", "managed": {}})),
+            &None,
+            &None,
+        )
+        .unwrap_err();
         assert_eq!(e.reason, "Unsupported");
         assert!(
             e.message
@@ -189,14 +251,23 @@ mod tests {
     }
 
     #[test]
-    fn tls_is_unsupported_for_now() {
+    fn tls_settings_check_the_ca() {
         let s = server(json!({"engine": "Postgres", "external": {
             "host": "db", "port": 5432, "adminSecretRef": {"name": "admin"},
+            "tls": {"mode": "VerifyFull", "caSecretRef": {"name": "db-ca"}}}}));
+        let login = secret(&[("username", "a"), ("password", "b")]);
+        let field = "spec.external.tls.caSecretRef";
+        let e = validate(&s, &login, &None).unwrap_err();
+        assert_eq!((e.field, e.reason), (field, "SecretNotFound"));
+        let e = validate(&s, &login, &secret(&[("tls.crt", "x")])).unwrap_err();
+        assert_eq!((e.field, e.reason), (field, "SecretKeyMissing"));
+        let e = validate(&s, &login, &secret(&[("ca.crt", "garbage")])).unwrap_err();
+        assert_eq!((e.field, e.reason), (field, "InvalidCertificate"));
+        let require = server(json!({"engine": "Redis", "external": {
+            "host": "db", "port": 6379, "adminSecretRef": {"name": "admin"},
             "tls": {"mode": "Require"}}}));
-        let e = validate(&s, &secret(&[("username", "a"), ("password", "b")])).unwrap_err();
-        assert_eq!(
-            (e.field, e.reason),
-            ("spec.external.tls.mode", "Unsupported")
-        );
+        let t = validate(&require, &login, &None).unwrap();
+        assert_eq!(t.tls.mode, TlsMode::Require);
+        assert_eq!(t.tls.ca_pem, None);
     }
 }

@@ -9,14 +9,18 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
+use super::rotation::Recorded;
 use super::validate::{Invalid, instance_name};
 use crate::api::{DatabaseClass, ServiceDatabase};
-use crate::build::{Credentials, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::build::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
 
 /// What the cluster says about a ServiceDatabase's surroundings.
 pub struct Dereferenced {
     pub class: DatabaseClass,
-    pub credentials: Credentials,
+    /// The instance's administrator password (kept, or freshly generated).
+    pub admin_password: String,
+    /// What the credentials Secret records about the service's logins.
+    pub recorded: Recorded,
     /// Ready replicas of the instance's StatefulSet (0 when it doesn't exist).
     pub ready_replicas: i32,
     /// The shared server named by `spec.serverRef`, when there is one.
@@ -33,6 +37,10 @@ pub struct ServerFacts {
     pub port: i32,
     pub admin_username: String,
     pub admin_password: String,
+    /// Postgres: the database whose schemas isolation `Schema` hands out.
+    pub schema_database: String,
+    /// TLS towards the server.
+    pub tls: crate::engine::tls::TlsSettings,
 }
 
 impl std::fmt::Debug for ServerFacts {
@@ -73,9 +81,14 @@ pub async fn dereference(client: &Client, sdb: &ServiceDatabase) -> Result<Deref
         .and_then(|c| c.secret_name.clone())
         .unwrap_or_else(|| instance_name(&name));
     let admin_name = format!("{}-admin", instance_name(&name));
-    let app =
-        existing_password(&secrets, &secret_name, &name, "spec.credentials.secretName").await?;
-    let admin = existing_password(&secrets, &admin_name, &name, "metadata.name").await?;
+    let app = owned_secret(&secrets, &secret_name, &name, "spec.credentials.secretName").await?;
+    let admin = owned_secret(&secrets, &admin_name, &name, "metadata.name")
+        .await?
+        .and_then(|secret| text_data(&secret).remove("password"))
+        .filter(|p| !p.is_empty());
+    let recorded = app
+        .map(|secret| Recorded::from_secret(&text_data(&secret), secret.annotations()))
+        .unwrap_or_default();
 
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
     let ready_replicas = statefulsets
@@ -97,10 +110,8 @@ pub async fn dereference(client: &Client, sdb: &ServiceDatabase) -> Result<Deref
     Ok(Dereferenced {
         server,
         class,
-        credentials: Credentials {
-            admin_password: admin.unwrap_or_else(crate::password::generate),
-            app_password: app.unwrap_or_else(crate::password::generate),
-        },
+        admin_password: admin.unwrap_or_else(crate::password::generate),
+        recorded,
         ready_replicas,
     })
 }
@@ -162,15 +173,24 @@ async fn class(client: &Client, sdb: &ServiceDatabase) -> Result<DatabaseClass, 
     }
 }
 
-/// The password of a Secret this ServiceDatabase owns, if it exists. A Secret
-/// of that name that servicedb does not manage for this resource is never
-/// taken over.
-async fn existing_password(
+/// A Secret's data as text (keys that are not UTF-8 are left out).
+fn text_data(secret: &Secret) -> std::collections::BTreeMap<String, String> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+        .collect()
+}
+
+/// A Secret this ServiceDatabase owns, if it exists. A Secret of that name
+/// that servicedb does not manage for this resource is never taken over.
+async fn owned_secret(
     secrets: &Api<Secret>,
     secret: &str,
     owner: &str,
     field: &'static str,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<Secret>, Error> {
     let Some(found) = secrets
         .get_opt(secret)
         .await
@@ -193,12 +213,7 @@ async fn existing_password(
             ),
         }));
     }
-    Ok(found
-        .data
-        .as_ref()
-        .and_then(|d| d.get("password"))
-        .and_then(|p| String::from_utf8(p.0.clone()).ok())
-        .filter(|p| !p.is_empty()))
+    Ok(Some(found))
 }
 
 fn invalid(field: &'static str, reason: &'static str, message: String) -> Error {
@@ -313,7 +328,30 @@ async fn server(
             ),
         ));
     };
+    let ca_secret = match external.tls.as_ref().and_then(|t| t.ca_secret_ref.as_ref()) {
+        Some(ca) => secrets
+            .get_opt(&ca.name)
+            .await
+            .map_err(|source| Error::Read {
+                kind: "Secret",
+                source,
+            })?
+            .map(|s| s.data.unwrap_or_default()),
+        None => None,
+    };
+    let tls = crate::controller::databaseserver::validate::tls_settings(
+        external.tls.as_ref(),
+        &ca_secret,
+    )
+    .map_err(|e| {
+        invalid(
+            field,
+            "ServerCredentialsMissing",
+            format!("DatabaseServer {namespace}/{name}: {e}"),
+        )
+    })?;
     Ok(ServerFacts {
+        tls,
         name,
         namespace,
         engine: server.spec.engine,
@@ -321,5 +359,14 @@ async fn server(
         port: external.port,
         admin_username,
         admin_password,
+        schema_database: server
+            .spec
+            .schema_database
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SCHEMA_DATABASE.to_string()),
     })
 }
+
+/// The database holding the schemas of isolation `Schema`, unless the
+/// DatabaseServer names another.
+pub const DEFAULT_SCHEMA_DATABASE: &str = "servicedb";

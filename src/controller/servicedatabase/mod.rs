@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod dereference;
 pub mod provision;
+pub mod rotation;
 pub mod status;
 pub mod validate;
 
@@ -33,8 +34,8 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{Instrument, info_span};
 
 use super::Context;
-use crate::api::{DatabaseClass, DeletionPolicy, ServiceDatabase};
-use crate::build::{LABEL_MANAGED_BY, MANAGED_BY};
+use crate::api::{DatabaseClass, DeletionPolicy, Engine, ServiceDatabase};
+use crate::build::{Credentials, LABEL_MANAGED_BY, MANAGED_BY};
 use validate::{Invalid, instance_name};
 
 /// Name of the controller in metrics and logs.
@@ -48,6 +49,8 @@ pub enum Error {
     Dereference(#[from] dereference::Error),
     #[error("invalid spec: {0}")]
     Invalid(Invalid),
+    #[error("waiting: {0}")]
+    Waiting(Invalid),
     #[error(transparent)]
     Apply(#[from] apply::Error),
     #[error(transparent)]
@@ -66,8 +69,9 @@ impl super::ReconcileError for Error {
         Error::reason(self)
     }
     fn is_reported(&self) -> bool {
-        // An invalid spec is a condition and an Event already.
-        self.is_invalid_input()
+        // An invalid spec or a missing object is a condition and an Event
+        // already.
+        self.is_invalid_input() || matches!(self, Error::Waiting(_))
     }
 }
 
@@ -81,6 +85,7 @@ impl Error {
                 "invalid-spec"
             }
             Error::Apply(_) => "apply",
+            Error::Waiting(_) => "waiting",
             Error::Provision(e) => e.category(),
             Error::Status(_) => "status",
             Error::Finalizer(f) => match f.as_ref() {
@@ -103,6 +108,7 @@ impl Error {
             "read" => "ReadFailed",
             "apply" => "ApplyFailed",
             "server-unreachable" => "ServerUnreachable",
+            "waiting" => "Waiting",
             "status" => "StatusFailed",
             _ => "FinalizerFailed",
         }
@@ -132,6 +138,9 @@ impl Backoff {
 /// Periodic re-check of a healthy resource, to repair drift of children the
 /// controller does not watch (PVCs) and to catch up on missed events.
 const RESYNC: Duration = Duration::from_secs(600);
+/// Re-check of a database on a shared server, where people with admin
+/// rights may change logins by hand.
+const SHARED_RESYNC: Duration = Duration::from_secs(60);
 
 async fn reconcile(sdb: Arc<ServiceDatabase>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!("reconcile", namespace = %sdb.namespace().unwrap_or_default(), object = %sdb.name_any());
@@ -171,6 +180,15 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
 
     let found = match dereference::dereference(&ctx.client, sdb).await {
         Ok(found) => found,
+        // Objects this resource does not own and is not told about by a
+        // watch: said in the status, retried with backoff until they appear.
+        Err(dereference::Error::Invalid(e))
+            if matches!(e.reason, "ServerCredentialsMissing" | "ServerNotFound") =>
+        {
+            let status = status::compute(sdb, &status::Outcome::Invalid(&e), now);
+            status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&e)).await?;
+            return Err(Error::Waiting(e));
+        }
         Err(dereference::Error::Invalid(e)) => return invalid(e).await,
         Err(e) => return Err(e.into()),
     };
@@ -187,9 +205,26 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             message: "object has no uid".into(),
         }));
     };
+    let policy = rotation::Policy {
+        owner: &db.username,
+        same_user: db.engine == Engine::Redis,
+        rotate_every: db.rotate_every,
+        grace: db.grace_period,
+        request: sdb
+            .annotations()
+            .get(rotation::ROTATE_ANNOTATION)
+            .map(String::as_str),
+    };
+    let mut plan = rotation::plan(
+        &found.recorded,
+        &policy,
+        now.0,
+        &mut crate::password::generate,
+    );
     if let Some(server) = &db.server {
-        // The login must work before its Secret is published.
-        if let Err(e) = provision::ensure(&db, server, &found.credentials.app_password).await {
+        // Every login must work (and a retired one must not) before the
+        // Secret says so.
+        if let Err(e) = provision::ensure(&db, server, &plan.logins).await {
             let outcome = status::Outcome::ServerUnavailable {
                 db: &db,
                 message: e.to_string(),
@@ -199,7 +234,24 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             return Err(e.into());
         }
     }
-    let children = crate::build::children(&db, &found.credentials, &ctx.facts, &owner);
+    if let Some(next) = &plan.logins.next {
+        // On a dedicated instance the instance manager makes the new login
+        // from the Secret; switch only once it works.
+        if provision::login_works(&db, next).await {
+            plan = rotation::promote(plan, &policy, now.0);
+            announce_rotation(sdb, &plan, ctx).await;
+        } else {
+            tracing::info!(username = %next.username, "waiting for the new login to work before switching to it");
+        }
+    } else if plan.deferred {
+        tracing::info!("a credential rotation waits for the previous grace period to end");
+    }
+    let credentials = Credentials {
+        admin_password: found.admin_password.clone(),
+        logins: plan.logins.clone(),
+        annotations: plan.annotations(),
+    };
+    let children = crate::build::children(&db, &credentials, &ctx.facts, &owner);
     let applied = apply::apply(&ctx.client, &db.namespace, &db.name, children).await?;
     if applied.written > 0 || applied.deleted > 0 {
         tracing::info!(
@@ -208,7 +260,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             "children updated"
         );
     }
-    let status = status::compute(
+    let mut status = status::compute(
         sdb,
         &status::Outcome::Applied {
             db: &db,
@@ -221,8 +273,39 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         },
         now,
     );
+    status.credentials_rotated_at = Some(Time(plan.issued_at));
     status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
-    Ok(Action::requeue(RESYNC))
+    // A shared server is re-checked often: a login changed or dropped by
+    // hand there is repaired within a minute.
+    let resync = if db.server.is_some() {
+        SHARED_RESYNC
+    } else {
+        RESYNC
+    };
+    Ok(Action::requeue(
+        plan.next_event(&policy, now.0)
+            .map_or(resync, |due| due.min(resync)),
+    ))
+}
+
+/// A Normal Event when the Secret switched to a new login.
+async fn announce_rotation(sdb: &ServiceDatabase, plan: &rotation::Plan, ctx: &Context) {
+    let until = plan
+        .previous_valid_until
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    tracing::info!(username = %plan.logins.current.username, previous_valid_until = %until, "credentials rotated");
+    let event = KubeEvent {
+        type_: EventType::Normal,
+        reason: "CredentialsRotated".into(),
+        note: Some(format!(
+            "the Secret now holds login {}; the previous login works until {until}",
+            plan.logins.current.username
+        )),
+        action: "Rotate".into(),
+        secondary: None,
+    };
+    crate::controller::publish(&ctx.recorder, &event, &sdb.object_ref(&())).await;
 }
 
 /// Deletion, by `deletionPolicy`.

@@ -9,6 +9,8 @@ use std::time::Duration;
 use super::dereference::ServerFacts;
 use super::validate::ValidatedDatabase;
 use crate::api::Engine;
+use crate::engine::logins::{Login, Logins};
+use crate::engine::mongodb_users;
 use crate::engine::postgres_users::{self, ServiceUser};
 use crate::engine::redis_acl;
 
@@ -39,45 +41,159 @@ impl Error {
     }
 }
 
-/// Makes sure the service's database and login exist with this password.
+/// Makes sure the service's database exists and exactly the listed logins
+/// work (the service's other identity cannot log in).
 pub async fn ensure(
     db: &ValidatedDatabase,
     server: &ServerFacts,
-    password: &str,
+    logins: &Logins,
 ) -> Result<(), Error> {
     match db.engine {
         Engine::Postgres => {
-            let client = postgres(server).await?;
-            let user = ServiceUser {
-                role: db.username.clone(),
-                password: password.to_string(),
-                database: db.database.clone(),
-            };
-            postgres_users::ensure_service_database(&client, &user)
+            let client = postgres(server, "postgres").await?;
+            let fail =
+                |e: postgres_users::UserError| provision(server, e.category(), e.to_string());
+            if db.schema.is_some() {
+                postgres_users::ensure_schema_database(&client, &db.database)
+                    .await
+                    .map_err(fail)?;
+                let shared = postgres(server, &db.database).await?;
+                postgres_users::ensure_service_schema(
+                    &client,
+                    &shared,
+                    &db.username,
+                    &db.database,
+                    logins,
+                )
                 .await
-                .map(|_| ())
-                .map_err(|e| provision(server, e.category(), e.to_string()))
+                .map(drop)
+                .map_err(fail)
+            } else {
+                postgres_users::ensure_service_logins(&client, &db.username, &db.database, logins)
+                    .await
+                    .map(drop)
+                    .map_err(fail)
+            }
         }
         Engine::Redis => {
             let mut conn = redis(server).await?;
             let prefix = crate::engine::redis::key_prefix(&db.username);
-            redis_acl::ensure_user(&mut conn, &db.username, password, &prefix)
+            redis_acl::ensure_user_logins(&mut conn, &db.username, logins, &prefix)
                 .await
-                .map_err(|e| provision(server, e.category(), e.to_string()))
+                .map_err(|e| provision(server, e.category(), e.to_string()))?;
+            save_acl(&mut conn).await;
+            Ok(())
         }
-        Engine::MongoDB => Err(provision(
-            server,
-            "unsupported",
-            "MongoDB on shared servers is not available yet".into(),
-        )),
+        Engine::MongoDB => {
+            let client = mongodb(server)?;
+            mongodb_users::ensure_service_logins(&client, &db.database, &db.username, logins)
+                .await
+                .map_err(|e| mongodb_error(server, e))
+        }
+    }
+}
+
+/// Whether the service can log in with `login` where its clients connect:
+/// the shared server, or the dedicated instance's Service. A rotation
+/// publishes a login only after this says yes.
+pub async fn login_works(db: &ValidatedDatabase, login: &Login) -> bool {
+    let host = db.host();
+    let port = db.port();
+    // A dedicated instance is reached inside the cluster, in plain TCP.
+    let tls = db
+        .server
+        .as_ref()
+        .map(|s| s.tls.clone())
+        .unwrap_or_default();
+    let result = match db.engine {
+        Engine::Postgres => {
+            let mut config = tokio_postgres::Config::new();
+            config
+                .host(&host)
+                .port(u16::try_from(port).unwrap_or(5432))
+                .user(&login.username)
+                .password(&login.password)
+                .dbname(&db.database)
+                .application_name("servicedb")
+                .connect_timeout(CONNECT_TIMEOUT);
+            match crate::engine::tls::postgres(&mut config, &tls).await {
+                Ok(client) => client
+                    .simple_query("SELECT 1")
+                    .await
+                    .map(drop)
+                    .map_err(|e| postgres_users::describe(&e)),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Engine::Redis => {
+            let port = u16::try_from(port).unwrap_or(6379);
+            match crate::engine::tls::redis(
+                &host,
+                port,
+                &login.username,
+                &login.password,
+                &tls,
+                CONNECT_TIMEOUT,
+            )
+            .await
+            {
+                Ok(mut conn) => redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .map(drop)
+                    .map_err(|e| redis_acl::describe(&e)),
+                Err(e) => Err(redis_acl::describe(&e)),
+            }
+        }
+        Engine::MongoDB => {
+            let login = mongodb_users::Login {
+                source: &db.database,
+                user: &login.username,
+                password: &login.password,
+            };
+            let port = u16::try_from(port).unwrap_or(27017);
+            let client = crate::engine::tls::mongodb(&tls)
+                .map_err(|e| e.0)
+                .and_then(|tls| {
+                    mongodb_users::direct_client_tls(&host, port, Some(login), CONNECT_TIMEOUT, tls)
+                        .map_err(|e| e.to_string())
+                });
+            match client {
+                Ok(client) => client
+                    .database(&db.database)
+                    .run_command(mongodb::bson::doc! { "ping": 1 })
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match result {
+        Ok(()) => true,
+        Err(message) => {
+            tracing::debug!(
+                username = %login.username,
+                error = %scrub(&message, &login.password),
+                "the new login does not work yet"
+            );
+            false
+        }
     }
 }
 
 /// Removes the service's login and data (`deletionPolicy: Delete`).
 pub async fn remove(db: &ValidatedDatabase, server: &ServerFacts) -> Result<(), Error> {
     match db.engine {
+        Engine::Postgres if db.schema.is_some() => {
+            let client = postgres(server, "postgres").await?;
+            let shared = postgres(server, &db.database).await?;
+            postgres_users::drop_service_schema(&client, &shared, &db.username)
+                .await
+                .map_err(|e| provision(server, e.category(), e.to_string()))
+        }
         Engine::Postgres => {
-            let client = postgres(server).await?;
+            let client = postgres(server, "postgres").await?;
             let user = ServiceUser {
                 role: db.username.clone(),
                 password: String::new(),
@@ -92,12 +208,57 @@ pub async fn remove(db: &ValidatedDatabase, server: &ServerFacts) -> Result<(), 
             redis_acl::remove_user(&mut conn, &db.username)
                 .await
                 .map_err(|e| provision(server, e.category(), e.to_string()))?;
+            save_acl(&mut conn).await;
             let prefix = crate::engine::redis::key_prefix(&db.username);
             delete_keys(&mut conn, &prefix)
                 .await
                 .map_err(|e| provision(server, "delete-keys", redis_acl::describe(&e)))
         }
-        Engine::MongoDB => Ok(()),
+        Engine::MongoDB => {
+            let client = mongodb(server)?;
+            let twin = crate::engine::logins::twin(&db.username);
+            for user in [db.username.as_str(), twin.as_str()] {
+                mongodb_users::drop_user(&client, &db.database, user)
+                    .await
+                    .map_err(|e| mongodb_error(server, e))?;
+            }
+            client
+                .database(&db.database)
+                .drop()
+                .await
+                .map_err(|e| provision(server, "drop-database", e.to_string()))
+        }
+    }
+}
+
+fn mongodb(server: &ServerFacts) -> Result<mongodb::Client, Error> {
+    let login = mongodb_users::Login {
+        source: "admin",
+        user: &server.admin_username,
+        password: &server.admin_password,
+    };
+    let port = u16::try_from(server.port).unwrap_or(27017);
+    let tls = crate::engine::tls::mongodb(&server.tls).map_err(|e| connect_error(server, &e.0))?;
+    mongodb_users::direct_client_tls(&server.host, port, Some(login), CONNECT_TIMEOUT, tls)
+        .map_err(|e| connect_error(server, &e.to_string()))
+}
+
+/// A refused login or no answer is the server's state; anything else is
+/// about this database.
+fn mongodb_error(server: &ServerFacts, error: mongodb_users::UserError) -> Error {
+    if error.is_login_refused() || error.category() == "connection" {
+        connect_error(server, &error.to_string())
+    } else {
+        provision(server, error.category(), error.to_string())
+    }
+}
+
+/// Writes the live ACL to the server's ACL file, so that the logins survive
+/// a restart. A server without an ACL file (`aclfile`) keeps them in memory
+/// only: said once per reconcile at debug level, not an error.
+async fn save_acl(conn: &mut redis::aio::MultiplexedConnection) {
+    if let Err(e) = redis_acl::save_acl_file(conn).await {
+        tracing::debug!(error = %e, "ACL SAVE failed; the server keeps users in memory only");
     }
 }
 
@@ -141,48 +302,32 @@ fn glob_escape(s: &str) -> String {
     })
 }
 
-async fn postgres(server: &ServerFacts) -> Result<tokio_postgres::Client, Error> {
+async fn postgres(server: &ServerFacts, database: &str) -> Result<tokio_postgres::Client, Error> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(&server.host)
         .port(u16::try_from(server.port).unwrap_or(5432))
         .user(&server.admin_username)
         .password(&server.admin_password)
-        .dbname("postgres")
+        .dbname(database)
         .application_name("servicedb")
         .connect_timeout(CONNECT_TIMEOUT);
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+    crate::engine::tls::postgres(&mut config, &server.tls)
         .await
-        .map_err(|e| connect_error(server, &e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "connection to the DatabaseServer closed");
-        }
-    });
-    Ok(client)
+        .map_err(|e| connect_error(server, &e.to_string()))
 }
 
 async fn redis(server: &ServerFacts) -> Result<redis::aio::MultiplexedConnection, Error> {
-    use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
-    let fail = |e: redis::RedisError| connect_error(server, &redis_acl::describe(&e));
-    let port = u16::try_from(server.port).unwrap_or(6379);
-    let info = ConnectionAddr::Tcp(server.host.clone(), port)
-        .into_connection_info()
-        .map_err(fail)?
-        .set_redis_settings(
-            RedisConnectionInfo::default()
-                .set_username(server.admin_username.as_str())
-                .set_password(server.admin_password.as_str()),
-        );
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(CONNECT_TIMEOUT));
-    redis::Client::open(info)
-        .map_err(fail)?
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(fail)
+    crate::engine::tls::redis(
+        &server.host,
+        u16::try_from(server.port).unwrap_or(6379),
+        &server.admin_username,
+        &server.admin_password,
+        &server.tls,
+        CONNECT_TIMEOUT,
+    )
+    .await
+    .map_err(|e| connect_error(server, &redis_acl::describe(&e)))
 }
 
 fn connect_error(server: &ServerFacts, message: &str) -> Error {

@@ -54,11 +54,18 @@ pub struct ValidatedDatabase {
     pub admin_secret_name: String,
     /// Name of the service's database inside the engine.
     pub database: String,
-    /// The service's login.
+    /// The service's login (its owner identity).
     pub username: String,
+    /// Isolation `Schema`: the service's schema in the shared `database`,
+    /// named after (and owned by) its owner role.
+    pub schema: Option<String>,
     pub deletion_policy: DeletionPolicy,
     /// The shared server hosting the database; `None` for a dedicated instance.
     pub server: Option<ServerFacts>,
+    /// Scheduled rotation of the service's password.
+    pub rotate_every: Option<std::time::Duration>,
+    /// How long a replaced login keeps working.
+    pub grace_period: std::time::Duration,
 }
 
 impl std::fmt::Debug for ValidatedDatabase {
@@ -172,28 +179,19 @@ pub fn validate(
                 )
             })?,
     };
-    // Shared placement: a Postgres database or a Redis key space on an
-    // external DatabaseServer.
+    // Shared placement: a database (Postgres, MongoDB), a key space (Redis)
+    // or a Postgres schema on a DatabaseServer.
     let shared = match (spec.isolation, server) {
         (Isolation::Dedicated, _) => None,
-        (Isolation::Database, Some(server))
-            if matches!(spec.engine, Engine::Postgres | Engine::Redis) =>
-        {
+        (Isolation::Database, Some(server)) => Some(server.clone()),
+        (Isolation::Schema, Some(server)) if spec.engine == Engine::Postgres => {
             Some(server.clone())
         }
         (isolation, _) => {
             return Err(Invalid::new(
                 "spec.isolation",
                 "Unsupported",
-                format!(
-                    "isolation {isolation} for {} is not available in this servicedb release yet; use Dedicated{}",
-                    spec.engine,
-                    if spec.engine == Engine::MongoDB {
-                        ""
-                    } else {
-                        " or Database"
-                    }
-                ),
+                format!("isolation {isolation} is not available for {}", spec.engine),
             ));
         }
     };
@@ -227,13 +225,28 @@ pub fn validate(
     if spec.bootstrap.is_some() {
         return not_yet("spec.bootstrap", "bootstrapping from a backup");
     }
-    if spec
-        .credentials
-        .as_ref()
-        .is_some_and(|c| c.rotate_every.is_some())
-    {
-        return not_yet("spec.credentials.rotateEvery", "credential rotation");
-    }
+    let duration = |field: &'static str, text: Option<&String>| match text {
+        None => Ok(None),
+        Some(text) => super::rotation::parse_duration(text)
+            .map(Some)
+            .ok_or_else(|| {
+                Invalid::new(
+                    field,
+                    "InvalidDuration",
+                    format!("{text:?} is not a duration such as 720h"),
+                )
+            }),
+    };
+    let credentials = spec.credentials.clone().unwrap_or_default();
+    let rotate_every = duration(
+        "spec.credentials.rotateEvery",
+        credentials.rotate_every.as_ref(),
+    )?;
+    let grace_period = duration(
+        "spec.credentials.gracePeriod",
+        credentials.grace_period.as_ref(),
+    )?
+    .unwrap_or(super::rotation::DEFAULT_GRACE);
     if spec.monitoring.as_ref().and_then(|m| m.enabled) == Some(true) {
         return not_yet("spec.monitoring", "monitoring");
     }
@@ -288,26 +301,33 @@ pub fn validate(
         owner: spec.owner.pod_selector.clone(),
         secret_name,
         admin_secret_name,
-        database: engine_spec.database_name(&identifier),
+        database: match (&shared, spec.isolation) {
+            (Some(server), Isolation::Schema) => server.schema_database.clone(),
+            _ => engine_spec.database_name(&identifier),
+        },
+        schema: (spec.isolation == Isolation::Schema).then(|| identifier.clone()),
         username: identifier,
         deletion_policy: spec.deletion_policy,
         server: shared,
+        rotate_every,
+        grace_period,
         name,
         namespace,
     })
 }
 
 /// `shop` + `orders` → `shop_orders`; names too long for an identifier (63
-/// bytes) keep a readable start and a hash of the whole.
+/// bytes, less the `_b` of the rotation twin) keep a readable start and a
+/// hash of the whole.
 pub fn shared_identifier(namespace: &str, name: &str) -> String {
     use sha2::{Digest, Sha256};
     let full = format!("{namespace}_{name}").replace('-', "_");
-    if full.len() <= 63 {
+    if full.len() <= 61 {
         return full;
     }
     let hash = Sha256::digest(full.as_bytes());
     let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    format!("{}_{hex}", &full[..54])
+    format!("{}_{hex}", &full[..52])
 }
 
 fn check_cron(field: &'static str, schedule: &str) -> Result<(), Invalid> {
@@ -462,10 +482,6 @@ mod tests {
                 "{backup: {schedule: '@daily', destination: {volume: {claimName: b}}}}",
                 "spec.backup",
             ),
-            (
-                "{credentials: {rotateEvery: 720h}}",
-                "spec.credentials.rotateEvery",
-            ),
             ("{monitoring: {enabled: true}}", "spec.monitoring"),
             ("{bootstrap: {fromBackup: {name: b1}}}", "spec.bootstrap"),
         ] {
@@ -474,6 +490,25 @@ mod tests {
             let err = validate(&sdb, &class, None).unwrap_err();
             assert_eq!((err.field, err.reason), (field, "Unsupported"), "{yaml}");
         }
+    }
+
+    #[test]
+    fn rotation_settings_are_read() {
+        let class: DatabaseClass = fixture("class-postgres.yaml");
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        let db = validate(&sdb, &class, None).unwrap();
+        assert_eq!(db.rotate_every, None);
+        assert_eq!(db.grace_period, super::super::rotation::DEFAULT_GRACE);
+        edit(
+            &mut sdb,
+            "{credentials: {rotateEvery: 720h, gracePeriod: 90s}}",
+        );
+        let db = validate(&sdb, &class, None).unwrap();
+        assert_eq!(
+            db.rotate_every,
+            Some(std::time::Duration::from_secs(720 * 3600))
+        );
+        assert_eq!(db.grace_period, std::time::Duration::from_secs(90));
     }
 
     #[test]

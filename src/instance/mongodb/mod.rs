@@ -94,6 +94,7 @@ impl Engine for MongoDB {
             port: args.port,
             admin_secret_dir: args.admin_secret_dir.clone(),
             app_secret_dir: args.app_secret_dir.clone(),
+            service_owner: args.service_owner.clone(),
         };
         let interval = args.sync_interval;
         async move {

@@ -13,6 +13,7 @@ use mongodb::bson::Document;
 use tracing::{debug, info};
 
 use super::bootstrap::{self, ReplicaSet, RootLogin, Step};
+use crate::engine::logins::Logins;
 use crate::engine::mongodb_users::{self as users, Login, UserError, UserSpec};
 use crate::engine::postgres_users::ServiceUser;
 use crate::instance::secrets::{self, AdminCredentials, SecretError};
@@ -33,6 +34,8 @@ pub(super) struct Settings {
     pub port: u16,
     pub admin_secret_dir: PathBuf,
     pub app_secret_dir: PathBuf,
+    /// The service's owner identity; the Secret's `username` when unset.
+    pub service_owner: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +92,7 @@ pub(super) struct Syncer {
     /// No credentials: `hello`, and the localhost exception on first start.
     anonymous: Client,
     root: Option<Root>,
-    applied_app: Option<ServiceUser>,
+    applied_app: Option<(ServiceUser, Logins)>,
     checked_at: Instant,
 }
 
@@ -242,6 +245,8 @@ impl Syncer {
     /// tick) to say PRIMARY; then the service's user is brought in step if
     /// the Secret changed (or a recheck is due).
     async fn sync_service_user(&mut self, app: &ServiceUser) -> Result<(), SyncError> {
+        let logins = secrets::read_logins(&self.settings.app_secret_dir).await?;
+        let app = &(app.clone(), logins);
         let Some(root) = &self.root else {
             return Err(SyncError::NotPrimary);
         };
@@ -254,18 +259,13 @@ impl Syncer {
         if self.applied_app.as_ref() == Some(app) {
             return Ok(());
         }
-        let outcome =
-            users::ensure_service_user(&root.client, &app.database, &app.role, &app.password)
-                .await
-                .map_err(SyncError::Service)?;
-        match outcome {
-            users::Outcome::Unchanged => {
-                debug!(user = %app.role, database = %app.database, "service user up to date");
-            }
-            changed => {
-                info!(user = %app.role, database = %app.database, ?changed, "service user updated");
-            }
-        }
+        let (user, logins) = app;
+        // The Secret's login is the owner or its rotation twin.
+        let owner = self.settings.service_owner.as_deref().unwrap_or(&user.role);
+        users::ensure_service_logins(&root.client, &user.database, owner, logins)
+            .await
+            .map_err(SyncError::Service)?;
+        debug!(user = %logins.current.username, database = %user.database, "service logins in step");
         self.applied_app = Some(app.clone());
         self.checked_at = Instant::now();
         Ok(())

@@ -88,6 +88,7 @@ impl Engine for Postgres {
             port: args.port,
             admin_secret_dir: args.admin_secret_dir.clone(),
             app_secret_dir: args.app_secret_dir.clone(),
+            service_owner: args.service_owner.clone(),
         });
         super::sync::run(Self::SERVER, syncer, health, args.sync_interval)
     }

@@ -10,7 +10,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls};
 use tracing::{debug, info};
 
-use crate::engine::postgres_users::{self, ServiceUser, UserError};
+use crate::engine::logins::Logins;
+use crate::engine::postgres_users::{self, UserError};
 use crate::instance::secrets::{self, AdminCredentials, SecretError};
 use crate::instance::status::Health;
 use crate::instance::sync::{Progress, Server, SyncFailure, UserSync};
@@ -26,6 +27,8 @@ pub(super) struct Settings {
     pub port: u16,
     pub admin_secret_dir: PathBuf,
     pub app_secret_dir: PathBuf,
+    /// The service's owner identity; the Secret's `username` when unset.
+    pub service_owner: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +76,7 @@ pub(super) struct Syncer {
     settings: Settings,
     client: Option<Client>,
     applied_admin: Option<AdminCredentials>,
-    applied_app: Option<ServiceUser>,
+    applied_app: Option<(String, String, Logins)>,
     last_full_check: Instant,
 }
 
@@ -83,9 +86,17 @@ impl UserSync for Syncer {
     async fn tick(&mut self, health: &Health) -> Result<Progress, SyncError> {
         let admin = secrets::read_admin(&self.settings.admin_secret_dir).await?;
         let app = secrets::read_app(&self.settings.app_secret_dir).await?;
-        if app.role == admin.username {
-            return Err(SyncError::ServiceIsAdmin(app.role));
+        let logins = secrets::read_logins(&self.settings.app_secret_dir).await?;
+        if let Some(login) = logins.all().find(|l| l.username == admin.username) {
+            return Err(SyncError::ServiceIsAdmin(login.username.clone()));
         }
+        // The Secret's login is the owner or its rotation twin.
+        let owner = self
+            .settings
+            .service_owner
+            .clone()
+            .unwrap_or_else(|| logins.current.username.clone());
+        let app = (owner, app.database, logins);
         self.connect(&admin).await?;
         if !health.set_accepting(true) {
             info!("postgres accepts connections");
@@ -109,13 +120,14 @@ impl UserSync for Syncer {
             self.applied_admin = Some(admin);
         }
         if self.applied_app.as_ref() != Some(&app) {
-            let outcome = postgres_users::ensure_service_database(client, &app)
+            let (owner, database, logins) = &app;
+            let outcome = postgres_users::ensure_service_logins(client, owner, database, logins)
                 .await
                 .map_err(SyncError::Service)?;
             if outcome.changed() {
-                info!(role = %app.role, database = %app.database, ?outcome, "service user updated");
+                info!(role = %logins.current.username, %database, ?outcome, "service logins updated");
             } else {
-                debug!(role = %app.role, database = %app.database, "service user up to date");
+                debug!(role = %logins.current.username, %database, "service logins up to date");
             }
             self.applied_app = Some(app);
         }

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use crate::engine::logins::Logins;
 use crate::engine::redis_acl::{AclError, AclUser, KeyPrefix};
 use crate::instance::secrets::{self, AdminCredentials, SecretError};
 
@@ -12,7 +13,9 @@ use crate::instance::secrets::{self, AdminCredentials, SecretError};
 #[derive(Clone, PartialEq, Eq)]
 pub(super) struct AppCredentials {
     pub username: String,
-    pub password: String,
+    /// The Secret's logins: during a rotation the same user with a second
+    /// password.
+    pub logins: Logins,
     pub key_prefix: String,
 }
 
@@ -26,9 +29,10 @@ impl std::fmt::Debug for AppCredentials {
 }
 
 pub(super) async fn read_app(dir: &Path) -> Result<AppCredentials, SecretError> {
+    let logins = secrets::read_logins(dir).await?;
     Ok(AppCredentials {
-        username: secrets::read_key(dir, "username").await?,
-        password: secrets::read_key(dir, "password").await?,
+        username: logins.current.username.clone(),
+        logins,
         key_prefix: secrets::read_key(dir, "keyPrefix").await?,
     })
 }
@@ -66,7 +70,12 @@ pub(super) fn service_user(
         return Err(UsersError::ServiceIsAdmin(app.username.clone()));
     }
     let prefix = KeyPrefix::new(&app.key_prefix).map_err(UsersError::Service)?;
-    AclUser::service(&app.username, &app.password, &prefix).map_err(UsersError::Service)
+    AclUser::service_with_passwords(
+        &app.username,
+        &app.logins.passwords_of(&app.username),
+        &prefix,
+    )
+    .map_err(UsersError::Service)
 }
 
 #[cfg(test)]
@@ -84,7 +93,7 @@ mod tests {
     fn app(username: &str, key_prefix: &str) -> AppCredentials {
         AppCredentials {
             username: username.into(),
-            password: "hunter2".into(),
+            logins: Logins::single(crate::engine::logins::Login::new(username, "hunter2")),
             key_prefix: key_prefix.into(),
         }
     }
@@ -131,7 +140,7 @@ mod tests {
 
     impl AppCredentials {
         fn with_password(mut self, password: &str) -> Self {
-            self.password = password.into();
+            self.logins.current.password = password.into();
             self
         }
     }

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# `make bench`: benchmarks that print figures, against KUBECONFIG when it is
+# set, otherwise against a local control plane (hack/testenv) started for the
+# run and stopped afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${TESTENV_DIR:-$HOME/.cache/servicedb/testenv-bench}
+if [ -z "${KUBECONFIG:-}" ]; then
+  hack/testenv/down.sh "$dir" >/dev/null 2>&1 || true
+  export KUBECONFIG
+  KUBECONFIG=$(hack/testenv/up.sh "$dir")
+  trap 'hack/testenv/down.sh "$dir" >/dev/null' EXIT
+fi
+${CARGO:-cargo} bench --locked --bench provision

@@ -1,0 +1,225 @@
+//! TLS towards external servers: a PostgreSQL that accepts TLS only and a
+//! Redis with a TLS port, both with certificates from a CA the test makes.
+//! `VerifyFull` with the CA and `Require` work; plain TCP and a wrong CA are
+//! refused and said so in the DatabaseServer's status.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use servicedb::api::{DatabaseServer, Phase, ServiceDatabase};
+use servicedb::engine::tls::{TlsMode, TlsSettings};
+
+use crate::dedicated::{secret_value, wait_phase};
+use crate::harness::{Env, wait_for};
+use crate::servers::{Postgres, Redis, TestCa};
+
+async fn secret(env: &Env, name: &str, data: serde_json::Value) {
+    let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data});
+    env.api::<Secret>()
+        .patch(
+            name,
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("secret");
+}
+
+async fn server(env: &Env, name: &str, engine: &str, port: u16, tls: serde_json::Value) {
+    let body = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer", "metadata": {"name": name},
+        "spec": {"engine": engine, "external": {"host": "127.0.0.1", "port": port,
+                 "adminSecretRef": {"name": format!("{}-admin", engine.to_lowercase())}, "tls": tls}}});
+    env.api::<DatabaseServer>()
+        .patch(
+            name,
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("server");
+}
+
+/// The `Reachable` condition once it has the wanted status.
+async fn reachable(env: &Env, name: &str, want: &str) -> (String, String) {
+    let api: Api<DatabaseServer> = env.api();
+    wait_for(
+        &format!("{name} Reachable={want}"),
+        Duration::from_secs(60),
+        || async {
+            let s = api.get(name).await.ok()?;
+            let c = s
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Reachable")?;
+            (c.status == want).then_some((c.reason, c.message))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn external_servers_are_reached_over_tls() {
+    let env = Env::new("tls").await;
+    let pg = Postgres::start_new_tls();
+    let redis = Redis::start_new_tls();
+    let ca = &pg.tls.as_ref().expect("tls").ca_pem;
+    secret(
+        &env,
+        "postgres-admin",
+        json!({"username": pg.admin_user, "password": pg.admin_password}),
+    )
+    .await;
+    secret(
+        &env,
+        "redis-admin",
+        json!({"username": redis.admin_user, "password": redis.admin_password}),
+    )
+    .await;
+    secret(&env, "pg-ca", json!({"ca.crt": ca})).await;
+    secret(
+        &env,
+        "redis-ca",
+        json!({"ca.crt": redis.tls.as_ref().expect("tls").ca_pem}),
+    )
+    .await;
+    let other = tempfile::tempdir().expect("dir");
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .expect("me");
+    let wrong = TestCa::new(other.path(), &me);
+    secret(&env, "wrong-ca", json!({"ca.crt": wrong.ca_pem})).await;
+
+    server(
+        &env,
+        "pg-verified",
+        "Postgres",
+        pg.port,
+        json!({"mode": "VerifyFull", "caSecretRef": {"name": "pg-ca"}}),
+    )
+    .await;
+    server(
+        &env,
+        "pg-encrypted",
+        "Postgres",
+        pg.port,
+        json!({"mode": "Require"}),
+    )
+    .await;
+    server(
+        &env,
+        "pg-plain",
+        "Postgres",
+        pg.port,
+        json!({"mode": "Disable"}),
+    )
+    .await;
+    server(
+        &env,
+        "pg-wrong-ca",
+        "Postgres",
+        pg.port,
+        json!({"mode": "VerifyFull", "caSecretRef": {"name": "wrong-ca"}}),
+    )
+    .await;
+    let tls_port = redis.tls_port.expect("tls port");
+    server(
+        &env,
+        "redis-verified",
+        "Redis",
+        tls_port,
+        json!({"mode": "VerifyFull", "caSecretRef": {"name": "redis-ca"}}),
+    )
+    .await;
+    server(
+        &env,
+        "redis-encrypted",
+        "Redis",
+        tls_port,
+        json!({"mode": "Require"}),
+    )
+    .await;
+
+    for name in [
+        "pg-verified",
+        "pg-encrypted",
+        "redis-verified",
+        "redis-encrypted",
+    ] {
+        reachable(&env, name, "True").await;
+    }
+    let (_, message) = reachable(&env, "pg-plain", "False").await;
+    assert!(
+        message.contains("no encryption") || message.contains("pg_hba"),
+        "{message}"
+    );
+    let (_, message) = reachable(&env, "pg-wrong-ca", "False").await;
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+
+    // A service placed on the verified server gets its login over TLS.
+    let sdbs: Api<ServiceDatabase> = env.api();
+    for (name, engine, server) in [
+        ("orders", "Postgres", "pg-verified"),
+        ("cart", "Redis", "redis-verified"),
+    ] {
+        let body = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase", "metadata": {"name": name},
+            "spec": {"engine": engine, "isolation": "Database", "serverRef": {"name": server},
+                     "owner": {"podSelector": {"matchLabels": {"app": name}}}, "deletionPolicy": "Delete"}});
+        sdbs.patch(
+            name,
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("sdb");
+        wait_phase(&sdbs, name, Phase::Ready).await;
+    }
+    let s = env.api::<Secret>().get("orders-db").await.expect("secret");
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(pg.port)
+        .user(secret_value(&s, "username"))
+        .password(secret_value(&s, "password"))
+        .dbname(secret_value(&s, "database"));
+    let verified = TlsSettings {
+        mode: TlsMode::VerifyFull,
+        ca_pem: Some(ca.clone()),
+    };
+    let client = servicedb::engine::tls::postgres(&mut config, &verified)
+        .await
+        .expect("the service logs in over TLS");
+    let ssl: bool = client
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl")
+        .get(0);
+    assert!(ssl, "the session is encrypted");
+    let c = env.api::<Secret>().get("cart-db").await.expect("secret");
+    let mut conn = servicedb::engine::tls::redis(
+        "127.0.0.1",
+        tls_port,
+        &secret_value(&c, "username"),
+        &secret_value(&c, "password"),
+        &TlsSettings {
+            mode: TlsMode::VerifyFull,
+            ca_pem: redis.tls.as_ref().map(|t| t.ca_pem.clone()),
+        },
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("the cart service logs in over TLS");
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}k", secret_value(&c, "keyPrefix")))
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .expect("writes");
+}

@@ -549,12 +549,12 @@ async fn the_operator_needs_no_more_than_the_charts_rbac() {
         .await
         .expect("impersonating config");
     let sa_client = Client::try_from(config).expect("impersonating client");
-    // The kubeconfig really is the ServiceAccount: no pods for it.
+    // The kubeconfig really is the ServiceAccount: no ConfigMaps for it.
     assert_forbidden(
-        Api::<Pod>::namespaced(sa_client.clone(), &env.ns)
+        Api::<ConfigMap>::namespaced(sa_client.clone(), &env.ns)
             .list(&ListParams::default())
             .await,
-        "list pods",
+        "list ConfigMaps",
     );
 
     // The operator as the chart runs it: the Deployment's environment.
@@ -811,6 +811,18 @@ async fn refuses_what_is_not_needed(sa_client: &Client, env: &Env, sa: &str) {
             .delete("postgres", &dry_delete)
             .await,
         "delete a DatabaseClass",
+    );
+    // Pods are only read (termination messages of backup Jobs).
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "intruder"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .expect("pod");
+    assert_forbidden(
+        Api::<Pod>::namespaced(sa_client.clone(), &env.ns)
+            .create(&dry, &pod)
+            .await,
+        "create a pod",
     );
     assert_forbidden(
         Api::<ConfigMap>::namespaced(sa_client.clone(), &env.ns)

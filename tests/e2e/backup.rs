@@ -17,7 +17,7 @@ use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{DatabaseBackup, Phase, ServiceDatabase};
 
 use crate::dedicated::{get_when, set_ready_replicas, wait_phase};
-use crate::harness::{Env, wait_for};
+use crate::harness::{Env, apply_manifest, backup_example, wait_for};
 
 const T0: &str = "2026-01-01T02:00:00Z";
 const T1: &str = "2026-01-01T02:00:09Z";
@@ -643,4 +643,44 @@ async fn a_database_restored_from_a_backup_is_ready_only_after_the_restore() {
     succeed(&env, "orders-copy-db-restore", json!({})).await;
     wait_phase(&env.api(), "orders-copy", Phase::Ready).await;
     wait_condition(&env, "orders-copy", "Restored", "True", "Restored").await;
+}
+
+/// The README's backup walkthrough (examples/backup) as a user runs it.
+#[tokio::test]
+async fn the_backup_examples_work_as_the_readme_says() {
+    let env = Env::new("backup-examples").await;
+    apply_manifest(
+        &env.client,
+        &env.ns,
+        &backup_example("orders-with-backups.yaml"),
+    )
+    .await;
+    let cron = get_when(&env.api::<CronJob>(), "orders-db-backup").await;
+    assert_eq!(cron.spec.expect("spec").schedule, "0 2 * * *");
+    apply_manifest(&env.client, &env.ns, &backup_example("backup-now.yaml")).await;
+    apply_manifest(
+        &env.client,
+        &env.ns,
+        &backup_example("orders-restored.yaml"),
+    )
+    .await;
+    wait_condition(
+        &env,
+        "orders-staging",
+        "SpecValid",
+        "False",
+        "BackupNotCompleted",
+    )
+    .await;
+    succeed(
+        &env,
+        "orders-before-migration-backup",
+        manifest("orders-before-migration", 512),
+    )
+    .await;
+    wait_backup(&env, "orders-before-migration", BackupPhase::Completed).await;
+    let sts: Api<StatefulSet> = env.api();
+    get_when(&sts, "orders-staging-db").await;
+    set_ready_replicas(&sts, "orders-staging-db", 1).await;
+    get_when(&env.api::<Job>(), "orders-staging-db-restore").await;
 }

@@ -57,7 +57,7 @@ async fn apply(env: &Env, sdb: &Value) -> ServiceDatabase {
         .expect("applying the ServiceDatabase")
 }
 
-async fn manual_backup(env: &Env, name: &str, database: &str) -> DatabaseBackup {
+pub async fn manual_backup(env: &Env, name: &str, database: &str) -> DatabaseBackup {
     let backup: DatabaseBackup = serde_json::from_value(json!({
         "apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseBackup",
         "metadata": {"name": name},
@@ -72,7 +72,7 @@ async fn manual_backup(env: &Env, name: &str, database: &str) -> DatabaseBackup 
 
 /// The agent's pod of `job`, terminated with `message`, as the kubelet would
 /// report it.
-async fn agent_pod(env: &Env, job: &str, exit_code: i32, message: &str) {
+pub async fn agent_pod(env: &Env, job: &str, exit_code: i32, message: &str) {
     let pods: Api<Pod> = env.api();
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": format!("{job}-pod"), "labels": {"batch.kubernetes.io/job-name": job}},
@@ -97,7 +97,7 @@ async fn agent_pod(env: &Env, job: &str, exit_code: i32, message: &str) {
 
 /// Job status as the Job controller of 1.34 writes it: a terminal condition
 /// is preceded by its interim one (SuccessCriteriaMet, FailureTarget).
-async fn finish_job(env: &Env, job: &str, succeeded: bool) {
+pub async fn finish_job(env: &Env, job: &str, succeeded: bool) {
     let jobs: Api<Job> = env.api();
     let running = json!({"status": {"startTime": T0, "active": 1}});
     jobs.patch_status(job, &PatchParams::default(), &Patch::Merge(&running))
@@ -120,20 +120,20 @@ async fn finish_job(env: &Env, job: &str, succeeded: bool) {
 }
 
 /// Plays a whole successful run of `job`, the agent reporting `manifest`.
-async fn succeed(env: &Env, job: &str, manifest: Value) {
+pub async fn succeed(env: &Env, job: &str, manifest: Value) {
     get_when(&env.api::<Job>(), job).await;
     agent_pod(env, job, 0, &manifest.to_string()).await;
     finish_job(env, job, true).await;
 }
 
-fn manifest(name: &str, size: i64) -> Value {
+pub fn manifest(name: &str, size: i64) -> Value {
     json!({"engine": "postgres", "format": "custom", "serverVersion": "17.2", "database": "orders",
         "startedAt": T0, "completedAt": T1, "sizeBytes": size, "rawBytes": size * 3,
         "checksum": format!("sha256:{size:064x}"), "archive": format!("{name}.dump.zst"),
         "location": format!("s3://backups/NS/orders/{name}")})
 }
 
-async fn wait_backup(env: &Env, name: &str, phase: BackupPhase) -> DatabaseBackup {
+pub async fn wait_backup(env: &Env, name: &str, phase: BackupPhase) -> DatabaseBackup {
     let api: Api<DatabaseBackup> = env.api();
     wait_for(
         &format!("DatabaseBackup {name} {phase:?}"),

@@ -126,9 +126,12 @@ pub async fn succeed(env: &Env, job: &str, manifest: Value) {
     finish_job(env, job, true).await;
 }
 
+/// What the agent reports of a backup that just completed.
 pub fn manifest(name: &str, size: i64) -> Value {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let started = now - k8s_openapi::jiff::SignedDuration::from_secs(9);
     json!({"engine": "postgres", "format": "custom", "serverVersion": "17.2", "database": "orders",
-        "startedAt": T0, "completedAt": T1, "sizeBytes": size, "rawBytes": size * 3,
+        "startedAt": started.to_string(), "completedAt": now.to_string(), "sizeBytes": size, "rawBytes": size * 3,
         "checksum": format!("sha256:{size:064x}"), "archive": format!("{name}.dump.zst"),
         "location": format!("s3://backups/NS/orders/{name}")})
 }
@@ -336,6 +339,7 @@ async fn scheduled_backups_are_a_restricted_cronjob_and_each_run_is_recorded() {
     let verify = get_when(&cronjobs, "orders-db-verify").await;
     let pod = verify
         .spec
+        .clone()
         .expect("spec")
         .job_template
         .spec
@@ -352,6 +356,105 @@ async fn scheduled_backups_are_a_restricted_cronjob_and_each_run_is_recorded() {
     assert_eq!(
         arg_after(&a, "--from").as_deref(),
         Some(format!("s3://backups/NS/orders/{run}").as_str())
+    );
+
+    // A verification run (made from the verify CronJob's template, as the
+    // CronJob controller would) is recorded in the database's status.
+    let verify_run = |n: u32| {
+        let template = verify.spec.clone().expect("spec").job_template;
+        serde_json::from_value::<Job>(json!({
+            "metadata": {"name": format!("orders-db-verify-{n}"),
+                "labels": template.metadata.as_ref().and_then(|m| m.labels.clone())},
+            "spec": template.spec,
+        }))
+        .expect("job")
+    };
+    let jobs: Api<Job> = env.api();
+    jobs.create(&PostParams::default(), &verify_run(1))
+        .await
+        .expect("creating a verify Job");
+    succeed(
+        &env,
+        "orders-db-verify-1",
+        json!({"backup": run, "restoreSeconds": 3.5, "checks": ["tables", "rows"]}),
+    )
+    .await;
+    let sdbs: Api<ServiceDatabase> = env.api();
+    let verified = wait_for("lastVerifiedBackup", Duration::from_secs(30), || async {
+        sdbs.get("orders").await.ok()?.status?.last_verified_backup
+    })
+    .await;
+    assert_eq!(verified.name, run);
+    assert_eq!(verified.restore_seconds, Some(3.5));
+    assert!(verified.verified_at.is_some());
+    wait_condition(&env, "orders", "BackupHealthy", "True", "BackupSucceeded").await;
+
+    // A failed verification makes the backups unhealthy, with a Warning.
+    jobs.create(&PostParams::default(), &verify_run(2))
+        .await
+        .expect("creating a verify Job");
+    get_when(&jobs, "orders-db-verify-2").await;
+    agent_pod(
+        &env,
+        "orders-db-verify-2",
+        1,
+        r#"{"error":"row count of orders differs: 10 restored, 12 expected"}"#,
+    )
+    .await;
+    finish_job(&env, "orders-db-verify-2", false).await;
+    let sdb = wait_condition(&env, "orders", "BackupHealthy", "False", "VerifyFailed").await;
+    assert!(
+        condition(&sdb, "BackupHealthy")
+            .expect("c")
+            .2
+            .contains("row count")
+    );
+    let events: Api<Event> = env.api();
+    wait_for(
+        "a VerifyFailed Warning",
+        Duration::from_secs(30),
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .iter()
+                .any(|e| {
+                    e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some("VerifyFailed")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
+    // A recorded run deleted by hand stays deleted, though the CronJob still
+    // keeps its Job.
+    let backups: Api<DatabaseBackup> = env.api();
+    backups
+        .delete(run, &DeleteParams::default())
+        .await
+        .expect("deleting the recorded backup");
+    succeed(&env, &format!("{run}-delete"), json!({})).await;
+    wait_for(
+        "the recorded backup to go",
+        Duration::from_secs(30),
+        || async { backups.get_opt(run).await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    // Any change to the database makes it look at its Jobs again.
+    let mut spec = orders(json!({}));
+    spec["spec"]["backup"]["retention"] = json!({"keepLast": 5});
+    apply(&env, &spec).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        jobs.get_opt(run).await.expect("get").is_some(),
+        "the Job stays"
+    );
+    assert!(
+        backups.get_opt(run).await.expect("get").is_none(),
+        "a deleted backup is not recorded again"
     );
 }
 

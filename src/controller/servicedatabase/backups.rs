@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 use super::validate::{ValidatedBackup, ValidatedDatabase};
@@ -97,10 +97,18 @@ pub async fn observe(
         .collect();
     for job in &scheduled {
         let name = job.name_any();
-        if backups.iter().any(|b| b.name_any() == name) {
-            continue;
+        if !backups.iter().any(|b| b.name_any() == name) {
+            backups.push(record(&api, db, &name).await?);
         }
-        backups.push(record(&api, db, &name).await?);
+        // Recorded once: a DatabaseBackup deleted later (by retention or by
+        // hand) must not come back while the CronJob keeps its Job.
+        let label = serde_json::json!({"metadata": {"labels": {LABEL_BACKUP: name}}});
+        jobs.patch(&name, &PatchParams::default(), &Patch::Merge(&label))
+            .await
+            .map_err(|source| Error::Record {
+                name: name.clone(),
+                source,
+            })?;
     }
 
     for name in expired(&backups, backup, now) {

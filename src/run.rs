@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ServiceDatabase;
 use crate::build::OperatorFacts;
-use crate::controller::{Context, databaseserver, servicedatabase};
+use crate::controller::{Context, databasebackup, databaseserver, servicedatabase};
 use crate::operator::{HttpState, LeaseConfig, LogFormat, Metrics};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -136,8 +136,13 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         });
     }
     tracing::info!("controllers starting");
-    let controllers = futures::future::join(
+    let controllers = futures::future::join3(
         servicedatabase::run(
+            ctx.clone(),
+            args.concurrency,
+            stop.clone().cancelled_owned(),
+        ),
+        databasebackup::run_controller(
             ctx.clone(),
             args.concurrency,
             stop.clone().cancelled_owned(),

@@ -155,18 +155,26 @@ pub struct MonitoringSpec {
     pub enabled: Option<bool>,
 }
 
-/// How many backups to keep.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// How many backups to keep. Older completed backups (scheduled or manual,
+/// never the final backup of `deletionPolicy: Snapshot`) are deleted with
+/// their archives; the newest completed backup is always kept.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetentionSpec {
     /// Keep this many most recent successful backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub keep_last: Option<i32>,
+    /// Delete successful backups older than this (a Go duration such as
+    /// `720h`, at least `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1h')").message("must be a duration such as 720h, at least 1h"))]
+    pub max_age: Option<String>,
 }
 
 /// An S3-compatible bucket.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct S3Destination {
     /// Bucket name.
@@ -187,7 +195,7 @@ pub struct S3Destination {
 }
 
 /// A volume to write backups to.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VolumeDestination {
     /// PersistentVolumeClaim (same namespace) that holds the backups.
@@ -195,7 +203,7 @@ pub struct VolumeDestination {
 }
 
 /// Where backups go: exactly one of `s3` or `volume`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[x_kube(validation = Rule::new("has(self.s3) != has(self.volume)").message("set exactly one of s3 or volume"))]
 pub struct BackupDestination {
     /// An S3-compatible bucket.
@@ -206,7 +214,8 @@ pub struct BackupDestination {
     pub volume: Option<VolumeDestination>,
 }
 
-/// Regular verification of backups by restoring them into a scratch instance.
+/// Regular verification of backups: the latest completed backup is restored
+/// into a scratch database (`<database>_verify`) and checked.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 pub struct VerifySpec {
     /// Cron schedule of the verification runs (five fields, or `@daily`…).

@@ -15,6 +15,15 @@ pub mod types {
     pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
     /// The spec (with its class) is valid.
     pub const SPEC_VALID: &str = "SpecValid";
+    /// The last backup run and the last verification succeeded, and the
+    /// last success is recent (within twice the schedule's interval).
+    pub const BACKUP_HEALTHY: &str = "BackupHealthy";
+    /// `spec.bootstrap.fromBackup` was restored into the database.
+    pub const RESTORED: &str = "Restored";
+    /// The final backup of `deletionPolicy: Snapshot` completed.
+    pub const FINAL_BACKUP: &str = "FinalBackup";
+    /// A `DatabaseBackup`'s archive is stored (its condition).
+    pub const COMPLETED: &str = "Completed";
 }
 
 /// A condition as the controller computes it, before times are attached.

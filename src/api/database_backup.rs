@@ -5,7 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{LocalObjectRef, conditions_schema};
+use super::common::{BackupDestination, Engine, LocalObjectRef, conditions_schema};
 
 /// One backup of a `ServiceDatabase`, taken on schedule or on demand (create
 /// one by hand to back up now). Its status says where the archive is, its
@@ -86,7 +86,8 @@ pub struct DatabaseBackupStatus {
     /// When the archive was complete.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<Time>,
-    /// Where the archive is (`s3://bucket/key` or `pvc://claim/path`).
+    /// Where the archive is (`s3://bucket/prefix/name` or
+    /// `file:///backup/prefix/name` on the destination volume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     /// Size of the archive in bytes.
@@ -95,7 +96,20 @@ pub struct DatabaseBackupStatus {
     /// `sha256:` checksum of the archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
-    /// A restore of this archive into a scratch instance succeeded.
+    /// A restore of this archive into a scratch instance succeeded. Not
+    /// recorded in this release: the ServiceDatabase's
+    /// `status.lastVerifiedBackup` names the last verified backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
+    /// The engine of the backed-up database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<Engine>,
+    /// The destination the archive was written to, as the ServiceDatabase
+    /// said when the run started: restores and the deletion of the archive
+    /// use it, even after the ServiceDatabase is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<BackupDestination>,
+    /// The Job that takes the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_name: Option<String>,
 }

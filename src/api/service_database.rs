@@ -82,8 +82,9 @@ pub struct ServiceDatabaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsSpec>,
 
-    /// Scheduled backups; none when unset. Not available in this release
-    /// (refused with reason `Unsupported`).
+    /// Scheduled backups (a CronJob `<name>-db-backup`; each run is recorded
+    /// as a `DatabaseBackup`), retention and verification; none when unset.
+    /// Backups outlive the database: deleting it never deletes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
 
@@ -94,13 +95,13 @@ pub struct ServiceDatabaseSpec {
 
     /// What happens to the data when this resource is deleted: `Retain` (the
     /// default: the volume and the credentials Secret stay), `Delete`, or
-    /// `Snapshot` (a final backup, then delete; until backups exist it
-    /// retains, with a Warning Event).
+    /// `Snapshot` (a final `DatabaseBackup` `<name>-final-<uid>`, then delete;
+    /// the data stays until that backup completed).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
-    /// Initial contents of a new database. Not available in this release
-    /// (refused with reason `Unsupported`).
+    /// Initial contents of a new database: restored once, by a Job
+    /// `<name>-db-restore`, before the database turns Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapSpec>,
 }
@@ -109,7 +110,8 @@ pub struct ServiceDatabaseSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BootstrapSpec {
-    /// Restore this `DatabaseBackup` (same namespace) into the new database.
+    /// Restore this `DatabaseBackup` (same namespace, phase `Completed`) into
+    /// the new database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_backup: Option<super::common::LocalObjectRef>,
 }
@@ -193,4 +195,21 @@ pub struct ServiceDatabaseStatus {
     /// The last successful backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup: Option<LastBackup>,
+    /// The last backup a verification run restored and checked successfully.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified_backup: Option<LastVerifiedBackup>,
+}
+
+/// The last successful verification of a backup.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastVerifiedBackup {
+    /// Name of the verified `DatabaseBackup`.
+    pub name: String,
+    /// When the verification finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<Time>,
+    /// How long the restore into the scratch database took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_seconds: Option<f64>,
 }

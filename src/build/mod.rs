@@ -2,6 +2,7 @@
 //! only the validated value (plus name, namespace and owner reference) and
 //! return complete k8s-openapi objects.
 
+pub mod backup;
 pub mod network_policy;
 pub mod pdb;
 pub mod secret;
@@ -11,6 +12,7 @@ pub mod statefulset;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -69,6 +71,11 @@ pub struct Children {
     /// The dedicated instance; none when the database lives on a shared server.
     pub instance: Option<Instance>,
     pub credentials_secret: Secret,
+    /// The scheduled backups, when `spec.backup` is set.
+    pub backup_cronjob: Option<CronJob>,
+    /// The scheduled verifications, when `spec.backup.verify` is set and a
+    /// backup completed.
+    pub verify_cronjob: Option<CronJob>,
 }
 
 /// The objects of a dedicated instance.
@@ -81,12 +88,14 @@ pub struct Instance {
     pub admin_secret: Secret,
 }
 
-/// Builds every child of a ServiceDatabase.
+/// Builds every child of a ServiceDatabase. `latest` is the newest completed
+/// backup, which verification runs restore.
 pub fn children(
     db: &ValidatedDatabase,
     creds: &Credentials,
     facts: &OperatorFacts,
     owner: &OwnerReference,
+    latest: Option<&backup::Archive>,
 ) -> Children {
     let instance = db.server.is_none().then(|| Instance {
         statefulset: statefulset::build(db, facts, owner),
@@ -96,9 +105,24 @@ pub fn children(
         network_policy: network_policy::build(db, facts, owner),
         admin_secret: secret::admin(db, creds, owner),
     });
+    let backup_cronjob = db
+        .backup
+        .as_ref()
+        .map(|b| backup::backup_cronjob(db, b, facts, owner));
+    let verify_cronjob = match (
+        db.backup.as_ref().and_then(|b| b.verify_schedule.as_ref()),
+        latest,
+    ) {
+        (Some(schedule), Some(latest)) => {
+            Some(backup::verify_cronjob(db, schedule, latest, facts, owner))
+        }
+        _ => None,
+    };
     Children {
         instance,
         credentials_secret: secret::credentials(db, creds, owner),
+        backup_cronjob,
+        verify_cronjob,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The NetworkPolicy that makes the database private to its service: only
-//! the owner's pods and the operator may open connections.
+//! the owner's pods, the operator and servicedb's own backup, restore and
+//! verify pods may open connections.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +37,18 @@ pub fn build(
         }),
         ..Default::default()
     };
+    // Agent pods of this database (src/build/backup.rs), only when there
+    // are backups or a restore to run.
+    let agents = (db.backup.is_some() || db.restore_from.is_some()).then(|| NetworkPolicyPeer {
+        pod_selector: Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                super::backup::LABEL_CLIENT_OF.to_string(),
+                db.name.clone(),
+            )])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     NetworkPolicy {
         metadata: object_meta(db, db.instance_name(), "network-policy", owner),
         spec: Some(NetworkPolicySpec {
@@ -45,7 +58,7 @@ pub fn build(
             }),
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![owner_pods, operator]),
+                from: Some([owner_pods, operator].into_iter().chain(agents).collect()),
                 ports: Some(vec![NetworkPolicyPort {
                     port: Some(IntOrString::Int(db.engine_spec.port())),
                     protocol: Some("TCP".into()),

@@ -41,26 +41,7 @@ pub fn build(db: &ValidatedDatabase, facts: &OperatorFacts, owner: &OwnerReferen
     let binary = format!("{BIN_DIR}/servicedb");
     let pod_labels = labels(db, "database");
 
-    let install = Container {
-        name: "install-servicedb".into(),
-        image: Some(facts.image.clone()),
-        command: Some(vec![
-            facts.binary_path.clone(),
-            "copy-binary".into(),
-            binary.clone(),
-        ]),
-        volume_mounts: Some(vec![mount("servicedb-bin", BIN_DIR, false)]),
-        security_context: Some(restricted_container()),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), Quantity("10m".into())),
-                ("memory".into(), Quantity("16Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let install = install_container(facts);
 
     let database = Container {
         name: "database".into(),
@@ -203,8 +184,33 @@ pub fn build(db: &ValidatedDatabase, facts: &OperatorFacts, owner: &OwnerReferen
     }
 }
 
+/// The init container that copies the statically linked `servicedb` binary
+/// from the operator image into the `servicedb-bin` volume at [`BIN_DIR`].
+pub fn install_container(facts: &OperatorFacts) -> Container {
+    Container {
+        name: "install-servicedb".into(),
+        image: Some(facts.image.clone()),
+        command: Some(vec![
+            facts.binary_path.clone(),
+            "copy-binary".into(),
+            format!("{BIN_DIR}/servicedb"),
+        ]),
+        volume_mounts: Some(vec![mount("servicedb-bin", BIN_DIR, false)]),
+        security_context: Some(restricted_container()),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("10m".into())),
+                ("memory".into(), Quantity("16Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), Quantity("64Mi".into()))])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The `restricted` Pod Security Standard for a container.
-fn restricted_container() -> SecurityContext {
+pub fn restricted_container() -> SecurityContext {
     SecurityContext {
         allow_privilege_escalation: Some(false),
         capabilities: Some(Capabilities {
@@ -235,7 +241,7 @@ fn probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+pub fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
         mount_path: path.into(),
@@ -244,7 +250,7 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-fn secret_volume(name: &str, secret: &str) -> Volume {
+pub fn secret_volume(name: &str, secret: &str) -> Volume {
     Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {

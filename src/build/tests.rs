@@ -64,7 +64,7 @@ fn build(sdb_fixture: &str) -> (Flat, OwnerReference) {
     let db = validate(&sdb, &class, None).unwrap();
     let owner = sdb.controller_owner_ref(&()).unwrap();
     let creds = Credentials::single(&db, "admin-pw", "app/pw@1");
-    (flat(children(&db, &creds, &facts(), &owner)), owner)
+    (flat(children(&db, &creds, &facts(), &owner, None)), owner)
 }
 
 fn secret(s: &k8s_openapi::api::core::v1::Secret, key: &str) -> String {
@@ -390,7 +390,7 @@ fn redis_and_mongodb_instances_get_their_image_port_and_secret_keys() {
         let db = validate(&sdb, &bare_class(sdb.spec.engine), None).unwrap();
         let owner = sdb.controller_owner_ref(&()).unwrap();
         let creds = Credentials::single(&db, "a", "b");
-        let c = flat(children(&db, &creds, &facts(), &owner));
+        let c = flat(children(&db, &creds, &facts(), &owner, None));
         let pod = c.statefulset.spec.clone().unwrap().template.spec.unwrap();
         let container = &pod.containers[0];
         assert_eq!(container.image.as_deref(), Some(image));
@@ -460,6 +460,7 @@ fn redis_and_mongodb_instances_get_their_image_port_and_secret_keys() {
         &Credentials::single(&db, "a", "b"),
         &facts(),
         &cart.controller_owner_ref(&()).unwrap(),
+        None,
     ));
     assert_eq!(secret(&c.credentials_secret, "keyPrefix"), "cart:");
     assert_eq!(secret(&c.credentials_secret, "database"), "0");
@@ -499,6 +500,7 @@ fn a_database_on_a_shared_server_is_only_a_secret_pointing_at_the_server() {
         &creds,
         &facts(),
         &sdb.controller_owner_ref(&()).unwrap(),
+        None,
     );
     assert!(c.instance.is_none(), "no instance of its own");
     let s = &c.credentials_secret;
@@ -512,4 +514,250 @@ fn a_database_on_a_shared_server_is_only_a_secret_pointing_at_the_server() {
         !format!("{:?}", s.data).contains("admin-secret"),
         "the server's admin password never reaches the service"
     );
+}
+
+mod backups {
+    use super::*;
+    use crate::build::backup::{self, Archive};
+
+    fn orders_with_backup(destination: &str) -> ValidatedDatabase {
+        let class: DatabaseClass = fixture("class-postgres.yaml");
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        let mut spec = serde_json::to_value(&sdb.spec).unwrap();
+        spec["backup"] = serde_yaml::from_str(&format!(
+            "{{schedule: '0 2 * * *', destination: {destination}, verify: {{schedule: '@weekly'}}}}"
+        ))
+        .unwrap();
+        sdb.spec = serde_json::from_value(spec).unwrap();
+        validate(&sdb, &class, None).unwrap()
+    }
+
+    use crate::controller::servicedatabase::validate::ValidatedDatabase;
+
+    fn owner() -> OwnerReference {
+        let sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        sdb.controller_owner_ref(&()).unwrap()
+    }
+
+    fn arg(args: &[String], flag: &str) -> String {
+        let i = args
+            .iter()
+            .position(|a| a == flag)
+            .unwrap_or_else(|| panic!("{flag} in {args:?}"));
+        args[i + 1].clone()
+    }
+
+    #[test]
+    fn the_backup_cronjob_runs_the_agent_in_the_engine_image_restricted() {
+        let db = orders_with_backup(
+            "{s3: {bucket: b, endpoint: 'http://s3:9000', credentialsSecret: s3}}",
+        );
+        let cron = backup::backup_cronjob(&db, db.backup.as_ref().unwrap(), &facts(), &owner());
+        assert_eq!(cron.metadata.name.as_deref(), Some("orders-db-backup"));
+        let spec = cron.spec.unwrap();
+        assert_eq!(spec.concurrency_policy.as_deref(), Some("Forbid"));
+        assert_eq!(spec.time_zone.as_deref(), Some("UTC"));
+        let job = spec.job_template.spec.unwrap();
+        assert_eq!(job.backoff_limit, Some(0));
+        let pod = job.template.spec.unwrap();
+        let agent = &pod.containers[0];
+        assert_eq!(
+            agent.image.as_deref(),
+            Some("docker.io/library/postgres:16")
+        );
+        let args = agent.args.clone().unwrap();
+        assert_eq!(args[..2], ["agent", "backup"]);
+        assert_eq!(arg(&args, "--destination"), "s3://b/shop/orders");
+        assert_eq!(arg(&args, "--name"), "$(JOB_NAME)");
+        assert_eq!(arg(&args, "--s3-endpoint"), "http://s3:9000");
+        assert_eq!(arg(&args, "--username"), "postgres");
+        let env = agent.env.clone().unwrap();
+        let job_name = env.iter().find(|e| e.name == "JOB_NAME").unwrap();
+        assert_eq!(
+            job_name
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.labels['batch.kubernetes.io/job-name']"
+        );
+        let secret_of = |name: &str| {
+            let r = env
+                .iter()
+                .find(|e| e.name == name)
+                .unwrap()
+                .value_from
+                .clone()
+                .unwrap()
+                .secret_key_ref
+                .unwrap();
+            (r.name, r.key)
+        };
+        assert_eq!(
+            secret_of("SERVICEDB_PASSWORD"),
+            ("orders-db-admin".into(), "password".into())
+        );
+        assert_eq!(
+            secret_of("AWS_SECRET_ACCESS_KEY"),
+            ("s3".into(), "AWS_SECRET_ACCESS_KEY".into())
+        );
+        assert!(
+            pod.init_containers.unwrap()[0]
+                .command
+                .as_ref()
+                .unwrap()
+                .contains(&"copy-binary".to_string())
+        );
+        let sc = agent.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    }
+
+    #[test]
+    fn a_volume_destination_is_mounted_and_no_s3_settings_are_passed() {
+        let db = orders_with_backup("{volume: {claimName: backups}}");
+        let job = backup::backup_job(&db, db.backup.as_ref().unwrap(), &facts(), "b1", &owner());
+        assert_eq!(job.metadata.name.as_deref(), Some("b1-backup"));
+        assert_eq!(
+            job.metadata.labels.as_ref().unwrap()[backup::LABEL_BACKUP],
+            "b1"
+        );
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let args = pod.containers[0].args.clone().unwrap();
+        assert_eq!(arg(&args, "--destination"), "file:///backup/shop/orders");
+        assert_eq!(arg(&args, "--name"), "b1");
+        assert!(!args.contains(&"--s3-endpoint".to_string()));
+        let claim = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find_map(|v| v.persistent_volume_claim)
+            .unwrap();
+        assert_eq!(claim.claim_name, "backups");
+        assert!(
+            pod.containers[0]
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == "/backup")
+        );
+    }
+
+    #[test]
+    fn verify_and_restore_read_the_archive_where_it_is() {
+        let db = orders_with_backup("{volume: {claimName: backups}}");
+        let archive = Archive {
+            name: "b7".into(),
+            location: "s3://old/shop/orders/b7".into(),
+            destination: serde_yaml::from_str(
+                "{s3: {bucket: old, region: eu, credentialsSecret: old-creds}}",
+            )
+            .unwrap(),
+        };
+        let verify = backup::verify_cronjob(&db, "@weekly", &archive, &facts(), &owner());
+        let pod = verify
+            .spec
+            .unwrap()
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        let args = pod.containers[0].args.clone().unwrap();
+        assert_eq!(args[..2], ["agent", "verify"]);
+        assert_eq!(arg(&args, "--database"), "orders_verify");
+        assert_eq!(arg(&args, "--from"), "s3://old/shop/orders/b7");
+        assert_eq!(arg(&args, "--s3-region"), "eu");
+
+        let restore = backup::restore_job(&db, &archive, &facts(), &owner());
+        assert_eq!(restore.metadata.name.as_deref(), Some("orders-db-restore"));
+        let pod = restore.spec.unwrap().template.spec.unwrap();
+        let args = pod.containers[0].args.clone().unwrap();
+        assert_eq!(args[..2], ["agent", "restore"]);
+        assert_eq!(arg(&args, "--database"), "orders");
+
+        let delete = backup::delete_job(
+            "shop",
+            "orders",
+            &archive,
+            Some(crate::api::Engine::Postgres),
+            &facts(),
+            &owner(),
+        );
+        assert_eq!(delete.metadata.name.as_deref(), Some("b7-delete"));
+        let pod = delete.spec.unwrap().template.spec.unwrap();
+        assert_eq!(
+            pod.containers[0].image.as_deref(),
+            Some("example.com/servicedb:1.0")
+        );
+        assert_eq!(
+            pod.containers[0].args.as_ref().unwrap()[..4],
+            ["agent", "delete", "--from", "s3://old/shop/orders/b7"]
+        );
+    }
+
+    #[test]
+    fn the_network_policy_admits_the_agent_pods() {
+        let db = orders_with_backup("{volume: {claimName: backups}}");
+        let cron = backup::backup_cronjob(&db, db.backup.as_ref().unwrap(), &facts(), &owner());
+        let pod_labels = cron
+            .spec
+            .unwrap()
+            .job_template
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap();
+        let policy = network_policy::build(&db, &facts(), &owner());
+        let from = policy.spec.unwrap().ingress.unwrap()[0]
+            .from
+            .clone()
+            .unwrap();
+        assert!(
+            from.iter()
+                .filter(|p| p.namespace_selector.is_none())
+                .any(|p| {
+                    p.pod_selector
+                        .as_ref()
+                        .unwrap()
+                        .match_labels
+                        .as_ref()
+                        .unwrap()
+                        .iter()
+                        .all(|(k, v)| pod_labels.get(k) == Some(v))
+                })
+        );
+        assert!(
+            !crate::build::selector_labels(&db)
+                .iter()
+                .all(|(k, v)| pod_labels.get(k) == Some(v)),
+            "agent pods are not database pods"
+        );
+    }
+
+    #[test]
+    fn children_include_the_cronjobs_and_verify_only_with_a_completed_backup() {
+        let db = orders_with_backup("{volume: {claimName: backups}}");
+        let creds = Credentials::single(&db, "a", "b");
+        let c = children(&db, &creds, &facts(), &owner(), None);
+        assert!(c.backup_cronjob.is_some() && c.verify_cronjob.is_none());
+        let archive = Archive {
+            name: "b1".into(),
+            location: "file:///backup/shop/orders/b1".into(),
+            destination: db.backup.clone().unwrap().destination,
+        };
+        let c = children(&db, &creds, &facts(), &owner(), Some(&archive));
+        assert_eq!(
+            c.verify_cronjob.unwrap().metadata.name.as_deref(),
+            Some("orders-db-verify")
+        );
+    }
 }

@@ -1,7 +1,9 @@
 //! Controllers, one folder per kind, each a fixed pipeline:
 //! dereference → validate → build → apply → status.
 
+pub mod databasebackup;
 pub mod databaseserver;
+pub mod jobs;
 pub mod servicedatabase;
 
 use std::sync::Arc;
@@ -138,6 +140,11 @@ pub async fn report<K, E>(
                 secondary: None,
             };
             publish(&ctx.recorder, &event, &(*obj).into()).await;
+        }
+        // A watched Job that maps to no object yet (a scheduled backup Job
+        // before it is recorded) is expected.
+        Err(C::ObjectNotFound(obj)) => {
+            tracing::debug!(controller, object = %obj, "triggered for an object that does not exist")
         }
         Err(e) => tracing::warn!(controller, error = %e, "controller error"),
     }

@@ -549,12 +549,12 @@ async fn the_operator_needs_no_more_than_the_charts_rbac() {
         .await
         .expect("impersonating config");
     let sa_client = Client::try_from(config).expect("impersonating client");
-    // The kubeconfig really is the ServiceAccount: no pods for it.
+    // The kubeconfig really is the ServiceAccount: no ConfigMaps for it.
     assert_forbidden(
-        Api::<Pod>::namespaced(sa_client.clone(), &env.ns)
+        Api::<ConfigMap>::namespaced(sa_client.clone(), &env.ns)
             .list(&ListParams::default())
             .await,
-        "list pods",
+        "list ConfigMaps",
     );
 
     // The operator as the chart runs it: the Deployment's environment.
@@ -724,6 +724,8 @@ async fn operate(env: &Env, deploy: &Deployment, identity: &str) {
     );
     assert_eq!(env.operator.metric("servicedb_leader").await, Some(1.0));
 
+    backups(env).await;
+
     // Deletion: Retain orphans the Secrets, Delete removes them and the volume.
     make_pvc(env, "orders").await;
     make_pvc(env, "payments").await;
@@ -783,6 +785,67 @@ fn refusals(logs: &str) -> Vec<String> {
     found.into_iter().collect()
 }
 
+/// Backups under the chart's RBAC: the CronJob, a backup by hand (its Job,
+/// the pod's termination message, the status), the deletion of its archive
+/// by a Job, and the final backup of a Snapshot deletion.
+async fn backups(env: &Env) {
+    use crate::backup::{manifest, manual_backup, succeed, wait_backup};
+    use k8s_openapi::api::batch::v1::CronJob;
+    use servicedb::api::DatabaseBackup;
+    use servicedb::api::database_backup::BackupPhase;
+    let sdbs: Api<ServiceDatabase> = env.api();
+    let ledger = json!({
+        "apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+        "metadata": {"name": "ledger"},
+        "spec": {"engine": "Postgres", "owner": {"podSelector": {"matchLabels": {"app": "ledger"}}},
+            "backup": {"schedule": "@daily", "destination": {"volume": {"claimName": "backups"}}},
+            "deletionPolicy": "Snapshot"}
+    });
+    let sdb = sdbs
+        .patch(
+            "ledger",
+            &PatchParams::apply("servicedb-e2e").force(),
+            &Patch::Apply(&ledger),
+        )
+        .await
+        .expect("applying ledger");
+    get_when(&env.api::<CronJob>(), "ledger-db-backup").await;
+    manual_backup(env, "ledger-now", "ledger").await;
+    succeed(env, "ledger-now-backup", manifest("ledger-now", 1)).await;
+    wait_backup(env, "ledger-now", BackupPhase::Completed).await;
+    let backups: Api<DatabaseBackup> = env.api();
+    backups
+        .delete("ledger-now", &DeleteParams::default())
+        .await
+        .expect("deleting a backup");
+    succeed(env, "ledger-now-delete", json!({})).await;
+    wait_for("ledger-now to be gone", Duration::from_secs(30), || async {
+        backups
+            .get_opt("ledger-now")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    sdbs.delete("ledger", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let uid = sdb.uid().expect("uid").replace('-', "");
+    let final_name = format!("ledger-final-{}", &uid[..8]);
+    wait_backup(env, &final_name, BackupPhase::Pending).await;
+    succeed(
+        env,
+        &format!("{final_name}-backup"),
+        manifest(&final_name, 2),
+    )
+    .await;
+    wait_for("ledger to be gone", Duration::from_secs(30), || async {
+        sdbs.get_opt("ledger").await.ok()?.is_none().then_some(())
+    })
+    .await;
+}
+
 /// What the operator does not need, it does not get (dry runs, so that a
 /// wrongly granted right changes nothing).
 async fn refuses_what_is_not_needed(sa_client: &Client, env: &Env, sa: &str) {
@@ -811,6 +874,18 @@ async fn refuses_what_is_not_needed(sa_client: &Client, env: &Env, sa: &str) {
             .delete("postgres", &dry_delete)
             .await,
         "delete a DatabaseClass",
+    );
+    // Pods are only read (termination messages of backup Jobs).
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "intruder"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .expect("pod");
+    assert_forbidden(
+        Api::<Pod>::namespaced(sa_client.clone(), &env.ns)
+            .create(&dry, &pod)
+            .await,
+        "create a pod",
     );
     assert_forbidden(
         Api::<ConfigMap>::namespaced(sa_client.clone(), &env.ns)

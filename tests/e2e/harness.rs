@@ -120,6 +120,13 @@ pub fn example(file: &str) -> PathBuf {
         .join(file)
 }
 
+/// Path of a file in examples/backup.
+pub fn backup_example(file: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/backup")
+        .join(file)
+}
+
 /// Path of a file in tests/fixtures.
 pub fn fixture(file: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -174,6 +181,12 @@ pub async fn apply_manifest(client: &Client, ns: &str, path: &PathBuf) -> Vec<Se
             }
             "Deployment" => {
                 Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns)
+                    .patch(&name, &pp, &Patch::Apply(&json))
+                    .await
+                    .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
+            }
+            "DatabaseBackup" => {
+                Api::<servicedb::api::DatabaseBackup>::namespaced(client.clone(), ns)
                     .patch(&name, &pp, &Patch::Apply(&json))
                     .await
                     .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));

@@ -12,6 +12,7 @@ mod common;
 mod harness;
 mod servers;
 
+mod backup;
 mod chart;
 mod database_server;
 mod dedicated;

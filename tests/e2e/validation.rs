@@ -79,6 +79,14 @@ async fn the_api_server_rejects_invalid_manifests_naming_the_field() {
             &["spec.backup.schedule", "cron"],
         ),
         (
+            "bad-max-age",
+            with(
+                base(),
+                json!({"backup": {"schedule": "@daily", "retention": {"maxAge": "30d"}, "destination": {"volume": {"claimName": "b"}}}}),
+            ),
+            &["spec.backup.retention.maxAge", "at least 1h"],
+        ),
+        (
             "bad-rotation",
             with(base(), json!({"credentials": {"rotateEvery": "5m"}})),
             &["spec.credentials.rotateEvery", "at least 1h"],

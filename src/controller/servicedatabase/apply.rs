@@ -8,6 +8,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -69,6 +70,8 @@ pub async fn apply(
     let Children {
         instance: dedicated,
         credentials_secret,
+        backup_cronjob,
+        verify_cronjob,
     } = children;
     let mut out = Applied::default();
     let mut keep = Keep::default();
@@ -133,6 +136,9 @@ pub async fn apply(
         )
         .await?;
     }
+    for cronjob in [backup_cronjob, verify_cronjob].iter().flatten() {
+        apply_one(client, namespace, cronjob, &mut out, &mut keep.cronjobs).await?;
+    }
 
     let Keep {
         statefulsets,
@@ -140,12 +146,14 @@ pub async fn apply(
         pdbs,
         network_policies,
         secrets,
+        cronjobs,
     } = keep;
     out.deleted += prune::<StatefulSet>(client, namespace, instance, &statefulsets).await?;
     out.deleted += prune::<Service>(client, namespace, instance, &services).await?;
     out.deleted += prune::<PodDisruptionBudget>(client, namespace, instance, &pdbs).await?;
     out.deleted += prune::<NetworkPolicy>(client, namespace, instance, &network_policies).await?;
     out.deleted += prune::<Secret>(client, namespace, instance, &secrets).await?;
+    out.deleted += prune::<CronJob>(client, namespace, instance, &cronjobs).await?;
     Ok(out)
 }
 
@@ -184,6 +192,7 @@ struct Keep {
     pdbs: BTreeSet<String>,
     network_policies: BTreeSet<String>,
     secrets: BTreeSet<String>,
+    cronjobs: BTreeSet<String>,
 }
 
 async fn apply_one<K>(
@@ -325,6 +334,18 @@ pub mod cleanup {
         remove_all::<Service>(client, namespace, instance).await?;
         remove_all::<PodDisruptionBudget>(client, namespace, instance).await?;
         remove_all::<NetworkPolicy>(client, namespace, instance).await?;
+        remove_all::<CronJob>(client, namespace, instance).await?;
+        // The restore Job; backup Jobs belong to their DatabaseBackups, which
+        // outlive the database.
+        let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+        let restore = crate::build::backup::restore_job_name(instance);
+        delete(&jobs, &restore)
+            .await
+            .map_err(|source| Error::Delete {
+                kind: "Job",
+                name: restore,
+                source,
+            })?;
         Ok(())
     }
 

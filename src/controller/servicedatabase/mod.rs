@@ -2,15 +2,21 @@
 //!
 //! 1. [`dereference`] — class, existing Secrets, StatefulSet readiness;
 //! 2. [`validate`] — spec + class → [`validate::ValidatedDatabase`] (pure);
+//!    then [`backups`] — scheduled runs recorded, retention, backup health;
 //! 3. build — [`crate::build::children`] (pure);
 //! 4. [`apply`] — server-side apply of what changed, prune what is gone;
+//!    then [`restore`] — the one restore of `spec.bootstrap.fromBackup`;
 //! 5. [`status`] — conditions, phase, Events.
 //!
-//! Deletion runs through a finalizer that honours `deletionPolicy`.
+//! Deletion runs through a finalizer that honours `deletionPolicy`;
+//! `Snapshot` waits for a final `DatabaseBackup` ([`final_backup`]).
 
 pub mod apply;
+pub mod backups;
 pub mod dereference;
+pub mod final_backup;
 pub mod provision;
+pub mod restore;
 pub mod rotation;
 pub mod status;
 pub mod validate;
@@ -21,6 +27,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -34,8 +41,8 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{Instrument, info_span};
 
 use super::Context;
-use crate::api::{DatabaseClass, DeletionPolicy, Engine, ServiceDatabase};
-use crate::build::{Credentials, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::api::{DatabaseBackup, DatabaseClass, DeletionPolicy, Engine, ServiceDatabase};
+use crate::build::{Credentials, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
 use validate::{Invalid, instance_name};
 
 /// Name of the controller in metrics and logs.
@@ -57,6 +64,15 @@ pub enum Error {
     Provision(#[from] provision::Error),
     #[error(transparent)]
     Status(#[from] status::Error),
+    #[error(transparent)]
+    Backups(#[from] backups::Error),
+    #[error(transparent)]
+    Restore(restore::Error),
+    #[error(transparent)]
+    FinalBackup(#[from] final_backup::Error),
+    /// Deletion waits for the final backup; the status says why.
+    #[error("waiting for the final backup: {0}")]
+    FinalBackupPending(String),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -69,9 +85,9 @@ impl super::ReconcileError for Error {
         Error::reason(self)
     }
     fn is_reported(&self) -> bool {
-        // An invalid spec or a missing object is a condition and an Event
-        // already.
-        self.is_invalid_input() || matches!(self, Error::Waiting(_))
+        // An invalid spec, a missing object and the wait for a final
+        // backup are a condition and an Event already.
+        self.is_invalid_input() || matches!(self, Error::Waiting(_) | Error::FinalBackupPending(_))
     }
 }
 
@@ -88,6 +104,11 @@ impl Error {
             Error::Waiting(_) => "waiting",
             Error::Provision(e) => e.category(),
             Error::Status(_) => "status",
+            Error::Backups(_) => "backups",
+            Error::Restore(restore::Error::Invalid(_)) => "invalid-spec",
+            Error::Restore(_) => "restore",
+            Error::FinalBackup(_) => "final-backup",
+            Error::FinalBackupPending(_) => "final-backup-pending",
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.category(),
                 F::AddFinalizer(_) | F::RemoveFinalizer(_) => "finalizer",
@@ -110,6 +131,9 @@ impl Error {
             "server-unreachable" => "ServerUnreachable",
             "waiting" => "Waiting",
             "status" => "StatusFailed",
+            "backups" => "BackupsFailed",
+            "restore" => "RestoreFailed",
+            "final-backup" | "final-backup-pending" => "FinalBackupPending",
             _ => "FinalizerFailed",
         }
     }
@@ -141,6 +165,10 @@ const RESYNC: Duration = Duration::from_secs(600);
 /// Re-check of a database on a shared server, where people with admin
 /// rights may change logins by hand.
 const SHARED_RESYNC: Duration = Duration::from_secs(60);
+/// Re-check of a database with backups, so that an overdue backup shows.
+const BACKUP_RESYNC: Duration = Duration::from_secs(300);
+/// Re-check while deletion waits for the final backup.
+const FINAL_BACKUP_RECHECK: Duration = Duration::from_secs(10);
 
 async fn reconcile(sdb: Arc<ServiceDatabase>, ctx: Arc<Context>) -> Result<Action, Error> {
     let span = info_span!("reconcile", namespace = %sdb.namespace().unwrap_or_default(), object = %sdb.name_any());
@@ -251,7 +279,35 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         logins: plan.logins.clone(),
         annotations: plan.annotations(),
     };
-    let children = crate::build::children(&db, &credentials, &ctx.facts, &owner);
+    let backups = backups::observe(&ctx.client, sdb, &db, now).await?;
+    // On a shared server the database exists once provisioned.
+    let ready_replicas = if db.server.is_some() {
+        1
+    } else {
+        found.ready_replicas
+    };
+    let restore = match restore::ensure(
+        &ctx.client,
+        sdb,
+        &db,
+        ready_replicas > 0,
+        &ctx.facts,
+        &owner,
+    )
+    .await
+    {
+        Ok(restore) => restore,
+        Err(restore::Error::Invalid(e)) => return invalid(e).await,
+        Err(e) => return Err(Error::Restore(e)),
+    };
+
+    let children = crate::build::children(
+        &db,
+        &credentials,
+        &ctx.facts,
+        &owner,
+        backups.latest.as_ref(),
+    );
     let applied = apply::apply(&ctx.client, &db.namespace, &db.name, children).await?;
     if applied.written > 0 || applied.deleted > 0 {
         tracing::info!(
@@ -264,12 +320,9 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         sdb,
         &status::Outcome::Applied {
             db: &db,
-            // On a shared server the database exists once provisioned.
-            ready_replicas: if db.server.is_some() {
-                1
-            } else {
-                found.ready_replicas
-            },
+            ready_replicas,
+            backups: &backups,
+            restore: &restore,
         },
         now,
     );
@@ -277,10 +330,11 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
     status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
     // A shared server is re-checked often: a login changed or dropped by
     // hand there is repaired within a minute.
-    let resync = if db.server.is_some() {
-        SHARED_RESYNC
-    } else {
-        RESYNC
+    // Backup health ages without any event: look again when it would turn.
+    let resync = match (db.server.is_some(), db.backup.is_some()) {
+        (true, _) => SHARED_RESYNC,
+        (false, true) => BACKUP_RESYNC,
+        (false, false) => RESYNC,
     };
     Ok(Action::requeue(
         plan.next_event(&policy, now.0)
@@ -321,20 +375,43 @@ async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> 
         }
         DeletionPolicy::Retain => apply::cleanup::retain(&ctx.client, &namespace, &name).await?,
         DeletionPolicy::Snapshot => {
-            // Never lose data: without the backup subsystem the final
-            // snapshot cannot be taken, so the data is retained instead.
-            let event = KubeEvent {
-                type_: EventType::Warning,
-                reason: "SnapshotUnavailable".into(),
-                note: Some(format!(
-                    "no final backup could be taken; the volume of {} and its Secrets are retained",
-                    instance_name(&name)
-                )),
-                action: "Delete".into(),
-                secondary: None,
-            };
-            crate::controller::publish(&ctx.recorder, &event, &sdb.object_ref(&())).await;
-            apply::cleanup::retain(&ctx.client, &namespace, &name).await?
+            // Never lose data: nothing is removed before the final backup
+            // completed.
+            match final_backup::ensure(&ctx.client, sdb).await? {
+                final_backup::Final::Completed(backup) => {
+                    tracing::info!(backup = %backup, "final backup completed");
+                    if sdb.spec.server_ref.is_some() {
+                        drop_on_server(sdb, ctx).await?;
+                    }
+                    apply::cleanup::delete_all(&ctx.client, &namespace, &name).await?
+                }
+                final_backup::Final::Unavailable(message) => {
+                    // Without a usable backup spec no final backup can be
+                    // taken: the data is retained instead.
+                    let event = KubeEvent {
+                        type_: EventType::Warning,
+                        reason: "SnapshotUnavailable".into(),
+                        note: Some(format!(
+                            "{message}; the volume of {} and its Secrets are retained",
+                            instance_name(&name)
+                        )),
+                        action: "Delete".into(),
+                        secondary: None,
+                    };
+                    crate::controller::publish(&ctx.recorder, &event, &sdb.object_ref(&())).await;
+                    apply::cleanup::retain(&ctx.client, &namespace, &name).await?
+                }
+                final_backup::Final::Waiting { message, failed } => {
+                    let now = &Time(jiff_now());
+                    let outcome = status::Outcome::FinalBackup {
+                        message: message.clone(),
+                        failed,
+                    };
+                    let status = status::compute(sdb, &outcome, now);
+                    status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
+                    return Err(Error::FinalBackupPending(message));
+                }
+            }
         }
     }
     tracing::info!(policy = ?sdb.spec.deletion_policy, "cleaned up");
@@ -367,6 +444,10 @@ async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Erro
 
 fn error_policy(sdb: Arc<ServiceDatabase>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(CONTROLLER, error.category());
+    if matches!(error, Error::FinalBackupPending(_)) {
+        // The DatabaseBackup watch brings the change; this guards a miss.
+        return Action::requeue(FINAL_BACKUP_RECHECK);
+    }
     if error.is_invalid_input() {
         // The status says what to change; a class created later still
         // arrives through the DatabaseClass watch, so waiting is enough. A
@@ -390,12 +471,58 @@ pub async fn run(
         watcher::Config::default().any_semantic(),
     );
     let store = controller.store();
+    let restoring = controller.store();
+    let agent_jobs = watcher::Config::default().labels(&format!(
+        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT} in ({},{},{})",
+        crate::build::backup::component::BACKUP,
+        crate::build::backup::component::VERIFY,
+        crate::build::backup::component::RESTORE,
+    ));
     controller
         .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
         .owns(Api::<Service>::all(client.clone()), owned.clone())
         .owns(Api::<Secret>::all(client.clone()), owned.clone())
         .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), owned)
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            owned.clone(),
+        )
+        .owns(Api::<CronJob>::all(client.clone()), owned)
+        // Scheduled backup Jobs are the CronJob's, not ours: found by label.
+        .watches(Api::<Job>::all(client.clone()), agent_jobs, |job: Job| {
+            let namespace = job.namespace()?;
+            let name = job.labels().get(LABEL_INSTANCE)?.clone();
+            Some(ObjectRef::<ServiceDatabase>::new(&name).within(&namespace))
+        })
+        // A backup's progress changes its database's status, and may let a
+        // database that restores from it go on.
+        .watches(
+            Api::<DatabaseBackup>::all(client.clone()),
+            watcher::Config::default(),
+            move |backup: DatabaseBackup| {
+                let namespace = backup.namespace().unwrap_or_default();
+                let name = backup.name_any();
+                let mut refs = vec![
+                    ObjectRef::<ServiceDatabase>::new(&backup.spec.service_database_ref.name)
+                        .within(&namespace),
+                ];
+                refs.extend(
+                    restoring
+                        .state()
+                        .iter()
+                        .filter(|s| s.namespace().as_deref() == Some(namespace.as_str()))
+                        .filter(|s| {
+                            s.spec
+                                .bootstrap
+                                .as_ref()
+                                .and_then(|b| b.from_backup.as_ref())
+                                .is_some_and(|b| b.name == name)
+                        })
+                        .map(|s| ObjectRef::from_obj(s.as_ref())),
+                );
+                refs
+            },
+        )
         .watches(
             Api::<DatabaseClass>::all(client.clone()),
             watcher::Config::default(),

@@ -204,38 +204,6 @@ pub fn promote(mut plan: Plan, policy: &Policy<'_>, now: Timestamp) -> Plan {
     plan
 }
 
-/// Parses a Go-style duration as the CRD admits it (`720h`, `1h30m`, `90s`).
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        if digits == 0 {
-            return None;
-        }
-        let value: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "h" => Duration::from_secs(3600),
-            "m" => Duration::from_secs(60),
-            "s" => Duration::from_secs(1),
-            "ms" => Duration::from_millis(1),
-            "us" => Duration::from_micros(1),
-            "ns" => Duration::from_nanos(1),
-            _ => return None,
-        };
-        total = total.checked_add(unit.checked_mul(u32::try_from(value).ok()?)?)?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +383,7 @@ mod tests {
 
     #[test]
     fn durations_parse_like_go() {
+        use super::super::validate::parse_duration;
         assert_eq!(
             parse_duration("720h"),
             Some(Duration::from_secs(720 * 3600))

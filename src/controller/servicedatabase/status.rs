@@ -6,6 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource};
 
+use super::backups::BackupState;
+use super::restore::Restore;
 use super::validate::{Invalid, ValidatedDatabase};
 use crate::api::conditions::{Observed, merge, types};
 use crate::api::service_database::Endpoint;
@@ -25,7 +27,12 @@ pub enum Outcome<'a> {
     Applied {
         db: &'a ValidatedDatabase,
         ready_replicas: i32,
+        backups: &'a BackupState,
+        restore: &'a Restore,
     },
+    /// Being deleted with `deletionPolicy: Snapshot`, waiting for the final
+    /// backup (`failed`: it failed).
+    FinalBackup { message: String, failed: bool },
     /// The shared server could not be reached or refused the provisioning.
     ServerUnavailable {
         db: &'a ValidatedDatabase,
@@ -77,8 +84,62 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                 ..previous
             }
         }
-        Outcome::Applied { db, ready_replicas } => {
-            let ready = *ready_replicas > 0;
+        Outcome::FinalBackup { message, failed } => {
+            let observed = [Observed::new(
+                types::FINAL_BACKUP,
+                false,
+                if *failed {
+                    "FinalBackupFailed"
+                } else {
+                    "FinalBackupRunning"
+                },
+                message.clone(),
+            )];
+            ServiceDatabaseStatus {
+                phase: Phase::Deleting,
+                conditions: merge(&previous.conditions, &observed, generation, now),
+                ..previous
+            }
+        }
+        Outcome::Applied {
+            db,
+            ready_replicas,
+            backups,
+            restore,
+        } => {
+            let instance_ready = *ready_replicas > 0;
+            let restored = match restore {
+                Restore::NotRequested => None,
+                Restore::WaitingForInstance { backup } => Some(Observed::new(
+                    types::RESTORED,
+                    false,
+                    "Restoring",
+                    format!("DatabaseBackup {backup} is restored once the instance is up"),
+                )),
+                Restore::Running { backup } => Some(Observed::new(
+                    types::RESTORED,
+                    false,
+                    "Restoring",
+                    format!(
+                        "Job {} restores DatabaseBackup {backup}",
+                        crate::build::backup::restore_job_name(&db.name)
+                    ),
+                )),
+                Restore::Completed { backup } => Some(Observed::new(
+                    types::RESTORED,
+                    true,
+                    "Restored",
+                    format!("DatabaseBackup {backup} was restored"),
+                )),
+                Restore::Failed { backup, message } => Some(Observed::new(
+                    types::RESTORED,
+                    false,
+                    "RestoreFailed",
+                    format!("restoring DatabaseBackup {backup} failed: {message}"),
+                )),
+            };
+            let restore_done = restored.as_ref().is_none_or(|r| r.status);
+            let ready = instance_ready && restore_done;
             let instance = if let Some(server) = &db.server {
                 Observed::new(
                     types::INSTANCE_READY,
@@ -89,7 +150,7 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                         db.database, server.namespace, server.name
                     ),
                 )
-            } else if ready {
+            } else if instance_ready {
                 Observed::new(
                     types::INSTANCE_READY,
                     true,
@@ -148,6 +209,13 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                         "Ready",
                         "the database is ready for the service",
                     )
+                } else if let Some(restored) = restored.as_ref().filter(|_| instance_ready) {
+                    Observed::new(
+                        types::READY,
+                        false,
+                        restored.reason,
+                        restored.message.clone(),
+                    )
                 } else {
                     Observed::new(
                         types::READY,
@@ -157,6 +225,13 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                     )
                 },
             ];
+            let mut observed = observed.to_vec();
+            observed.extend(restored);
+            observed.extend(backups.health.clone());
+            let mut conditions = merge(&previous.conditions, &observed, generation, now);
+            if db.backup.is_none() {
+                conditions.retain(|c| c.type_ != types::BACKUP_HEALTHY);
+            }
             let phase = match (ready, previous.phase) {
                 (true, _) => Phase::Ready,
                 (false, Phase::Ready | Phase::Degraded) => Phase::Degraded,
@@ -165,7 +240,12 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
             ServiceDatabaseStatus {
                 phase,
                 observed_generation: generation,
-                conditions: merge(&previous.conditions, &observed, generation, now),
+                conditions,
+                last_backup: backups.last_backup.clone().or(previous.last_backup.clone()),
+                last_verified_backup: backups
+                    .last_verified
+                    .clone()
+                    .or(previous.last_verified_backup.clone()),
                 class_name: Some(db.class_name.clone()),
                 version: Some(db.version.clone()),
                 endpoint: Some(Endpoint {
@@ -178,6 +258,15 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
         }
     }
 }
+
+/// Condition reasons that are a Warning Event when they appear.
+const WARNINGS: [&str; 5] = [
+    "BackupFailed",
+    "BackupOverdue",
+    "VerifyFailed",
+    "RestoreFailed",
+    "FinalBackupFailed",
+];
 
 /// Writes the status if it changed, and records an Event when the phase or
 /// the reason of an invalid spec changed.
@@ -228,6 +317,22 @@ pub async fn update(
     };
     if let Some(event) = event {
         crate::controller::publish(recorder, &event, &sdb.object_ref(&())).await;
+    }
+    // Backup trouble is a Warning of its own, once per new reason.
+    for type_ in [types::BACKUP_HEALTHY, types::RESTORED, types::FINAL_BACKUP] {
+        let Some(c) = status.conditions.iter().find(|c| c.type_ == type_) else {
+            continue;
+        };
+        if c.status == "False" && WARNINGS.contains(&c.reason.as_str()) && reason_changed(type_) {
+            let event = Event {
+                type_: EventType::Warning,
+                reason: c.reason.clone(),
+                note: Some(c.message.chars().take(1000).collect()),
+                action: "Backup".into(),
+                secondary: None,
+            };
+            crate::controller::publish(recorder, &event, &sdb.object_ref(&())).await;
+        }
     }
     Ok(())
 }

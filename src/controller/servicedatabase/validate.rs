@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::dereference::ServerFacts;
-use crate::api::common::StorageSpec;
+use crate::api::common::{BackupDestination, StorageSpec};
 use crate::api::{DatabaseClass, DeletionPolicy, Engine, Isolation, ServiceDatabase};
 use crate::engine::{EngineSpec, for_engine};
 
@@ -66,6 +66,78 @@ pub struct ValidatedDatabase {
     pub rotate_every: Option<std::time::Duration>,
     /// How long a replaced login keeps working.
     pub grace_period: std::time::Duration,
+    /// Scheduled backups; `None` when `spec.backup` is unset.
+    pub backup: Option<ValidatedBackup>,
+    /// The `DatabaseBackup` to restore into a new database.
+    pub restore_from: Option<String>,
+}
+
+/// `spec.backup`, checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedBackup {
+    pub schedule: String,
+    pub destination: BackupDestination,
+    /// `s3://bucket/prefix` or `file:///backup/prefix`; an archive is
+    /// `<url>/<backup-name>`.
+    pub url: String,
+    pub keep_last: Option<usize>,
+    pub max_age: Option<std::time::Duration>,
+    pub verify_schedule: Option<String>,
+}
+
+/// Where the destination's volume is mounted in agent pods.
+pub const BACKUP_MOUNT: &str = "/backup";
+
+/// The agent's URL of a destination: S3 keys below the prefix (by default
+/// `<namespace>/<name>`), or a directory below the volume's mount.
+pub fn destination_url(destination: &BackupDestination, namespace: &str, name: &str) -> String {
+    match (&destination.s3, &destination.volume) {
+        (Some(s3), _) => {
+            let prefix = s3
+                .prefix
+                .clone()
+                .unwrap_or_else(|| format!("{namespace}/{name}"));
+            let prefix = prefix.trim_matches('/');
+            if prefix.is_empty() {
+                format!("s3://{}", s3.bucket)
+            } else {
+                format!("s3://{}/{prefix}", s3.bucket)
+            }
+        }
+        _ => format!("file://{BACKUP_MOUNT}/{namespace}/{name}"),
+    }
+}
+
+/// A Go duration (`720h`, `1h30m`, `90s`) as the CEL rule admits it.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let mut total: f64 = 0.0;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let n: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(std::time::Duration::from_secs_f64(total))
 }
 
 impl std::fmt::Debug for ValidatedDatabase {
@@ -205,12 +277,37 @@ pub fn validate(
             ),
         ));
     }
-    if let Some(backup) = &spec.backup {
-        check_cron("spec.backup.schedule", &backup.schedule)?;
-        if let Some(verify) = &backup.verify {
-            check_cron("spec.backup.verify.schedule", &verify.schedule)?;
+    let backup = match &spec.backup {
+        Some(backup) => {
+            check_cron("spec.backup.schedule", &backup.schedule)?;
+            if let Some(verify) = &backup.verify {
+                check_cron("spec.backup.verify.schedule", &verify.schedule)?;
+            }
+            let retention = backup.retention.clone().unwrap_or_default();
+            let max_age = match &retention.max_age {
+                Some(text) => Some(parse_duration(text).ok_or_else(|| {
+                    Invalid::new(
+                        "spec.backup.retention.maxAge",
+                        "InvalidDuration",
+                        format!("{text:?} is not a duration such as 720h"),
+                    )
+                })?),
+                None => None,
+            };
+            Some(ValidatedBackup {
+                schedule: backup.schedule.clone(),
+                url: destination_url(&backup.destination, &namespace, &name),
+                destination: backup.destination.clone(),
+                keep_last: retention
+                    .keep_last
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|n| *n > 0),
+                max_age,
+                verify_schedule: backup.verify.as_ref().map(|v| v.schedule.clone()),
+            })
         }
-    }
+        None => None,
+    };
 
     let not_yet = |field: &'static str, what: &str| {
         Err(Invalid::new(
@@ -219,23 +316,15 @@ pub fn validate(
             format!("{what} is not available in this servicedb release yet; remove {field}"),
         ))
     };
-    if spec.backup.is_some() {
-        return not_yet("spec.backup", "backup");
-    }
-    if spec.bootstrap.is_some() {
-        return not_yet("spec.bootstrap", "bootstrapping from a backup");
-    }
     let duration = |field: &'static str, text: Option<&String>| match text {
         None => Ok(None),
-        Some(text) => super::rotation::parse_duration(text)
-            .map(Some)
-            .ok_or_else(|| {
-                Invalid::new(
-                    field,
-                    "InvalidDuration",
-                    format!("{text:?} is not a duration such as 720h"),
-                )
-            }),
+        Some(text) => parse_duration(text).map(Some).ok_or_else(|| {
+            Invalid::new(
+                field,
+                "InvalidDuration",
+                format!("{text:?} is not a duration such as 720h"),
+            )
+        }),
     };
     let credentials = spec.credentials.clone().unwrap_or_default();
     let rotate_every = duration(
@@ -311,6 +400,12 @@ pub fn validate(
         server: shared,
         rotate_every,
         grace_period,
+        backup,
+        restore_from: spec
+            .bootstrap
+            .as_ref()
+            .and_then(|b| b.from_backup.as_ref())
+            .map(|b| b.name.clone()),
         name,
         namespace,
     })
@@ -478,12 +573,7 @@ mod tests {
                 "{isolation: Database, serverRef: {name: shared}}",
                 "spec.isolation",
             ),
-            (
-                "{backup: {schedule: '@daily', destination: {volume: {claimName: b}}}}",
-                "spec.backup",
-            ),
             ("{monitoring: {enabled: true}}", "spec.monitoring"),
-            ("{bootstrap: {fromBackup: {name: b1}}}", "spec.bootstrap"),
         ] {
             let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
             edit(&mut sdb, yaml);
@@ -524,6 +614,45 @@ mod tests {
             (err.field, err.reason),
             ("spec.backup.schedule", "InvalidSchedule")
         );
+    }
+
+    #[test]
+    fn backup_settings_are_checked_once() {
+        let class: DatabaseClass = fixture("class-postgres.yaml");
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        edit(
+            &mut sdb,
+            "{backup: {schedule: '@daily', retention: {keepLast: 3, maxAge: 1h30m}, destination: {s3: {bucket: b, credentialsSecret: s3}}, verify: {schedule: '0 4 * * 0'}}, bootstrap: {fromBackup: {name: b1}}}",
+        );
+        let db = validate(&sdb, &class, None).unwrap();
+        let backup = db.backup.unwrap();
+        assert_eq!(backup.url, "s3://b/shop/orders");
+        assert_eq!(backup.keep_last, Some(3));
+        assert_eq!(backup.max_age, Some(std::time::Duration::from_secs(5400)));
+        assert_eq!(backup.verify_schedule.as_deref(), Some("0 4 * * 0"));
+        assert_eq!(db.restore_from.as_deref(), Some("b1"));
+
+        edit(
+            &mut sdb,
+            "{backup: {schedule: '@daily', destination: {volume: {claimName: v}}}}",
+        );
+        let db = validate(&sdb, &class, None).unwrap();
+        assert_eq!(db.backup.unwrap().url, "file:///backup/shop/orders");
+    }
+
+    #[test]
+    fn durations_parse_as_go_writes_them() {
+        assert_eq!(
+            parse_duration("720h"),
+            Some(std::time::Duration::from_secs(720 * 3600))
+        );
+        assert_eq!(
+            parse_duration("1h30m"),
+            Some(std::time::Duration::from_secs(5400))
+        );
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("10d"), None);
+        assert_eq!(parse_duration(""), None);
     }
 
     #[test]

@@ -1,0 +1,120 @@
+//! `deletionPolicy: Snapshot`: before anything is removed, a final
+//! `DatabaseBackup` `<name>-final-<uid>` (trigger `Final`) must complete. It
+//! has no owner, so it outlives the ServiceDatabase, and retention never
+//! deletes it. If it fails, deletion keeps waiting (and says so); deleting
+//! the failed backup makes a new attempt.
+
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client, ResourceExt};
+
+use crate::api::ServiceDatabase;
+use crate::api::common::LocalObjectRef;
+use crate::api::conditions::types;
+use crate::api::database_backup::{BackupPhase, BackupTrigger, DatabaseBackup, DatabaseBackupSpec};
+use crate::build::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading the final DatabaseBackup {name}: {source}")]
+    Read {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("creating the final DatabaseBackup {name}: {source}")]
+    Create {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Where the final backup is.
+pub enum Final {
+    /// Stored: deletion may go on.
+    Completed(String),
+    /// Not yet (or failed); the message says which and why.
+    Waiting { message: String, failed: bool },
+    /// No final backup can be taken (no `spec.backup`).
+    Unavailable(String),
+}
+
+/// `orders` with uid `3f2a…` → `orders-final-3f2a9c1d`: one per incarnation.
+pub fn name(sdb: &ServiceDatabase) -> String {
+    let uid = sdb.uid().unwrap_or_default();
+    let short: String = uid.chars().filter(|c| *c != '-').take(8).collect();
+    format!("{}-final-{short}", sdb.name_any())
+}
+
+pub async fn ensure(client: &Client, sdb: &ServiceDatabase) -> Result<Final, Error> {
+    if sdb.spec.backup.is_none() {
+        return Ok(Final::Unavailable(
+            "deletionPolicy Snapshot needs spec.backup; no final backup can be taken".into(),
+        ));
+    }
+    let namespace = sdb.namespace().unwrap_or_default();
+    let name = name(sdb);
+    let api: Api<DatabaseBackup> = Api::namespaced(client.clone(), &namespace);
+    let existing = api.get_opt(&name).await.map_err(|source| Error::Read {
+        name: name.clone(),
+        source,
+    })?;
+    let Some(backup) = existing else {
+        let backup = DatabaseBackup {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace),
+                labels: Some(
+                    [
+                        (LABEL_INSTANCE.to_string(), sdb.name_any()),
+                        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+                    ]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            spec: DatabaseBackupSpec {
+                service_database_ref: LocalObjectRef {
+                    name: sdb.name_any(),
+                },
+                trigger: BackupTrigger::Final,
+            },
+            status: None,
+        };
+        match api.create(&PostParams::default(), &backup).await {
+            Ok(_) => tracing::info!(backup = %name, "final backup requested"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(source) => return Err(Error::Create { name, source }),
+        }
+        return Ok(Final::Waiting {
+            message: format!(
+                "DatabaseBackup {name} takes the final backup; the data is deleted once it completed"
+            ),
+            failed: false,
+        });
+    };
+    let status = backup.status.clone().unwrap_or_default();
+    Ok(match status.phase {
+        BackupPhase::Completed => Final::Completed(name),
+        BackupPhase::Failed => {
+            let why = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == types::COMPLETED)
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            Final::Waiting {
+                message: format!(
+                    "the final DatabaseBackup {name} failed: {why}; the data is kept. Delete DatabaseBackup {name} to try again, or set deletionPolicy Retain"
+                ),
+                failed: true,
+            }
+        }
+        phase => Final::Waiting {
+            message: format!(
+                "DatabaseBackup {name} ({phase:?}) takes the final backup; the data is deleted once it completed"
+            ),
+            failed: false,
+        },
+    })
+}

@@ -1,0 +1,152 @@
+//! After apply (async): `spec.bootstrap.fromBackup`. The named backup must
+//! be Completed; once the instance is up, a Job `<name>-db-restore` runs
+//! `servicedb agent restore` — once. The database is not Ready until it
+//! completed. The Job is never re-applied (a Job's template is immutable)
+//! and never recreated after it ran; deleting a failed one retries.
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+use super::validate::{Invalid, ValidatedDatabase};
+use crate::api::ServiceDatabase;
+use crate::api::conditions::{is_true, types};
+use crate::api::database_backup::{BackupPhase, DatabaseBackup};
+use crate::build::OperatorFacts;
+use crate::build::backup::{Archive, restore_job, restore_job_name};
+use crate::controller::jobs::{self, JobState, Report};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {kind}: {source}")]
+    Read {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("creating the restore Job: {0}")]
+    Create(#[source] kube::Error),
+    #[error(transparent)]
+    Invalid(Invalid),
+}
+
+/// Where the restore is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Restore {
+    /// No `spec.bootstrap.fromBackup`.
+    NotRequested,
+    /// The backup is fine; the instance is not up yet.
+    WaitingForInstance { backup: String },
+    /// The restore Job runs.
+    Running { backup: String },
+    /// Restored.
+    Completed { backup: String },
+    /// The restore Job failed.
+    Failed { backup: String, message: String },
+}
+
+pub async fn ensure(
+    client: &Client,
+    sdb: &ServiceDatabase,
+    db: &ValidatedDatabase,
+    instance_ready: bool,
+    facts: &OperatorFacts,
+    owner: &OwnerReference,
+) -> Result<Restore, Error> {
+    let Some(backup) = db.restore_from.clone() else {
+        return Ok(Restore::NotRequested);
+    };
+    let conditions = sdb
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    if is_true(conditions, types::RESTORED) == Some(true) {
+        return Ok(Restore::Completed { backup });
+    }
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &db.namespace);
+    let name = restore_job_name(&db.name);
+    if let Some(job) = jobs.get_opt(&name).await.map_err(|source| Error::Read {
+        kind: "Job",
+        source,
+    })? {
+        return Ok(match jobs::state(&job) {
+            JobState::Pending | JobState::Running { .. } => Restore::Running { backup },
+            JobState::Succeeded { .. } => Restore::Completed { backup },
+            JobState::Failed { message, .. } => {
+                let report = jobs::termination_message(client, &db.namespace, &name)
+                    .await
+                    .map_err(|source| Error::Read {
+                        kind: "Pod",
+                        source,
+                    })?
+                    .map(|m| Report::parse(&m))
+                    .unwrap_or_default();
+                Restore::Failed {
+                    backup,
+                    message: format!(
+                        "{}; delete Job {name} to try again",
+                        report.error.unwrap_or(message)
+                    ),
+                }
+            }
+        });
+    }
+
+    let field = "spec.bootstrap.fromBackup.name";
+    let found = Api::<DatabaseBackup>::namespaced(client.clone(), &db.namespace)
+        .get_opt(&backup)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "DatabaseBackup",
+            source,
+        })?
+        .ok_or_else(|| {
+            Error::Invalid(Invalid {
+                field,
+                reason: "BackupNotFound",
+                message: format!("DatabaseBackup {backup} does not exist in this namespace"),
+            })
+        })?;
+    let status = found.status.clone().unwrap_or_default();
+    if status.phase != BackupPhase::Completed {
+        return Err(Error::Invalid(Invalid {
+            field,
+            reason: "BackupNotCompleted",
+            message: format!(
+                "DatabaseBackup {backup} is {:?}; only a Completed backup can be restored",
+                status.phase
+            ),
+        }));
+    }
+    if status.engine.is_some_and(|e| e != db.engine) {
+        return Err(Error::Invalid(Invalid {
+            field,
+            reason: "BackupEngineMismatch",
+            message: format!("DatabaseBackup {backup} is a backup of another engine"),
+        }));
+    }
+    let (Some(location), Some(destination)) = (status.location, status.destination) else {
+        return Err(Error::Invalid(Invalid {
+            field,
+            reason: "BackupLocationUnknown",
+            message: format!("DatabaseBackup {backup} does not record where its archive is"),
+        }));
+    };
+    if !instance_ready {
+        return Ok(Restore::WaitingForInstance { backup });
+    }
+    let archive = Archive {
+        name: backup.clone(),
+        location,
+        destination,
+    };
+    let job = restore_job(db, &archive, facts, owner);
+    match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => tracing::info!(backup = %backup, job = %name, "restore started"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(Error::Create(e)),
+    }
+    Ok(Restore::Running { backup })
+}

@@ -299,12 +299,11 @@ fn backup_args(
 /// How the agent reaches the database. A dedicated instance is reached as
 /// its administrator (a restore must be able to recreate everything); a
 /// database on a shared server as the service's own login.
+/// On a shared server the login comes from the credentials Secret
+/// (`SERVICEDB_USERNAME` beside `SERVICEDB_PASSWORD`): a rotation switches
+/// both at once, and a pod reads them from one version of the Secret.
 fn connection_args(db: &ValidatedDatabase, database: &str) -> Vec<String> {
-    let username = match db.server {
-        Some(_) => db.username.clone(),
-        None => db.engine_spec.admin_username().to_string(),
-    };
-    vec![
+    let mut args = vec![
         "--engine".into(),
         db.engine.as_str().into(),
         "--host".into(),
@@ -313,9 +312,14 @@ fn connection_args(db: &ValidatedDatabase, database: &str) -> Vec<String> {
         db.port().to_string(),
         "--database".into(),
         database.into(),
-        "--username".into(),
-        username,
-    ]
+    ];
+    if db.server.is_none() {
+        args.extend([
+            "--username".into(),
+            db.engine_spec.admin_username().to_string(),
+        ]);
+    }
+    args
 }
 
 fn s3_args(destination: &BackupDestination) -> Vec<String> {
@@ -430,6 +434,9 @@ fn agent_pod(
         password_secret,
         "password",
     ));
+    if db.server.is_some() {
+        env.push(secret_env("SERVICEDB_USERNAME", &db.secret_name, "username"));
+    }
     env.extend(s3_env(destination));
     let (mut volumes, mut mounts) = destination_volume(destination);
     volumes.push(Volume {

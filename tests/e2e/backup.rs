@@ -293,6 +293,52 @@ async fn scheduled_backups_are_a_restricted_cronjob_and_each_run_is_recorded() {
             Some(vec!["ALL".to_string()])
         );
     }
+    // And the API server's Pod Security admission agrees (in a namespace of
+    // its own: the test's fake agent pods below are not restricted).
+    let restricted = format!("{}-restricted", env.ns);
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(env.client.clone())
+        .patch(
+            &restricted,
+            &PatchParams::apply("servicedb-e2e").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": restricted, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}
+            })),
+        )
+        .await
+        .expect("a restricted namespace");
+    let candidate = Pod {
+        metadata: kube::api::ObjectMeta {
+            name: Some("backup-pod-security".into()),
+            labels: Some(spec_labels(&cron)),
+            ..Default::default()
+        },
+        spec: Some(pod.clone()),
+        ..Default::default()
+    };
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let restricted_pods: Api<Pod> = Api::namespaced(env.client.clone(), &restricted);
+    if let Err(e) = restricted_pods.create(&dry_run, &candidate).await {
+        panic!("the backup pod violates the restricted Pod Security Standard: {e}");
+    }
+    let mut bare = candidate.clone();
+    if let Some(spec) = bare.spec.as_mut() {
+        spec.security_context = None;
+        for c in spec
+            .containers
+            .iter_mut()
+            .chain(spec.init_containers.iter_mut().flatten())
+        {
+            c.security_context = None;
+        }
+    }
+    assert!(
+        restricted_pods.create(&dry_run, &bare).await.is_err(),
+        "restricted Pod Security is enforced in {restricted}"
+    );
     let volumes = pod.volumes.clone().unwrap_or_default();
     assert!(volumes.iter().all(|v| v.empty_dir.is_some()), "{volumes:?}");
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -121,7 +121,18 @@ pub async fn observe(
         tracing::info!(backup = %name, "deleted by retention");
     }
 
-    let mut state = summarize(&backups, backup, sdb.creation_timestamp(), now);
+    // Backups are due from when the schedule exists, not from when the
+    // database was made (backups may be switched on later).
+    let scheduled_since = Api::<CronJob>::namespaced(client.clone(), &db.namespace)
+        .get_opt(&crate::build::backup::backup_cronjob_name(db))
+        .await
+        .map_err(|source| Error::Read {
+            kind: "CronJob",
+            source,
+        })?
+        .and_then(|c| c.creation_timestamp())
+        .or_else(|| Some(now.clone()));
+    let mut state = summarize(&backups, backup, scheduled_since, now);
     if backup.verify_schedule.is_some() {
         let verifications = jobs
             .list(&ListParams::default().labels(&format!(
@@ -278,11 +289,12 @@ pub fn interval(schedule: &str, at: &Time) -> Option<Duration> {
     (second - first).to_std().ok()
 }
 
-/// `lastBackup`, the newest completed archive, and `BackupHealthy` (pure).
+/// `lastBackup`, the newest completed archive, and `BackupHealthy` (pure);
+/// `scheduled_since` is when the schedule began.
 pub fn summarize(
     backups: &[DatabaseBackup],
     backup: &ValidatedBackup,
-    created: Option<Time>,
+    scheduled_since: Option<Time>,
     now: &Time,
 ) -> BackupState {
     let done = completed(backups);
@@ -329,7 +341,7 @@ pub fn summarize(
         let since = last_backup
             .as_ref()
             .and_then(|l| l.completed_at.clone())
-            .or(created);
+            .or(scheduled_since);
         let overdue = since.as_ref().and_then(|since| {
             let every = interval(&backup.schedule, since)?;
             (age(since, now) > every * 2).then_some(every)
@@ -461,6 +473,20 @@ mod tests {
             .unwrap();
         assert_eq!((health.status, health.reason), (false, "BackupFailed"));
         assert!(health.message.contains("b2") && health.message.contains("connection refused"));
+    }
+
+    #[test]
+    fn without_any_backup_the_schedule_start_decides() {
+        let s = settings(None, None);
+        let since = Some(t("2026-01-01T00:00:00Z"));
+        let fresh = summarize(&[], &s, since.clone(), &t("2026-01-02T00:00:00Z"))
+            .health
+            .unwrap();
+        assert_eq!((fresh.status, fresh.reason), (true, "Scheduled"));
+        let late = summarize(&[], &s, since, &t("2026-01-05T00:00:00Z"))
+            .health
+            .unwrap();
+        assert_eq!((late.status, late.reason), (false, "BackupOverdue"));
     }
 
     #[test]

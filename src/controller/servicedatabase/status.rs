@@ -336,3 +336,70 @@ pub async fn update(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::DatabaseClass;
+    use crate::api::conditions::is_true;
+
+    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_restoring_database_is_not_ready_until_the_restore_completed() {
+        let class: DatabaseClass = fixture("class-postgres.yaml");
+        let sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        let db = super::super::validate::validate(&sdb, &class, None).unwrap();
+        let now = Time("2026-01-01T00:00:00Z".parse().unwrap());
+        let backups = BackupState::default();
+        let running = Restore::Running {
+            backup: "b1".into(),
+        };
+        let status = compute(
+            &sdb,
+            &Outcome::Applied {
+                db: &db,
+                ready_replicas: 1,
+                backups: &backups,
+                restore: &running,
+            },
+            &now,
+        );
+        assert_eq!(status.phase, Phase::Provisioning);
+        assert_eq!(is_true(&status.conditions, types::READY), Some(false));
+        assert_eq!(
+            is_true(&status.conditions, types::INSTANCE_READY),
+            Some(true)
+        );
+        let ready = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == types::READY)
+            .unwrap();
+        assert_eq!(ready.reason, "Restoring");
+
+        let done = Restore::Completed {
+            backup: "b1".into(),
+        };
+        let status = compute(
+            &sdb,
+            &Outcome::Applied {
+                db: &db,
+                ready_replicas: 1,
+                backups: &backups,
+                restore: &done,
+            },
+            &now,
+        );
+        assert_eq!(status.phase, Phase::Ready);
+        assert_eq!(is_true(&status.conditions, types::RESTORED), Some(true));
+        assert_eq!(
+            is_true(&status.conditions, types::BACKUP_HEALTHY),
+            None,
+            "no backup condition without spec.backup"
+        );
+    }
+}

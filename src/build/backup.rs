@@ -435,7 +435,11 @@ fn agent_pod(
         "password",
     ));
     if db.server.is_some() {
-        env.push(secret_env("SERVICEDB_USERNAME", &db.secret_name, "username"));
+        env.push(secret_env(
+            "SERVICEDB_USERNAME",
+            &db.secret_name,
+            "username",
+        ));
     }
     env.extend(s3_env(destination));
     let (mut volumes, mut mounts) = destination_volume(destination);

@@ -474,3 +474,125 @@ async fn a_missing_admin_secret_names_the_field() {
         .collect();
     assert!(repeated.is_empty(), "{repeated:?}");
 }
+
+/// `managed`: servicedb builds the server as a dedicated instance of its own
+/// (what a kubelet would then run), opens it to the admitted namespaces,
+/// and probes it at its Service. Without a kubelet no pod answers there:
+/// the status says where it looked, and a database placed on it waits.
+#[tokio::test]
+async fn a_managed_server_is_built_as_an_instance_of_its_own() {
+    use k8s_openapi::api::apps::v1::StatefulSet;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use servicedb::api::ServiceDatabase;
+
+    use crate::dedicated::{get_when, secret_value};
+
+    let env = Env::new("managed").await;
+    server(
+        &env,
+        "pg",
+        "Postgres",
+        json!({"managed": {"storage": {"size": "5Gi"}}, "allowedNamespaces": {"from": "All"}}),
+    )
+    .await;
+    let sts = get_when(&env.api::<StatefulSet>(), "pg-server-db").await;
+    let owner = &sts.metadata.owner_references.as_ref().expect("owned")[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("DatabaseServer", "pg")
+    );
+    let pod = sts
+        .spec
+        .as_ref()
+        .expect("spec")
+        .template
+        .spec
+        .as_ref()
+        .expect("pod");
+    let args = pod.containers[0].args.clone().unwrap_or_default();
+    assert!(
+        args.starts_with(&["instance".to_string(), "--engine".into(), "postgres".into()]),
+        "{args:?}"
+    );
+    let claim = &sts
+        .spec
+        .as_ref()
+        .expect("spec")
+        .volume_claim_templates
+        .as_ref()
+        .expect("claims")[0];
+    assert_eq!(
+        claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| q.0.as_str()),
+        Some("5Gi")
+    );
+    get_when(&env.api::<Service>(), "pg-server-db").await;
+    let admin = get_when(&env.api::<Secret>(), "pg-server-db-admin").await;
+    assert!(secret_value(&admin, "password").len() >= 16);
+    let policy = get_when(&env.api::<NetworkPolicy>(), "pg-server-db").await;
+    let from = policy.spec.expect("spec").ingress.expect("ingress")[0]
+        .from
+        .clone()
+        .expect("from");
+    assert_eq!(
+        from[0].namespace_selector,
+        Some(Default::default()),
+        "allowedNamespaces All: every namespace's pods may connect"
+    );
+
+    let down = wait_condition(
+        &env,
+        "pg",
+        "Reachable",
+        "False",
+        None,
+        Duration::from_secs(60),
+    )
+    .await;
+    let (_, _, message) =
+        condition(down.status.as_ref().expect("status"), "Reachable").expect("Reachable");
+    assert!(
+        message.contains(&format!("pg-server-db.{}.svc", env.ns)),
+        "{message}"
+    );
+
+    let sdb = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase", "metadata": {"name": "orders"},
+        "spec": {"engine": "Postgres", "isolation": "Database", "serverRef": {"name": "pg"},
+                 "owner": {"podSelector": {"matchLabels": {"app": "orders"}}}}});
+    let sdbs = env.api::<ServiceDatabase>();
+    sdbs.patch(
+        "orders",
+        &PatchParams::apply("servicedb-e2e"),
+        &Patch::Apply(&sdb),
+    )
+    .await
+    .expect("sdb");
+    wait_for(
+        "orders to wait for the managed server",
+        Duration::from_secs(60),
+        || async {
+            let s = sdbs.get("orders").await.ok()?;
+            let c = s
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "InstanceReady")?;
+            (c.reason == "ServerUnavailable" && c.message.contains("pg-server-db")).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        env.api::<Secret>()
+            .get_opt("orders-db")
+            .await
+            .expect("get")
+            .is_none(),
+        "no Secret before the login exists"
+    );
+}

@@ -584,6 +584,65 @@ async fn the_shared_server_examples_are_accepted_and_explain_what_is_missing() {
         get_opt_secret(&env, "invoices-db").await.is_none(),
         "no Secret before the login exists"
     );
+
+    // The managed server example becomes an instance of its own, open to
+    // the namespaces its selector names.
+    apply_manifest(&env.client, &env.ns, &dir.join("managed-redis.yaml")).await;
+    let platform = |kind: &str| format!("{kind} in platform-db");
+    let sts = wait_for(
+        &platform("StatefulSet shared-redis-server-db"),
+        Duration::from_secs(60),
+        || async {
+            Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(
+                env.client.clone(),
+                "platform-db",
+            )
+            .get_opt("shared-redis-server-db")
+            .await
+            .ok()?
+        },
+    )
+    .await;
+    let image = sts
+        .spec
+        .expect("spec")
+        .template
+        .spec
+        .expect("pod")
+        .containers[0]
+        .image
+        .clone();
+    assert!(
+        image.as_deref().is_some_and(|i| i.ends_with("redis:7.4")),
+        "{image:?}"
+    );
+    let policy = wait_for(
+        &platform("NetworkPolicy"),
+        Duration::from_secs(30),
+        || async {
+            Api::<k8s_openapi::api::networking::v1::NetworkPolicy>::namespaced(
+                env.client.clone(),
+                "platform-db",
+            )
+            .get_opt("shared-redis-server-db")
+            .await
+            .ok()?
+        },
+    )
+    .await;
+    let from = policy.spec.expect("spec").ingress.expect("ingress")[0]
+        .from
+        .clone()
+        .expect("from");
+    let selector = from[0].namespace_selector.clone().expect("namespaces");
+    assert_eq!(
+        selector
+            .match_labels
+            .unwrap_or_default()
+            .get("team")
+            .map(String::as_str),
+        Some("shop")
+    );
 }
 
 async fn get_opt_secret(env: &Env, name: &str) -> Option<Secret> {

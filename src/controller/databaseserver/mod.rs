@@ -7,12 +7,14 @@
 //!
 //! A reachable server is probed again every minute; an unreachable one with
 //! a backoff of 2 s doubling up to a minute. Only `external` servers are
-//! supported; a `managed` one is reported as unsupported.
+//! probed; a `managed` one is first built as a dedicated instance
+//! ([`managed`]) and probed at its Service.
 //! [`admits`] decides `spec.allowedNamespaces` for the ServiceDatabase
 //! controller.
 
 pub mod admission;
 pub mod dereference;
+pub mod managed;
 pub mod probe;
 pub mod status;
 pub mod validate;
@@ -59,6 +61,8 @@ pub enum Error {
     Unreachable(ProbeError),
     #[error(transparent)]
     Status(#[from] status::Error),
+    #[error(transparent)]
+    Managed(managed::Error),
 }
 
 impl super::ReconcileError for Error {
@@ -81,6 +85,7 @@ impl Error {
             Error::Invalid(_) => "invalid-spec",
             Error::Unreachable(_) => "unreachable",
             Error::Status(_) => "status",
+            Error::Managed(_) => "apply",
         }
     }
 
@@ -95,6 +100,7 @@ impl Error {
             Error::Invalid(_) => "InvalidSpec",
             Error::Unreachable(_) => "Unreachable",
             Error::Status(_) => "StatusFailed",
+            Error::Managed(_) => "ApplyFailed",
         }
     }
 }
@@ -240,9 +246,16 @@ async fn pipeline(
     let ctx = &state.ctx;
     let now = &Time(k8s_openapi::jiff::Timestamp::now());
     let found = dereference::dereference(&ctx.client, server).await?;
-    let target = match validate::validate(server, &found.admin_secret, &found.ca_secret) {
+    let target = if server.spec.managed.is_some() {
+        // servicedb runs the server: build it as a dedicated instance.
+        managed::ensure(&ctx.client, server, &ctx.facts).await
+    } else {
+        validate::validate(server, &found.admin_secret, &found.ca_secret)
+            .map_err(managed::Error::Invalid)
+    };
+    let target = match target {
         Ok(target) => target,
-        Err(invalid) => {
+        Err(managed::Error::Invalid(invalid)) => {
             let status = status::compute(
                 server,
                 &status::Outcome::Invalid(&invalid),
@@ -252,6 +265,7 @@ async fn pipeline(
             status::update(&ctx.client, &ctx.recorder, server, status).await?;
             return Err(Error::Invalid(invalid));
         }
+        Err(e) => return Err(Error::Managed(e)),
     };
     let probed = state.probe(obj, &target).await;
     let status = status::compute(
@@ -309,6 +323,15 @@ pub async fn run_with(
     Controller::new(
         Api::<DatabaseServer>::all(client.clone()),
         watcher::Config::default().any_semantic(),
+    )
+    // A managed server's instance becoming ready is probed at once.
+    .owns(
+        Api::<k8s_openapi::api::apps::v1::StatefulSet>::all(client.clone()),
+        watcher::Config::default().labels(&format!(
+            "{}={}",
+            crate::build::LABEL_MANAGED_BY,
+            crate::build::MANAGED_BY
+        )),
     )
     // Keeps `status.databases` current as ServiceDatabases come and go.
     .watches(

@@ -58,6 +58,13 @@ pub async fn probe(target: &Target) -> Result<String, ProbeError> {
             Engine::MongoDB => mongodb(target).await,
         }
     };
+    // Say where: a managed server's address is made up by servicedb.
+    let probe = async {
+        probe.await.map_err(|e| ProbeError {
+            message: format!("{}:{}: {}", target.host, target.port, e.message),
+            ..e
+        })
+    };
     tokio::time::timeout(TIMEOUT, probe).await.map_err(|_| {
         ProbeError::new(
             "Timeout",

@@ -50,10 +50,11 @@ pub fn validate(
     ca_secret: &SecretData,
 ) -> Result<Target, Invalid> {
     let Some(external) = &server.spec.external else {
+        // A managed server is built, not validated here (see `managed`).
         return Err(invalid(
-            "spec.managed",
-            "Unsupported",
-            "managed servers are not available in this release",
+            "spec.external",
+            "InvalidSpec",
+            "set spec.external (or spec.managed)",
         ));
     };
     let tls = tls_settings(external.tls.as_ref(), ca_secret)?;
@@ -233,21 +234,6 @@ mod tests {
             assert!(e.message.contains(key), "{e}");
             assert!(!e.to_string().contains("s3cret"), "{e}");
         }
-    }
-
-    #[test]
-    fn managed_servers_are_unsupported() {
-        let e = validate(
-            &server(json!({"engine": "Redis", "managed": {}})),
-            &None,
-            &None,
-        )
-        .unwrap_err();
-        assert_eq!(e.reason, "Unsupported");
-        assert!(
-            e.message
-                .contains("managed servers are not available in this release")
-        );
     }
 
     #[test]

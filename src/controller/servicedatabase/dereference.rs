@@ -293,16 +293,47 @@ async fn server(
             ),
         ));
     }
-    let Some(external) = &server.spec.external else {
-        return Err(invalid(
-            field,
-            "Unsupported",
-            format!(
-                "DatabaseServer {namespace}/{name} is managed; managed servers are not available in this release yet"
-            ),
-        ));
-    };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let schema_database = server
+        .spec
+        .schema_database
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SCHEMA_DATABASE.to_string());
+    let Some(external) = &server.spec.external else {
+        // servicedb runs the server: reached at its instance's Service with
+        // the administrator Secret it made.
+        use crate::controller::databaseserver::managed;
+        let spec = crate::engine::for_engine(server.spec.engine);
+        let admin = secrets
+            .get_opt(&managed::admin_secret(&name))
+            .await
+            .map_err(|source| Error::Read {
+                kind: "Secret",
+                source,
+            })?
+            .and_then(|s| text_data(&s).remove("password"))
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    field,
+                    "ServerCredentialsMissing",
+                    format!(
+                        "DatabaseServer {namespace}/{name} is managed and its instance has no administrator Secret yet"
+                    ),
+                )
+            })?;
+        return Ok(ServerFacts {
+            host: managed::host(&name, &namespace),
+            port: spec.port(),
+            admin_username: spec.admin_username().to_string(),
+            admin_password: admin,
+            schema_database,
+            tls: Default::default(),
+            engine: server.spec.engine,
+            name,
+            namespace,
+        });
+    };
     let admin = secrets
         .get_opt(&external.admin_secret_ref.name)
         .await
@@ -359,11 +390,7 @@ async fn server(
         port: external.port,
         admin_username,
         admin_password,
-        schema_database: server
-            .spec
-            .schema_database
-            .clone()
-            .unwrap_or_else(|| DEFAULT_SCHEMA_DATABASE.to_string()),
+        schema_database,
     })
 }
 

@@ -355,7 +355,10 @@ fn scrub(message: &str, secret: &str) -> String {
 }
 
 fn display(server: &ServerFacts) -> String {
-    format!("{}/{}", server.namespace, server.name)
+    format!(
+        "{}/{} ({}:{})",
+        server.namespace, server.name, server.host, server.port
+    )
 }
 
 #[cfg(test)]

@@ -1,0 +1,230 @@
+//! `managed` DatabaseServers: servicedb runs the shared server itself, built
+//! exactly as a dedicated instance is (the same dereference, validation,
+//! builders and apply), under the name `<server>-server`: a StatefulSet
+//! `<server>-server-db`, its Services, PDB, administrator Secret and a
+//! NetworkPolicy that admits the namespaces of `spec.allowedNamespaces`
+//! (instead of one service's pods) and the operator.
+//!
+//! The instance manager also keeps the instance's own service login
+//! (`<server>_server`, Secret `<server>-server-db`); nothing uses it, the
+//! databases placed on the server get logins of their own from the operator.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::{Client, Resource, ResourceExt};
+
+use super::validate::{Invalid, Target};
+use crate::api::database_server::NamespacesFrom;
+use crate::api::{DatabaseServer, ServiceDatabase};
+use crate::build::{Credentials, OperatorFacts};
+use crate::controller::servicedatabase::{apply, dereference, rotation, validate};
+use crate::engine::logins::Logins;
+
+/// The name the server's instance is built under.
+pub fn instance(server: &str) -> String {
+    format!("{server}-server")
+}
+
+/// Where clients reach a managed server, inside the cluster.
+pub fn host(server: &str, namespace: &str) -> String {
+    format!(
+        "{}.{namespace}.svc",
+        validate::instance_name(&instance(server))
+    )
+}
+
+/// The Secret with the managed server's administrator login.
+pub fn admin_secret(server: &str) -> String {
+    format!("{}-admin", validate::instance_name(&instance(server)))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(Invalid),
+    #[error("reading the managed server's surroundings: {0}")]
+    Dereference(dereference::Error),
+    #[error(transparent)]
+    Apply(#[from] apply::Error),
+}
+
+/// The dedicated instance a managed server is: its spec in the terms of a
+/// ServiceDatabase (the server's class, version, storage and resources).
+pub fn as_service_database(server: &DatabaseServer) -> Option<ServiceDatabase> {
+    let managed = server.spec.managed.as_ref()?;
+    let spec = serde_json::json!({
+        "engine": server.spec.engine,
+        "version": managed.version,
+        "className": managed.class_name,
+        "owner": {"podSelector": {}},
+        "storage": managed.storage,
+        "resources": managed.resources,
+        "deletionPolicy": "Retain",
+    });
+    let mut sdb = ServiceDatabase::new(
+        &instance(&server.name_any()),
+        serde_json::from_value(strip_nulls(spec)).ok()?,
+    );
+    sdb.metadata.namespace = server.namespace();
+    Some(sdb)
+}
+
+fn strip_nulls(mut value: serde_json::Value) -> serde_json::Value {
+    if let serde_json::Value::Object(map) = &mut value {
+        map.retain(|_, v| !v.is_null());
+    }
+    value
+}
+
+/// Builds and applies the server's instance; the target to probe.
+pub async fn ensure(
+    client: &Client,
+    server: &DatabaseServer,
+    facts: &OperatorFacts,
+) -> Result<Target, Error> {
+    let Some(sdb) = as_service_database(server) else {
+        return Err(Error::Invalid(Invalid {
+            field: "spec.managed",
+            reason: "InvalidSpec",
+            message: "spec.managed cannot be read as an instance".into(),
+        }));
+    };
+    let found = match dereference::dereference(client, &sdb).await {
+        Ok(found) => found,
+        Err(dereference::Error::Invalid(e)) => return Err(Error::Invalid(managed_field(e))),
+        Err(e) => return Err(Error::Dereference(e)),
+    };
+    let db = validate::validate(&sdb, &found.class, None)
+        .map_err(|e| Error::Invalid(managed_field(e)))?;
+    let Some(owner) = server.controller_owner_ref(&()) else {
+        return Err(Error::Invalid(Invalid {
+            field: "metadata",
+            reason: "NoUid",
+            message: "object has no uid".into(),
+        }));
+    };
+    // The instance's own login never rotates.
+    let policy = rotation::Policy {
+        owner: &db.username,
+        same_user: false,
+        rotate_every: None,
+        grace: rotation::DEFAULT_GRACE,
+        request: None,
+    };
+    let plan = rotation::plan(
+        &found.recorded,
+        &policy,
+        k8s_openapi::jiff::Timestamp::now(),
+        &mut crate::password::generate,
+    );
+    let credentials = Credentials {
+        admin_password: found.admin_password.clone(),
+        logins: Logins::single(plan.logins.current.clone()),
+        annotations: plan.annotations(),
+    };
+    let mut children = crate::build::children(&db, &credentials, facts, &owner, None);
+    if let Some(instance) = children.instance.as_mut() {
+        admit_allowed_namespaces(&mut instance.network_policy, server);
+    }
+    let applied = apply::apply(client, &db.namespace, &db.name, children).await?;
+    if applied.written > 0 || applied.deleted > 0 {
+        tracing::info!(
+            written = applied.written,
+            deleted = applied.deleted,
+            "managed server's instance updated"
+        );
+    }
+    let namespace = server.namespace().unwrap_or_default();
+    Ok(Target {
+        engine: server.spec.engine,
+        host: host(&server.name_any(), &namespace),
+        port: u16::try_from(db.engine_spec.port()).unwrap_or(0),
+        tls: Default::default(),
+        username: db.engine_spec.admin_username().to_string(),
+        password: found.admin_password,
+    })
+}
+
+/// A condition about the instance names the server's own field.
+fn managed_field(mut e: Invalid) -> Invalid {
+    e.message = format!("{}: {}", e.field, e.message);
+    e.field = "spec.managed";
+    e
+}
+
+/// The database port is open to the pods of the admitted namespaces (and,
+/// as built, the operator), not to one service's pods.
+pub fn admit_allowed_namespaces(policy: &mut NetworkPolicy, server: &DatabaseServer) {
+    let namespace = server.namespace().unwrap_or_default();
+    let peer = match server.spec.allowed_namespaces.from {
+        NamespacesFrom::Same => NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "kubernetes.io/metadata.name".to_string(),
+                    namespace,
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        NamespacesFrom::All => NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector::default()),
+            ..Default::default()
+        },
+        NamespacesFrom::Selector => NetworkPolicyPeer {
+            namespace_selector: server.spec.allowed_namespaces.selector.clone(),
+            ..Default::default()
+        },
+    };
+    if let Some(rule) = policy
+        .spec
+        .as_mut()
+        .and_then(|s| s.ingress.as_mut())
+        .and_then(|rules| rules.first_mut())
+        && let Some(from) = rule.from.as_mut()
+        && let Some(first) = from.first_mut()
+    {
+        // The first peer is the owner's pods; the operator's stays.
+        *first = peer;
+    }
+    let meta: &mut ObjectMeta = &mut policy.metadata;
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("servicedb.dev/database-server".into(), server.name_any());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(spec: serde_json::Value) -> DatabaseServer {
+        let mut s = DatabaseServer::new("shared-pg", serde_json::from_value(spec).unwrap());
+        s.metadata.namespace = Some("platform".into());
+        s.metadata.uid = Some("u1".into());
+        s
+    }
+
+    #[test]
+    fn a_managed_server_is_a_dedicated_instance_under_its_own_name() {
+        let s = server(serde_json::json!({"engine": "Postgres",
+            "managed": {"version": "16", "storage": {"size": "20Gi"}}}));
+        let sdb = as_service_database(&s).expect("managed");
+        assert_eq!(sdb.name_any(), "shared-pg-server");
+        assert_eq!(sdb.namespace().as_deref(), Some("platform"));
+        assert_eq!(sdb.spec.version.as_deref(), Some("16"));
+        assert_eq!(
+            sdb.spec.storage.and_then(|s| s.size).as_deref(),
+            Some("20Gi")
+        );
+        assert_eq!(
+            host("shared-pg", "platform"),
+            "shared-pg-server-db.platform.svc"
+        );
+        assert_eq!(admin_secret("shared-pg"), "shared-pg-server-db-admin");
+        let external = server(serde_json::json!({"engine": "Redis",
+            "external": {"host": "r", "port": 6379, "adminSecretRef": {"name": "a"}}}));
+        assert!(as_service_database(&external).is_none());
+    }
+}

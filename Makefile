@@ -10,7 +10,7 @@ TESTENV_DIR ?= $(HOME)/.cache/servicedb/testenv-e2e
 RUN_DIR ?= $(HOME)/.cache/servicedb/testenv-run
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/servicedb
 
-.PHONY: build crds check-crds lint unit engine engine-static e2e test run stop testenv-up testenv-down static clean
+.PHONY: build crds check-crds lint unit engine engine-static agent e2e test run stop testenv-up testenv-down static clean
 
 build:
 	$(CARGO) build --locked
@@ -43,11 +43,21 @@ engine:
 	hack/ferretdb/build.sh >/dev/null
 	$(CARGO) test --locked $(ENGINE_TESTS)
 
+AGENT_TESTS := --test agent_postgres --test agent_redis --test agent_mongodb
+
+## agent: the backup agent (backup, restore, verify, delete) against real
+## PostgreSQL, Redis and FerretDB servers and a real S3 server (versitygw,
+## hack/s3), and a directory.
+agent:
+	hack/s3/build.sh >/dev/null
+	hack/ferretdb/build.sh >/dev/null
+	$(CARGO) test --locked $(AGENT_TESTS)
+
 ## e2e: the operator against a real API server (KUBECONFIG, or a local one).
 e2e: build
 	hack/e2e.sh
 
-test: unit engine e2e
+test: unit engine agent e2e
 
 ## run: the operator against the current cluster, or a local control plane.
 run: build

@@ -10,7 +10,7 @@ TESTENV_DIR ?= $(HOME)/.cache/servicedb/testenv-e2e
 RUN_DIR ?= $(HOME)/.cache/servicedb/testenv-run
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/servicedb
 
-.PHONY: build crds check-crds lint unit engine engine-static agent e2e test run stop testenv-up testenv-down static clean
+.PHONY: build crds check-crds lint unit engine engine-static agent bench-backup e2e test run stop testenv-up testenv-down static clean
 
 build:
 	$(CARGO) build --locked
@@ -52,6 +52,14 @@ agent:
 	hack/s3/build.sh >/dev/null
 	hack/ferretdb/build.sh >/dev/null
 	$(CARGO) test --locked $(AGENT_TESTS)
+
+## bench-backup: time `servicedb agent backup`/`restore` of a PostgreSQL
+## database (BENCH_SCALE pgbench scale, 70 ≈ 1 GiB) to a directory and to
+## versitygw, against `pg_dump -Fc | zstd`; prints MB/s and ratios.
+## A release build: debug zstd and SHA-256 would measure the compiler.
+bench-backup:
+	$(CARGO) build --locked --release
+	hack/bench-backup.sh $(or $(CARGO_TARGET_DIR),target)/release/servicedb
 
 ## e2e: the operator against a real API server (KUBECONFIG, or a local one).
 e2e: build

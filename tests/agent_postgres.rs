@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use agent_common::servers::Postgres;
-use agent_common::{Run, S3, agent, files_under, random};
+use agent_common::{Run, S3, agent, agent_command, files_under, random};
 use servicedb::engine::postgres_users::{ServiceUser, ensure_service_database, quote_ident};
 use tokio_postgres::{Client, NoTls};
 
@@ -554,4 +554,109 @@ async fn failed_backups_exit_non_zero_with_a_reason_and_leave_no_manifest() {
         Vec::<String>::new()
     );
     assert_eq!(files_under(f.dir.path()), Vec::<String>::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_a_backup_and_stores_nothing() {
+    let f = Fixture::new().await;
+    f.service(DATABASE)
+        .await
+        .batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1);")
+        .await
+        .expect("table");
+    // A session holding an exclusive lock keeps pg_dump waiting, so the
+    // backup is surely in the middle of its dump when the signal comes.
+    let locker = f.service(DATABASE).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE;")
+        .await
+        .expect("lock");
+    let log_dir = tempfile::tempdir().expect("tempdir");
+    let log = log_dir.path().join("termination-log");
+    let mut args = vec!["backup".to_owned()];
+    args.extend(f.db_args(DATABASE));
+    args.extend([
+        "--destination".to_owned(),
+        f.dir_url(),
+        "--name".to_owned(),
+        "b1".to_owned(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = agent_command(&args, &f.env(), &log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the agent");
+
+    let admin = f.admin().await;
+    let waiting_dump = "SELECT count(*) FROM pg_stat_activity \
+        WHERE application_name = 'servicedb-agent' AND wait_event_type = 'Lock'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let n: i64 = admin
+            .query_one(waiting_dump, &[])
+            .await
+            .expect("activity")
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pg_dump never waited for the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let pg_dumps = children_named(child.id(), "pg_dump");
+    assert_eq!(pg_dumps.len(), 1, "the agent runs one pg_dump");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let output = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    assert!(!stderr.contains(&f.password));
+    let termination = std::fs::read_to_string(&log).expect("termination log");
+    assert!(termination.contains("stopped by SIGTERM"), "{termination}");
+    assert_eq!(files_under(f.dir.path()), Vec::<String>::new());
+    // pg_dump went with it (its server session waits for the lock until the
+    // server next talks to it, so the process is what to look at).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while is_running(pg_dumps[0]) {
+        assert!(std::time::Instant::now() < deadline, "pg_dump still runs");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    drop(locker);
+}
+
+/// Child processes of `pid` whose command is `name`.
+fn children_named(pid: u32, name: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("tasks")
+        .flatten()
+    {
+        let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for child in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
+            let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            if comm.trim() == name {
+                out.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// Alive, and not a zombie waiting to be reaped.
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
 }

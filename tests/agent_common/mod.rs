@@ -209,17 +209,7 @@ impl Run {
 pub fn agent(args: &[&str], env: &[(String, String)], secrets: &[&str]) -> Run {
     let dir = tempfile::tempdir().expect("tempdir");
     let termination_log = dir.path().join("termination-log");
-    let mut command = Command::new(common::servicedb_binary());
-    command.arg("agent").args(args);
-    command.arg("--termination-log").arg(&termination_log);
-    for (name, _) in std::env::vars() {
-        if name.starts_with("AWS_") || name.starts_with("SERVICEDB_") {
-            command.env_remove(name);
-        }
-    }
-    command.envs(env.iter().map(|(k, v)| (k, v)));
-    let output = command
-        .stdin(Stdio::null())
+    let output = agent_command(args, env, &termination_log)
         .output()
         .expect("running servicedb agent");
     let run = Run {
@@ -249,6 +239,23 @@ pub fn agent(args: &[&str], env: &[(String, String)], secrets: &[&str]) -> Run {
     }
     let _ = std::io::stderr().flush();
     run
+}
+
+/// `servicedb agent <args>` with `env` only (none of the test's own
+/// AWS_*/SERVICEDB_* variables), writing its termination log to `log`.
+pub fn agent_command(args: &[&str], env: &[(String, String)], log: &Path) -> Command {
+    let mut command = Command::new(common::servicedb_binary());
+    command.arg("agent").args(args);
+    command.arg("--termination-log").arg(log);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AWS_") || name.starts_with("SERVICEDB_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null());
+    command
 }
 
 /// FerretDB (the MongoDB wire protocol over SQLite, hack/ferretdb/build.sh)

@@ -23,9 +23,11 @@ tmp=$(mktemp -d /tmp/sdbbench.XXXXXX)
 chown postgres: "$tmp"
 pg_pid=""; vgw_pid=""
 cleanup() {
-  [ -n "$vgw_pid" ] && kill "$vgw_pid" 2>/dev/null
-  [ -n "$pg_pid" ] && kill -INT "$pg_pid" 2>/dev/null && while kill -0 "$pg_pid" 2>/dev/null; do sleep 0.2; done
-  rm -rf "$tmp"
+  [ -n "$vgw_pid" ] && kill "$vgw_pid" 2>/dev/null || true
+  # The postmaster itself (runuser, whose pid $! is, does not pass signals on).
+  [ -f "$tmp/data/postmaster.pid" ] && kill -INT "$(head -1 "$tmp/data/postmaster.pid")" 2>/dev/null || true
+  [ -n "$pg_pid" ] && wait "$pg_pid" 2>/dev/null || true
+  rm -rf "$tmp" || true
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }

@@ -10,7 +10,7 @@ TESTENV_DIR ?= $(HOME)/.cache/servicedb/testenv-e2e
 RUN_DIR ?= $(HOME)/.cache/servicedb/testenv-run
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/servicedb
 
-.PHONY: build crds check-crds lint unit engine engine-static e2e test bench run stop testenv-up testenv-down static clean
+.PHONY: build crds check-crds lint unit engine engine-static agent e2e test bench bench-provision bench-backup run stop testenv-up testenv-down static clean
 
 build:
 	$(CARGO) build --locked
@@ -43,15 +43,36 @@ engine:
 	hack/ferretdb/build.sh >/dev/null
 	$(CARGO) test --locked $(ENGINE_TESTS)
 
+AGENT_TESTS := --test agent_postgres --test agent_redis --test agent_mongodb
+
+## agent: the backup agent (backup, restore, verify, delete) against real
+## PostgreSQL, Redis and FerretDB servers and a real S3 server (versitygw,
+## hack/s3), and a directory.
+agent:
+	hack/s3/build.sh >/dev/null
+	hack/ferretdb/build.sh >/dev/null
+	$(CARGO) test --locked $(AGENT_TESTS)
+
+## bench-backup: time `servicedb agent backup`/`restore` of a PostgreSQL
+## database (BENCH_SCALE pgbench scale, 70 ≈ 1 GiB) to a directory and to
+## versitygw, against `pg_dump -Fc | zstd`; prints MB/s and ratios.
+## A release build: debug zstd and SHA-256 would measure the compiler.
+bench-backup:
+	$(CARGO) build --locked --release
+	hack/bench-backup.sh $(or $(CARGO_TARGET_DIR),target)/release/servicedb
+
 ## e2e: the operator against a real API server (KUBECONFIG, or a local one).
 e2e: build
 	hack/e2e.sh
 
-test: unit engine e2e
+test: unit engine agent e2e
 
-## bench: provisioning time of many databases on shared servers (figures,
-## not pass/fail).
-bench:
+## bench: every benchmark (figures, not pass/fail).
+bench: bench-provision bench-backup
+
+## bench-provision: provisioning time of 200 databases on one PostgreSQL and
+## one Redis server (total, p50, p99 per database).
+bench-provision:
 	hack/bench.sh
 
 ## run: the operator against the current cluster, or a local control plane.

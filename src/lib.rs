@@ -1,6 +1,7 @@
 //! servicedb: a Kubernetes operator that gives every microservice its own
 //! private database.
 
+pub mod agent;
 pub mod api;
 pub mod build;
 pub mod controller;

@@ -23,6 +23,8 @@ enum Command {
     Crd,
     /// The in-pod instance manager: PID 1 of a database container.
     Instance(servicedb::instance::Args),
+    /// Backup, restore, verify and delete, inside a Kubernetes Job.
+    Agent(servicedb::agent::Args),
     /// Copy this executable to a path (the init container of database pods).
     CopyBinary {
         /// Destination file.
@@ -43,6 +45,7 @@ fn main() -> anyhow::Result<()> {
             servicedb::operator::init(servicedb::operator::LogFormat::Json)?;
             runtime()?.block_on(servicedb::instance::run(args))
         }
+        Command::Agent(args) => std::process::exit(servicedb::agent::main(args)),
         Command::CopyBinary { dest } => copy_self(&dest),
     }
 }

@@ -1,0 +1,188 @@
+//! The three engines behind one small interface: connect (and read the
+//! server's version), dump into a sink, restore from a source, check what a
+//! database holds.
+
+use std::path::PathBuf;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::manifest::Manifest;
+use super::mongodb::MongoDB;
+use super::postgres::Postgres;
+use super::redis::Redis;
+use super::secret::Secret;
+use crate::instance::EngineKind;
+
+/// Which database to reach, and how. The password comes from
+/// `SERVICEDB_PASSWORD`, never from a flag.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// Database engine.
+    #[arg(long, value_enum, env = "SERVICEDB_ENGINE")]
+    pub engine: EngineKind,
+    /// Host name or address of the database server.
+    #[arg(long, env = "SERVICEDB_HOST")]
+    pub host: String,
+    /// Port; default: the engine's (5432, 6379, 27017).
+    #[arg(long, env = "SERVICEDB_PORT")]
+    pub port: Option<u16>,
+    /// Database name (PostgreSQL, MongoDB; required) or logical database
+    /// number (Redis; default 0).
+    #[arg(long, env = "SERVICEDB_DATABASE")]
+    pub database: Option<String>,
+    /// Login (required for PostgreSQL; Redis: the ACL user, default
+    /// `default`; MongoDB: none means no authentication).
+    #[arg(long, env = "SERVICEDB_USERNAME")]
+    pub username: Option<String>,
+    /// PostgreSQL: directory holding `pg_dump` and `pg_restore`; default:
+    /// PATH, then the newest /usr/lib/postgresql/*/bin.
+    #[arg(long, env = "SERVICEDB_PG_BIN_DIR")]
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Redis: back up (and restore) only the keys that start with this
+    /// prefix, such as `cart:` for a service on a shared server.
+    #[arg(long, env = "SERVICEDB_KEY_PREFIX")]
+    pub key_prefix: Option<String>,
+    /// MongoDB: the database the user is defined in; default: --database.
+    #[arg(long, env = "SERVICEDB_AUTH_DATABASE")]
+    pub auth_database: Option<String>,
+}
+
+/// What a database holds, for `verify`.
+#[derive(Debug, Clone)]
+pub struct Checks {
+    /// Tables (Postgres), keys (Redis) or documents (MongoDB): what the
+    /// manifest's `items` counts.
+    pub items: u64,
+    /// Totals, always reported.
+    pub summary: serde_json::Value,
+    /// Per table or collection, under this key, when there is room.
+    pub detail: Option<(&'static str, serde_json::Value)>,
+}
+
+impl Checks {
+    /// `summary` with `detail` added.
+    pub fn to_json(&self, with_detail: bool) -> serde_json::Value {
+        let mut value = self.summary.clone();
+        if with_detail
+            && let (Some((key, detail)), Some(object)) = (&self.detail, value.as_object_mut())
+        {
+            object.insert((*key).to_owned(), detail.clone());
+        }
+        value
+    }
+}
+
+pub enum Engine {
+    Postgres(Postgres),
+    Redis(Redis),
+    MongoDB(MongoDB),
+}
+
+impl Engine {
+    /// Connects and logs in, so that a wrong password, a missing database or
+    /// an unreachable server fails before any storage is touched.
+    pub async fn connect(args: &DatabaseArgs, password: Secret) -> anyhow::Result<Engine> {
+        Ok(match args.engine {
+            EngineKind::Postgres => Engine::Postgres(Postgres::connect(args, password).await?),
+            EngineKind::Redis => Engine::Redis(Redis::connect(args, password).await?),
+            EngineKind::MongoDB => Engine::MongoDB(MongoDB::connect(args, password).await?),
+        })
+    }
+
+    /// The name the manifest records.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Postgres(_) => "postgres",
+            Engine::Redis(_) => "redis",
+            Engine::MongoDB(_) => "mongodb",
+        }
+    }
+
+    pub fn format(&self) -> &'static str {
+        match self {
+            Engine::Postgres(_) => super::postgres::FORMAT,
+            Engine::Redis(_) => super::redis::FORMAT,
+            Engine::MongoDB(_) => super::mongodb::FORMAT,
+        }
+    }
+
+    pub fn server_version(&self) -> &str {
+        match self {
+            Engine::Postgres(e) => e.server_version(),
+            Engine::Redis(e) => e.server_version(),
+            Engine::MongoDB(e) => e.server_version(),
+        }
+    }
+
+    /// Redis: the key prefix the dump is limited to.
+    pub fn key_prefix(&self) -> Option<&str> {
+        match self {
+            Engine::Redis(e) => e.key_prefix(),
+            _ => None,
+        }
+    }
+
+    /// Writes the dump into `sink`; returns its item count.
+    pub async fn dump(
+        &mut self,
+        sink: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> anyhow::Result<u64> {
+        match self {
+            Engine::Postgres(e) => e.dump(sink).await,
+            Engine::Redis(e) => e.dump(sink).await,
+            Engine::MongoDB(e) => e.dump(sink).await,
+        }
+    }
+
+    /// Refuses, before anything is downloaded, a backup this target cannot
+    /// take.
+    pub fn accepts(&self, manifest: &Manifest) -> anyhow::Result<()> {
+        if manifest.engine != self.name() || manifest.format != self.format() {
+            anyhow::bail!(
+                "the backup is a {} dump ({}); this restore is for {} ({})",
+                manifest.engine,
+                manifest.format,
+                self.name(),
+                self.format()
+            );
+        }
+        match self {
+            Engine::Redis(e) => e.check_prefix(manifest),
+            _ => Ok(()),
+        }
+    }
+
+    /// Loads a dump.
+    pub async fn restore(&mut self, source: impl AsyncRead + Unpin + Send) -> anyhow::Result<()> {
+        match self {
+            Engine::Postgres(e) => e.restore(source).await,
+            Engine::Redis(e) => e.restore(source).await.map(drop),
+            Engine::MongoDB(e) => e.restore(source).await.map(drop),
+        }
+    }
+
+    pub async fn check(&mut self) -> anyhow::Result<Checks> {
+        match self {
+            Engine::Postgres(e) => e.check().await,
+            Engine::Redis(e) => e.check().await,
+            Engine::MongoDB(e) => e.check().await,
+        }
+    }
+
+    /// What `--database` names, as the manifest records it.
+    pub fn database(&self, args: &DatabaseArgs) -> String {
+        match self {
+            Engine::Redis(e) => e.database(),
+            _ => args.database.clone().unwrap_or_default(),
+        }
+    }
+
+    /// What `items` counts, in words.
+    pub fn items_word(&self) -> &'static str {
+        match self {
+            Engine::Postgres(_) => "tables",
+            Engine::Redis(_) => "keys",
+            Engine::MongoDB(_) => "documents",
+        }
+    }
+}

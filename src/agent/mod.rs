@@ -1,0 +1,467 @@
+//! `servicedb agent`: backup, restore, verify and delete, run inside a
+//! Kubernetes Job (the same binary as the operator, copied into the
+//! engine's image as the instance manager is).
+//!
+//! Every run is one pipeline and ends in one JSON line (see [`report`]):
+//!
+//! - **backup**: log in to the database (a wrong password or a missing
+//!   database fails here) → check the destination (a missing bucket or
+//!   directory, bad credentials or an unreachable endpoint fail here, before
+//!   the dump starts) → stream the dump through zstd and SHA-256 into a
+//!   multipart upload of `<destination>/<name>/archive.zst` ([`archive`]) →
+//!   only if the dump exited cleanly and the upload completed, write
+//!   `<destination>/<name>/manifest.json` ([`manifest`]) last. Any failure
+//!   aborts the upload, so a backup exists exactly when its manifest does.
+//! - **restore**: read the manifest → download the archive to a temporary
+//!   file, checking size and SHA-256 against it; refuse a truncated or
+//!   corrupted one before touching the database → decompress into the
+//!   engine.
+//! - **verify**: restore into an empty scratch database, then count what
+//!   arrived (tables and rows, keys, collections and documents); fail if
+//!   the restore fails or the result is empty while the backup was not.
+//! - **delete**: remove the manifest first (the backup stops existing),
+//!   then the archive and anything else under the backup's directory.
+//!
+//! Formats, one per engine, and why: see [`postgres`] (`pg_dump` custom
+//! format), [`redis`] (per-key `DUMP` records, so that one service's prefix
+//! on a shared server can be backed up and restored alone) and [`mongodb`]
+//! (raw BSON through the driver, since the MongoDB tools are not in the
+//! engine images). Storage: [`location`].
+//!
+//! Secrets: the database password only from `SERVICEDB_PASSWORD`, S3
+//! credentials only from the `AWS_*` environment; both are scrubbed from
+//! every message the agent prints, and child processes get only what they
+//! need.
+
+mod archive;
+mod engine;
+mod frame;
+mod location;
+mod manifest;
+mod mongodb;
+mod postgres;
+mod redis;
+mod report;
+mod secret;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde_json::json;
+use tracing::{info, warn};
+
+pub use engine::DatabaseArgs;
+pub use location::StoreArgs;
+pub use manifest::Manifest;
+pub use report::ReportArgs;
+
+use archive::ArchiveWriter;
+use engine::Engine;
+use location::BackupUrl;
+use report::{Reporter, TERMINATION_LOG_LIMIT};
+use secret::Secret;
+
+/// `servicedb agent`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Dump a database to `<destination>/<name>/` (archive.zst, then manifest.json).
+    Backup(BackupArgs),
+    /// Load a backup into a database.
+    Restore(RestoreArgs),
+    /// Restore a backup into an empty scratch database and check what arrived.
+    Verify(RestoreArgs),
+    /// Remove a backup (success if it does not exist).
+    Delete(DeleteArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Where backups go: `s3://bucket/prefix` or `file:///absolute/dir`.
+    #[arg(long, env = "SERVICEDB_DESTINATION")]
+    pub destination: String,
+    /// The backup's name: its directory under the destination.
+    #[arg(long, env = "SERVICEDB_BACKUP_NAME")]
+    pub name: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The backup: `<destination>/<backup-name>`.
+    #[arg(long, env = "SERVICEDB_FROM")]
+    pub from: String,
+    /// Directory for the downloaded archive (it is checked before loading,
+    /// so it is stored whole); default: the system's temporary directory.
+    #[arg(long, env = "SERVICEDB_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DeleteArgs {
+    /// The backup: `<destination>/<backup-name>`.
+    #[arg(long, env = "SERVICEDB_FROM")]
+    pub from: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+/// Runs one agent command to its end; returns the process's exit code.
+pub fn main(args: Args) -> i32 {
+    init_logging();
+    let report_args = match &args.command {
+        Command::Backup(a) => &a.report,
+        Command::Restore(a) | Command::Verify(a) => &a.report,
+        Command::Delete(a) => &a.report,
+    };
+    let password = match Secret::from_env() {
+        Ok(password) => password,
+        Err(error) => {
+            Reporter::new(report_args, vec![]).failure(&error);
+            return 1;
+        }
+    };
+    let s3_secret = Secret::new(std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default());
+    let s3_token = Secret::new(std::env::var("AWS_SESSION_TOKEN").unwrap_or_default());
+    let reporter = Reporter::new(report_args, vec![password.clone(), s3_secret, s3_token]);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            reporter.failure(&error);
+            return 1;
+        }
+    };
+    let outcome = runtime.block_on(run(args, password));
+    match outcome {
+        Ok((full, compact)) => {
+            reporter.success(&full, &compact);
+            0
+        }
+        Err(error) => {
+            reporter.failure(&error);
+            1
+        }
+    }
+}
+
+/// Progress on stderr (stdout carries only the result).
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,servicedb=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
+}
+
+/// SIGTERM (the Job deleted, the pod evicted) or SIGINT.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        // Without signal handlers the default action (exit) applies.
+        _ => std::future::pending().await,
+    }
+}
+
+/// The result printed on stdout, and the form written to the termination
+/// log (the same unless it would not fit).
+type Outcome = (serde_json::Value, serde_json::Value);
+
+async fn run(args: Args, password: Secret) -> anyhow::Result<Outcome> {
+    match args.command {
+        // Handles signals itself: it must abort its upload before exiting.
+        Command::Backup(args) => {
+            let manifest = backup(&args, password).await?;
+            let value = serde_json::to_value(&manifest).context("encoding the manifest")?;
+            Ok((value.clone(), value))
+        }
+        // Dropped on a signal: pg_restore is killed with it (so its
+        // transaction rolls back), the temporary archive is removed.
+        Command::Restore(args) => {
+            until_signal(async {
+                let (manifest, seconds) = restore(&args, password).await?;
+                let value = json!({ "restored": manifest, "restoreSeconds": seconds });
+                Ok((value.clone(), value))
+            })
+            .await
+        }
+        Command::Verify(args) => until_signal(verify(&args, password)).await,
+        Command::Delete(args) => {
+            until_signal(async {
+                let value = delete(&args).await?;
+                Ok((value.clone(), value))
+            })
+            .await
+        }
+    }
+}
+
+async fn until_signal<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::select! {
+        outcome = work => outcome,
+        signal = interrupted() => Err(anyhow::anyhow!("stopped by {signal}")),
+    }
+}
+
+fn rfc3339_now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+async fn backup(args: &BackupArgs, password: Secret) -> anyhow::Result<Manifest> {
+    let url = BackupUrl::from_destination(&args.destination, &args.name)?;
+    let location = url.url();
+    let mut engine = Engine::connect(&args.database, password).await?;
+    let store = url.open(&args.store)?;
+    check_destination(store.as_ref(), &url).await?;
+
+    let started_at = rfc3339_now();
+    info!(
+        engine = engine.name(),
+        server_version = engine.server_version(),
+        %location,
+        "backup started"
+    );
+    let mut writer = ArchiveWriter::new(Arc::clone(&store), url.archive());
+    let dumped = tokio::select! {
+        dumped = engine.dump(&mut writer) => dumped,
+        signal = interrupted() => Err(anyhow::anyhow!("stopped by {signal}")),
+    };
+    let items = match dumped {
+        Ok(items) => items,
+        Err(error) => {
+            if let Err(abort) = writer.abort().await {
+                warn!("{abort:#}");
+            }
+            return Err(error.context(format!("backup to {location} failed, nothing was stored")));
+        }
+    };
+    let stored = writer
+        .finish()
+        .await
+        .with_context(|| format!("backup to {location} failed"))?;
+    let manifest = Manifest {
+        engine: engine.name().to_owned(),
+        format: engine.format().to_owned(),
+        server_version: engine.server_version().to_owned(),
+        database: engine.database(&args.database),
+        key_prefix: engine.key_prefix().map(str::to_owned),
+        started_at,
+        completed_at: rfc3339_now(),
+        size_bytes: stored.size_bytes,
+        raw_bytes: stored.raw_bytes,
+        checksum: format!("sha256:{}", stored.sha256_hex),
+        archive: url.archive().to_string(),
+        location: location.clone(),
+        items,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).context("encoding the manifest")?;
+    if let Err(error) = store.put(&url.manifest(), PutPayload::from(json)).await {
+        // Without its manifest the archive is no backup: do not leave it.
+        if let Err(cleanup) = store.delete(&url.archive()).await {
+            warn!("removing the archive without a manifest: {cleanup}");
+        }
+        return Err(error).with_context(|| format!("writing the manifest of {location}"));
+    }
+    info!(
+        size_bytes = manifest.size_bytes,
+        raw_bytes = manifest.raw_bytes,
+        items = manifest.items,
+        "backup complete"
+    );
+    Ok(manifest)
+}
+
+/// Lists the backup's directory: the cheapest request that fails for a
+/// missing bucket, wrong credentials or an unreachable endpoint. A backup
+/// of the same name that already completed is never overwritten.
+async fn check_destination(store: &dyn ObjectStore, url: &BackupUrl) -> anyhow::Result<()> {
+    let listing = store
+        .list_with_delimiter(Some(&url.prefix()))
+        .await
+        .with_context(|| format!("checking the destination {}", url.url()))?;
+    if listing.objects.iter().any(|o| o.location == url.manifest()) {
+        bail!(
+            "a backup named {:?} already exists at {}; backups are never overwritten",
+            url.name(),
+            url.url()
+        );
+    }
+    Ok(())
+}
+
+async fn read_manifest(store: &dyn ObjectStore, url: &BackupUrl) -> anyhow::Result<Manifest> {
+    let bytes = match store.get(&url.manifest()).await {
+        Ok(result) => result.bytes().await,
+        Err(error) => Err(error),
+    };
+    let bytes = match bytes {
+        Ok(bytes) => bytes,
+        Err(object_store::Error::NotFound { .. }) => bail!(
+            "no backup at {}: {} not found (the backup does not exist or did not complete)",
+            url.url(),
+            url.manifest()
+        ),
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading the manifest of {}", url.url()));
+        }
+    };
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("the manifest of {} is not valid", url.url()))?;
+    Ok(manifest)
+}
+
+/// Download, check, load. Returns the manifest and the seconds it took.
+async fn restore_into(
+    engine: &mut Engine,
+    store: &dyn ObjectStore,
+    url: &BackupUrl,
+    manifest: &Manifest,
+    work_dir: Option<&std::path::Path>,
+) -> anyhow::Result<f64> {
+    engine.accepts(manifest)?;
+    let sha256 = manifest.sha256_hex().with_context(|| {
+        format!(
+            "the manifest's checksum {:?} is not sha256:…",
+            manifest.checksum
+        )
+    })?;
+    let start = Instant::now();
+    let work_dir = work_dir.map_or_else(std::env::temp_dir, PathBuf::from);
+    // The archive next to the manifest, wherever the backup's directory
+    // has been copied to since (`archive` in the manifest is informational).
+    let archive = url.archive();
+    info!(location = %url.url(), "downloading the archive");
+    let downloaded = archive::download(store, &archive, &work_dir, manifest.size_bytes, sha256)
+        .await
+        .context("nothing was restored")?;
+    info!("archive checked, loading");
+    engine.restore(downloaded.reader().await?).await?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+async fn restore(args: &RestoreArgs, password: Secret) -> anyhow::Result<(Manifest, f64)> {
+    let url = BackupUrl::from_backup(&args.from)?;
+    let store = url.open(&args.store)?;
+    let manifest = read_manifest(store.as_ref(), &url).await?;
+    let mut engine = Engine::connect(&args.database, password).await?;
+    let seconds = restore_into(
+        &mut engine,
+        store.as_ref(),
+        &url,
+        &manifest,
+        args.work_dir.as_deref(),
+    )
+    .await
+    .with_context(|| format!("restore of {}", url.url()))?;
+    info!(seconds, "restore complete");
+    Ok((manifest, seconds))
+}
+
+async fn verify(args: &RestoreArgs, password: Secret) -> anyhow::Result<Outcome> {
+    let url = BackupUrl::from_backup(&args.from)?;
+    let store = url.open(&args.store)?;
+    let manifest = read_manifest(store.as_ref(), &url).await?;
+    let mut engine = Engine::connect(&args.database, password).await?;
+    let before = engine.check().await?;
+    if before.items > 0 {
+        bail!(
+            "verify needs an empty scratch database, and {:?} already holds {} {}",
+            engine.database(&args.database),
+            before.items,
+            engine.items_word()
+        );
+    }
+    let seconds = restore_into(
+        &mut engine,
+        store.as_ref(),
+        &url,
+        &manifest,
+        args.work_dir.as_deref(),
+    )
+    .await
+    .with_context(|| format!("verify of {}", url.url()))?;
+    let checks = engine.check().await?;
+    if checks.items == 0 && manifest.items > 0 {
+        bail!(
+            "verify of {}: the restore succeeded but the database is empty, while the backup holds {} {}",
+            url.url(),
+            manifest.items,
+            engine.items_word()
+        );
+    }
+    let result = |with_detail| {
+        json!({
+            "backup": manifest,
+            "restoreSeconds": seconds,
+            "checks": checks.to_json(with_detail),
+        })
+    };
+    let full = result(true);
+    let compact = if full.to_string().len() <= TERMINATION_LOG_LIMIT {
+        full.clone()
+    } else {
+        result(false)
+    };
+    info!(seconds, items = checks.items, "verify complete");
+    Ok((full, compact))
+}
+
+async fn delete(args: &DeleteArgs) -> anyhow::Result<serde_json::Value> {
+    use futures::TryStreamExt;
+    let url = BackupUrl::from_backup(&args.from)?;
+    let store = url.open(&args.store)?;
+    let mut objects: Vec<Path> = store
+        .list(Some(&url.prefix()))
+        .map_ok(|meta| meta.location)
+        .try_collect()
+        .await
+        .with_context(|| format!("listing {}", url.url()))?;
+    // The manifest first: a half-deleted backup must not look complete.
+    objects.sort_by_key(|path| *path != url.manifest());
+    for path in &objects {
+        match store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("deleting {path} of {}", url.url()));
+            }
+        }
+    }
+    info!(location = %url.url(), objects = objects.len(), "deleted");
+    Ok(json!({ "deleted": url.url(), "objects": objects.len() }))
+}

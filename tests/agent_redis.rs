@@ -1,0 +1,347 @@
+//! `servicedb agent --engine redis` against Debian's redis-server and a real
+//! S3 server (versitygw): one service's key prefix on a shared server backed
+//! up, wiped and restored with values and TTLs intact, the other services'
+//! keys untouched; damaged archives refused before anything is loaded.
+//!
+//! Needs root (the server runs as the `redis` system user), redis-server
+//! and versitygw (hack/s3/build.sh).
+
+mod agent_common;
+mod common;
+/// tests/e2e/servers.rs, shared with the e2e tests, takes its ports from here.
+mod harness {
+    pub use crate::common::free_port;
+}
+
+use std::collections::BTreeMap;
+
+use agent_common::servers::Redis;
+use agent_common::{Run, S3, agent, files_under, random};
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncCommands, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+
+const PREFIX: &str = "cart:";
+
+struct Fixture {
+    redis: Redis,
+    s3: S3,
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let s3 = S3::start();
+        s3.create_bucket("backups");
+        Fixture {
+            redis: Redis::start_new(),
+            s3,
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    async fn conn(&self, db: i64) -> MultiplexedConnection {
+        let info = ConnectionAddr::Tcp("127.0.0.1".to_owned(), self.redis.port)
+            .into_connection_info()
+            .expect("info")
+            .set_redis_settings(
+                RedisConnectionInfo::default()
+                    .set_username(&self.redis.admin_user)
+                    .set_password(&self.redis.admin_password)
+                    .set_db(db),
+            );
+        redis::Client::open(info)
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect")
+    }
+
+    fn dir_url(&self) -> String {
+        format!("file://{}", self.dir.path().display())
+    }
+
+    fn env_with_password(&self, password: &str) -> Vec<(String, String)> {
+        let mut env = self.s3.env();
+        env.push(("SERVICEDB_PASSWORD".to_owned(), password.to_owned()));
+        env
+    }
+
+    fn run(&self, command: &str, db: &str, extra: &[&str], password: &str) -> Run {
+        let port = self.redis.port.to_string();
+        let mut args = vec![
+            command,
+            "--engine",
+            "redis",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--database",
+            db,
+            "--username",
+            &self.redis.admin_user,
+            "--s3-endpoint",
+            &self.s3.endpoint,
+        ];
+        args.extend_from_slice(extra);
+        agent(
+            &args,
+            &self.env_with_password(password),
+            &[&self.redis.admin_password, &self.s3.secret_key],
+        )
+    }
+
+    fn backup(&self, destination: &str, name: &str, prefix: Option<&str>) -> Run {
+        let mut extra = vec!["--destination", destination, "--name", name];
+        if let Some(prefix) = prefix {
+            extra.extend(["--key-prefix", prefix]);
+        }
+        self.run("backup", "0", &extra, &self.redis.admin_password)
+    }
+
+    fn restore(&self, command: &str, db: &str, from: &str, prefix: Option<&str>) -> Run {
+        let mut extra = vec!["--from", from];
+        if let Some(prefix) = prefix {
+            extra.extend(["--key-prefix", prefix]);
+        }
+        self.run(command, db, &extra, &self.redis.admin_password)
+    }
+}
+
+/// Keys matching `pattern` → (DUMP payload, PTTL).
+async fn keys(
+    conn: &mut MultiplexedConnection,
+    pattern: &str,
+) -> BTreeMap<Vec<u8>, (Vec<u8>, i64)> {
+    let names: Vec<Vec<u8>> = conn.keys(pattern).await.expect("KEYS");
+    let mut out = BTreeMap::new();
+    for name in names {
+        let payload: Vec<u8> = redis::cmd("DUMP")
+            .arg(&name)
+            .query_async(conn)
+            .await
+            .expect("DUMP");
+        let pttl: i64 = conn.pttl(&name).await.expect("PTTL");
+        out.insert(name, (payload, pttl));
+    }
+    out
+}
+
+async fn write_data(conn: &mut MultiplexedConnection) {
+    let _: () = conn
+        .set(
+            b"cart:bin\x00\xff key".as_slice(),
+            b"\x00\x01\xfe binary".as_slice(),
+        )
+        .await
+        .expect("set");
+    let _: () = conn.set("cart:plain", "ünïcødé ✓").await.expect("set");
+    let _: () = conn
+        .set_ex("cart:session", "expires", 3600)
+        .await
+        .expect("setex");
+    let _: () = conn
+        .hset_multiple("cart:hash", &[("a", "1"), ("b", "2")])
+        .await
+        .expect("hset");
+    let _: () = conn
+        .rpush("cart:list", &["x", "y", "z"])
+        .await
+        .expect("rpush");
+    let _: () = conn.sadd("cart:set", &["m", "n"]).await.expect("sadd");
+    let _: () = conn
+        .zadd_multiple("cart:zset", &[(1.5, "one"), (2.5, "two")])
+        .await
+        .expect("zadd");
+    let _: String = redis::cmd("XADD")
+        .arg("cart:stream")
+        .arg("*")
+        .arg("field")
+        .arg("value")
+        .query_async(conn)
+        .await
+        .expect("xadd");
+    for i in 0..3000 {
+        let _: () = conn
+            .set(
+                format!("cart:item:{i}"),
+                format!("value {i} {}", "x".repeat(i % 100)),
+            )
+            .await
+            .expect("set");
+    }
+    // Another service on the same server.
+    let _: () = conn.set("other:keep", "untouched").await.expect("set");
+    // A key whose name only looks like a glob of the prefix.
+    let _: () = conn.set("cartx:not-ours", "no").await.expect("set");
+}
+
+async fn delete_prefix(conn: &mut MultiplexedConnection, pattern: &str) {
+    let names: Vec<Vec<u8>> = conn.keys(pattern).await.expect("KEYS");
+    for name in names {
+        let _: () = conn.del(name).await.expect("DEL");
+    }
+}
+
+fn same_keys(
+    before: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>,
+    after: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>,
+) {
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "restored key names differ"
+    );
+    for (key, (payload, pttl)) in before {
+        let (restored_payload, restored_pttl) = &after[key];
+        assert!(
+            payload == restored_payload,
+            "value of {} differs",
+            String::from_utf8_lossy(key)
+        );
+        if *pttl < 0 {
+            assert_eq!(*restored_pttl, *pttl, "{}", String::from_utf8_lossy(key));
+        } else {
+            // The TTL left at dump time, counted again from the restore.
+            assert!(
+                *restored_pttl > 0
+                    && *restored_pttl <= *pttl + 1000
+                    && *restored_pttl > pttl - 120_000,
+                "TTL of {}: {pttl} ms before, {restored_pttl} ms after",
+                String::from_utf8_lossy(key)
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_prefix_is_backed_up_and_restored_alone_with_values_and_ttls() {
+    let f = Fixture::new();
+    let mut conn = f.conn(0).await;
+    write_data(&mut conn).await;
+    let before = keys(&mut conn, "cart:*").await;
+    assert_eq!(before.len(), 3008);
+    let others = keys(&mut conn, "other:*").await;
+
+    let manifest = f
+        .backup("s3://backups/redis", "cart-1", Some(PREFIX))
+        .json();
+    assert_eq!(manifest["engine"], "redis");
+    assert_eq!(manifest["format"], "servicedb-redis-dump-v1");
+    assert_eq!(manifest["database"], "0");
+    assert_eq!(manifest["keyPrefix"], PREFIX);
+    assert_eq!(manifest["serverVersion"], f.redis.version.as_str());
+    assert_eq!(manifest["items"], 3008);
+    let local = f.backup(&f.dir_url(), "cart-1", Some(PREFIX)).json();
+    assert_eq!(local["items"], 3008);
+
+    for from in [
+        "s3://backups/redis/cart-1".to_owned(),
+        format!("{}/cart-1", f.dir_url()),
+    ] {
+        delete_prefix(&mut conn, "cart:*").await;
+        // Changed since the backup: the restore puts the old value back.
+        let _: () = conn.set("cart:plain", "changed").await.expect("set");
+        f.restore("restore", "0", &from, Some(PREFIX)).json();
+        same_keys(&before, &keys(&mut conn, "cart:*").await);
+        assert!(
+            keys(&mut conn, "other:*").await == others,
+            "other keys changed"
+        );
+        let not_ours: String = conn.get("cartx:not-ours").await.expect("get");
+        assert_eq!(not_ours, "no");
+    }
+
+    // A restore limited to another prefix refuses this backup.
+    let refused = f
+        .restore("restore", "0", "s3://backups/redis/cart-1", Some("orders:"))
+        .error();
+    assert!(refused.contains("outside --key-prefix"), "{refused}");
+
+    // Verify into logical database 1.
+    let verified = f
+        .restore("verify", "1", "s3://backups/redis/cart-1", Some(PREFIX))
+        .json();
+    assert!(verified["restoreSeconds"].as_f64().expect("restoreSeconds") > 0.0);
+    assert_eq!(verified["checks"]["keys"], 3008);
+    assert_eq!(verified["checks"]["database"], 1);
+    let mut scratch = f.conn(1).await;
+    same_keys(&before, &keys(&mut scratch, "cart:*").await);
+
+    // A whole-database backup (no prefix) holds every key.
+    let all = f.backup(&f.dir_url(), "all", None).json();
+    assert_eq!(all["items"], 3010);
+    assert!(all.get("keyPrefix").is_none(), "{all}");
+
+    agent(
+        &[
+            "delete",
+            "--from",
+            "s3://backups/redis/cart-1",
+            "--s3-endpoint",
+            &f.s3.endpoint,
+        ],
+        &f.s3.env(),
+        &[&f.s3.secret_key],
+    )
+    .json();
+    assert!(
+        files_under(&f.s3.bucket_dir("backups"))
+            .iter()
+            .all(|p| !p.contains("cart-1/")),
+        "{:?}",
+        files_under(&f.s3.bucket_dir("backups"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn damaged_archives_and_wrong_passwords_are_refused() {
+    let f = Fixture::new();
+    let mut conn = f.conn(0).await;
+    write_data(&mut conn).await;
+    f.backup("s3://backups", "b1", Some(PREFIX)).json();
+    delete_prefix(&mut conn, "cart:*").await;
+
+    let archive = f.s3.bucket_dir("backups").join("b1/archive.zst");
+    let mut bytes = std::fs::read(&archive).expect("archive");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&archive, &bytes).expect("corrupt");
+    let corrupted = f
+        .restore("restore", "0", "s3://backups/b1", Some(PREFIX))
+        .error();
+    assert!(corrupted.contains("checksum mismatch"), "{corrupted}");
+    std::fs::write(&archive, &bytes[..bytes.len() / 3]).expect("truncate");
+    let truncated = f
+        .restore("verify", "1", "s3://backups/b1", Some(PREFIX))
+        .error();
+    assert!(truncated.contains("archive truncated"), "{truncated}");
+    assert!(
+        keys(&mut conn, "cart:*").await.is_empty(),
+        "something was loaded"
+    );
+    assert!(
+        keys(&mut f.conn(1).await, "*").await.is_empty(),
+        "something was loaded"
+    );
+
+    let wrong = random(16);
+    let run = f.run(
+        "backup",
+        "0",
+        &["--destination", "s3://backups", "--name", "b2"],
+        &wrong,
+    );
+    assert!(!run.stderr.contains(&wrong) && !run.termination.contains(&wrong));
+    let reason = run.error();
+    assert!(
+        reason.contains("connecting to Redis") && reason.contains("Password authentication failed"),
+        "{reason}"
+    );
+    assert!(
+        !files_under(&f.s3.bucket_dir("backups"))
+            .iter()
+            .any(|p| p.starts_with("b2")),
+        "a failed backup left objects"
+    );
+}

@@ -353,6 +353,39 @@ async fn backups_to_s3_and_a_directory_restore_identical_data() {
         .error();
     assert!(busy.contains("needs an empty scratch database"), "{busy}");
 
+    // The verify CronJob's scratch database (`*_verify`, as the instance's
+    // administrator) is made afresh, so runs repeat, and dropped afterwards.
+    for _ in 0..2 {
+        let mut args = vec!["verify".to_owned()];
+        args.extend(f.db_args("orders_verify"));
+        let admin = args.iter().position(|a| a == ROLE).expect("role arg");
+        args[admin] = f.pg.admin_user.clone();
+        args.extend(
+            [
+                "--from",
+                "s3://backups/shop/orders/orders-1",
+                "--s3-endpoint",
+                &f.s3.endpoint,
+            ]
+            .map(str::to_owned),
+        );
+        let mut env = f.s3.env();
+        env.push(("SERVICEDB_PASSWORD".to_owned(), f.pg.admin_password.clone()));
+        let verified = f.run(&args, &env).json();
+        assert_eq!(verified["checks"]["rows"], 500 + 20000 + 3);
+    }
+    let left: i64 = f
+        .connect(&f.pg.admin_user, &f.pg.admin_password, "postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = 'orders_verify'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "the scratch database is dropped after the check");
+
     // Delete removes the objects; deleting what is gone succeeds.
     let deleted = f.delete("s3://backups/shop/orders/orders-1").json();
     assert_eq!(deleted["objects"], 2);

@@ -49,6 +49,56 @@ pub struct Postgres {
     server_version: String,
 }
 
+/// A verification's scratch database, made afresh (`create`) or dropped:
+/// an earlier run's restore never makes the next one fail. Needs a login
+/// that may create databases (the instance's administrator).
+pub async fn scratch(args: &DatabaseArgs, password: &Secret, create: bool) -> anyhow::Result<()> {
+    let host = args.host.clone();
+    let port = args.port.unwrap_or(5432);
+    let database = args
+        .database
+        .clone()
+        .context("--database is required for PostgreSQL")?;
+    let username = args
+        .username
+        .clone()
+        .context("--username is required for PostgreSQL")?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&host)
+        .port(port)
+        .dbname("postgres")
+        .user(&username)
+        .application_name("servicedb-agent")
+        .connect_timeout(CONNECT_TIMEOUT);
+    if !password.is_empty() {
+        config.password(password.expose());
+    }
+    let (client, connection) = config.connect(NoTls).await.map_err(|error| {
+        anyhow::anyhow!(
+            "connecting to PostgreSQL at {host}:{port} to prepare the scratch database: {}",
+            password.scrub(&describe(&error))
+        )
+    })?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let quoted = format!("\"{}\"", database.replace('"', "\"\""));
+    client
+        .simple_query(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+        .await
+        .map_err(|e| anyhow::anyhow!("dropping scratch database {database:?}: {}", describe(&e)))?;
+    if create {
+        client
+            .simple_query(&format!("CREATE DATABASE {quoted}"))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("creating scratch database {database:?}: {}", describe(&e))
+            })?;
+    }
+    Ok(())
+}
+
 impl Postgres {
     /// Logs in (so that a wrong password or a missing database fails before
     /// anything else starts) and reads the server's version.

@@ -159,7 +159,7 @@ pub fn verify_cronjob(
     owner: &OwnerReference,
 ) -> CronJob {
     let mut args = vec!["agent".into(), "verify".into()];
-    args.extend(connection_args(db, &format!("{}_verify", db.database)));
+    args.extend(connection_args(db, &scratch_database(db)));
     args.extend(["--from".into(), latest.location.clone()]);
     args.extend(s3_args(&latest.destination));
     args.extend(["--termination-log".into(), TERMINATION_LOG.into()]);
@@ -299,6 +299,15 @@ fn backup_args(
 /// How the agent reaches the database. A dedicated instance is reached as
 /// its administrator (a restore must be able to recreate everything); a
 /// database on a shared server as the service's own login.
+/// Where a verification restores: `<database>_verify`, or for Redis the
+/// logical database 1 (the service's data lives in 0).
+pub fn scratch_database(db: &ValidatedDatabase) -> String {
+    match db.engine {
+        crate::api::Engine::Redis => "1".into(),
+        _ => format!("{}_verify", db.database),
+    }
+}
+
 /// On a shared server the login comes from the credentials Secret
 /// (`SERVICEDB_USERNAME` beside `SERVICEDB_PASSWORD`): a rotation switches
 /// both at once, and a pod reads them from one version of the Secret.
@@ -317,6 +326,17 @@ fn connection_args(db: &ValidatedDatabase, database: &str) -> Vec<String> {
         args.extend([
             "--username".into(),
             db.engine_spec.admin_username().to_string(),
+        ]);
+        if db.engine == crate::api::Engine::MongoDB {
+            // The administrator is defined on `admin`.
+            args.extend(["--auth-database".into(), "admin".into()]);
+        }
+    }
+    if db.engine == crate::api::Engine::Redis {
+        // Only the service's keys, also on a dedicated instance.
+        args.extend([
+            "--key-prefix".into(),
+            crate::engine::redis::key_prefix(&db.username),
         ]);
     }
     args

@@ -277,11 +277,42 @@ pub fn validate(
             ),
         ));
     }
+    if shared.is_some()
+        && spec.engine == Engine::Redis
+        && spec
+            .bootstrap
+            .as_ref()
+            .is_some_and(|b| b.from_backup.is_some())
+    {
+        return Err(Invalid::new(
+            "spec.bootstrap.fromBackup",
+            "Unsupported",
+            "restoring into a key prefix on a shared Redis needs RESTORE, which the service's login may not run; restore into a Dedicated instance",
+        ));
+    }
     let backup = match &spec.backup {
         Some(backup) => {
             check_cron("spec.backup.schedule", &backup.schedule)?;
             if let Some(verify) = &backup.verify {
                 check_cron("spec.backup.verify.schedule", &verify.schedule)?;
+            }
+            // What the agent cannot do yet on a shared server, said plainly
+            // instead of failing every run.
+            if let Some(server) = &shared {
+                if server.tls.enabled() {
+                    return Err(Invalid::new(
+                        "spec.backup",
+                        "Unsupported",
+                        "backups of a database on a DatabaseServer reached over TLS are not available yet: the backup agent connects without TLS",
+                    ));
+                }
+                if backup.verify.is_some() {
+                    return Err(Invalid::new(
+                        "spec.backup.verify",
+                        "Unsupported",
+                        "verification needs a dedicated instance: its scratch database is made by the instance's administrator; remove spec.backup.verify",
+                    ));
+                }
             }
             let retention = backup.retention.clone().unwrap_or_default();
             let max_age = match &retention.max_age {
@@ -580,6 +611,45 @@ mod tests {
             let err = validate(&sdb, &class, None).unwrap_err();
             assert_eq!((err.field, err.reason), (field, "Unsupported"), "{yaml}");
         }
+    }
+
+    #[test]
+    fn what_the_agent_cannot_do_on_a_shared_server_is_refused() {
+        use crate::controller::servicedatabase::dereference::ServerFacts;
+        let mut class: DatabaseClass = fixture("class-postgres.yaml");
+        class.spec.allowed_isolations = None;
+        let mut server = ServerFacts {
+            name: "shared".into(),
+            namespace: "shop".into(),
+            engine: Engine::Postgres,
+            host: "db".into(),
+            port: 5432,
+            admin_username: "admin".into(),
+            admin_password: "pw".into(),
+            schema_database: "servicedb".into(),
+            tls: Default::default(),
+        };
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        edit(
+            &mut sdb,
+            "{isolation: Database, serverRef: {name: shared}, backup: {schedule: '@daily', destination: {volume: {claimName: b}}, verify: {schedule: '@weekly'}}}",
+        );
+        let err = validate(&sdb, &class, Some(&server)).unwrap_err();
+        assert_eq!(
+            (err.field, err.reason),
+            ("spec.backup.verify", "Unsupported")
+        );
+        edit(
+            &mut sdb,
+            "{backup: {schedule: '@daily', destination: {volume: {claimName: b}}}}",
+        );
+        assert!(
+            validate(&sdb, &class, Some(&server)).is_ok(),
+            "backups without verify work"
+        );
+        server.tls.mode = crate::engine::tls::TlsMode::Require;
+        let err = validate(&sdb, &class, Some(&server)).unwrap_err();
+        assert_eq!((err.field, err.reason), ("spec.backup", "Unsupported"));
     }
 
     #[test]

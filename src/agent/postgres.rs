@@ -49,31 +49,61 @@ pub struct Postgres {
     server_version: String,
 }
 
+/// Where and as whom to connect, from the flags.
+struct Login {
+    host: String,
+    port: u16,
+    database: String,
+    username: String,
+    config: tokio_postgres::Config,
+}
+
+impl Login {
+    /// `dbname` overrides the database to connect to (the maintenance
+    /// database, to create or drop `--database`).
+    fn new(args: &DatabaseArgs, password: &Secret, dbname: Option<&str>) -> anyhow::Result<Login> {
+        let host = args.host.clone();
+        let port = args.port.unwrap_or(5432);
+        let database = args
+            .database
+            .clone()
+            .context("--database is required for PostgreSQL")?;
+        let username = args
+            .username
+            .clone()
+            .context("--username is required for PostgreSQL")?;
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&host)
+            .port(port)
+            .dbname(dbname.unwrap_or(&database))
+            .user(&username)
+            .application_name("servicedb-agent")
+            .connect_timeout(CONNECT_TIMEOUT);
+        if !password.is_empty() {
+            config.password(password.expose());
+        }
+        Ok(Login {
+            host,
+            port,
+            database,
+            username,
+            config,
+        })
+    }
+}
+
 /// A verification's scratch database, made afresh (`create`) or dropped:
 /// an earlier run's restore never makes the next one fail. Needs a login
 /// that may create databases (the instance's administrator).
 pub async fn scratch(args: &DatabaseArgs, password: &Secret, create: bool) -> anyhow::Result<()> {
-    let host = args.host.clone();
-    let port = args.port.unwrap_or(5432);
-    let database = args
-        .database
-        .clone()
-        .context("--database is required for PostgreSQL")?;
-    let username = args
-        .username
-        .clone()
-        .context("--username is required for PostgreSQL")?;
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host(&host)
-        .port(port)
-        .dbname("postgres")
-        .user(&username)
-        .application_name("servicedb-agent")
-        .connect_timeout(CONNECT_TIMEOUT);
-    if !password.is_empty() {
-        config.password(password.expose());
-    }
+    let Login {
+        host,
+        port,
+        database,
+        config,
+        ..
+    } = Login::new(args, password, Some("postgres"))?;
     let (client, connection) = config.connect(NoTls).await.map_err(|error| {
         anyhow::anyhow!(
             "connecting to PostgreSQL at {host}:{port} to prepare the scratch database: {}",
@@ -103,27 +133,13 @@ impl Postgres {
     /// Logs in (so that a wrong password or a missing database fails before
     /// anything else starts) and reads the server's version.
     pub async fn connect(args: &DatabaseArgs, password: Secret) -> anyhow::Result<Postgres> {
-        let host = args.host.clone();
-        let port = args.port.unwrap_or(5432);
-        let database = args
-            .database
-            .clone()
-            .context("--database is required for PostgreSQL")?;
-        let username = args
-            .username
-            .clone()
-            .context("--username is required for PostgreSQL")?;
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&host)
-            .port(port)
-            .dbname(&database)
-            .user(&username)
-            .application_name("servicedb-agent")
-            .connect_timeout(CONNECT_TIMEOUT);
-        if !password.is_empty() {
-            config.password(password.expose());
-        }
+        let Login {
+            host,
+            port,
+            database,
+            username,
+            config,
+        } = Login::new(args, &password, None)?;
         let (client, connection) = config.connect(NoTls).await.map_err(|error| {
             anyhow::anyhow!(
                 "connecting to PostgreSQL at {host}:{port}, database {database:?}, as {username:?}: {}",

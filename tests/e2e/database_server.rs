@@ -397,7 +397,6 @@ async fn a_missing_admin_secret_names_the_field() {
     admin_secret(&env, "half-admin", &[("username", "admin")]).await;
     server(&env, "pg", "Postgres", external(5432, "nowhere")).await;
     server(&env, "half", "Postgres", external(5432, "half-admin")).await;
-    server(&env, "managed", "Redis", json!({"managed": {}})).await;
 
     let timeout = Duration::from_secs(30);
     let s = wait_condition(
@@ -434,21 +433,6 @@ async fn a_missing_admin_secret_names_the_field() {
         message.contains("spec.external.adminSecretRef") && message.contains("password"),
         "{message}"
     );
-    let s = wait_condition(
-        &env,
-        "managed",
-        "Ready",
-        "False",
-        Some("Unsupported"),
-        timeout,
-    )
-    .await;
-    let (_, _, message) = condition(s.status.as_ref().expect("status"), "Ready").expect("Ready");
-    assert!(
-        message.contains("managed servers are not available in this release"),
-        "{message}"
-    );
-
     // One Warning Event per change, not one per retry.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let events = events_for(&env, "pg").await;

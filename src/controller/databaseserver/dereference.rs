@@ -29,36 +29,33 @@ pub enum Error {
     },
 }
 
+/// The data of the named Secret; `None` when no name is given or it does
+/// not exist.
+async fn secret_data(secrets: &Api<Secret>, name: Option<&String>) -> Result<SecretData, Error> {
+    let Some(name) = name else { return Ok(None) };
+    Ok(secrets
+        .get_opt(name)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "Secret",
+            source,
+        })?
+        .map(|s| s.data.unwrap_or_default()))
+}
+
 pub async fn dereference(client: &Client, server: &DatabaseServer) -> Result<Dereferenced, Error> {
     let namespace = server.namespace().unwrap_or_default();
-    let admin_secret = match &server.spec.external {
-        Some(external) => Api::<Secret>::namespaced(client.clone(), &namespace)
-            .get_opt(&external.admin_secret_ref.name)
-            .await
-            .map_err(|source| Error::Read {
-                kind: "Secret",
-                source,
-            })?
-            .map(|s| s.data.unwrap_or_default()),
-        None => None,
-    };
-    let ca_secret = match server
-        .spec
-        .external
-        .as_ref()
-        .and_then(|e| e.tls.as_ref())
-        .and_then(|t| t.ca_secret_ref.as_ref())
-    {
-        Some(ca) => Api::<Secret>::namespaced(client.clone(), &namespace)
-            .get_opt(&ca.name)
-            .await
-            .map_err(|source| Error::Read {
-                kind: "Secret",
-                source,
-            })?
-            .map(|s| s.data.unwrap_or_default()),
-        None => None,
-    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let external = server.spec.external.as_ref();
+    let admin_secret = secret_data(&secrets, external.map(|e| &e.admin_secret_ref.name)).await?;
+    let ca_secret = secret_data(
+        &secrets,
+        external
+            .and_then(|e| e.tls.as_ref())
+            .and_then(|t| t.ca_secret_ref.as_ref())
+            .map(|ca| &ca.name),
+    )
+    .await?;
     let sdbs = Api::<ServiceDatabase>::all(client.clone())
         .list(&ListParams::default())
         .await

@@ -39,6 +39,7 @@
 
 use std::fmt::Write as _;
 
+use crate::engine::logins::{Login, Logins};
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 use sha2::{Digest, Sha256};
@@ -342,10 +343,8 @@ pub async fn ensure_user(
     password: &str,
     prefix: &str,
 ) -> Result<(), AclError> {
-    let prefix = KeyPrefix::new(prefix)?;
-    let user = AclUser::service(username, password, &prefix)?;
-    refuse_own_user(conn, username).await?;
-    user.apply(conn).await
+    let logins = Logins::single(Login::new(username, password));
+    ensure_user_logins(conn, username, &logins, prefix).await
 }
 
 /// Like [`ensure_user`], with every password the service's logins list
@@ -353,7 +352,7 @@ pub async fn ensure_user(
 pub async fn ensure_user_logins(
     conn: &mut impl ConnectionLike,
     username: &str,
-    logins: &crate::engine::logins::Logins,
+    logins: &Logins,
     prefix: &str,
 ) -> Result<(), AclError> {
     let prefix = KeyPrefix::new(prefix)?;

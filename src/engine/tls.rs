@@ -36,7 +36,7 @@ impl TlsSettings {
     }
 
     /// The rustls configuration, `None` for plain TCP.
-    pub fn client_config(&self) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+    pub fn client_config(&self) -> Result<Option<ClientConfig>, TlsError> {
         let provider = Arc::new(ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -51,7 +51,7 @@ impl TlsSettings {
                 .with_root_certificates(self.roots()?)
                 .with_no_client_auth(),
         };
-        Ok(Some(Arc::new(config)))
+        Ok(Some(config))
     }
 
     /// The CA's certificates, or the system's roots when none is given.
@@ -99,26 +99,31 @@ pub async fn postgres(
     config: &mut tokio_postgres::Config,
     tls: &TlsSettings,
 ) -> Result<tokio_postgres::Client, PostgresConnectError> {
-    let client = match tls.client_config().map_err(PostgresConnectError::Tls)? {
-        None => {
-            let (client, connection) = config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(PostgresConnectError::Postgres)?;
-            tokio::spawn(connection);
-            client
-        }
+    let connected = match tls.client_config().map_err(PostgresConnectError::Tls)? {
+        None => spawned(config.connect(tokio_postgres::NoTls).await),
         Some(rustls) => {
             config.ssl_mode(tokio_postgres::config::SslMode::Require);
-            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*rustls).clone());
-            let (client, connection) = config
-                .connect(connector)
-                .await
-                .map_err(PostgresConnectError::Postgres)?;
-            tokio::spawn(connection);
-            client
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new(rustls);
+            spawned(config.connect(connector).await)
         }
     };
+    connected.map_err(PostgresConnectError::Postgres)
+}
+
+/// The client of a new connection, whose connection task runs until the
+/// client is dropped.
+fn spawned<S, T>(
+    connected: Result<
+        (tokio_postgres::Client, tokio_postgres::Connection<S, T>),
+        tokio_postgres::Error,
+    >,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = connected?;
+    tokio::spawn(connection);
     Ok(client)
 }
 
@@ -128,15 +133,6 @@ pub enum PostgresConnectError {
     Tls(TlsError),
     #[error("{}", crate::engine::postgres_users::describe(.0))]
     Postgres(tokio_postgres::Error),
-}
-
-impl PostgresConnectError {
-    pub fn postgres(&self) -> Option<&tokio_postgres::Error> {
-        match self {
-            PostgresConnectError::Postgres(e) => Some(e),
-            PostgresConnectError::Tls(_) => None,
-        }
-    }
 }
 
 /// A Redis connection logged in as `username`, plain or TLS.

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{Client, Resource, ResourceExt};
 
 use super::validate::{Invalid, Target};
@@ -65,17 +65,10 @@ pub fn as_service_database(server: &DatabaseServer) -> Option<ServiceDatabase> {
     });
     let mut sdb = ServiceDatabase::new(
         &instance(&server.name_any()),
-        serde_json::from_value(strip_nulls(spec)).ok()?,
+        serde_json::from_value(spec).ok()?,
     );
     sdb.metadata.namespace = server.namespace();
     Some(sdb)
-}
-
-fn strip_nulls(mut value: serde_json::Value) -> serde_json::Value {
-    if let serde_json::Value::Object(map) = &mut value {
-        map.retain(|_, v| !v.is_null());
-    }
-    value
 }
 
 /// Builds and applies the server's instance; the target to probe.
@@ -189,10 +182,6 @@ pub fn admit_allowed_namespaces(policy: &mut NetworkPolicy, server: &DatabaseSer
         // The first peer is the owner's pods; the operator's stays.
         *first = peer;
     }
-    let meta: &mut ObjectMeta = &mut policy.metadata;
-    meta.labels
-        .get_or_insert_with(BTreeMap::new)
-        .insert("servicedb.dev/database-server".into(), server.name_any());
 }
 
 #[cfg(test)]

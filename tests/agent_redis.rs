@@ -108,21 +108,60 @@ impl Fixture {
     }
 }
 
-/// Keys matching `pattern` → (DUMP payload, PTTL).
+/// A key's value as a user reads it: its type, then its contents with the
+/// order Redis does not promise (sets, hashes) sorted away. DUMP payloads
+/// are not compared: a set or hash in a hash table serialises in bucket
+/// order, which a restore is free to change.
+async fn value(conn: &mut MultiplexedConnection, name: &[u8]) -> Vec<Vec<u8>> {
+    let kind: String = redis::cmd("TYPE")
+        .arg(name)
+        .query_async(conn)
+        .await
+        .expect("TYPE");
+    let mut contents: Vec<Vec<u8>> = match kind.as_str() {
+        "string" => vec![conn.get(name).await.expect("GET")],
+        "list" => conn.lrange(name, 0, -1).await.expect("LRANGE"),
+        "set" => {
+            let mut members: Vec<Vec<u8>> = conn.smembers(name).await.expect("SMEMBERS");
+            members.sort();
+            members
+        }
+        "zset" => conn.zrange_withscores(name, 0, -1).await.expect("ZRANGE"),
+        "hash" => {
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = conn.hgetall(name).await.expect("HGETALL");
+            pairs.sort();
+            pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()
+        }
+        "stream" => {
+            let entries: redis::Value = redis::cmd("XRANGE")
+                .arg(name)
+                .arg("-")
+                .arg("+")
+                .query_async(conn)
+                .await
+                .expect("XRANGE");
+            vec![format!("{entries:?}").into_bytes()]
+        }
+        other => panic!(
+            "unexpected type {other} of {}",
+            String::from_utf8_lossy(name)
+        ),
+    };
+    contents.insert(0, kind.into_bytes());
+    contents
+}
+
+/// Keys matching `pattern` → (value, PTTL).
 async fn keys(
     conn: &mut MultiplexedConnection,
     pattern: &str,
-) -> BTreeMap<Vec<u8>, (Vec<u8>, i64)> {
+) -> BTreeMap<Vec<u8>, (Vec<Vec<u8>>, i64)> {
     let names: Vec<Vec<u8>> = conn.keys(pattern).await.expect("KEYS");
     let mut out = BTreeMap::new();
     for name in names {
-        let payload: Vec<u8> = redis::cmd("DUMP")
-            .arg(&name)
-            .query_async(conn)
-            .await
-            .expect("DUMP");
+        let contents = value(conn, &name).await;
         let pttl: i64 = conn.pttl(&name).await.expect("PTTL");
-        out.insert(name, (payload, pttl));
+        out.insert(name, (contents, pttl));
     }
     out
 }
@@ -184,8 +223,8 @@ async fn delete_prefix(conn: &mut MultiplexedConnection, pattern: &str) {
 }
 
 fn same_keys(
-    before: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>,
-    after: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>,
+    before: &BTreeMap<Vec<u8>, (Vec<Vec<u8>>, i64)>,
+    after: &BTreeMap<Vec<u8>, (Vec<Vec<u8>>, i64)>,
 ) {
     assert_eq!(
         before.keys().collect::<Vec<_>>(),

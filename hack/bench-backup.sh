@@ -5,7 +5,9 @@
 #   servicedb agent backup  → versitygw (S3, hack/s3/build.sh)
 #   servicedb agent restore ← the directory, into a new database
 #   pg_dump -Fc | zstd > file   (the baseline: the tools alone)
-# Prints seconds, MB/s of database size, and compression ratios.
+#   zstd -d | pg_restore        (the baseline's restore)
+# Prints seconds, MB/s of database size and compression ratios, then the
+# agent's backup and restore throughput as a ratio to the baseline's.
 # Usage (as root): hack/bench-backup.sh [path/to/servicedb]
 #   BENCH_SCALE=5 hack/bench-backup.sh target/release/servicedb   # a quick run
 # Use a release build: a debug build's zstd and SHA-256 are several times slower.
@@ -78,6 +80,7 @@ report() { # name seconds stored_bytes raw_bytes
 field() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
 
 t0=$(now); out=$(agent backup "${db[@]}" --database bench --destination "file://$tmp/out" --name b1); t1=$(now)
+agent_backup_s=$(secs "$t0" "$t1")
 report "agent backup → directory" "$(secs "$t0" "$t1")" "$(field sizeBytes <<<"$out")" "$(field rawBytes <<<"$out")"
 t0=$(now); out=$(agent backup "${db[@]}" --database bench --destination s3://bench/x --name b1 \
   --s3-endpoint "http://127.0.0.1:$s3_port"); t1=$(now)
@@ -86,12 +89,14 @@ rm -rf "$tmp/s3/bench/x"
 
 "$PGBIN/createdb" restored
 t0=$(now); agent restore "${db[@]}" --database restored --from "file://$tmp/out/b1" >/dev/null; t1=$(now)
+agent_restore_s=$(secs "$t0" "$t1")
 printf '%-34s %7.1f s %8.1f MB/s\n' "agent restore ← directory" "$(secs "$t0" "$t1")" "$(echo "$db_mb / $(secs "$t0" "$t1")" | bc -l)"
 rows=$("$PGBIN/psql" -qAtc "SELECT count(*) FROM pgbench_accounts" restored)
 [ "$rows" = "$((SCALE * 100000))" ] || { echo "restored $rows accounts, expected $((SCALE * 100000))" >&2; exit 1; }
 "$PGBIN/dropdb" restored
 
 t0=$(now); "$PGBIN/pg_dump" -Fc bench | zstd -q -3 >"$tmp/baseline.zst"; t1=$(now)
+baseline_backup_s=$(secs "$t0" "$t1")
 size=$(stat -c %s "$tmp/baseline.zst")
 raw=$("$PGBIN/pg_dump" -Fc bench | wc -c)
 report "pg_dump -Fc | zstd > file" "$(secs "$t0" "$t1")" "$size" "$raw"
@@ -99,3 +104,12 @@ t0=$(now); "$PGBIN/pg_dump" -Fc -Z0 bench | zstd -q -3 >"$tmp/baseline0.zst"; t1
 size=$(stat -c %s "$tmp/baseline0.zst")
 raw=$("$PGBIN/pg_dump" -Fc -Z0 bench | wc -c)
 report "pg_dump -Fc -Z0 | zstd > file" "$(secs "$t0" "$t1")" "$size" "$raw"
+
+"$PGBIN/createdb" restored
+t0=$(now); zstd -q -d -c "$tmp/baseline.zst" | "$PGBIN/pg_restore" --single-transaction -d restored; t1=$(now)
+baseline_restore_s=$(secs "$t0" "$t1")
+printf '%-34s %7.1f s %8.1f MB/s\n' "zstd -d | pg_restore" "$baseline_restore_s" "$(echo "$db_mb / $baseline_restore_s" | bc -l)"
+"$PGBIN/dropdb" restored
+
+printf '\nthroughput, agent / (pg_dump -Fc | zstd): backup %.2fx, restore %.2fx\n' \
+  "$(echo "$baseline_backup_s / $agent_backup_s" | bc -l)" "$(echo "$baseline_restore_s / $agent_restore_s" | bc -l)"

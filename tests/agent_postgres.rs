@@ -20,7 +20,8 @@ use std::path::Path;
 use agent_common::servers::Postgres;
 use agent_common::{Run, S3, agent, agent_command, files_under, random};
 use servicedb::engine::postgres_users::{ServiceUser, ensure_service_database, quote_ident};
-use tokio_postgres::{Client, NoTls};
+use servicedb::engine::tls::{TlsMode, TlsSettings};
+use tokio_postgres::Client;
 
 const ROLE: &str = "orders_svc";
 const DATABASE: &str = "orders-db";
@@ -30,13 +31,40 @@ struct Fixture {
     s3: S3,
     dir: tempfile::TempDir,
     password: String,
+    /// How the test's own clients reach the server.
+    tls: TlsSettings,
+    /// The agent's TLS flags.
+    tls_args: Vec<String>,
 }
 
 impl Fixture {
     async fn new() -> Fixture {
-        let pg = Postgres::start_new();
+        Fixture::with(Postgres::start_new()).await
+    }
+
+    /// A server that accepts TLS only, reached with `--tls verify-full`.
+    async fn new_tls() -> Fixture {
+        Fixture::with(Postgres::start_new_tls()).await
+    }
+
+    async fn with(pg: Postgres) -> Fixture {
         let s3 = S3::start();
         s3.create_bucket("backups");
+        let (tls, tls_args) = match &pg.tls {
+            None => (TlsSettings::default(), vec![]),
+            Some(ca) => (
+                TlsSettings {
+                    mode: TlsMode::VerifyFull,
+                    ca_pem: Some(ca.ca_pem.clone()),
+                },
+                vec![
+                    "--tls".to_owned(),
+                    "verify-full".to_owned(),
+                    "--tls-ca-file".to_owned(),
+                    ca.ca.display().to_string(),
+                ],
+            ),
+        };
         let fixture = Fixture {
             pg,
             s3,
@@ -44,23 +72,24 @@ impl Fixture {
             // Quotes, a backslash and a space: must reach the server intact
             // and never appear in the agent's output.
             password: format!("{}'\"\\ ;$1", random(20)),
+            tls,
+            tls_args,
         };
         fixture.recreate(DATABASE).await;
         fixture
     }
 
     async fn connect(&self, user: &str, password: &str, database: &str) -> Client {
-        let (client, connection) = tokio_postgres::Config::new()
+        let mut config = tokio_postgres::Config::new();
+        config
             .host("127.0.0.1")
             .port(self.pg.port)
             .user(user)
             .password(password)
-            .dbname(database)
-            .connect(NoTls)
+            .dbname(database);
+        servicedb::engine::tls::postgres(&mut config, &self.tls)
             .await
-            .unwrap_or_else(|e| panic!("connecting to {database} as {user}: {e}"));
-        tokio::spawn(connection);
-        client
+            .unwrap_or_else(|e| panic!("connecting to {database} as {user}: {e}"))
     }
 
     async fn admin(&self) -> Client {
@@ -119,7 +148,9 @@ impl Fixture {
             ROLE,
         ]
         .map(str::to_owned)
-        .to_vec()
+        .into_iter()
+        .chain(self.tls_args.iter().cloned())
+        .collect()
     }
 
     fn run(&self, args: &[String], env: &[(String, String)]) -> Run {
@@ -666,6 +697,67 @@ async fn sigterm_stops_a_backup_and_stores_nothing() {
 }
 
 /// Child processes of `pid` whose command is `name`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_that_accepts_only_tls_is_backed_up_and_restored_over_verified_tls() {
+    let f = Fixture::new_tls().await;
+    f.service(DATABASE)
+        .await
+        .batch_execute(SCHEMA)
+        .await
+        .expect("schema and data");
+    let before = snapshot(&f.service(DATABASE).await).await;
+
+    // pg_dump and pg_restore follow the agent's --tls: the server has no
+    // plain-text entry in pg_hba.conf.
+    let manifest = f.backup("s3://backups/tls", "b1").json();
+    assert_eq!(manifest["engine"], "postgres");
+    f.recreate(DATABASE).await;
+    f.restore("restore", DATABASE, "s3://backups/tls/b1").json();
+    assert_eq!(
+        snapshot(&f.service(DATABASE).await).await,
+        before,
+        "restored over TLS"
+    );
+
+    // Without --tls the server turns the agent away, and the agent says so.
+    let mut plain = vec!["backup".to_owned()];
+    plain.extend(f.db_args(DATABASE).into_iter().take(10));
+    plain.extend(["--destination", &f.dir_url(), "--name", "plain"].map(str::to_owned));
+    let refused = f.run(&plain, &f.env()).error();
+    assert!(
+        refused.contains("no encryption") || refused.contains("pg_hba"),
+        "{refused}"
+    );
+    // A CA that did not sign the server's certificate is refused.
+    let other = tempfile::tempdir().expect("dir");
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .expect("me");
+    let wrong = agent_common::servers::TestCa::new(other.path(), &me);
+    let mut wrong_ca = vec!["backup".to_owned()];
+    wrong_ca.extend(f.db_args(DATABASE).into_iter().take(10));
+    wrong_ca.extend(
+        [
+            "--tls",
+            "verify-full",
+            "--tls-ca-file",
+            &wrong.ca.display().to_string(),
+            "--destination",
+            &f.dir_url(),
+            "--name",
+            "wrong-ca",
+        ]
+        .map(str::to_owned),
+    );
+    let refused = f.run(&wrong_ca, &f.env()).error();
+    assert!(refused.to_lowercase().contains("certificate"), "{refused}");
+    assert!(
+        manifests_under(f.dir.path()).is_empty(),
+        "no backup is left by a refused run"
+    );
+}
+
 fn children_named(pid: u32, name: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -26,16 +26,44 @@ struct Fixture {
     redis: Redis,
     s3: S3,
     dir: tempfile::TempDir,
+    /// The agent's port and TLS flags: the TLS port with `--tls
+    /// verify-full` when the server has one.
+    agent_port: u16,
+    tls_args: Vec<String>,
 }
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with(Redis::start_new())
+    }
+
+    /// The agent reaches the server on its TLS port; the test's own
+    /// clients keep the plain one.
+    fn new_tls() -> Fixture {
+        Fixture::with(Redis::start_new_tls())
+    }
+
+    fn with(redis: Redis) -> Fixture {
         let s3 = S3::start();
         s3.create_bucket("backups");
+        let (agent_port, tls_args) = match (&redis.tls, redis.tls_port) {
+            (Some(ca), Some(port)) => (
+                port,
+                vec![
+                    "--tls".to_owned(),
+                    "verify-full".to_owned(),
+                    "--tls-ca-file".to_owned(),
+                    ca.ca.display().to_string(),
+                ],
+            ),
+            _ => (redis.port, vec![]),
+        };
         Fixture {
-            redis: Redis::start_new(),
+            redis,
             s3,
             dir: tempfile::tempdir().expect("tempdir"),
+            agent_port,
+            tls_args,
         }
     }
 
@@ -67,7 +95,7 @@ impl Fixture {
     }
 
     fn run(&self, command: &str, db: &str, extra: &[&str], password: &str) -> Run {
-        let port = self.redis.port.to_string();
+        let port = self.agent_port.to_string();
         let mut args = vec![
             command,
             "--engine",
@@ -83,6 +111,7 @@ impl Fixture {
             "--s3-endpoint",
             &self.s3.endpoint,
         ];
+        args.extend(self.tls_args.iter().map(String::as_str));
         args.extend_from_slice(extra);
         agent(
             &args,
@@ -382,5 +411,48 @@ async fn damaged_archives_and_wrong_passwords_are_refused() {
             .iter()
             .any(|p| p.starts_with("b2")),
         "a failed backup left objects"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_prefix_is_backed_up_and_restored_over_verified_tls() {
+    let f = Fixture::new_tls();
+    let mut conn = f.conn(0).await;
+    write_data(&mut conn).await;
+    let before = keys(&mut conn, "cart:*").await;
+
+    let manifest = f.backup("s3://backups/tls", "cart-1", Some(PREFIX)).json();
+    assert_eq!(manifest["items"], 3008);
+    delete_prefix(&mut conn, "cart:*").await;
+    f.restore("restore", "0", "s3://backups/tls/cart-1", Some(PREFIX))
+        .json();
+    same_keys(&before, &keys(&mut conn, "cart:*").await);
+
+    // The TLS port does not answer plain text: without --tls the agent
+    // fails and says where it tried.
+    let port = f.agent_port.to_string();
+    let refused = agent(
+        &[
+            "backup",
+            "--engine",
+            "redis",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--username",
+            &f.redis.admin_user,
+            "--destination",
+            &f.dir_url(),
+            "--name",
+            "plain",
+        ],
+        &f.env_with_password(&f.redis.admin_password),
+        &[&f.redis.admin_password, &f.s3.secret_key],
+    )
+    .error();
+    assert!(
+        refused.contains(&format!("connecting to Redis at 127.0.0.1:{port}")),
+        "{refused}"
     );
 }

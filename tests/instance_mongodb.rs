@@ -152,6 +152,7 @@ impl FerretDb {
             database,
             username: user,
             password,
+            tls: Default::default(),
         });
         let suffix = format!(
             "/{database}?authSource={database}&authMechanism=SCRAM-SHA-256&directConnection=true"

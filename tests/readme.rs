@@ -1,6 +1,7 @@
 //! The README is the front door: every YAML example in it is a file under
-//! `examples/` (which the e2e tests apply to a real API server), and every
-//! `make` target it names exists.
+//! `examples/` (which the e2e tests apply to a real API server), every
+//! `make` target it names exists, and every `servicedb` command line in a
+//! shell block is accepted by the binary's own parser.
 
 use std::path::{Path, PathBuf};
 
@@ -79,4 +80,45 @@ fn every_make_target_the_readme_names_exists() {
             );
         }
     }
+}
+
+#[test]
+fn every_servicedb_command_in_the_readme_parses() {
+    use clap::Parser;
+    /// The subcommands of src/main.rs that take flags.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Command,
+    }
+    #[derive(clap::Subcommand)]
+    enum Command {
+        Operator(servicedb::run::OperatorArgs),
+        Instance(servicedb::instance::Args),
+        Agent(servicedb::agent::Args),
+    }
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let mut checked = 0;
+    for block in blocks(&readme, "sh") {
+        for line in block.replace("\\\n", " ").lines() {
+            let Some(command) = line.trim().strip_prefix("servicedb ") else {
+                continue;
+            };
+            let command = command.split('#').next().unwrap_or_default();
+            // `[--flag value]` is optional: given here, so it is checked too.
+            let argv: Vec<String> = std::iter::once("servicedb".to_owned())
+                .chain(
+                    command
+                        .split_whitespace()
+                        .map(|w| w.trim_matches(|c| c == '[' || c == ']').to_owned()),
+                )
+                .filter(|w| !w.is_empty())
+                .collect();
+            if let Err(e) = Cli::try_parse_from(&argv) {
+                panic!("README: {line}\n{e}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "the README shows the agent's commands");
 }

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::manifest::Manifest;
@@ -11,6 +13,7 @@ use super::mongodb::MongoDB;
 use super::postgres::Postgres;
 use super::redis::Redis;
 use super::secret::Secret;
+use crate::engine::tls::{TlsMode, TlsSettings};
 use crate::instance::EngineKind;
 
 /// Which database to reach, and how. The password comes from
@@ -45,6 +48,48 @@ pub struct DatabaseArgs {
     /// MongoDB: the database the user is defined in; default: --database.
     #[arg(long, env = "SERVICEDB_AUTH_DATABASE")]
     pub auth_database: Option<String>,
+    /// TLS to the server: `require` encrypts without checking the
+    /// certificate; `verify-full` checks it against --tls-ca-file (or the
+    /// system's roots) and the host name. Never a fallback to plain text.
+    #[arg(long, value_enum, env = "SERVICEDB_TLS", default_value = "disable")]
+    pub tls: TlsArg,
+    /// PEM file of the CA that verifies the server's certificate.
+    #[arg(long, env = "SERVICEDB_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+}
+
+/// `--tls`: the DatabaseServer's `external.tls.mode`, in libpq's words.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsArg {
+    #[default]
+    Disable,
+    Require,
+    VerifyFull,
+}
+
+impl DatabaseArgs {
+    /// The TLS settings, with the CA file read and checked.
+    pub fn tls_settings(&self) -> anyhow::Result<TlsSettings> {
+        let mode = match self.tls {
+            TlsArg::Disable => TlsMode::Disable,
+            TlsArg::Require => TlsMode::Require,
+            TlsArg::VerifyFull => TlsMode::VerifyFull,
+        };
+        let ca_pem = match &self.tls_ca_file {
+            None => None,
+            Some(_) if mode == TlsMode::Disable => {
+                anyhow::bail!("--tls-ca-file is given but --tls is disable; use --tls verify-full")
+            }
+            Some(path) => {
+                let pem = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --tls-ca-file {}", path.display()))?;
+                crate::engine::tls::ca_certificates(&pem)
+                    .map_err(|e| anyhow::anyhow!("--tls-ca-file {}: {e}", path.display()))?;
+                Some(pem)
+            }
+        };
+        Ok(TlsSettings { mode, ca_pem })
+    }
 }
 
 /// What a database holds, for `verify`.

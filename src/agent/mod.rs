@@ -54,7 +54,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde_json::json;
 use tracing::{info, warn};
 
-pub use engine::DatabaseArgs;
+pub use engine::{DatabaseArgs, TlsArg};
 pub use location::StoreArgs;
 pub use manifest::Manifest;
 pub use report::ReportArgs;

@@ -38,7 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::engine::{Checks, DatabaseArgs};
 use super::frame::{FrameReader, FrameWriter};
 use super::secret::Secret;
-use crate::engine::mongodb_users::{Login, UserError, direct_client};
+use crate::engine::mongodb_users::{Login, UserError, direct_client_tls};
 
 pub const FORMAT: &str = "servicedb-mongodb-bson-v1";
 const MAGIC: &[u8; 8] = b"SDBMGO1\n";
@@ -85,7 +85,9 @@ impl MongoDB {
                 password: password.expose(),
             });
         let who = args.username.as_deref().unwrap_or("(no login)");
-        let client = direct_client(&host, port, login, TIMEOUT).map_err(|e| {
+        let tls = crate::engine::tls::mongodb(&args.tls_settings()?)
+            .map_err(|e| anyhow::anyhow!("TLS towards MongoDB at {host}:{port}: {e}"))?;
+        let client = direct_client_tls(&host, port, login, TIMEOUT, tls).map_err(|e| {
             anyhow::anyhow!("connecting to MongoDB at {host}:{port} as {who:?}: {e}")
         })?;
         let mut this = MongoDB {

@@ -25,11 +25,11 @@ use anyhow::{Context, bail};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::process::{Child, Command};
-use tokio_postgres::NoTls;
 
 use super::engine::{Checks, DatabaseArgs};
 use super::secret::{CHILD_ENV_DENYLIST, Secret};
 use crate::engine::postgres_users::{describe, quote_ident};
+use crate::engine::tls::{TlsMode, TlsSettings};
 
 pub const FORMAT: &str = "pg_dump-custom";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -45,6 +45,8 @@ pub struct Postgres {
     username: String,
     password: Secret,
     bin_dir: Option<PathBuf>,
+    /// libpq's TLS settings for pg_dump and pg_restore.
+    ssl_env: Vec<(&'static str, String)>,
     client: tokio_postgres::Client,
     server_version: String,
 }
@@ -56,6 +58,7 @@ struct Login {
     database: String,
     username: String,
     config: tokio_postgres::Config,
+    tls: TlsSettings,
 }
 
 impl Login {
@@ -89,6 +92,7 @@ impl Login {
             database,
             username,
             config,
+            tls: args.tls_settings()?,
         })
     }
 }
@@ -101,18 +105,18 @@ pub async fn scratch(args: &DatabaseArgs, password: &Secret, create: bool) -> an
         host,
         port,
         database,
-        config,
+        mut config,
+        tls,
         ..
     } = Login::new(args, password, Some("postgres"))?;
-    let (client, connection) = config.connect(NoTls).await.map_err(|error| {
-        anyhow::anyhow!(
-            "connecting to PostgreSQL at {host}:{port} to prepare the scratch database: {}",
-            password.scrub(&describe(&error))
-        )
-    })?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
+    let client = crate::engine::tls::postgres(&mut config, &tls)
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "connecting to PostgreSQL at {host}:{port} to prepare the scratch database: {}",
+                password.scrub(&error.to_string())
+            )
+        })?;
     let quoted = format!("\"{}\"", database.replace('"', "\"\""));
     client
         .simple_query(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
@@ -138,18 +142,33 @@ impl Postgres {
             port,
             database,
             username,
-            config,
+            mut config,
+            tls,
         } = Login::new(args, &password, None)?;
-        let (client, connection) = config.connect(NoTls).await.map_err(|error| {
-            anyhow::anyhow!(
-                "connecting to PostgreSQL at {host}:{port}, database {database:?}, as {username:?}: {}",
-                password.scrub(&describe(&error))
-            )
-        })?;
-        tokio::spawn(async move {
-            // Errors surface on the next query; nothing to do here.
-            let _ = connection.await;
-        });
+        let client = crate::engine::tls::postgres(&mut config, &tls)
+            .await
+            .map_err(|error| {
+                anyhow::anyhow!(
+                    "connecting to PostgreSQL at {host}:{port}, database {database:?}, as {username:?}: {}",
+                    password.scrub(&error.to_string())
+                )
+            })?;
+        // The same for the tools: libpq checks the host name with
+        // verify-full, and without a CA file trusts the system's roots
+        // (`sslrootcert=system`, libpq 16 and later).
+        let ssl_env = match tls.mode {
+            TlsMode::Disable => vec![("PGSSLMODE", "disable".to_owned())],
+            TlsMode::Require => vec![("PGSSLMODE", "require".to_owned())],
+            TlsMode::VerifyFull => vec![
+                ("PGSSLMODE", "verify-full".to_owned()),
+                (
+                    "PGSSLROOTCERT",
+                    args.tls_ca_file
+                        .as_ref()
+                        .map_or_else(|| "system".to_owned(), |p| p.display().to_string()),
+                ),
+            ],
+        };
         let row = client
             .query_one("SHOW server_version", &[])
             .await
@@ -168,6 +187,7 @@ impl Postgres {
             username,
             password,
             bin_dir: args.pg_bin_dir.clone(),
+            ssl_env,
             client,
             server_version,
         })
@@ -192,6 +212,7 @@ impl Postgres {
             .env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT.as_secs().to_string())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        command.envs(self.ssl_env.iter().map(|(k, v)| (k, v)));
         if self.password.is_empty() {
             command.env_remove("PGPASSWORD");
         } else {

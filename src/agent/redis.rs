@@ -21,9 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use redis::aio::MultiplexedConnection;
-use redis::{
-    AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo, Value,
-};
+use redis::{AsyncConnectionConfig, RedisConnectionInfo, Value};
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -69,10 +67,7 @@ impl Redis {
         if !password.is_empty() {
             settings = settings.set_password(password.expose());
         }
-        let info = ConnectionAddr::Tcp(host.clone(), port)
-            .into_connection_info()
-            .context("Redis address")?
-            .set_redis_settings(settings);
+        let tls = args.tls_settings()?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
@@ -83,7 +78,7 @@ impl Redis {
                 password.scrub(&describe(&error))
             )
         };
-        let mut conn = redis::Client::open(info)
+        let mut conn = crate::engine::tls::redis_client(&host, port, settings, &tls)
             .map_err(fail)?
             .get_multiplexed_async_connection_with_config(&config)
             .await

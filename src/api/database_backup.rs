@@ -96,9 +96,11 @@ pub struct DatabaseBackupStatus {
     /// `sha256:` checksum of the archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
-    /// A restore of this archive into a scratch instance succeeded. Not
-    /// recorded in this release: the ServiceDatabase's
-    /// `status.lastVerifiedBackup` names the last verified backup.
+    /// How the newest verification of this archive ended: `true` when it
+    /// was restored into a scratch database and checked, `false` when that
+    /// failed; unset until `spec.backup.verify` has run on it. The
+    /// ServiceDatabase's `status.lastVerifiedBackup` names the last
+    /// verified backup and its restore time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified: Option<bool>,
     /// The engine of the backed-up database.

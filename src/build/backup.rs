@@ -9,13 +9,15 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, KeyToPath, ObjectFieldSelector,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
+use super::secret::CA_KEY;
 use super::statefulset::{BIN_DIR, install_container, mount, restricted_container};
 use super::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts};
 use super::{labels, object_meta};
@@ -24,6 +26,7 @@ use crate::api::common::BackupDestination;
 use crate::controller::servicedatabase::validate::{
     BACKUP_MOUNT, ValidatedBackup, ValidatedDatabase,
 };
+use crate::engine::tls::TlsMode;
 
 /// On a backup Job: the `DatabaseBackup` it takes. Scheduled Jobs (made by
 /// the CronJob) lack it until they are recorded; their `DatabaseBackup` is
@@ -34,6 +37,8 @@ pub const LABEL_BACKUP: &str = "servicedb.dev/backup";
 pub const LABEL_CLIENT_OF: &str = "servicedb.dev/client-of";
 /// The label the Job controller puts on a Job's pods.
 pub const LABEL_JOB_NAME: &str = "batch.kubernetes.io/job-name";
+/// Where agent pods find the CA of a server reached over TLS.
+pub const CA_DIR: &str = "/etc/servicedb/server-ca";
 /// Where the agent writes its manifest (the container's termination message).
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
 
@@ -332,6 +337,16 @@ fn connection_args(db: &ValidatedDatabase, database: &str) -> Vec<String> {
             args.extend(["--auth-database".into(), "admin".into()]);
         }
     }
+    if let Some(tls) = db.server.as_ref().map(|s| &s.tls).filter(|t| t.enabled()) {
+        let mode = match tls.mode {
+            TlsMode::VerifyFull => "verify-full",
+            _ => "require",
+        };
+        args.extend(["--tls".into(), mode.into()]);
+        if tls.ca_pem.is_some() {
+            args.extend(["--tls-ca-file".into(), format!("{CA_DIR}/{CA_KEY}")]);
+        }
+    }
     if db.engine == crate::api::Engine::Redis {
         // Only the service's keys, also on a dedicated instance.
         args.extend([
@@ -469,6 +484,24 @@ fn agent_pod(
         ..Default::default()
     });
     mounts.push(mount("servicedb-bin", BIN_DIR, true));
+    if db.server.as_ref().is_some_and(|s| s.tls.ca_pem.is_some()) {
+        // The server's CA, as the operator copied it into the credentials
+        // Secret (the CA Secret lives in the DatabaseServer's namespace).
+        volumes.push(Volume {
+            name: "server-ca".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(db.secret_name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: CA_KEY.into(),
+                    path: CA_KEY.into(),
+                    mode: None,
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        mounts.push(mount("server-ca", CA_DIR, true));
+    }
     let container = Container {
         name: "agent".into(),
         image: Some(db.image.clone()),

@@ -12,6 +12,9 @@ use crate::engine::Connection;
 
 /// Component label of the service's credentials Secret.
 pub const COMPONENT_CREDENTIALS: &str = "credentials";
+/// Key of the credentials Secret holding the CA of a server reached over
+/// TLS with `VerifyFull` and `caSecretRef`.
+pub const CA_KEY: &str = "ca.crt";
 /// Component label of the administrator Secret.
 pub const COMPONENT_ADMIN: &str = "admin-credentials";
 
@@ -35,12 +38,14 @@ pub fn credentials(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerRef
     let host = db.host();
     let port = db.port();
     let current = &creds.logins.current;
+    let tls = db.server.as_ref().map(|server| &server.tls);
     let uri = db.engine_spec.uri(&Connection {
         host: &host,
         port,
         database: &db.database,
         username: &current.username,
         password: &current.password,
+        tls: tls.map(|t| t.mode).unwrap_or_default(),
     });
     let mut values = data([
         ("engine", db.engine.as_str().to_string()),
@@ -54,6 +59,11 @@ pub fn credentials(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerRef
     ]);
     for (key, value) in db.engine_spec.extra_secret_keys(&db.username) {
         values.insert(key.to_string(), ByteString(value.into_bytes()));
+    }
+    // The CA that verifies the server (a public certificate, not a
+    // secret): clients and the backup agent mount it from here.
+    if let Some(ca) = tls.and_then(|t| t.ca_pem.as_ref()) {
+        values.insert(CA_KEY.into(), ByteString(ca.clone().into_bytes()));
     }
     if let Some(schema) = &db.schema {
         values.insert("schema".into(), ByteString(schema.clone().into_bytes()));

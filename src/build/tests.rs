@@ -516,6 +516,102 @@ fn a_database_on_a_shared_server_is_only_a_secret_pointing_at_the_server() {
     );
 }
 
+#[test]
+fn a_server_reached_over_tls_gives_its_ca_to_the_service_and_to_the_backup_agent() {
+    use crate::controller::servicedatabase::dereference::ServerFacts;
+    use crate::engine::tls::{TlsMode, TlsSettings};
+    let mut class: DatabaseClass = fixture("class-postgres.yaml");
+    class.spec.allowed_isolations = None;
+    let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+    let mut spec = serde_json::to_value(&sdb.spec).unwrap();
+    spec["isolation"] = "Database".into();
+    spec["serverRef"] = serde_json::json!({"name": "shared"});
+    spec["backup"] = serde_json::json!({"schedule": "@daily",
+        "destination": {"s3": {"bucket": "b", "credentialsSecret": "s3"}}});
+    sdb.spec = serde_json::from_value(spec).unwrap();
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let server = ServerFacts {
+        name: "shared".into(),
+        namespace: "shop".into(),
+        engine: crate::api::Engine::Postgres,
+        host: "pg.example.com".into(),
+        port: 5432,
+        admin_username: "admin".into(),
+        admin_password: "admin-secret".into(),
+        schema_database: "servicedb".into(),
+        tls: TlsSettings {
+            mode: TlsMode::VerifyFull,
+            ca_pem: Some(ca.into()),
+        },
+    };
+    let db = validate(&sdb, &class, Some(&server)).expect("backups over TLS are accepted");
+    let creds = Credentials::single(&db, "unused", "pw");
+    let owner = sdb.controller_owner_ref(&()).unwrap();
+    let c = children(&db, &creds, &facts(), &owner, None);
+    let s = &c.credentials_secret;
+    assert_eq!(secret(s, "ca.crt"), ca);
+    assert_eq!(
+        secret(s, "uri"),
+        "postgresql://shop_orders:pw@pg.example.com:5432/shop_orders?sslmode=verify-full"
+    );
+
+    let pod = c
+        .backup_cronjob
+        .expect("backup CronJob")
+        .spec
+        .unwrap()
+        .job_template
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let agent = &pod.containers[0];
+    let mut argv = vec!["servicedb".to_string()];
+    argv.extend(agent.args.clone().unwrap());
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+    #[derive(clap::Subcommand)]
+    enum Cmd {
+        Agent(crate::agent::Args),
+    }
+    let Cmd::Agent(args) = Cli::try_parse_from(&argv)
+        .expect("the agent accepts the CronJob's arguments")
+        .cmd;
+    let crate::agent::Command::Backup(backup) = args.command else {
+        panic!("not a backup: {argv:?}")
+    };
+    assert_eq!(backup.database.tls, crate::agent::TlsArg::VerifyFull);
+    let ca_file = backup.database.tls_ca_file.expect("--tls-ca-file");
+    assert_eq!(ca_file.to_str(), Some("/etc/servicedb/server-ca/ca.crt"));
+    // The file comes from the credentials Secret, read-only.
+    let mount = agent
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| ca_file.starts_with(&m.mount_path))
+        .expect("the CA file is mounted");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .unwrap();
+    let source = volume.secret.as_ref().expect("a Secret volume");
+    assert_eq!(source.secret_name.as_ref(), Some(&db.secret_name));
+    let items = source.items.as_ref().unwrap();
+    assert_eq!(
+        (items[0].key.as_str(), items[0].path.as_str()),
+        ("ca.crt", "ca.crt")
+    );
+}
+
 mod backups {
     use super::*;
     use crate::build::backup::{self, Archive};

@@ -73,12 +73,15 @@ pub trait EngineSpec: Send + Sync {
 }
 
 /// Connection details as they go into a credentials Secret.
+#[derive(Clone, Copy)]
 pub struct Connection<'a> {
     pub host: &'a str,
     pub port: i32,
     pub database: &'a str,
     pub username: &'a str,
     pub password: &'a str,
+    /// How the server is reached: the URI asks for TLS when it is on.
+    pub tls: tls::TlsMode,
 }
 
 /// The implementation for an engine.

@@ -2,6 +2,7 @@
 //! single-member replica set (so transactions and change streams work). The
 //! service's user has `readWrite` on its own database only.
 
+use super::tls::TlsMode;
 use super::{Connection, EngineSpec, encode_userinfo};
 
 /// MongoDB.
@@ -35,8 +36,13 @@ impl EngineSpec for MongoDB {
         // Service instead of discovering it by its pod name. The mechanism is
         // named because the users have SCRAM-SHA-256 only, and some drivers
         // probe the mechanisms against `admin` whatever the authSource.
+        let tls = match c.tls {
+            TlsMode::Disable => "",
+            TlsMode::Require => "&tls=true&tlsAllowInvalidCertificates=true",
+            TlsMode::VerifyFull => "&tls=true",
+        };
         format!(
-            "mongodb://{}:{}@{}:{}/{db}?authSource={db}&authMechanism=SCRAM-SHA-256&directConnection=true",
+            "mongodb://{}:{}@{}:{}/{db}?authSource={db}&authMechanism=SCRAM-SHA-256&directConnection=true{tls}",
             encode_userinfo(c.username),
             encode_userinfo(c.password),
             c.host,
@@ -75,10 +81,19 @@ mod tests {
             database: "catalog",
             username: "catalog",
             password: "s@fe",
+            tls: TlsMode::Disable,
         };
         assert_eq!(
             MongoDB.uri(&c),
             "mongodb://catalog:s%40fe@catalog-db.shop.svc:27017/catalog?authSource=catalog&authMechanism=SCRAM-SHA-256&directConnection=true"
+        );
+        assert!(
+            MongoDB
+                .uri(&Connection {
+                    tls: TlsMode::VerifyFull,
+                    ..c
+                })
+                .ends_with("&directConnection=true&tls=true")
         );
     }
 }

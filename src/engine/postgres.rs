@@ -1,5 +1,6 @@
 //! PostgreSQL: the official `postgres` image, run by the instance manager.
 
+use super::tls::TlsMode;
 use super::{Connection, EngineSpec, encode_userinfo};
 
 /// PostgreSQL.
@@ -26,8 +27,15 @@ impl EngineSpec for Postgres {
         "DATABASE_URL"
     }
     fn uri(&self, c: &Connection<'_>) -> String {
+        // libpq's names for the two modes; `verify-full` finds the CA at
+        // PGSSLROOTCERT (the Secret's `ca.crt`, mounted by the client).
+        let sslmode = match c.tls {
+            TlsMode::Disable => "",
+            TlsMode::Require => "?sslmode=require",
+            TlsMode::VerifyFull => "?sslmode=verify-full",
+        };
         format!(
-            "postgresql://{}:{}@{}:{}/{}",
+            "postgresql://{}:{}@{}:{}/{}{sslmode}",
             encode_userinfo(c.username),
             encode_userinfo(c.password),
             c.host,
@@ -61,10 +69,22 @@ mod tests {
             database: "orders",
             username: "orders",
             password: "a/b@c",
+            tls: TlsMode::Disable,
         };
         assert_eq!(
             Postgres.uri(&c),
             "postgresql://orders:a%2Fb%40c@orders-db.shop.svc:5432/orders"
         );
+        for (tls, sslmode) in [
+            (TlsMode::Require, "require"),
+            (TlsMode::VerifyFull, "verify-full"),
+        ] {
+            assert_eq!(
+                Postgres.uri(&Connection { tls, ..c }),
+                format!(
+                    "postgresql://orders:a%2Fb%40c@orders-db.shop.svc:5432/orders?sslmode={sslmode}"
+                )
+            );
+        }
     }
 }

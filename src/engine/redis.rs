@@ -1,6 +1,7 @@
 //! Redis: the official `redis` image, run by the instance manager. The
 //! service's ACL user may touch only keys and channels under its prefix.
 
+use super::tls::TlsMode;
 use super::{Connection, EngineSpec, encode_userinfo};
 
 /// Redis.
@@ -38,8 +39,13 @@ impl EngineSpec for Redis {
         vec![("keyPrefix", key_prefix(identifier))]
     }
     fn uri(&self, c: &Connection<'_>) -> String {
+        // `rediss://` is TLS; clients check the certificate by default.
+        let scheme = match c.tls {
+            TlsMode::Disable => "redis",
+            TlsMode::Require | TlsMode::VerifyFull => "rediss",
+        };
         format!(
-            "redis://{}:{}@{}:{}/{}",
+            "{scheme}://{}:{}@{}:{}/{}",
             encode_userinfo(c.username),
             encode_userinfo(c.password),
             c.host,
@@ -73,8 +79,16 @@ mod tests {
             database: "0",
             username: "cart",
             password: "p:w",
+            tls: TlsMode::Disable,
         };
         assert_eq!(Redis.uri(&c), "redis://cart:p%3Aw@cart-db.shop.svc:6379/0");
+        assert_eq!(
+            Redis.uri(&Connection {
+                tls: TlsMode::VerifyFull,
+                ..c
+            }),
+            "rediss://cart:p%3Aw@cart-db.shop.svc:6379/0"
+        );
         assert_eq!(
             Redis.extra_secret_keys("cart"),
             vec![("keyPrefix", "cart:".to_string())]

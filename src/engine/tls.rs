@@ -144,7 +144,26 @@ pub async fn redis(
     tls: &TlsSettings,
     timeout: Duration,
 ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    use redis::{AsyncConnectionConfig, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+    let login = redis::RedisConnectionInfo::default()
+        .set_username(username)
+        .set_password(password);
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout));
+    redis_client(host, port, login, tls)?
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+/// A Redis client for `host:port` with `settings` (login, database), plain
+/// or TLS.
+pub fn redis_client(
+    host: &str,
+    port: u16,
+    settings: redis::RedisConnectionInfo,
+    tls: &TlsSettings,
+) -> redis::RedisResult<redis::Client> {
+    use redis::{ConnectionAddr, IntoConnectionInfo};
     let addr = match tls.mode {
         TlsMode::Disable => ConnectionAddr::Tcp(host.to_string(), port),
         mode => ConnectionAddr::TcpTls {
@@ -154,27 +173,17 @@ pub async fn redis(
             tls_params: None,
         },
     };
-    let info = addr.into_connection_info()?.set_redis_settings(
-        RedisConnectionInfo::default()
-            .set_username(username)
-            .set_password(password),
-    );
-    let client = match (&tls.mode, &tls.ca_pem) {
+    let info = addr.into_connection_info()?.set_redis_settings(settings);
+    match (&tls.mode, &tls.ca_pem) {
         (TlsMode::VerifyFull, Some(ca)) => redis::Client::build_with_tls(
             info,
             redis::TlsCertificates {
                 client_tls: None,
                 root_cert: Some(ca.clone().into_bytes()),
             },
-        )?,
-        _ => redis::Client::open(info)?,
-    };
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
+        ),
+        _ => redis::Client::open(info),
+    }
 }
 
 /// The MongoDB driver's TLS options. The driver reads a CA from a file, so

@@ -434,6 +434,28 @@ async fn scheduled_backups_are_a_restricted_cronjob_and_each_run_is_recorded() {
     assert_eq!(verified.restore_seconds, Some(3.5));
     assert!(verified.verified_at.is_some());
     wait_condition(&env, "orders", "BackupHealthy", "True", "BackupSucceeded").await;
+    let backups: Api<DatabaseBackup> = env.api();
+    let verified_backup = |want: bool| {
+        let backups = backups.clone();
+        async move {
+            wait_for(
+                &format!("DatabaseBackup {run} verified={want}"),
+                Duration::from_secs(30),
+                || async {
+                    let status = backups.get(run).await.ok()?.status?;
+                    (status.verified == Some(want)).then_some(status)
+                },
+            )
+            .await
+        }
+    };
+    let status = verified_backup(true).await;
+    assert_eq!(
+        status.phase,
+        BackupPhase::Completed,
+        "the record of the run is kept"
+    );
+    assert_eq!(status.size_bytes, Some(4096));
 
     // A failed verification makes the backups unhealthy, with a Warning.
     jobs.create(&PostParams::default(), &verify_run(2))
@@ -449,6 +471,7 @@ async fn scheduled_backups_are_a_restricted_cronjob_and_each_run_is_recorded() {
     .await;
     finish_job(&env, "orders-db-verify-2", false).await;
     let sdb = wait_condition(&env, "orders", "BackupHealthy", "False", "VerifyFailed").await;
+    verified_backup(false).await;
     assert!(
         condition(&sdb, "BackupHealthy")
             .expect("c")

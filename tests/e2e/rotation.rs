@@ -52,6 +52,22 @@ async fn request_rotation(api: &Api<ServiceDatabase>, name: &str, value: &str) {
     .expect("annotate");
 }
 
+/// How many reconciles of `name` in the test's namespace ended well, from
+/// the operator's JSON log (the e2e operator logs `reconciled` at debug).
+fn reconciled(env: &Env, name: &str) -> usize {
+    env.operator
+        .logs()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| {
+            entry["message"] == "reconciled"
+                && entry["controller"] == "servicedatabase"
+                && entry["namespace"] == env.ns.as_str()
+                && entry["object"] == name
+        })
+        .count()
+}
+
 /// The Secret once `check` holds for it.
 async fn secret_when(
     api: &Api<Secret>,
@@ -218,6 +234,7 @@ async fn postgres_and_redis_logins_rotate_without_an_outage() {
         .await
         .expect("the new login works");
     // The same request is not carried out twice; a new one goes back to the owner.
+    let before_poke = reconciled(&env, "orders");
     sdbs.patch(
         "orders",
         &PatchParams::default(),
@@ -225,7 +242,12 @@ async fn postgres_and_redis_logins_rotate_without_an_outage() {
     )
     .await
     .expect("poke");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    wait_for(
+        "the reconcile after the poke",
+        Duration::from_secs(30),
+        || async { (reconciled(&env, "orders") > before_poke).then_some(()) },
+    )
+    .await;
     assert_eq!(
         secret_value(&secrets.get("orders-db").await.expect("secret"), "username"),
         twin

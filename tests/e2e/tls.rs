@@ -1,10 +1,12 @@
 //! TLS towards external servers: a PostgreSQL that accepts TLS only and a
 //! Redis with a TLS port, both with certificates from a CA the test makes.
 //! `VerifyFull` with the CA and `Require` work; plain TCP and a wrong CA are
-//! refused and said so in the DatabaseServer's status.
+//! refused and said so in the DatabaseServer's status; a service placed on
+//! a server whose CA Secret is missing waits, naming the field.
 
 use std::time::Duration;
 
+use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -202,6 +204,56 @@ async fn external_servers_are_reached_over_tls() {
         .expect("pg_stat_ssl")
         .get(0);
     assert!(ssl, "the session is encrypted");
+    // The Secret carries what a client needs to verify the server.
+    assert_eq!(&secret_value(&s, "ca.crt"), ca);
+    assert!(
+        secret_value(&s, "uri").ends_with("?sslmode=verify-full"),
+        "the URI asks for TLS"
+    );
+
+    // Backups reach the server over TLS too: the agent gets the mode and
+    // the CA, mounted from the credentials Secret.
+    let backup = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase", "metadata": {"name": "orders"},
+        "spec": {"backup": {"schedule": "@daily", "destination": {"volume": {"claimName": "backups"}}}}});
+    sdbs.patch(
+        "orders",
+        &PatchParams::apply("servicedb-e2e-backup"),
+        &Patch::Apply(&backup),
+    )
+    .await
+    .expect("add backups");
+    let cronjobs: Api<CronJob> = env.api();
+    let cron = wait_for("orders-db-backup", Duration::from_secs(30), || async {
+        cronjobs.get_opt("orders-db-backup").await.ok().flatten()
+    })
+    .await;
+    let pod = cron
+        .spec
+        .and_then(|s| s.job_template.spec)
+        .and_then(|j| j.template.spec)
+        .expect("pod");
+    let args = pod.containers[0].args.clone().unwrap_or_default().join(" ");
+    assert!(
+        args.contains("--tls verify-full --tls-ca-file /etc/servicedb/server-ca/ca.crt"),
+        "{args}"
+    );
+    let ca_volume = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|v| v.secret)
+        .expect("the CA volume");
+    assert_eq!(ca_volume.secret_name.as_deref(), Some("orders-db"));
+    let cleared = wait_phase(&sdbs, "orders", Phase::Ready).await;
+    assert!(
+        cleared
+            .status
+            .expect("status")
+            .conditions
+            .iter()
+            .all(|c| c.reason != "Unsupported"),
+        "backups over TLS are not refused"
+    );
     let c = env.api::<Secret>().get("cart-db").await.expect("secret");
     let mut conn = servicedb::engine::tls::redis(
         "127.0.0.1",
@@ -222,4 +274,51 @@ async fn external_servers_are_reached_over_tls() {
         .query_async(&mut conn)
         .await
         .expect("writes");
+
+    // A CA Secret that does not exist yet: the service says which field of
+    // which server, and is placed without a nudge once the Secret is made.
+    server(
+        &env,
+        "pg-ca-later",
+        "Postgres",
+        pg.port,
+        json!({"mode": "VerifyFull", "caSecretRef": {"name": "pg-ca-later"}}),
+    )
+    .await;
+    let body = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase", "metadata": {"name": "invoices"},
+        "spec": {"engine": "Postgres", "isolation": "Database", "serverRef": {"name": "pg-ca-later"},
+                 "owner": {"podSelector": {"matchLabels": {"app": "invoices"}}}, "deletionPolicy": "Delete"}});
+    sdbs.patch(
+        "invoices",
+        &PatchParams::apply("servicedb-e2e"),
+        &Patch::Apply(&body),
+    )
+    .await
+    .expect("sdb");
+    let message = wait_for(
+        "invoices SpecValid=False ServerTlsInvalid",
+        Duration::from_secs(30),
+        || async {
+            let c = sdbs
+                .get("invoices")
+                .await
+                .ok()?
+                .status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "SpecValid")?;
+            (c.status == "False" && c.reason == "ServerTlsInvalid").then_some(c.message)
+        },
+    )
+    .await;
+    assert!(
+        message.contains("spec.external.tls.caSecretRef") && message.contains("pg-ca-later"),
+        "{message}"
+    );
+    secret(&env, "pg-ca-later", json!({"ca.crt": ca})).await;
+    wait_for("invoices Ready", Duration::from_secs(90), || async {
+        let sdb = sdbs.get("invoices").await.ok()?;
+        (sdb.status?.phase == Phase::Ready).then_some(())
+    })
+    .await;
 }

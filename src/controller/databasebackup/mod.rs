@@ -180,7 +180,11 @@ async fn run(backup: &DatabaseBackup, ctx: &Context) -> Result<Action, Error> {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let previous = backup.status.clone().unwrap_or_default();
     if matches!(previous.phase, BackupPhase::Completed | BackupPhase::Failed) {
-        // A finished run is history; its Job may be gone.
+        // A finished run is history; its Job may be gone. What is left to
+        // learn is whether a restore of it worked.
+        if previous.phase == BackupPhase::Completed {
+            record_verification(backup, &previous, ctx).await?;
+        }
         return Ok(Action::await_change());
     }
     let namespace = backup.namespace().unwrap_or_default();
@@ -393,6 +397,45 @@ fn error_policy(_backup: Arc<DatabaseBackup>, error: &Error, ctx: Arc<Context>) 
     }
 }
 
+/// Records in `status.verified` how the newest finished verification of this
+/// backup ended (`true`: restored into a scratch database and checked). The
+/// verify CronJob keeps few Jobs; once they are gone the record stays.
+async fn record_verification(
+    backup: &DatabaseBackup,
+    previous: &crate::api::database_backup::DatabaseBackupStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let namespace = backup.namespace().unwrap_or_default();
+    let verifications = Api::<Job>::namespaced(ctx.client.clone(), &namespace)
+        .list(&kube::api::ListParams::default().labels(&format!(
+            "{LABEL_COMPONENT}={},{LABEL_BACKUP}={}",
+            component::VERIFY,
+            backup.name_any()
+        )))
+        .await
+        .map_err(|source| Error::Read {
+            kind: "Job",
+            source,
+        })?
+        .items;
+    let verified = match jobs::newest_finished(&verifications) {
+        Some((_, JobState::Succeeded { .. })) => true,
+        Some((_, JobState::Failed { .. })) => false,
+        _ => return Ok(()),
+    };
+    if previous.verified == Some(verified) {
+        return Ok(());
+    }
+    let status = crate::api::database_backup::DatabaseBackupStatus {
+        verified: Some(verified),
+        ..previous.clone()
+    };
+    crate::controller::write_status(&ctx.client, backup, previous, &status)
+        .await
+        .map_err(Error::Status)?;
+    Ok(())
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run_controller(
     ctx: Arc<Context>,
@@ -400,12 +443,14 @@ pub async fn run_controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let client = ctx.client.clone();
-    // Backup and archive-deletion Jobs, found by label: scheduled Jobs
-    // belong to the CronJob and carry the backup's name as their own.
+    // Backup, archive-deletion and verification Jobs, found by label:
+    // scheduled Jobs belong to a CronJob and carry the backup's name as
+    // their own (backups) or in a label (verifications).
     let jobs = watcher::Config::default().labels(&format!(
-        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT} in ({},{})",
+        "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT} in ({},{},{})",
         component::BACKUP,
-        component::DELETE
+        component::DELETE,
+        component::VERIFY
     ));
     Controller::new(
         Api::<DatabaseBackup>::all(client.clone()),

@@ -377,7 +377,7 @@ async fn server(
     .map_err(|e| {
         invalid(
             field,
-            "ServerCredentialsMissing",
+            "ServerTlsInvalid",
             format!("DatabaseServer {namespace}/{name}: {e}"),
         )
     })?;

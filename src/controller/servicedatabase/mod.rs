@@ -211,7 +211,10 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         // Objects this resource does not own and is not told about by a
         // watch: said in the status, retried with backoff until they appear.
         Err(dereference::Error::Invalid(e))
-            if matches!(e.reason, "ServerCredentialsMissing" | "ServerNotFound") =>
+            if matches!(
+                e.reason,
+                "ServerCredentialsMissing" | "ServerTlsInvalid" | "ServerNotFound"
+            ) =>
         {
             let status = status::compute(sdb, &status::Outcome::Invalid(&e), now);
             status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&e)).await?;

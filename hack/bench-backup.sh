@@ -6,7 +6,8 @@
 #   servicedb agent restore ← the directory, into a new database
 #   pg_dump -Fc | zstd > file   (the baseline: the tools alone)
 #   zstd -d | pg_restore        (the baseline's restore)
-# Prints seconds, MB/s of database size and compression ratios, then the
+# Each is run BENCH_RUNS times (default 3, taking turns) and the median is
+# printed: seconds, MB/s of database size and compression ratios, then the
 # agent's backup and restore throughput as a ratio to the baseline's.
 # Usage (as root): hack/bench-backup.sh [path/to/servicedb]
 #   BENCH_SCALE=5 hack/bench-backup.sh target/release/servicedb   # a quick run
@@ -77,39 +78,62 @@ report() { # name seconds stored_bytes raw_bytes
     "$1" "$2" "$(echo "$db_mb / $2" | bc -l)" "$(echo "$3 / 1000000" | bc -l)" \
     "$(echo "$db_bytes / $3" | bc -l)" "$(echo "$4 / $3" | bc -l)"
 }
+report_restore() { # name seconds
+  printf '%-34s %7.1f s %8.1f MB/s\n' "$1" "$2" "$(echo "$db_mb / $2" | bc -l)"
+}
 field() { sed -n "s/.*\"$1\":\([0-9]*\).*/\1/p"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+timed() { # key command...: appends the command's seconds to t[key]; a failure stops the script
+  local key=$1 t0; shift
+  t0=$(now); "$@" >/dev/null; t[$key]+=" $(secs "$t0" "$(now)")"
+}
+restored_rows_match() {
+  local rows
+  rows=$("$PGBIN/psql" -qAtc "SELECT count(*) FROM pgbench_accounts" restored)
+  [ "$rows" = "$((SCALE * 100000))" ] || { echo "restored $rows accounts, expected $((SCALE * 100000))" >&2; exit 1; }
+}
 
-t0=$(now); out=$(agent backup "${db[@]}" --database bench --destination "file://$tmp/out" --name b1); t1=$(now)
-agent_backup_s=$(secs "$t0" "$t1")
-report "agent backup → directory" "$(secs "$t0" "$t1")" "$(field sizeBytes <<<"$out")" "$(field rawBytes <<<"$out")"
-t0=$(now); out=$(agent backup "${db[@]}" --database bench --destination s3://bench/x --name b1 \
-  --s3-endpoint "http://127.0.0.1:$s3_port"); t1=$(now)
-report "agent backup → versitygw (S3)" "$(secs "$t0" "$t1")" "$(field sizeBytes <<<"$out")" "$(field rawBytes <<<"$out")"
-rm -rf "$tmp/s3/bench/x"
+baseline_dump() { "$PGBIN/pg_dump" -Fc bench | zstd -q -3 >"$tmp/baseline.zst"; }
+baseline_dump0() { "$PGBIN/pg_dump" -Fc -Z0 bench | zstd -q -3 >"$tmp/baseline0.zst"; }
+baseline_restore() { zstd -q -d -c "$tmp/baseline.zst" | "$PGBIN/pg_restore" --single-transaction -d restored; }
+agent_dir() { rm -rf "$tmp/out/b1"; agent backup "${db[@]}" --database bench --destination "file://$tmp/out" --name b1 >"$tmp/out.json"; }
+agent_s3() { agent backup "${db[@]}" --database bench --destination s3://bench/x --name b1 \
+  --s3-endpoint "http://127.0.0.1:$s3_port" >"$tmp/s3.json"; rm -rf "$tmp/s3/bench/x"; }
+agent_restore() { agent restore "${db[@]}" --database restored --from "file://$tmp/out/b1"; }
 
-"$PGBIN/createdb" restored
-t0=$(now); agent restore "${db[@]}" --database restored --from "file://$tmp/out/b1" >/dev/null; t1=$(now)
-agent_restore_s=$(secs "$t0" "$t1")
-printf '%-34s %7.1f s %8.1f MB/s\n' "agent restore ← directory" "$(secs "$t0" "$t1")" "$(echo "$db_mb / $(secs "$t0" "$t1")" | bc -l)"
-rows=$("$PGBIN/psql" -qAtc "SELECT count(*) FROM pgbench_accounts" restored)
-[ "$rows" = "$((SCALE * 100000))" ] || { echo "restored $rows accounts, expected $((SCALE * 100000))" >&2; exit 1; }
-"$PGBIN/dropdb" restored
+# Each measure RUNS times, the tools and the agent taking turns so that a
+# slower moment of the machine falls on both; the median is reported.
+RUNS=${BENCH_RUNS:-3}
+declare -A t
+for run in $(seq "$RUNS"); do
+  echo "run $run of $RUNS ..." >&2
+  timed dir agent_dir
+  timed base baseline_dump
+  timed s3 agent_s3
+  timed base0 baseline_dump0
+  "$PGBIN/createdb" restored
+  timed restore agent_restore
+  restored_rows_match
+  "$PGBIN/dropdb" restored
+  "$PGBIN/createdb" restored
+  timed base_restore baseline_restore
+  restored_rows_match
+  "$PGBIN/dropdb" restored
+done
+for k in "${!t[@]}"; do
+  # shellcheck disable=SC2086 # the list of times is split on purpose
+  t[$k]=$(median ${t[$k]})
+done
 
-t0=$(now); "$PGBIN/pg_dump" -Fc bench | zstd -q -3 >"$tmp/baseline.zst"; t1=$(now)
-baseline_backup_s=$(secs "$t0" "$t1")
-size=$(stat -c %s "$tmp/baseline.zst")
-raw=$("$PGBIN/pg_dump" -Fc bench | wc -c)
-report "pg_dump -Fc | zstd > file" "$(secs "$t0" "$t1")" "$size" "$raw"
-t0=$(now); "$PGBIN/pg_dump" -Fc -Z0 bench | zstd -q -3 >"$tmp/baseline0.zst"; t1=$(now)
-size=$(stat -c %s "$tmp/baseline0.zst")
-raw=$("$PGBIN/pg_dump" -Fc -Z0 bench | wc -c)
-report "pg_dump -Fc -Z0 | zstd > file" "$(secs "$t0" "$t1")" "$size" "$raw"
-
-"$PGBIN/createdb" restored
-t0=$(now); zstd -q -d -c "$tmp/baseline.zst" | "$PGBIN/pg_restore" --single-transaction -d restored; t1=$(now)
-baseline_restore_s=$(secs "$t0" "$t1")
-printf '%-34s %7.1f s %8.1f MB/s\n' "zstd -d | pg_restore" "$baseline_restore_s" "$(echo "$db_mb / $baseline_restore_s" | bc -l)"
-"$PGBIN/dropdb" restored
+printf 'median of %s runs:\n' "$RUNS"
+out=$(cat "$tmp/out.json")
+report "agent backup → directory" "${t[dir]}" "$(field sizeBytes <<<"$out")" "$(field rawBytes <<<"$out")"
+out=$(cat "$tmp/s3.json")
+report "agent backup → versitygw (S3)" "${t[s3]}" "$(field sizeBytes <<<"$out")" "$(field rawBytes <<<"$out")"
+report "pg_dump -Fc | zstd > file" "${t[base]}" "$(stat -c %s "$tmp/baseline.zst")" "$("$PGBIN/pg_dump" -Fc bench | wc -c)"
+report "pg_dump -Fc -Z0 | zstd > file" "${t[base0]}" "$(stat -c %s "$tmp/baseline0.zst")" "$("$PGBIN/pg_dump" -Fc -Z0 bench | wc -c)"
+report_restore "agent restore ← directory" "${t[restore]}"
+report_restore "zstd -d | pg_restore" "${t[base_restore]}"
 
 printf '\nthroughput, agent / (pg_dump -Fc | zstd): backup %.2fx, restore %.2fx\n' \
-  "$(echo "$baseline_backup_s / $agent_backup_s" | bc -l)" "$(echo "$baseline_restore_s / $agent_restore_s" | bc -l)"
+  "$(echo "${t[base]} / ${t[dir]}" | bc -l)" "$(echo "${t[base_restore]} / ${t[restore]}" | bc -l)"

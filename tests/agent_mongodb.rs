@@ -31,16 +31,43 @@ struct Fixture {
     ferret: FerretDb,
     s3: S3,
     dir: tempfile::TempDir,
+    /// The agent's port and TLS flags: the TLS listener with `--tls
+    /// verify-full` when FerretDB has one; the test's own client keeps the
+    /// plain port.
+    agent_port: u16,
+    tls_args: Vec<String>,
 }
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with(FerretDb::start())
+    }
+
+    fn new_tls() -> Fixture {
+        Fixture::with(FerretDb::start_tls())
+    }
+
+    fn with(ferret: FerretDb) -> Fixture {
         let s3 = S3::start();
         s3.create_bucket("backups");
+        let (agent_port, tls_args) = match (&ferret.tls, ferret.tls_port) {
+            (Some(ca), Some(port)) => (
+                port,
+                vec![
+                    "--tls".to_owned(),
+                    "verify-full".to_owned(),
+                    "--tls-ca-file".to_owned(),
+                    ca.ca.display().to_string(),
+                ],
+            ),
+            _ => (ferret.port, vec![]),
+        };
         Fixture {
-            ferret: FerretDb::start(),
+            ferret,
             s3,
             dir: tempfile::tempdir().expect("tempdir"),
+            agent_port,
+            tls_args,
         }
     }
 
@@ -63,7 +90,7 @@ impl Fixture {
     }
 
     fn run(&self, command: &str, db: &str, extra: &[&str]) -> Run {
-        let port = self.ferret.port.to_string();
+        let port = self.agent_port.to_string();
         let mut args = vec![
             command,
             "--engine",
@@ -81,6 +108,7 @@ impl Fixture {
             "--s3-endpoint",
             &self.s3.endpoint,
         ];
+        args.extend(self.tls_args.iter().map(String::as_str));
         args.extend_from_slice(extra);
         let mut env = self.s3.env();
         env.push((
@@ -278,5 +306,81 @@ async fn a_damaged_archive_is_refused_and_nothing_is_loaded() {
     assert!(
         snapshot(&client, "scratch").await.is_empty(),
         "something was loaded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_is_backed_up_and_restored_over_verified_tls() {
+    let f = Fixture::new_tls();
+    let client = f.client();
+    write_data(&client).await;
+    let before = snapshot(&client, DB).await;
+
+    let manifest = f
+        .run(
+            "backup",
+            DB,
+            &["--destination", "s3://backups/tls", "--name", "shop-1"],
+        )
+        .json();
+    assert_eq!(manifest["items"], 2800);
+    drop_all(&client, DB).await;
+    f.run("restore", DB, &["--from", "s3://backups/tls/shop-1"])
+        .json();
+    assert!(
+        snapshot(&client, DB).await == before,
+        "restored over TLS: data differs"
+    );
+
+    // The certificate is checked: a CA that did not sign it is refused.
+    let other = tempfile::tempdir().expect("dir");
+    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+        .ok()
+        .flatten()
+        .expect("me");
+    let wrong = agent_common::servers::TestCa::new(other.path(), &me);
+    let wrong_file = wrong.ca.display().to_string();
+    let port = f.agent_port.to_string();
+    let mut env = f.s3.env();
+    env.push((
+        "SERVICEDB_PASSWORD".to_owned(),
+        f.ferret.root_password.clone(),
+    ));
+    let refused = agent(
+        &[
+            "backup",
+            "--engine",
+            "mongodb",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--database",
+            DB,
+            "--username",
+            "root",
+            "--auth-database",
+            "admin",
+            "--tls",
+            "verify-full",
+            "--tls-ca-file",
+            &wrong_file,
+            "--destination",
+            &f.dir_url(),
+            "--name",
+            "wrong-ca",
+        ],
+        &env,
+        &[&f.ferret.root_password, &f.s3.secret_key],
+    )
+    .error();
+    assert!(
+        refused.contains(&format!("MongoDB at 127.0.0.1:{port}"))
+            && refused.to_lowercase().contains("certificate"),
+        "{refused}"
+    );
+    assert!(
+        files_under(f.dir.path()).is_empty(),
+        "a refused run stores nothing"
     );
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, BufReader};
 use tokio::process::{Child, Command};
 
 use super::engine::{Checks, DatabaseArgs};
@@ -35,6 +35,9 @@ pub const FORMAT: &str = "pg_dump-custom";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Versioned installs: Debian's packages and the official image.
 const VERSIONED_ROOT: &str = "/usr/lib/postgresql";
+/// Bytes moved per read between a tool's pipe and the archive (tokio's
+/// `copy` moves 8 KiB at a time).
+const COPY_BUFFER: usize = 1 << 20;
 /// How much of a tool's stderr an error message carries.
 const STDERR_TAIL: usize = 2000;
 
@@ -232,8 +235,9 @@ impl Postgres {
             .stdout(Stdio::piped());
         let mut child = command.spawn().context("starting pg_dump")?;
         let stderr = collect_stderr(&mut child);
-        let mut stdout = child.stdout.take().context("pg_dump's stdout")?;
-        let copied = tokio::io::copy(&mut stdout, sink).await;
+        let stdout = child.stdout.take().context("pg_dump's stdout")?;
+        let copied =
+            tokio::io::copy_buf(&mut BufReader::with_capacity(COPY_BUFFER, stdout), sink).await;
         if copied.is_err() {
             // The archive could not take more: stop the dump.
             let _ = child.start_kill();
@@ -272,7 +276,11 @@ impl Postgres {
         let mut child = command.spawn().context("starting pg_restore")?;
         let stderr = collect_stderr(&mut child);
         let mut stdin = child.stdin.take().context("pg_restore's stdin")?;
-        let copied = tokio::io::copy(&mut source, &mut stdin).await;
+        let copied = tokio::io::copy_buf(
+            &mut BufReader::with_capacity(COPY_BUFFER, &mut source),
+            &mut stdin,
+        )
+        .await;
         if let Err(error) = copied {
             // Killed before its input ends, pg_restore never commits: the
             // database is left as it was. (If it had already exited, its own

@@ -266,11 +266,24 @@ pub struct FerretDb {
     dir: tempfile::TempDir,
     pub port: u16,
     pub root_password: String,
+    /// A TLS listener beside the plain one, with a certificate from `tls`.
+    pub tls_port: Option<u16>,
+    pub tls: Option<servers::TestCa>,
 }
 
 impl FerretDb {
     #[allow(dead_code)] // each test crate uses a subset of these helpers
     pub fn start() -> FerretDb {
+        FerretDb::start_with(false)
+    }
+
+    /// Also listens for TLS (no client certificates) on `tls_port`.
+    #[allow(dead_code)] // each test crate uses a subset of these helpers
+    pub fn start_tls() -> FerretDb {
+        FerretDb::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> FerretDb {
         let binary = cache_dir().join(format!("ferretdb-{FERRETDB_VERSION}/bin/ferretdb"));
         assert!(
             binary.is_file(),
@@ -283,7 +296,25 @@ impl FerretDb {
         let root_password = random(24);
         let log_path = dir.path().join("ferretdb.log");
         let log = std::fs::File::create(&log_path).expect("log file");
+        let mut tls_args = vec![];
+        let (tls_port, tls) = if tls {
+            let me = nix::unistd::User::from_uid(nix::unistd::getuid())
+                .ok()
+                .flatten()
+                .expect("the current user");
+            let ca = servers::TestCa::new(dir.path(), &me);
+            let port = common::free_port();
+            tls_args = vec![
+                format!("--listen-tls=127.0.0.1:{port}"),
+                format!("--listen-tls-cert-file={}", ca.cert.display()),
+                format!("--listen-tls-key-file={}", ca.key.display()),
+            ];
+            (Some(port), Some(ca))
+        } else {
+            (None, None)
+        };
         let mut child = Command::new(binary)
+            .args(tls_args)
             .args([
                 format!("--listen-addr=127.0.0.1:{port}"),
                 "--handler=sqlite".to_owned(),
@@ -303,11 +334,16 @@ impl FerretDb {
             .spawn()
             .expect("start ferretdb");
         wait_for_port("ferretdb", port, &mut child, &log_path);
+        if let Some(tls_port) = tls_port {
+            wait_for_port("ferretdb (TLS)", tls_port, &mut child, &log_path);
+        }
         FerretDb {
             child,
             dir,
             port,
             root_password,
+            tls_port,
+            tls,
         }
     }
 }

@@ -17,7 +17,7 @@ mod harness {
     pub use crate::common::free_port;
 }
 
-use agent_common::{FerretDb, Run, S3, agent, files_under};
+use agent_common::{FerretDb, Run, S3, agent, files_under, verify_full};
 use futures::TryStreamExt;
 use mongodb::bson::{Binary, Bson, DateTime, Document, doc, oid::ObjectId, spec::BinarySubtype};
 use mongodb::options::IndexOptions;
@@ -51,15 +51,7 @@ impl Fixture {
         let s3 = S3::start();
         s3.create_bucket("backups");
         let (agent_port, tls_args) = match (&ferret.tls, ferret.tls_port) {
-            (Some(ca), Some(port)) => (
-                port,
-                vec![
-                    "--tls".to_owned(),
-                    "verify-full".to_owned(),
-                    "--tls-ca-file".to_owned(),
-                    ca.ca.display().to_string(),
-                ],
-            ),
+            (Some(ca), Some(port)) => (port, verify_full(ca)),
             _ => (ferret.port, vec![]),
         };
         Fixture {
@@ -334,11 +326,7 @@ async fn a_database_is_backed_up_and_restored_over_verified_tls() {
 
     // The certificate is checked: a CA that did not sign it is refused.
     let other = tempfile::tempdir().expect("dir");
-    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .expect("me");
-    let wrong = agent_common::servers::TestCa::new(other.path(), &me);
+    let wrong = agent_common::servers::TestCa::owned_by_me(other.path());
     let wrong_file = wrong.ca.display().to_string();
     let port = f.agent_port.to_string();
     let mut env = f.s3.env();

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use agent_common::servers::Postgres;
-use agent_common::{Run, S3, agent, agent_command, files_under, random};
+use agent_common::{Run, S3, agent, agent_command, files_under, random, verify_full};
 use servicedb::engine::postgres_users::{ServiceUser, ensure_service_database, quote_ident};
 use servicedb::engine::tls::{TlsMode, TlsSettings};
 use tokio_postgres::Client;
@@ -57,12 +57,7 @@ impl Fixture {
                     mode: TlsMode::VerifyFull,
                     ca_pem: Some(ca.ca_pem.clone()),
                 },
-                vec![
-                    "--tls".to_owned(),
-                    "verify-full".to_owned(),
-                    "--tls-ca-file".to_owned(),
-                    ca.ca.display().to_string(),
-                ],
+                verify_full(ca),
             ),
         };
         let fixture = Fixture {
@@ -730,11 +725,7 @@ async fn a_server_that_accepts_only_tls_is_backed_up_and_restored_over_verified_
     );
     // A CA that did not sign the server's certificate is refused.
     let other = tempfile::tempdir().expect("dir");
-    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .expect("me");
-    let wrong = agent_common::servers::TestCa::new(other.path(), &me);
+    let wrong = agent_common::servers::TestCa::owned_by_me(other.path());
     let mut wrong_ca = vec!["backup".to_owned()];
     wrong_ca.extend(f.db_args(DATABASE).into_iter().take(10));
     wrong_ca.extend(

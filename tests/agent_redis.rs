@@ -16,7 +16,7 @@ mod harness {
 use std::collections::BTreeMap;
 
 use agent_common::servers::Redis;
-use agent_common::{Run, S3, agent, files_under, random};
+use agent_common::{Run, S3, agent, files_under, random, verify_full};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 
@@ -47,15 +47,7 @@ impl Fixture {
         let s3 = S3::start();
         s3.create_bucket("backups");
         let (agent_port, tls_args) = match (&redis.tls, redis.tls_port) {
-            (Some(ca), Some(port)) => (
-                port,
-                vec![
-                    "--tls".to_owned(),
-                    "verify-full".to_owned(),
-                    "--tls-ca-file".to_owned(),
-                    ca.ca.display().to_string(),
-                ],
-            ),
+            (Some(ca), Some(port)) => (port, verify_full(ca)),
             _ => (redis.port, vec![]),
         };
         Fixture {

@@ -67,6 +67,27 @@ fn build(sdb_fixture: &str) -> (Flat, OwnerReference) {
     (flat(children(&db, &creds, &facts(), &owner, None)), owner)
 }
 
+/// The subcommands of the binary whose arguments the builders write.
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    Instance(crate::instance::Args),
+    Agent(crate::agent::Args),
+}
+
+/// The pod a CronJob's Jobs run.
+fn cron_pod(cron: k8s_openapi::api::batch::v1::CronJob) -> k8s_openapi::api::core::v1::PodSpec {
+    cron.spec
+        .and_then(|s| s.job_template.spec)
+        .and_then(|j| j.template.spec)
+        .expect("a pod template")
+}
+
 fn secret(s: &k8s_openapi::api::core::v1::Secret, key: &str) -> String {
     String::from_utf8(s.data.as_ref().unwrap()[key].0.clone()).unwrap()
 }
@@ -119,18 +140,12 @@ fn the_database_container_runs_the_instance_manager_with_arguments_it_accepts() 
     argv.extend(db.args.clone().unwrap());
 
     // The same flags the instance manager's own parser accepts.
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: Cmd,
-    }
-    #[derive(clap::Subcommand)]
-    enum Cmd {
-        Instance(crate::instance::Args),
-    }
     let Cmd::Instance(args) = Cli::try_parse_from(&argv)
         .expect("the instance manager accepts the StatefulSet's arguments")
-        .cmd;
+        .cmd
+    else {
+        panic!("not the instance manager: {argv:?}")
+    };
     assert_eq!(args.port, 5432);
     assert_eq!(args.status_port as i32, statefulset::STATUS_PORT);
 
@@ -555,32 +570,16 @@ fn a_server_reached_over_tls_gives_its_ca_to_the_service_and_to_the_backup_agent
         "postgresql://shop_orders:pw@pg.example.com:5432/shop_orders?sslmode=verify-full"
     );
 
-    let pod = c
-        .backup_cronjob
-        .expect("backup CronJob")
-        .spec
-        .unwrap()
-        .job_template
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
+    let pod = cron_pod(c.backup_cronjob.expect("backup CronJob"));
     let agent = &pod.containers[0];
     let mut argv = vec!["servicedb".to_string()];
     argv.extend(agent.args.clone().unwrap());
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(subcommand)]
-        cmd: Cmd,
-    }
-    #[derive(clap::Subcommand)]
-    enum Cmd {
-        Agent(crate::agent::Args),
-    }
     let Cmd::Agent(args) = Cli::try_parse_from(&argv)
         .expect("the agent accepts the CronJob's arguments")
-        .cmd;
+        .cmd
+    else {
+        panic!("not the agent: {argv:?}")
+    };
     let crate::agent::Command::Backup(backup) = args.command else {
         panic!("not a backup: {argv:?}")
     };
@@ -755,15 +754,7 @@ mod backups {
             .unwrap(),
         };
         let verify = backup::verify_cronjob(&db, "@weekly", &archive, &facts(), &owner());
-        let pod = verify
-            .spec
-            .unwrap()
-            .job_template
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
+        let pod = cron_pod(verify);
         let args = pod.containers[0].args.clone().unwrap();
         assert_eq!(args[..2], ["agent", "verify"]);
         assert_eq!(arg(&args, "--database"), "orders_verify");

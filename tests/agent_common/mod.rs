@@ -26,6 +26,17 @@ pub fn random(len: usize) -> String {
     Alphanumeric.sample_string(&mut rand::rng(), len)
 }
 
+/// The agent's flags for a server whose certificate `ca` signed.
+#[allow(dead_code)] // each test crate uses a subset of these helpers
+pub fn verify_full(ca: &servers::TestCa) -> Vec<String> {
+    vec![
+        "--tls".to_owned(),
+        "verify-full".to_owned(),
+        "--tls-ca-file".to_owned(),
+        ca.ca.display().to_string(),
+    ]
+}
+
 fn cache_dir() -> PathBuf {
     std::env::var_os("SERVICEDB_CACHE")
         .map(PathBuf::from)
@@ -298,11 +309,7 @@ impl FerretDb {
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut tls_args = vec![];
         let (tls_port, tls) = if tls {
-            let me = nix::unistd::User::from_uid(nix::unistd::getuid())
-                .ok()
-                .flatten()
-                .expect("the current user");
-            let ca = servers::TestCa::new(dir.path(), &me);
+            let ca = servers::TestCa::owned_by_me(dir.path());
             let port = common::free_port();
             tls_args = vec![
                 format!("--listen-tls=127.0.0.1:{port}"),

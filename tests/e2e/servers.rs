@@ -106,6 +106,17 @@ pub struct TestCa {
 }
 
 impl TestCa {
+    /// A CA whose files belong to the user running the test (a client's
+    /// view of a CA, or a server the test runs as itself).
+    #[allow(dead_code)] // each test crate uses a subset of these helpers
+    pub fn owned_by_me(dir: &Path) -> TestCa {
+        let me = User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .expect("the current user");
+        TestCa::new(dir, &me)
+    }
+
     pub fn new(dir: &Path, user: &User) -> TestCa {
         let run = |args: &[&str]| {
             let out = Command::new("openssl")

@@ -89,11 +89,7 @@ async fn external_servers_are_reached_over_tls() {
     )
     .await;
     let other = tempfile::tempdir().expect("dir");
-    let me = nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .expect("me");
-    let wrong = TestCa::new(other.path(), &me);
+    let wrong = TestCa::owned_by_me(other.path());
     secret(&env, "wrong-ca", json!({"ca.crt": wrong.ca_pem})).await;
 
     server(

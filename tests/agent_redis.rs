@@ -19,6 +19,7 @@ use agent_common::servers::Redis;
 use agent_common::{Run, S3, agent, files_under, random, verify_full};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+use servicedb::engine::logins::{Login, Logins};
 
 const PREFIX: &str = "cart:";
 
@@ -68,6 +69,23 @@ impl Fixture {
                     .set_username(&self.redis.admin_user)
                     .set_password(&self.redis.admin_password)
                     .set_db(db),
+            );
+        redis::Client::open(info)
+            .expect("client")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect")
+    }
+
+    /// A connection as `user` (database 0).
+    async fn conn_as(&self, user: &str, password: &str) -> MultiplexedConnection {
+        let info = ConnectionAddr::Tcp("127.0.0.1".to_owned(), self.redis.port)
+            .into_connection_info()
+            .expect("info")
+            .set_redis_settings(
+                RedisConnectionInfo::default()
+                    .set_username(user)
+                    .set_password(password),
             );
         redis::Client::open(info)
             .expect("client")
@@ -312,11 +330,22 @@ async fn a_key_prefix_is_backed_up_and_restored_alone_with_values_and_ttls() {
         assert_eq!(not_ours, "no");
     }
 
-    // A restore limited to another prefix refuses this backup.
-    let refused = f
-        .restore("restore", "0", "s3://backups/redis/cart-1", Some("orders:"))
-        .error();
-    assert!(refused.contains("outside --key-prefix"), "{refused}");
+    // Restored under another prefix (a new ServiceDatabase made from this
+    // one's backup), the keys move to it; this prefix is left alone.
+    f.restore("restore", "0", "s3://backups/redis/cart-1", Some("orders:"))
+        .json();
+    let moved: BTreeMap<_, _> = before
+        .iter()
+        .map(|(key, value)| {
+            let rest = key
+                .strip_prefix(PREFIX.as_bytes())
+                .expect("under the prefix");
+            ([b"orders:".as_slice(), rest].concat(), value.clone())
+        })
+        .collect();
+    same_keys(&moved, &keys(&mut conn, "orders:*").await);
+    same_keys(&before, &keys(&mut conn, "cart:*").await);
+    delete_prefix(&mut conn, "orders:*").await;
 
     // Verify into logical database 1.
     let verified = f
@@ -332,6 +361,19 @@ async fn a_key_prefix_is_backed_up_and_restored_alone_with_values_and_ttls() {
     let all = f.backup(&f.dir_url(), "all", None).json();
     assert_eq!(all["items"], 3010);
     assert!(all.get("keyPrefix").is_none(), "{all}");
+    // Nothing says which of its keys would be this prefix's.
+    let refused = f
+        .restore(
+            "restore",
+            "0",
+            &format!("{}/all", f.dir_url()),
+            Some(PREFIX),
+        )
+        .error();
+    assert!(
+        refused.contains("needs a backup taken with that prefix"),
+        "{refused}"
+    );
 
     agent(
         &[
@@ -445,6 +487,104 @@ async fn a_key_prefix_is_backed_up_and_restored_over_verified_tls() {
     .error();
     assert!(
         refused.contains(&format!("connecting to Redis at 127.0.0.1:{port}")),
+        "{refused}"
+    );
+}
+
+/// What a backup Job on a shared server does: the agent logs in as the
+/// service's own ACL user (made by the operator's library: its key prefix,
+/// no `@dangerous` commands such as INFO or KEYS) and backs up its prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_services_own_login_backs_up_its_prefix_and_restores_only_while_granted() {
+    let f = Fixture::new();
+    let mut admin = f.conn(0).await;
+    let password = random(24);
+    servicedb::engine::redis_acl::ensure_user(&mut admin, "cart", &password, PREFIX)
+        .await
+        .expect("the service's user");
+    write_data(&mut admin).await;
+    let before = keys(&mut admin, "cart:*").await;
+
+    let port = f.redis.port.to_string();
+    let service = |command: &str, extra: &[&str]| {
+        let mut args = vec![
+            command,
+            "--engine",
+            "redis",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--database",
+            "0",
+            "--username",
+            "cart",
+            "--key-prefix",
+            PREFIX,
+            "--s3-endpoint",
+            &f.s3.endpoint,
+        ];
+        args.extend_from_slice(extra);
+        agent(
+            &args,
+            &f.env_with_password(&password),
+            &[&password, &f.s3.secret_key],
+        )
+    };
+    let manifest = service(
+        "backup",
+        &["--destination", "s3://backups/svc", "--name", "cart-1"],
+    )
+    .json();
+    assert_eq!(manifest["items"], 3008, "{manifest}");
+    assert_eq!(manifest["serverVersion"], f.redis.version.as_str());
+
+    // RESTORE is `@dangerous`: the service's login may not run it, until
+    // the operator grants it for a restore into the prefix (what it does
+    // while `spec.bootstrap.fromBackup` is pending on a shared server).
+    delete_prefix(&mut admin, "cart:*").await;
+    let refused = service("restore", &["--from", "s3://backups/svc/cart-1"]).error();
+    assert!(
+        refused.contains("no permissions to run the 'restore' command"),
+        "{refused}"
+    );
+    assert!(
+        keys(&mut admin, "cart:*").await.is_empty(),
+        "nothing was loaded"
+    );
+    async fn grant(admin: &mut MultiplexedConnection, password: &str, restoring: bool) {
+        let logins = Logins::single(Login::new("cart", password));
+        servicedb::engine::redis_acl::ensure_user_logins(admin, "cart", &logins, PREFIX, restoring)
+            .await
+            .expect("ACL SETUSER");
+    }
+    grant(&mut admin, &password, true).await;
+    service("restore", &["--from", "s3://backups/svc/cart-1"]).json();
+    same_keys(&before, &keys(&mut admin, "cart:*").await);
+    // Still only its own keys: RESTORE of another prefix is refused.
+    let mut own = f.conn_as("cart", &password).await;
+    let payload: Vec<u8> = redis::cmd("DUMP")
+        .arg("cart:plain")
+        .query_async(&mut own)
+        .await
+        .expect("DUMP");
+    let foreign: redis::RedisResult<()> = redis::cmd("RESTORE")
+        .arg("other:stolen")
+        .arg(0)
+        .arg(&payload)
+        .query_async(&mut own)
+        .await;
+    let foreign = foreign.expect_err("RESTORE outside the prefix");
+    assert!(
+        foreign.to_string().contains("no permissions to access"),
+        "{foreign}"
+    );
+    // Withdrawn once restored.
+    grant(&mut admin, &password, false).await;
+    delete_prefix(&mut admin, "cart:*").await;
+    let refused = service("restore", &["--from", "s3://backups/svc/cart-1"]).error();
+    assert!(
+        refused.contains("no permissions to run the 'restore' command"),
         "{refused}"
     );
 }

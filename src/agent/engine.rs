@@ -181,7 +181,7 @@ impl Engine {
 
     /// Refuses, before anything is downloaded, a backup this target cannot
     /// take.
-    pub fn accepts(&self, manifest: &Manifest) -> anyhow::Result<()> {
+    pub fn accepts(&mut self, manifest: &Manifest) -> anyhow::Result<()> {
         if manifest.engine != self.name() || manifest.format != self.format() {
             anyhow::bail!(
                 "the backup is a {} dump ({}); this restore is for {} ({})",

@@ -46,6 +46,8 @@ pub struct Redis {
     conn: MultiplexedConnection,
     db: i64,
     key_prefix: Option<String>,
+    /// A restore of another prefix's backup: its prefix, and this one.
+    rename: Option<(Vec<u8>, Vec<u8>)>,
     server_version: String,
     password: Secret,
 }
@@ -83,21 +85,26 @@ impl Redis {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(fail)?;
-        let info: String = redis::cmd("INFO")
-            .arg("server")
+        // HELLO without arguments (the protocol stays as it is) names the
+        // version to any logged-in user; INFO is `@dangerous`, which a
+        // service's login on a shared server may not run.
+        let hello: Vec<(String, Value)> = redis::cmd("HELLO")
             .query_async(&mut conn)
             .await
-            .map_err(|e| anyhow::anyhow!("INFO server: {}", describe(&e)))?;
-        let server_version = info
-            .lines()
-            .find_map(|line| line.strip_prefix("redis_version:"))
-            .unwrap_or("unknown")
-            .trim()
-            .to_owned();
+            .map_err(|e| anyhow::anyhow!("HELLO: {}", describe(&e)))?;
+        let server_version = hello
+            .into_iter()
+            .find_map(|(field, value)| match (field.as_str(), value) {
+                ("version", Value::BulkString(v)) => String::from_utf8(v).ok(),
+                ("version", Value::SimpleString(v)) => Some(v),
+                _ => None,
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
         Ok(Redis {
             conn,
             db,
             key_prefix: args.key_prefix.clone().filter(|p| !p.is_empty()),
+            rename: None,
             server_version,
             password,
         })
@@ -178,16 +185,21 @@ impl Redis {
         Ok(keys_written)
     }
 
-    /// Refuses a restore limited to a prefix that the backup does not stay
-    /// within, before anything is loaded.
-    pub fn check_prefix(&self, manifest: &Manifest) -> anyhow::Result<()> {
+    /// Decides, before anything is loaded, where a restore limited to
+    /// `--key-prefix` puts the backup's keys: where they were when the
+    /// backup stays within that prefix; moved from the backup's prefix to
+    /// this one when it is another's (a new ServiceDatabase restored from
+    /// an older one's backup). A backup of every key is refused.
+    pub fn check_prefix(&mut self, manifest: &Manifest) -> anyhow::Result<()> {
         let Some(wanted) = &self.key_prefix else {
             return Ok(());
         };
         match &manifest.key_prefix {
             Some(dumped) if dumped.starts_with(wanted.as_str()) => Ok(()),
             Some(dumped) => {
-                bail!("the backup holds keys under {dumped:?}, outside --key-prefix {wanted:?}")
+                tracing::info!(from = %dumped, to = %wanted, "the keys move to this key prefix");
+                self.rename = Some((dumped.clone().into_bytes(), wanted.clone().into_bytes()));
+                Ok(())
             }
             None => bail!(
                 "the backup holds keys of every prefix; a restore limited to --key-prefix \
@@ -207,6 +219,19 @@ impl Redis {
                 .ok()
                 .filter(|_| record.tag == KEY)
                 .context("the dump holds a record that is not a key")?;
+            let key = match &self.rename {
+                None => key,
+                Some((from, to)) => {
+                    let rest = key.strip_prefix(from.as_slice()).with_context(|| {
+                        format!(
+                            "the dump holds key {:?} outside its own prefix {:?}",
+                            String::from_utf8_lossy(&key),
+                            String::from_utf8_lossy(from)
+                        )
+                    })?;
+                    [to.as_slice(), rest].concat()
+                }
+            };
             if let Some(prefix) = &self.key_prefix
                 && !key.starts_with(prefix.as_bytes())
             {
@@ -227,7 +252,10 @@ impl Redis {
                 .ignore();
             batch.0 += 1;
             restored += 1;
-            if batch.0 >= RESTORE_BATCH || batch.1 >= RESTORE_BATCH_BYTES {
+            // The first key alone: a refusal (a login without RESTORE, a
+            // payload of a newer Redis) is one clear error, not one per key
+            // of a batch.
+            if restored == 1 || batch.0 >= RESTORE_BATCH || batch.1 >= RESTORE_BATCH_BYTES {
                 self.send(&mut pipe).await?;
                 batch = (0, 0);
             }

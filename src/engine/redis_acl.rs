@@ -32,6 +32,12 @@
 //!   users of a server share. Clients that need Lua (BullMQ, Redlock-style
 //!   unlock scripts) need an explicit opt-in, which does not exist yet.
 //!
+//! - `+restore`, only while the operator restores a backup into the prefix
+//!   (`spec.bootstrap.fromBackup` on a shared server, where the restore Job
+//!   logs in as the service): RESTORE is `@dangerous`, but its key argument
+//!   is still held to `~<prefix>*`. The operator withdraws it once the
+//!   restore completed ([`ensure_user_logins`]'s `restoring`).
+//!
 //! Known limits, inherent to Redis ACLs: SCAN, RANDOMKEY, DBSIZE, PUBSUB
 //! CHANNELS and broadcast-mode CLIENT TRACKING reveal the *names* (never the
 //! values) of other keys and channels on the same server. On a dedicated
@@ -209,6 +215,9 @@ pub fn service_user_rules(prefix: &KeyPrefix) -> Vec<String> {
     rules
 }
 
+/// Added to a service user's rules while a backup is restored into its prefix.
+pub const RESTORE_RULE: &str = "+restore";
+
 /// The administrator's permissions: every key, channel and command.
 pub fn admin_rules() -> Vec<String> {
     ["~*", "&*", "+@all"].map(str::to_owned).to_vec()
@@ -344,19 +353,25 @@ pub async fn ensure_user(
     prefix: &str,
 ) -> Result<(), AclError> {
     let logins = Logins::single(Login::new(username, password));
-    ensure_user_logins(conn, username, &logins, prefix).await
+    ensure_user_logins(conn, username, &logins, prefix, false).await
 }
 
 /// Like [`ensure_user`], with every password the service's logins list
-/// (one user; a rotation adds a password, its grace period's end removes one).
+/// (one user; a rotation adds a password, its grace period's end removes one)
+/// and, while `restoring`, RESTORE on its own keys.
 pub async fn ensure_user_logins(
     conn: &mut impl ConnectionLike,
     username: &str,
     logins: &Logins,
     prefix: &str,
+    restoring: bool,
 ) -> Result<(), AclError> {
     let prefix = KeyPrefix::new(prefix)?;
-    let user = AclUser::service_with_passwords(username, &logins.passwords_of(username), &prefix)?;
+    let mut user =
+        AclUser::service_with_passwords(username, &logins.passwords_of(username), &prefix)?;
+    if restoring {
+        user.rules.push(RESTORE_RULE.to_owned());
+    }
     refuse_own_user(conn, username).await?;
     user.apply(conn).await
 }

@@ -18,6 +18,8 @@ use servicedb::api::{DatabaseBackup, Phase, ServiceDatabase};
 
 use crate::dedicated::{get_when, set_ready_replicas, wait_phase};
 use crate::harness::{Env, apply_manifest, backup_example, wait_for};
+use crate::servers::Redis;
+use crate::shared::server_of;
 
 const T0: &str = "2026-01-01T02:00:00Z";
 const T1: &str = "2026-01-01T02:00:09Z";
@@ -815,6 +817,142 @@ async fn a_database_restored_from_a_backup_is_ready_only_after_the_restore() {
     succeed(&env, "orders-copy-db-restore", json!({})).await;
     wait_phase(&env.api(), "orders-copy", Phase::Ready).await;
     wait_condition(&env, "orders-copy", "Restored", "True", "Restored").await;
+}
+
+/// A new ServiceDatabase on a shared Redis, restored from another's backup:
+/// its restore Job logs in as the service, whose ACL user may run RESTORE
+/// (on its own keys) only until the restore completed.
+#[tokio::test]
+async fn a_restore_into_a_shared_redis_may_run_restore_only_until_it_completed() {
+    let env = Env::new("backup-shared-redis").await;
+    let cache = Redis::start_new();
+    server_of(
+        &env,
+        "cache",
+        "Redis",
+        cache.port,
+        &cache.admin_user,
+        &cache.admin_password,
+        json!({"from": "Same"}),
+    )
+    .await;
+    let on_cache = |name: &str, extra: Value| {
+        let mut sdb = json!({
+            "apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+            "metadata": {"name": name},
+            "spec": {"engine": "Redis", "isolation": "Database", "serverRef": {"name": "cache"},
+                "owner": {"podSelector": {"matchLabels": {"app": "cart"}}}, "deletionPolicy": "Delete"}
+        });
+        for (k, v) in extra.as_object().expect("object") {
+            sdb["spec"][k] = v.clone();
+        }
+        sdb
+    };
+    apply(
+        &env,
+        &on_cache(
+            "cart",
+            json!({"backup": {"schedule": "@daily", "destination": {"s3": {"bucket": "backups",
+                "endpoint": "http://minio.storage:9000", "region": "eu-1", "credentialsSecret": "s3-creds"}}}}),
+        ),
+    )
+    .await;
+    wait_phase(&env.api(), "cart", Phase::Ready).await;
+    manual_backup(&env, "golden", "cart").await;
+    succeed(&env, "golden-backup", manifest("golden", 64)).await;
+    wait_backup(&env, "golden", BackupPhase::Completed).await;
+
+    apply(
+        &env,
+        &on_cache(
+            "cart-copy",
+            json!({"bootstrap": {"fromBackup": {"name": "golden"}}}),
+        ),
+    )
+    .await;
+    let job = get_when(&env.api::<Job>(), "cart-copy-db-restore").await;
+    let a = args(&job.spec.clone().expect("spec").template.spec.expect("pod"));
+    assert_eq!(a[..2], ["agent", "restore"]);
+    let secret = get_when(
+        &env.api::<k8s_openapi::api::core::v1::Secret>(),
+        "cart-copy-db",
+    )
+    .await;
+    let user = crate::dedicated::secret_value(&secret, "username");
+    assert_eq!(
+        arg_after(&a, "--key-prefix"),
+        Some(crate::dedicated::secret_value(&secret, "keyPrefix")),
+        "the keys go to the new service's prefix"
+    );
+    // What the service's login may do, tried with it: RESTORE of a key
+    // under its own prefix.
+    let password = crate::dedicated::secret_value(&secret, "password");
+    let prefix = crate::dedicated::secret_value(&secret, "keyPrefix");
+    let may_restore = || async {
+        let mut conn = servicedb::engine::tls::redis(
+            "127.0.0.1",
+            cache.port,
+            &user,
+            &password,
+            &Default::default(),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the service's login");
+        let key = format!("{prefix}probe");
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg("v")
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
+        let payload: Vec<u8> = redis::cmd("DUMP")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("DUMP");
+        let restored: redis::RedisResult<()> = redis::cmd("RESTORE")
+            .arg(&key)
+            .arg(0)
+            .arg(payload)
+            .arg("REPLACE")
+            .query_async(&mut conn)
+            .await;
+        let _: () = redis::cmd("DEL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+        match restored {
+            Ok(()) => true,
+            Err(e) if e.to_string().contains("no permissions") => false,
+            Err(e) => panic!("RESTORE: {e}"),
+        }
+    };
+    assert!(
+        may_restore().await,
+        "the restore Job's login may run RESTORE while the restore is pending"
+    );
+    assert_ne!(
+        env.api::<ServiceDatabase>()
+            .get("cart-copy")
+            .await
+            .expect("get")
+            .status
+            .expect("status")
+            .phase,
+        Phase::Ready
+    );
+
+    succeed(&env, "cart-copy-db-restore", json!({})).await;
+    wait_condition(&env, "cart-copy", "Restored", "True", "Restored").await;
+    wait_phase(&env.api(), "cart-copy", Phase::Ready).await;
+    wait_for(
+        "RESTORE to be withdrawn",
+        Duration::from_secs(30),
+        || async { (!may_restore().await).then_some(()) },
+    )
+    .await;
 }
 
 /// The README's backup walkthrough (examples/backup) as a user runs it.

@@ -254,8 +254,17 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
     );
     if let Some(server) = &db.server {
         // Every login must work (and a retired one must not) before the
-        // Secret says so.
-        if let Err(e) = provision::ensure(&db, server, &plan.logins).await {
+        // Secret says so. Until a requested restore completed, the login
+        // the restore Job uses may load its keys (Redis: RESTORE).
+        let restoring = db.restore_from.is_some()
+            && crate::api::conditions::is_true(
+                sdb.status
+                    .as_ref()
+                    .map(|s| s.conditions.as_slice())
+                    .unwrap_or_default(),
+                crate::api::conditions::types::RESTORED,
+            ) != Some(true);
+        if let Err(e) = provision::ensure(&db, server, &plan.logins, restoring).await {
             let outcome = status::Outcome::ServerUnavailable {
                 db: &db,
                 message: e.to_string(),

@@ -47,6 +47,7 @@ pub async fn ensure(
     db: &ValidatedDatabase,
     server: &ServerFacts,
     logins: &Logins,
+    restoring: bool,
 ) -> Result<(), Error> {
     match db.engine {
         Engine::Postgres => {
@@ -78,7 +79,7 @@ pub async fn ensure(
         Engine::Redis => {
             let mut conn = redis(server).await?;
             let prefix = crate::engine::redis::key_prefix(&db.username);
-            redis_acl::ensure_user_logins(&mut conn, &db.username, logins, &prefix)
+            redis_acl::ensure_user_logins(&mut conn, &db.username, logins, &prefix, restoring)
                 .await
                 .map_err(|e| provision(server, e.category(), e.to_string()))?;
             save_acl(&mut conn).await;

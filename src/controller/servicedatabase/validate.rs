@@ -277,19 +277,6 @@ pub fn validate(
             ),
         ));
     }
-    if shared.is_some()
-        && spec.engine == Engine::Redis
-        && spec
-            .bootstrap
-            .as_ref()
-            .is_some_and(|b| b.from_backup.is_some())
-    {
-        return Err(Invalid::new(
-            "spec.bootstrap.fromBackup",
-            "Unsupported",
-            "restoring into a key prefix on a shared Redis needs RESTORE, which the service's login may not run; restore into a Dedicated instance",
-        ));
-    }
     let backup = match &spec.backup {
         Some(backup) => {
             check_cron("spec.backup.schedule", &backup.schedule)?;

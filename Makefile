@@ -63,6 +63,7 @@ bench-backup:
 
 ## e2e: the operator against a real API server (KUBECONFIG, or a local one).
 e2e: build
+	hack/s3/build.sh >/dev/null
 	hack/e2e.sh
 
 test: unit engine agent e2e

@@ -5,26 +5,22 @@
 //! The PostgreSQL and Redis servers are the e2e tests' (tests/e2e/servers.rs).
 
 use std::io::Write;
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
-
-use rand::distr::{Alphanumeric, SampleString};
 
 use crate::common;
 
+/// versitygw, shared with the e2e tests.
+pub mod s3;
 #[path = "../e2e/servers.rs"]
 #[allow(dead_code)] // shared with the e2e tests, which use all of it
 pub mod servers;
 
-const VERSITYGW_VERSION: &str = "v1.8.0";
+pub use s3::{S3, random};
+use s3::{cache_dir, wait_for_port};
+
 #[allow(dead_code)] // each test crate uses a subset of these helpers
 const FERRETDB_VERSION: &str = "v1.24.2";
-
-pub fn random(len: usize) -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), len)
-}
 
 /// The agent's flags for a server whose certificate `ca` signed.
 #[allow(dead_code)] // each test crate uses a subset of these helpers
@@ -35,110 +31,6 @@ pub fn verify_full(ca: &servers::TestCa) -> Vec<String> {
         "--tls-ca-file".to_owned(),
         ca.ca.display().to_string(),
     ]
-}
-
-fn cache_dir() -> PathBuf {
-    std::env::var_os("SERVICEDB_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache/servicedb")))
-        .expect("HOME or SERVICEDB_CACHE must be set")
-}
-
-fn wait_for_port(what: &str, port: u16, child: &mut Child, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "{what} exited ({status}) before listening:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            );
-        }
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// versitygw with its posix backend: an S3 API with SigV4 authentication
-/// over a directory, where each subdirectory is a bucket.
-pub struct S3 {
-    child: Child,
-    root: tempfile::TempDir,
-    pub endpoint: String,
-    pub access_key: String,
-    pub secret_key: String,
-}
-
-impl S3 {
-    pub fn start() -> S3 {
-        let binary = cache_dir().join(format!("versitygw-{VERSITYGW_VERSION}/bin/versitygw"));
-        assert!(
-            binary.is_file(),
-            "versitygw {VERSITYGW_VERSION} is not built ({} is missing): run hack/s3/build.sh \
-             (needs Go and the Go module proxy); these tests do not skip without it",
-            binary.display()
-        );
-        let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(root.path().join("gw")).expect("mkdir");
-        let port = common::free_port();
-        let access_key = format!("AKIA{}", random(16).to_uppercase());
-        let secret_key = random(40);
-        let log_path = root.path().join("versitygw.log");
-        let log = std::fs::File::create(&log_path).expect("log");
-        let mut child = Command::new(binary)
-            .arg("--port")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--quiet")
-            .arg("posix")
-            .arg(root.path().join("gw"))
-            // The root credentials through versitygw's environment, not argv.
-            .env("ROOT_ACCESS_KEY_ID", &access_key)
-            .env("ROOT_SECRET_ACCESS_KEY", &secret_key)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting versitygw");
-        wait_for_port("versitygw", port, &mut child, &log_path);
-        S3 {
-            child,
-            root,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            access_key,
-            secret_key,
-        }
-    }
-
-    /// A bucket is a directory of the posix backend.
-    pub fn create_bucket(&self, name: &str) {
-        std::fs::create_dir(self.bucket_dir(name)).expect("create bucket");
-    }
-
-    /// Where the backend keeps a bucket's objects, for tests that look at
-    /// (or damage) them directly.
-    pub fn bucket_dir(&self, name: &str) -> PathBuf {
-        self.root.path().join("gw").join(name)
-    }
-
-    /// Env of an agent that uses this store.
-    pub fn env(&self) -> Vec<(String, String)> {
-        vec![
-            ("AWS_ACCESS_KEY_ID".to_owned(), self.access_key.clone()),
-            ("AWS_SECRET_ACCESS_KEY".to_owned(), self.secret_key.clone()),
-        ]
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "versitygw's log:\n{}",
-                std::fs::read_to_string(self.root.path().join("versitygw.log")).unwrap_or_default()
-            );
-        }
-    }
 }
 
 /// Every file under `dir`, relative to it, sorted.

@@ -10,8 +10,12 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod harness;
+#[path = "../agent_common/s3.rs"]
+#[allow(dead_code)] // shared with the agent tests, which use all of it
+mod s3;
 mod servers;
 
+mod agent_jobs;
 mod backup;
 mod chart;
 mod database_server;

@@ -1,0 +1,386 @@
+//! The operator's backup and restore Jobs run for real: no kubelet runs
+//! here, so the test plays it for one Job at a time. It runs the Job's agent
+//! container on this machine (the `servicedb` binary this build made, in
+//! place of the image's copy) with the environment the pod would get —
+//! values, Secret keys, the Job-name label — and its Secret volumes written
+//! to a directory, then reports the exit code and termination message in a
+//! pod's status as a kubelet would, and the Job's conditions as the Job
+//! controller would. The databases are real (PostgreSQL and Redis on shared
+//! DatabaseServers), and so is the object storage (versitygw).
+//!
+//! Only databases on shared servers can be reached this way: a dedicated
+//! instance's Service name does not resolve outside a cluster.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Secret};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+use servicedb::api::database_backup::BackupPhase;
+use servicedb::api::{Phase, ServiceDatabase};
+
+use crate::backup::{agent_pod, finish_job, manual_backup, wait_backup};
+use crate::dedicated::{get_when, secret_value, wait_phase};
+use crate::harness::{Env, wait_for};
+use crate::s3::S3;
+use crate::servers::{Postgres, Redis};
+use crate::shared::{connect, server, server_of};
+
+/// Where the pod would have its termination message.
+const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// Runs Job `name`'s agent as its pod would, and reports the outcome on the
+/// API server. Returns the exit code and the termination message.
+async fn run_job(env: &Env, name: &str) -> (i32, String) {
+    let job = get_when(&env.api::<Job>(), name).await;
+    let pod: PodSpec = job
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("a pod template");
+    let container: &Container = &pod.containers[0];
+    let dir = tempfile::tempdir().expect("pod dir");
+
+    // Volumes: Secret volumes hold their keys (or the listed items), empty
+    // directories are empty. Each mount path maps to a local directory.
+    let secrets: Api<Secret> = env.api();
+    let mut mounts: Vec<(String, PathBuf)> = vec![];
+    for mount in container.volume_mounts.iter().flatten() {
+        let volume = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .unwrap_or_else(|| panic!("volume {} of {name}", mount.name));
+        let local = dir.path().join(&mount.name);
+        std::fs::create_dir_all(&local).expect("volume dir");
+        if let Some(source) = &volume.secret {
+            let secret_name = source.secret_name.as_deref().expect("secretName");
+            let data = secrets
+                .get(secret_name)
+                .await
+                .unwrap_or_else(|e| panic!("Secret {secret_name} of {name}: {e}"))
+                .data
+                .unwrap_or_default();
+            let items: Vec<(String, String)> = match &source.items {
+                Some(items) => items
+                    .iter()
+                    .map(|i| (i.key.clone(), i.path.clone()))
+                    .collect(),
+                None => data.keys().map(|k| (k.clone(), k.clone())).collect(),
+            };
+            for (key, path) in items {
+                let value = data
+                    .get(&key)
+                    .unwrap_or_else(|| panic!("key {key} of Secret {secret_name}"));
+                std::fs::write(local.join(path), &value.0).expect("secret file");
+            }
+        } else {
+            assert!(
+                volume.empty_dir.is_some(),
+                "volume {} of {name}: only Secret and emptyDir volumes can be played here",
+                mount.name
+            );
+        }
+        mounts.push((mount.mount_path.clone(), local));
+    }
+    // The longest mount path first, so that nested mounts win.
+    mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    let termination_log = dir.path().join("termination-log");
+    let local_path = |arg: &str| -> String {
+        if arg == TERMINATION_LOG {
+            return termination_log.display().to_string();
+        }
+        for (path, local) in &mounts {
+            if let Some(rest) = arg.strip_prefix(path.as_str())
+                && (rest.is_empty() || rest.starts_with('/'))
+            {
+                return format!("{}{rest}", local.display());
+            }
+        }
+        arg.to_owned()
+    };
+
+    let pod_env = resolve_env(&secrets, name, container.env.iter().flatten()).await;
+    // `$(VAR)` in arguments is expanded from the container's environment.
+    let args: Vec<String> = container
+        .args
+        .iter()
+        .flatten()
+        .map(|arg| {
+            let expanded = pod_env
+                .iter()
+                .fold(arg.clone(), |a, (k, v)| a.replace(&format!("$({k})"), v));
+            local_path(&expanded)
+        })
+        .collect();
+    let tmp = mounts
+        .iter()
+        .find(|(path, _)| path == "/tmp")
+        .map_or_else(|| dir.path().to_path_buf(), |(_, local)| local.clone());
+    let output = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_servicedb"))
+            .args(&args)
+            .env_clear()
+            .envs(&pod_env)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TMPDIR", &tmp)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name}'s agent did not finish in 120 s"))
+    .expect("running the agent");
+    let code = output.status.code().unwrap_or(-1);
+    let message = std::fs::read_to_string(&termination_log).unwrap_or_default();
+    if code != 0 {
+        eprintln!(
+            "{name}: agent exited {code}: {message}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    agent_pod(env, name, code, &message).await;
+    finish_job(env, name, code == 0).await;
+    (code, message)
+}
+
+/// The container's environment as the kubelet would set it.
+async fn resolve_env<'a>(
+    secrets: &Api<Secret>,
+    job: &str,
+    vars: impl Iterator<Item = &'a EnvVar>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for var in vars {
+        let value = if let Some(value) = &var.value {
+            value.clone()
+        } else {
+            let from = var.value_from.as_ref().expect("value or valueFrom");
+            if let Some(key) = &from.secret_key_ref {
+                let secret = secrets
+                    .get(&key.name)
+                    .await
+                    .unwrap_or_else(|e| panic!("Secret {} of {job}: {e}", key.name));
+                secret_value(&secret, &key.key)
+            } else {
+                let field = from.field_ref.as_ref().expect("a field reference");
+                assert_eq!(
+                    field.field_path, "metadata.labels['batch.kubernetes.io/job-name']",
+                    "only the Job-name label can be played here"
+                );
+                job.to_owned()
+            }
+        };
+        out.insert(var.name.clone(), value);
+    }
+    out
+}
+
+async fn apply(env: &Env, name: &str, spec: Value) {
+    let body = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+        "metadata": {"name": name}, "spec": spec});
+    env.api::<ServiceDatabase>()
+        .patch(
+            name,
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("ServiceDatabase");
+}
+
+fn redis_conn_info(port: u16, user: &str, password: &str) -> redis::ConnectionInfo {
+    use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
+    ConnectionAddr::Tcp("127.0.0.1".to_owned(), port)
+        .into_connection_info()
+        .expect("info")
+        .set_redis_settings(
+            RedisConnectionInfo::default()
+                .set_username(user)
+                .set_password(password),
+        )
+}
+
+async fn redis_as(port: u16, secret: &Secret) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis_conn_info(
+        port,
+        &secret_value(secret, "username"),
+        &secret_value(secret, "password"),
+    ))
+    .expect("client")
+    .get_multiplexed_async_connection()
+    .await
+    .expect("the service's login")
+}
+
+#[tokio::test]
+async fn shared_databases_are_backed_up_and_restored_by_their_jobs_run_for_real() {
+    let env = Env::new("agent-jobs").await;
+    let pg = Postgres::start_new();
+    let cache = Redis::start_new();
+    let s3 = S3::start();
+    s3.create_bucket("backups");
+    let same = json!({"from": "Same"});
+    server(&env, "pg", &pg, same.clone()).await;
+    server_of(
+        &env,
+        "cache",
+        "Redis",
+        cache.port,
+        &cache.admin_user,
+        &cache.admin_password,
+        same,
+    )
+    .await;
+    let creds = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"},
+        "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}});
+    env.api::<Secret>()
+        .patch(
+            "s3-creds",
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&creds),
+        )
+        .await
+        .expect("S3 credentials");
+    let backup = json!({"schedule": "@daily", "destination": {"s3": {"bucket": "backups",
+        "endpoint": s3.endpoint, "region": "us-east-1", "credentialsSecret": "s3-creds"}}});
+    let on = |engine: &str, server: &str, app: &str| {
+        json!({"engine": engine, "isolation": "Database", "serverRef": {"name": server},
+            "owner": {"podSelector": {"matchLabels": {"app": app}}}, "deletionPolicy": "Delete"})
+    };
+    let mut orders = on("Postgres", "pg", "orders");
+    orders["backup"] = backup.clone();
+    let mut cart = on("Redis", "cache", "cart");
+    cart["backup"] = backup;
+    apply(&env, "orders", orders).await;
+    apply(&env, "cart", cart).await;
+    let sdbs: Api<ServiceDatabase> = env.api();
+    wait_phase(&sdbs, "orders", Phase::Ready).await;
+    wait_phase(&sdbs, "cart", Phase::Ready).await;
+    let secrets: Api<Secret> = env.api();
+
+    // Data, written with the services' own logins.
+    let orders_secret = secrets.get("orders-db").await.expect("orders-db");
+    let pg_as = |secret: &Secret| {
+        let (user, password, database) = (
+            secret_value(secret, "username"),
+            secret_value(secret, "password"),
+            secret_value(secret, "database"),
+        );
+        let port = pg.port;
+        async move {
+            connect(port, &user, &password, &database)
+                .await
+                .expect("the service's login")
+        }
+    };
+    pg_as(&orders_secret)
+        .await
+        .batch_execute(
+            "CREATE TABLE orders (id int PRIMARY KEY, item text);
+             INSERT INTO orders SELECT i, 'item ' || i FROM generate_series(1, 500) i;",
+        )
+        .await
+        .expect("orders data");
+    let cart_secret = secrets.get("cart-db").await.expect("cart-db");
+    let cart_prefix = secret_value(&cart_secret, "keyPrefix");
+    let mut cart_conn = redis_as(cache.port, &cart_secret).await;
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("{cart_prefix}line:{i}"))
+            .arg(format!("sku-{i}"))
+            .query_async(&mut cart_conn)
+            .await
+            .expect("cart data");
+    }
+
+    // Backups by hand: the operator makes each Job; the agent runs it.
+    for database in ["orders", "cart"] {
+        let backup = format!("{database}-1");
+        manual_backup(&env, &backup, database).await;
+        let (code, message) = run_job(&env, &format!("{backup}-backup")).await;
+        assert_eq!(code, 0, "{backup}: {message}");
+        let done = wait_backup(&env, &backup, BackupPhase::Completed).await;
+        let status = done.status.expect("status");
+        assert!(status.size_bytes.unwrap_or_default() > 0, "{status:?}");
+        assert!(
+            status
+                .checksum
+                .as_deref()
+                .is_some_and(|c| c.starts_with("sha256:")),
+            "{status:?}"
+        );
+        let location = status.location.expect("location");
+        let stored = location
+            .strip_prefix("s3://backups/")
+            .expect("an S3 location");
+        assert!(
+            s3.bucket_dir("backups")
+                .join(stored)
+                .join("manifest.json")
+                .is_file(),
+            "the archive and its manifest are in the bucket at {location}"
+        );
+    }
+
+    // New databases from those backups, on the same servers.
+    let mut orders_copy = on("Postgres", "pg", "orders");
+    orders_copy["bootstrap"] = json!({"fromBackup": {"name": "orders-1"}});
+    let mut cart_copy = on("Redis", "cache", "cart");
+    cart_copy["bootstrap"] = json!({"fromBackup": {"name": "cart-1"}});
+    apply(&env, "orders-copy", orders_copy).await;
+    apply(&env, "cart-copy", cart_copy).await;
+    for database in ["orders-copy", "cart-copy"] {
+        let (code, message) = run_job(&env, &format!("{database}-db-restore")).await;
+        assert_eq!(code, 0, "{database}: {message}");
+        wait_phase(&sdbs, database, Phase::Ready).await;
+    }
+
+    let copy = secrets.get("orders-copy-db").await.expect("orders-copy-db");
+    let rows: Vec<(i32, String)> = pg_as(&copy)
+        .await
+        .query("SELECT id, item FROM orders ORDER BY id", &[])
+        .await
+        .expect("the restored table, read by the new service")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows.len(), 500);
+    assert_eq!(rows[41], (42, "item 42".to_owned()));
+
+    let copy = secrets.get("cart-copy-db").await.expect("cart-copy-db");
+    let copy_prefix = secret_value(&copy, "keyPrefix");
+    assert_ne!(copy_prefix, cart_prefix);
+    let mut copy_conn = redis_as(cache.port, &copy).await;
+    for i in [0, 49] {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(format!("{copy_prefix}line:{i}"))
+            .query_async(&mut copy_conn)
+            .await
+            .expect("GET");
+        assert_eq!(value.as_deref(), Some(format!("sku-{i}").as_str()));
+    }
+    // The restore's RESTORE permission is gone once it completed.
+    wait_for(
+        "RESTORE to be withdrawn",
+        Duration::from_secs(30),
+        || async {
+            let mut conn = redis_as(cache.port, &copy).await;
+            let refused: redis::RedisResult<()> = redis::cmd("RESTORE")
+                .arg(format!("{copy_prefix}x"))
+                .arg(0)
+                .arg("not a payload")
+                .query_async(&mut conn)
+                .await;
+            refused
+                .err()
+                .filter(|e| e.to_string().contains("no permissions"))
+                .map(drop)
+        },
+    )
+    .await;
+}

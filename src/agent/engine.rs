@@ -45,6 +45,10 @@ pub struct DatabaseArgs {
     /// prefix, such as `cart:` for a service on a shared server.
     #[arg(long, env = "SERVICEDB_KEY_PREFIX")]
     pub key_prefix: Option<String>,
+    /// PostgreSQL: back up (and count) only this schema: a service with
+    /// `isolation: Schema` owns one schema of a database it shares.
+    #[arg(long, env = "SERVICEDB_SCHEMA")]
+    pub schema: Option<String>,
     /// MongoDB: the database the user is defined in; default: --database.
     #[arg(long, env = "SERVICEDB_AUTH_DATABASE")]
     pub auth_database: Option<String>,

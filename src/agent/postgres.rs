@@ -48,6 +48,8 @@ pub struct Postgres {
     username: String,
     password: Secret,
     bin_dir: Option<PathBuf>,
+    /// `--schema`: the one schema this service owns in a shared database.
+    schema: Option<String>,
     /// libpq's TLS settings for pg_dump and pg_restore.
     ssl_env: Vec<(&'static str, String)>,
     client: tokio_postgres::Client,
@@ -190,6 +192,7 @@ impl Postgres {
             username,
             password,
             bin_dir: args.pg_bin_dir.clone(),
+            schema: args.schema.clone().filter(|s| !s.is_empty()),
             ssl_env,
             client,
             server_version,
@@ -229,10 +232,12 @@ impl Postgres {
     pub async fn dump(&self, sink: &mut (dyn AsyncWrite + Unpin + Send)) -> anyhow::Result<u64> {
         let tables = self.tables().await?.len() as u64;
         let mut command = self.command("pg_dump")?;
-        command
-            .args(["--format=custom", "--compress=0", "--no-password"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
+        command.args(["--format=custom", "--compress=0", "--no-password"]);
+        if let Some(schema) = &self.schema {
+            // Quoted: an exact name, not a pattern.
+            command.arg(format!("--schema=\"{}\"", schema.replace('"', "\"\"")));
+        }
+        command.stdin(Stdio::null()).stdout(Stdio::piped());
         let mut child = command.spawn().context("starting pg_dump")?;
         let stderr = collect_stderr(&mut child);
         let stdout = child.stdout.take().context("pg_dump's stdout")?;
@@ -314,8 +319,9 @@ impl Postgres {
                    AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
                    AND n.nspname NOT LIKE 'pg\\_toast%' \
                    AND n.nspname NOT LIKE 'pg\\_temp%' \
+                 AND ($1::text IS NULL OR n.nspname = $1) \
                  ORDER BY 1, 2",
-                &[],
+                &[&self.schema],
             )
             .await
             .map_err(|e| anyhow::anyhow!("listing tables: {}", describe(&e)))?;

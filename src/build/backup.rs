@@ -337,6 +337,11 @@ fn connection_args(db: &ValidatedDatabase, database: &str) -> Vec<String> {
             args.extend(["--auth-database".into(), "admin".into()]);
         }
     }
+    if let Some(schema) = &db.schema {
+        // The service's one schema of the shared database: the others are
+        // closed to its login.
+        args.extend(["--schema".into(), schema.clone()]);
+    }
     if let Some(tls) = db.server.as_ref().map(|s| &s.tls).filter(|t| t.enabled()) {
         let mode = match tls.mode {
             TlsMode::VerifyFull => "verify-full",

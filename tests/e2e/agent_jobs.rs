@@ -255,12 +255,22 @@ async fn shared_databases_are_backed_up_and_restored_by_their_jobs_run_for_real(
     let mut orders = on("Postgres", "pg", "orders");
     orders["backup"] = backup.clone();
     let mut cart = on("Redis", "cache", "cart");
-    cart["backup"] = backup;
+    cart["backup"] = backup.clone();
+    // A schema of its own in the server's shared database: its backup holds
+    // that schema only (the other services' schemas are closed to it).
+    let mut invoices = on("Postgres", "pg", "invoices");
+    invoices["isolation"] = "Schema".into();
+    invoices["backup"] = backup;
     apply(&env, "orders", orders).await;
     apply(&env, "cart", cart).await;
+    apply(&env, "invoices", invoices).await;
+    let mut payments = on("Postgres", "pg", "payments");
+    payments["isolation"] = "Schema".into();
+    apply(&env, "payments", payments).await;
     let sdbs: Api<ServiceDatabase> = env.api();
-    wait_phase(&sdbs, "orders", Phase::Ready).await;
-    wait_phase(&sdbs, "cart", Phase::Ready).await;
+    for database in ["orders", "cart", "invoices", "payments"] {
+        wait_phase(&sdbs, database, Phase::Ready).await;
+    }
     let secrets: Api<Secret> = env.api();
 
     // Data, written with the services' own logins.
@@ -286,6 +296,21 @@ async fn shared_databases_are_backed_up_and_restored_by_their_jobs_run_for_real(
         )
         .await
         .expect("orders data");
+    let invoices_secret = secrets.get("invoices-db").await.expect("invoices-db");
+    pg_as(&invoices_secret)
+        .await
+        .batch_execute(
+            "CREATE TABLE invoices (id int PRIMARY KEY, total numeric);
+             INSERT INTO invoices SELECT i, i * 1.5 FROM generate_series(1, 30) i;",
+        )
+        .await
+        .expect("invoices data");
+    let payments_secret = secrets.get("payments-db").await.expect("payments-db");
+    pg_as(&payments_secret)
+        .await
+        .batch_execute("CREATE TABLE cards (number text); INSERT INTO cards VALUES ('4111');")
+        .await
+        .expect("payments data");
     let cart_secret = secrets.get("cart-db").await.expect("cart-db");
     let cart_prefix = secret_value(&cart_secret, "keyPrefix");
     let mut cart_conn = redis_as(cache.port, &cart_secret).await;
@@ -299,7 +324,7 @@ async fn shared_databases_are_backed_up_and_restored_by_their_jobs_run_for_real(
     }
 
     // Backups by hand: the operator makes each Job; the agent runs it.
-    for database in ["orders", "cart"] {
+    for database in ["orders", "cart", "invoices"] {
         let backup = format!("{database}-1");
         manual_backup(&env, &backup, database).await;
         let (code, message) = run_job(&env, &format!("{backup}-backup")).await;
@@ -326,6 +351,84 @@ async fn shared_databases_are_backed_up_and_restored_by_their_jobs_run_for_real(
             "the archive and its manifest are in the bucket at {location}"
         );
     }
+
+    // The schema's backup holds its own schema only: restored by the
+    // agent into an empty database, it brings back the invoices and no other
+    // service's table.
+    let admin = connect(pg.port, &pg.admin_user, &pg.admin_password, "postgres")
+        .await
+        .expect("admin");
+    admin
+        .batch_execute("CREATE DATABASE invoices_check")
+        .await
+        .expect("scratch database");
+    let location = wait_backup(&env, "invoices-1", BackupPhase::Completed)
+        .await
+        .status
+        .and_then(|s| s.location)
+        .expect("location");
+    let mut agent_env = vec![
+        ("AWS_ACCESS_KEY_ID".to_owned(), s3.access_key.clone()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), s3.secret_key.clone()),
+        ("SERVICEDB_PASSWORD".to_owned(), pg.admin_password.clone()),
+    ];
+    agent_env.push(("PATH".to_owned(), std::env::var("PATH").unwrap_or_default()));
+    let restored = tokio::process::Command::new(env!("CARGO_BIN_EXE_servicedb"))
+        .args([
+            "agent",
+            "restore",
+            "--engine",
+            "postgres",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &pg.port.to_string(),
+            "--username",
+            &pg.admin_user,
+            "--database",
+            "invoices_check",
+            "--from",
+            &location,
+            "--s3-endpoint",
+            &s3.endpoint,
+        ])
+        .env_clear()
+        .envs(agent_env)
+        .output()
+        .await
+        .expect("agent restore");
+    assert!(
+        restored.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    let check = connect(
+        pg.port,
+        &pg.admin_user,
+        &pg.admin_password,
+        "invoices_check",
+    )
+    .await
+    .expect("check database");
+    let tables: Vec<String> = check
+        .query(
+            "SELECT schemaname || '.' || tablename FROM pg_tables \
+             WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await
+        .expect("tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let schema = secret_value(&invoices_secret, "schema");
+    assert_eq!(tables, [format!("{schema}.invoices")]);
+    let n: i64 = check
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".invoices"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 30);
 
     // New databases from those backups, on the same servers.
     let mut orders_copy = on("Postgres", "pg", "orders");

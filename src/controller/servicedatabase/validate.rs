@@ -277,6 +277,18 @@ pub fn validate(
             ),
         ));
     }
+    if spec.isolation == Isolation::Schema
+        && spec
+            .bootstrap
+            .as_ref()
+            .is_some_and(|b| b.from_backup.is_some())
+    {
+        return Err(Invalid::new(
+            "spec.bootstrap.fromBackup",
+            "Unsupported",
+            "a backup cannot be restored into isolation Schema: pg_restore recreates a schema under the name it was dumped with, not this service's; restore into isolation Database or a Dedicated instance",
+        ));
+    }
     let backup = match &spec.backup {
         Some(backup) => {
             check_cron("spec.backup.schedule", &backup.schedule)?;
@@ -629,6 +641,37 @@ mod tests {
         assert!(
             validate(&sdb, &class, Some(&server)).is_ok(),
             "the agent reaches servers over TLS too"
+        );
+    }
+
+    #[test]
+    fn a_schema_takes_backups_but_no_restore() {
+        use crate::controller::servicedatabase::dereference::ServerFacts;
+        let mut class: DatabaseClass = fixture("class-postgres.yaml");
+        class.spec.allowed_isolations = None;
+        let server = ServerFacts {
+            name: "shared".into(),
+            namespace: "shop".into(),
+            engine: Engine::Postgres,
+            host: "db".into(),
+            port: 5432,
+            admin_username: "admin".into(),
+            admin_password: "pw".into(),
+            schema_database: "servicedb".into(),
+            tls: Default::default(),
+        };
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        edit(
+            &mut sdb,
+            "{isolation: Schema, serverRef: {name: shared}, backup: {schedule: '@daily', destination: {volume: {claimName: b}}}}",
+        );
+        let db = validate(&sdb, &class, Some(&server)).expect("backups of a schema");
+        assert!(db.schema.is_some() && db.backup.is_some());
+        edit(&mut sdb, "{bootstrap: {fromBackup: {name: b1}}}");
+        let err = validate(&sdb, &class, Some(&server)).unwrap_err();
+        assert_eq!(
+            (err.field, err.reason),
+            ("spec.bootstrap.fromBackup", "Unsupported")
         );
     }
 

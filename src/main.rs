@@ -36,10 +36,14 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Operator(args) => runtime()?.block_on(servicedb::run::run(args)),
         Command::Crd => {
+            // Written, not print!ed: a closed pipe (`| head`) is an error,
+            // not a panic.
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
             for crd in servicedb::api::crds() {
-                print!("---\n{}", serde_yaml::to_string(&crd)?);
+                write!(out, "---\n{}", serde_yaml::to_string(&crd)?).context("writing the CRDs")?;
             }
-            Ok(())
+            out.flush().context("writing the CRDs")
         }
         Command::Instance(args) => {
             servicedb::operator::init(servicedb::operator::LogFormat::Json)?;

@@ -17,7 +17,7 @@ mod harness {
     pub use crate::common::free_port;
 }
 
-use agent_common::{FerretDb, Run, S3, agent, files_under, verify_full};
+use agent_common::{FerretDb, Run, S3, agent, agent_endpoint, files_under};
 use futures::TryStreamExt;
 use mongodb::bson::{Binary, Bson, DateTime, Document, doc, oid::ObjectId, spec::BinarySubtype};
 use mongodb::options::IndexOptions;
@@ -50,10 +50,7 @@ impl Fixture {
     fn with(ferret: FerretDb) -> Fixture {
         let s3 = S3::start();
         s3.create_bucket("backups");
-        let (agent_port, tls_args) = match (&ferret.tls, ferret.tls_port) {
-            (Some(ca), Some(port)) => (port, verify_full(ca)),
-            _ => (ferret.port, vec![]),
-        };
+        let (agent_port, tls_args) = agent_endpoint(ferret.port, &ferret.tls, ferret.tls_port);
         Fixture {
             ferret,
             s3,

@@ -16,7 +16,7 @@ mod harness {
 use std::collections::BTreeMap;
 
 use agent_common::servers::Redis;
-use agent_common::{Run, S3, agent, files_under, random, verify_full};
+use agent_common::{Run, S3, agent, agent_endpoint, files_under, random};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncCommands, ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
 use servicedb::engine::logins::{Login, Logins};
@@ -47,10 +47,7 @@ impl Fixture {
     fn with(redis: Redis) -> Fixture {
         let s3 = S3::start();
         s3.create_bucket("backups");
-        let (agent_port, tls_args) = match (&redis.tls, redis.tls_port) {
-            (Some(ca), Some(port)) => (port, verify_full(ca)),
-            _ => (redis.port, vec![]),
-        };
+        let (agent_port, tls_args) = agent_endpoint(redis.port, &redis.tls, redis.tls_port);
         Fixture {
             redis,
             s3,
@@ -60,32 +57,21 @@ impl Fixture {
         }
     }
 
+    /// A connection as the administrator to logical database `db`.
     async fn conn(&self, db: i64) -> MultiplexedConnection {
-        let info = ConnectionAddr::Tcp("127.0.0.1".to_owned(), self.redis.port)
-            .into_connection_info()
-            .expect("info")
-            .set_redis_settings(
-                RedisConnectionInfo::default()
-                    .set_username(&self.redis.admin_user)
-                    .set_password(&self.redis.admin_password)
-                    .set_db(db),
-            );
-        redis::Client::open(info)
-            .expect("client")
-            .get_multiplexed_async_connection()
+        self.conn_as(&self.redis.admin_user, &self.redis.admin_password, db)
             .await
-            .expect("connect")
     }
 
-    /// A connection as `user` (database 0).
-    async fn conn_as(&self, user: &str, password: &str) -> MultiplexedConnection {
+    async fn conn_as(&self, user: &str, password: &str, db: i64) -> MultiplexedConnection {
         let info = ConnectionAddr::Tcp("127.0.0.1".to_owned(), self.redis.port)
             .into_connection_info()
             .expect("info")
             .set_redis_settings(
                 RedisConnectionInfo::default()
                     .set_username(user)
-                    .set_password(password),
+                    .set_password(password)
+                    .set_db(db),
             );
         redis::Client::open(info)
             .expect("client")
@@ -562,7 +548,7 @@ async fn the_services_own_login_backs_up_its_prefix_and_restores_only_while_gran
     service("restore", &["--from", "s3://backups/svc/cart-1"]).json();
     same_keys(&before, &keys(&mut admin, "cart:*").await);
     // Still only its own keys: RESTORE of another prefix is refused.
-    let mut own = f.conn_as("cart", &password).await;
+    let mut own = f.conn_as("cart", &password, 0).await;
     let payload: Vec<u8> = redis::cmd("DUMP")
         .arg("cart:plain")
         .query_async(&mut own)

@@ -494,15 +494,9 @@ fn a_database_on_a_shared_server_is_only_a_secret_pointing_at_the_server() {
         namespace: Some("platform".into()),
     });
     let server = ServerFacts {
-        name: "shared".into(),
         namespace: "platform".into(),
-        engine: crate::api::Engine::Postgres,
-        host: "pg.example.com".into(),
         port: 6432,
-        admin_username: "admin".into(),
-        admin_password: "admin-secret".into(),
-        schema_database: "servicedb".into(),
-        tls: Default::default(),
+        ..ServerFacts::example()
     };
     let db = validate(&sdb, &class, Some(&server)).unwrap();
     assert_eq!(
@@ -546,18 +540,11 @@ fn a_server_reached_over_tls_gives_its_ca_to_the_service_and_to_the_backup_agent
     sdb.spec = serde_json::from_value(spec).unwrap();
     let ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
     let server = ServerFacts {
-        name: "shared".into(),
-        namespace: "shop".into(),
-        engine: crate::api::Engine::Postgres,
-        host: "pg.example.com".into(),
-        port: 5432,
-        admin_username: "admin".into(),
-        admin_password: "admin-secret".into(),
-        schema_database: "servicedb".into(),
         tls: TlsSettings {
             mode: TlsMode::VerifyFull,
             ca_pem: Some(ca.into()),
         },
+        ..ServerFacts::example()
     };
     let db = validate(&sdb, &class, Some(&server)).expect("backups over TLS are accepted");
     let creds = Credentials::single(&db, "unused", "pw");

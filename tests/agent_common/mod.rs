@@ -22,6 +22,20 @@ use s3::{cache_dir, wait_for_port};
 #[allow(dead_code)] // each test crate uses a subset of these helpers
 const FERRETDB_VERSION: &str = "v1.24.2";
 
+/// Where the agent reaches a server that also listens for TLS: its TLS
+/// port with `--tls verify-full` when it has one, else the plain port.
+#[allow(dead_code)] // each test crate uses a subset of these helpers
+pub fn agent_endpoint(
+    port: u16,
+    tls: &Option<servers::TestCa>,
+    tls_port: Option<u16>,
+) -> (u16, Vec<String>) {
+    match (tls, tls_port) {
+        (Some(ca), Some(tls_port)) => (tls_port, verify_full(ca)),
+        _ => (port, vec![]),
+    }
+}
+
 /// The agent's flags for a server whose certificate `ca` signed.
 #[allow(dead_code)] // each test crate uses a subset of these helpers
 pub fn verify_full(ca: &servers::TestCa) -> Vec<String> {

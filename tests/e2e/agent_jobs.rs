@@ -193,26 +193,13 @@ async fn apply(env: &Env, name: &str, spec: Value) {
         .expect("ServiceDatabase");
 }
 
-fn redis_conn_info(port: u16, user: &str, password: &str) -> redis::ConnectionInfo {
-    use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
-    ConnectionAddr::Tcp("127.0.0.1".to_owned(), port)
-        .into_connection_info()
-        .expect("info")
-        .set_redis_settings(
-            RedisConnectionInfo::default()
-                .set_username(user)
-                .set_password(password),
-        )
-}
-
+/// The service's own Redis login, from its credentials Secret.
 async fn redis_as(port: u16, secret: &Secret) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(redis_conn_info(
+    crate::shared::redis_as(
         port,
         &secret_value(secret, "username"),
         &secret_value(secret, "password"),
-    ))
-    .expect("client")
-    .get_multiplexed_async_connection()
+    )
     .await
     .expect("the service's login")
 }

@@ -43,6 +43,25 @@ pub struct ServerFacts {
     pub tls: crate::engine::tls::TlsSettings,
 }
 
+#[cfg(test)]
+impl ServerFacts {
+    /// A shared PostgreSQL server `shop/shared` at `pg.example.com:5432`,
+    /// administrator password `admin-secret`, plain TCP.
+    pub fn example() -> ServerFacts {
+        ServerFacts {
+            name: "shared".into(),
+            namespace: "shop".into(),
+            engine: crate::api::Engine::Postgres,
+            host: "pg.example.com".into(),
+            port: 5432,
+            admin_username: "admin".into(),
+            admin_password: "admin-secret".into(),
+            schema_database: DEFAULT_SCHEMA_DATABASE.into(),
+            tls: Default::default(),
+        }
+    }
+}
+
 impl std::fmt::Debug for ServerFacts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerFacts")

@@ -256,14 +256,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         // Every login must work (and a retired one must not) before the
         // Secret says so. Until a requested restore completed, the login
         // the restore Job uses may load its keys (Redis: RESTORE).
-        let restoring = db.restore_from.is_some()
-            && crate::api::conditions::is_true(
-                sdb.status
-                    .as_ref()
-                    .map(|s| s.conditions.as_slice())
-                    .unwrap_or_default(),
-                crate::api::conditions::types::RESTORED,
-            ) != Some(true);
+        let restoring = db.restore_from.is_some() && !restore::restored(sdb);
         if let Err(e) = provision::ensure(&db, server, &plan.logins, restoring).await {
             let outcome = status::Outcome::ServerUnavailable {
                 db: &db,

@@ -46,6 +46,16 @@ pub enum Restore {
     Failed { backup: String, message: String },
 }
 
+/// Whether the status records the restore as done (`Restored=True`).
+pub fn restored(sdb: &ServiceDatabase) -> bool {
+    let conditions = sdb
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    is_true(conditions, types::RESTORED) == Some(true)
+}
+
 pub async fn ensure(
     client: &Client,
     sdb: &ServiceDatabase,
@@ -57,12 +67,7 @@ pub async fn ensure(
     let Some(backup) = db.restore_from.clone() else {
         return Ok(Restore::NotRequested);
     };
-    let conditions = sdb
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    if is_true(conditions, types::RESTORED) == Some(true) {
+    if restored(sdb) {
         return Ok(Restore::Completed { backup });
     }
     let jobs: Api<Job> = Api::namespaced(client.clone(), &db.namespace);

@@ -608,17 +608,7 @@ mod tests {
         use crate::controller::servicedatabase::dereference::ServerFacts;
         let mut class: DatabaseClass = fixture("class-postgres.yaml");
         class.spec.allowed_isolations = None;
-        let mut server = ServerFacts {
-            name: "shared".into(),
-            namespace: "shop".into(),
-            engine: Engine::Postgres,
-            host: "db".into(),
-            port: 5432,
-            admin_username: "admin".into(),
-            admin_password: "pw".into(),
-            schema_database: "servicedb".into(),
-            tls: Default::default(),
-        };
+        let mut server = ServerFacts::example();
         let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
         edit(
             &mut sdb,
@@ -649,17 +639,7 @@ mod tests {
         use crate::controller::servicedatabase::dereference::ServerFacts;
         let mut class: DatabaseClass = fixture("class-postgres.yaml");
         class.spec.allowed_isolations = None;
-        let server = ServerFacts {
-            name: "shared".into(),
-            namespace: "shop".into(),
-            engine: Engine::Postgres,
-            host: "db".into(),
-            port: 5432,
-            admin_username: "admin".into(),
-            admin_password: "pw".into(),
-            schema_database: "servicedb".into(),
-            tls: Default::default(),
-        };
+        let server = ServerFacts::example();
         let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
         edit(
             &mut sdb,

@@ -99,9 +99,19 @@ async fn a_resync_writes_nothing_and_credentials_survive_an_operator_restart() {
     get_when(&sts, "payments-db").await;
     set_ready_replicas(&sts, "payments-db", 1).await;
     wait_phase(&sdbs, "payments", Phase::Ready).await;
-    // Let the reconciles triggered by our own writes settle.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = child_versions(&env, "payments").await;
+    // Let the reconciles triggered by our own writes settle: the versions
+    // are taken once two reads 2 s apart agree.
+    let before = wait_for(
+        "the children to settle",
+        Duration::from_secs(30),
+        || async {
+            let first = child_versions(&env, "payments").await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let second = child_versions(&env, "payments").await;
+            (first == second).then_some(second)
+        },
+    )
+    .await;
     let password = secret_value(
         &secrets.get("payments-db").await.expect("secret"),
         "password",

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
 
 use crate::build::OperatorFacts;
 use crate::operator::Metrics;
@@ -22,6 +23,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub backoff: servicedatabase::Backoff,
+    /// The ServiceDatabase controller's cache, once it started: which
+    /// ServiceDatabase holds a name on a shared server is decided from it.
+    pub service_databases: std::sync::OnceLock<Store<crate::api::ServiceDatabase>>,
 }
 
 impl Context {
@@ -41,6 +45,7 @@ impl Context {
             facts,
             metrics,
             backoff: Default::default(),
+            service_databases: std::sync::OnceLock::new(),
         }
     }
 }

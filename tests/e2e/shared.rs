@@ -312,6 +312,130 @@ async fn services_of_two_namespaces_share_a_server_each_with_a_private_database(
     }
 }
 
+/// `<ns>-x/orders` and `<ns>/x-orders` both give the login and database
+/// `<ns>_x_orders`: the second must never get the first one's login, and
+/// deleting it must not drop the first one's data.
+#[tokio::test]
+async fn a_service_whose_name_meets_another_on_the_server_gets_nothing_of_it() {
+    let env = Env::new("claim").await;
+    let pg = Postgres::start_new();
+    server(&env, "pg", &pg, json!({"from": "All"})).await;
+    let other_ns = format!("{}-x", env.ns);
+    ensure_namespace(&env.client, &other_ns).await;
+    let first: Api<ServiceDatabase> = Api::namespaced(env.client.clone(), &other_ns);
+    let here: Api<ServiceDatabase> = env.api();
+
+    place(&env.client, &other_ns, "orders", "pg", &env.ns, "Delete").await;
+    wait_phase(&first, "orders", Phase::Ready).await;
+    let secret = get_when(
+        &Api::<Secret>::namespaced(env.client.clone(), &other_ns),
+        "orders-db",
+    )
+    .await;
+    let (user, password, database) = (
+        secret_value(&secret, "username"),
+        secret_value(&secret, "password"),
+        secret_value(&secret, "database"),
+    );
+    connect(pg.port, &user, &password, &database)
+        .await
+        .expect("the holder logs in")
+        .batch_execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (1)")
+        .await
+        .expect("writes");
+
+    // The newcomer is refused, naming the holder; it gets no Secret, and
+    // the holder's password is not changed.
+    place(&env.client, &env.ns, "x-orders", "pg", &env.ns, "Delete").await;
+    let refused = wait_phase(&here, "x-orders", Phase::Failed).await;
+    let cond = refused
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "SpecValid")
+        .expect("SpecValid");
+    assert_eq!(cond.reason, "NameConflict", "{}", cond.message);
+    assert!(
+        cond.message.contains(&format!("{other_ns}/orders")) && cond.message.contains(&user),
+        "{}",
+        cond.message
+    );
+    assert!(get_opt_secret(&env, "x-orders-db").await.is_none());
+    wait_for(
+        "a Warning Event naming the conflict",
+        Duration::from_secs(30),
+        || async {
+            let events = env
+                .api::<k8s_openapi::api::core::v1::Event>()
+                .list(&Default::default())
+                .await
+                .ok()?;
+            events
+                .items
+                .into_iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("NameConflict")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Deleting the newcomer (deletionPolicy Delete) drops nothing of the holder.
+    here.delete("x-orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(
+        "the newcomer to be gone",
+        Duration::from_secs(30),
+        || async { here.get_opt("x-orders").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    let n: i64 = connect(pg.port, &user, &password, &database)
+        .await
+        .expect("the holder still logs in with its password")
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("the holder's table is still there")
+        .get(0);
+    assert_eq!(n, 1);
+
+    // Once the holder is gone, a waiting newcomer takes the name by itself,
+    // with a fresh database and its own password.
+    place(&env.client, &env.ns, "x-orders", "pg", &env.ns, "Delete").await;
+    wait_phase(&here, "x-orders", Phase::Failed).await;
+    first
+        .delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete the holder");
+    wait_phase(&here, "x-orders", Phase::Ready).await;
+    let secret = get_when(&env.api::<Secret>(), "x-orders-db").await;
+    let (user_2, password_2) = (
+        secret_value(&secret, "username"),
+        secret_value(&secret, "password"),
+    );
+    assert_eq!(user_2, user, "the same name, now the newcomer's");
+    assert_ne!(password_2, password);
+    let fresh = connect(pg.port, &user_2, &password_2, &database)
+        .await
+        .expect("the newcomer logs in");
+    let left: i64 = fresh
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'orders'",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "the holder's data went with the holder");
+    assert!(
+        connect(pg.port, &user, &password, &database).await.is_err(),
+        "the holder's old password no longer works"
+    );
+}
+
 pub(crate) async fn redis_as(
     port: u16,
     user: &str,

@@ -2,7 +2,9 @@
 //!
 //! 1. [`dereference`] — class, existing Secrets, StatefulSet readiness;
 //! 2. [`validate`] — spec + class → [`validate::ValidatedDatabase`] (pure);
-//!    then [`backups`] — scheduled runs recorded, retention, backup health;
+//!    on a shared server, [`claim`] — no other ServiceDatabase holds its
+//!    login name; then [`backups`] — scheduled runs recorded, retention,
+//!    backup health;
 //! 3. build — [`crate::build::children`] (pure);
 //! 4. [`apply`] — server-side apply of what changed, prune what is gone;
 //!    then [`restore`] — the one restore of `spec.bootstrap.fromBackup`;
@@ -13,6 +15,7 @@
 
 pub mod apply;
 pub mod backups;
+pub mod claim;
 pub mod dereference;
 pub mod final_backup;
 pub mod provision;
@@ -227,6 +230,23 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         Ok(db) => db,
         Err(e) => return invalid(e).await,
     };
+    if let Some(server) = &db.server
+        && let Some(holder) = claim::holder(sdb, ctx).await
+    {
+        // Never touch a login or data that another ServiceDatabase holds;
+        // retried with backoff, and at once when the holder changes.
+        let e = Invalid {
+            field: "metadata.name",
+            reason: "NameConflict",
+            message: format!(
+                "on DatabaseServer {}/{} the login, database and key prefix {:?} made from this namespace and name are held by ServiceDatabase {holder}; rename this ServiceDatabase or place it on another server",
+                server.namespace, server.name, db.username
+            ),
+        };
+        let status = status::compute(sdb, &status::Outcome::Invalid(&e), now);
+        status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&e)).await?;
+        return Err(Error::Waiting(e));
+    }
     let Some(owner) = sdb.controller_owner_ref(&()) else {
         // Only an object without a name or uid has no owner reference; the
         // API server never hands one out.
@@ -371,6 +391,13 @@ async fn announce_rotation(sdb: &ServiceDatabase, plan: &rotation::Plan, ctx: &C
 async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> {
     let namespace = sdb.namespace().unwrap_or_default();
     let name = sdb.name_any();
+    if let Some(holder) = claim::holder(sdb, ctx).await {
+        // It never held anything on the server: nothing there is dropped or
+        // backed up, whatever its deletionPolicy.
+        tracing::info!(%holder, "the name on the shared server is another ServiceDatabase's; only this one's own objects go");
+        apply::cleanup::delete_all(&ctx.client, &namespace, &name).await?;
+        return Ok(Action::await_change());
+    }
     if sdb.spec.server_ref.is_some() && sdb.spec.deletion_policy == DeletionPolicy::Delete {
         drop_on_server(sdb, ctx).await?;
     }
@@ -477,6 +504,12 @@ pub async fn run(
     );
     let store = controller.store();
     let restoring = controller.store();
+    let claims = controller.store();
+    if ctx.service_databases.set(controller.store()).is_err() {
+        tracing::warn!(
+            "the ServiceDatabase controller started twice; name claims use the first cache"
+        );
+    }
     let agent_jobs = watcher::Config::default().labels(&format!(
         "{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT} in ({},{},{})",
         crate::build::backup::component::BACKUP,
@@ -526,6 +559,19 @@ pub async fn run(
                         .map(|s| ObjectRef::from_obj(s.as_ref())),
                 );
                 refs
+            },
+        )
+        // A name on a shared server changes hands when its holder goes (or
+        // moves): the other claimants look again at once.
+        .watches(
+            Api::<ServiceDatabase>::all(client.clone()),
+            watcher::Config::default().any_semantic(),
+            move |changed: ServiceDatabase| {
+                let all = claims.state();
+                claim::rivals(&changed, all.iter().map(AsRef::as_ref))
+                    .into_iter()
+                    .map(ObjectRef::from_obj)
+                    .collect::<Vec<_>>()
             },
         )
         .watches(

@@ -19,7 +19,10 @@ use std::path::Path;
 
 use agent_common::servers::Postgres;
 use agent_common::{Run, S3, agent, agent_command, files_under, random, verify_full};
-use servicedb::engine::postgres_users::{ServiceUser, ensure_service_database, quote_ident};
+use servicedb::engine::postgres_users::{
+    ServiceUser, drop_scratch_database, ensure_scratch_database, ensure_service_database,
+    quote_ident, scratch_name,
+};
 use servicedb::engine::tls::{TlsMode, TlsSettings};
 use tokio_postgres::Client;
 
@@ -411,6 +414,92 @@ async fn backups_to_s3_and_a_directory_restore_identical_data() {
         .expect("count")
         .get(0);
     assert_eq!(left, 0, "the scratch database is dropped after the check");
+
+    // On a shared server the service's own login verifies, in the scratch
+    // database the operator keeps for it (`<login>-verify`, made by the
+    // operator's library): emptied before the restore and after the check.
+    let scratch = scratch_name(ROLE);
+    let verify_as_service = || {
+        let mut args = vec!["verify".to_owned()];
+        args.extend(f.db_args(&scratch));
+        args.extend(
+            [
+                "--from",
+                "s3://backups/shop/orders/orders-1",
+                "--s3-endpoint",
+                &f.s3.endpoint,
+            ]
+            .map(str::to_owned),
+        );
+        f.run(&args, &f.env())
+    };
+    let unmade = verify_as_service().error();
+    assert!(
+        unmade.contains("scratch database") && unmade.contains("permission denied"),
+        "the service's login may not make it: {unmade}"
+    );
+    let admin = f.admin().await;
+    assert!(
+        ensure_scratch_database(&admin, ROLE, &scratch)
+            .await
+            .expect("scratch database"),
+        "made"
+    );
+    assert!(
+        !ensure_scratch_database(&admin, ROLE, &scratch)
+            .await
+            .expect("scratch database"),
+        "a repeat changes nothing"
+    );
+    for _ in 0..2 {
+        let verified = verify_as_service().json();
+        assert_eq!(verified["checks"]["rows"], 500 + 20000 + 3);
+        assert_eq!(verified["checks"]["rowsPerTable"]["public.orders"], 20000);
+    }
+    assert_eq!(
+        table_count(&f.service(&scratch).await).await,
+        0,
+        "the scratch database is emptied after the check"
+    );
+    let own = snapshot(&f.service(DATABASE).await).await;
+    assert!(own == before, "the service's own database is untouched");
+    // Nobody else may enter it, and another role's database of that name is
+    // never taken over.
+    admin
+        .batch_execute("CREATE ROLE intruder LOGIN PASSWORD 'intruder-pw'")
+        .await
+        .expect("another role");
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(f.pg.port)
+        .user("intruder")
+        .password("intruder-pw")
+        .dbname(&scratch);
+    let refused = servicedb::engine::tls::postgres(&mut config, &f.tls)
+        .await
+        .err()
+        .expect("another role cannot connect to the scratch database");
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
+    let taken = ensure_scratch_database(&admin, "intruder", &scratch)
+        .await
+        .expect_err("not taken over");
+    assert!(taken.to_string().contains("belongs to role"), "{taken}");
+    assert!(
+        !drop_scratch_database(&admin, "intruder", &scratch)
+            .await
+            .expect("drop"),
+        "nor dropped for another role"
+    );
+    assert!(
+        drop_scratch_database(&admin, ROLE, &scratch)
+            .await
+            .expect("drop"),
+        "dropped for its owner"
+    );
 
     // Delete removes the objects; deleting what is gone succeeds.
     let deleted = f.delete("s3://backups/shop/orders/orders-1").json();

@@ -394,22 +394,23 @@ async fn restore(args: &RestoreArgs, password: Secret) -> anyhow::Result<(Manife
 }
 
 async fn verify(args: &RestoreArgs, password: Secret) -> anyhow::Result<Outcome> {
-    // A scratch database named `*_verify` (what the verify CronJob passes)
-    // is made afresh and dropped afterwards; any other must exist and be
-    // empty, and is left as it is: the agent never drops a database it was
-    // not told is scratch.
+    // A scratch database named `*_verify` or `*-verify` (what the verify
+    // CronJob passes) is emptied or made afresh, and emptied or dropped
+    // afterwards; any other must exist and be empty, and is left as it is:
+    // the agent never drops or empties a database it was not told is
+    // scratch.
     let postgres = args.database.engine == crate::instance::EngineKind::Postgres
         && args
             .database
             .database
             .as_deref()
-            .is_some_and(|d| d.ends_with("_verify"));
+            .is_some_and(|d| d.ends_with("_verify") || d.ends_with("-verify"));
     if postgres {
         postgres::scratch(&args.database, &password, true).await?;
     }
     let result = verify_into(args, password.clone()).await;
     if postgres && let Err(e) = postgres::scratch(&args.database, &password, false).await {
-        tracing::warn!(error = %e, "the scratch database could not be dropped");
+        tracing::warn!(error = %e, "the scratch database could not be emptied or dropped");
     }
     result
 }

@@ -102,10 +102,17 @@ impl Login {
     }
 }
 
-/// A verification's scratch database, made afresh (`create`) or dropped:
-/// an earlier run's restore never makes the next one fail. Needs a login
-/// that may create databases (the instance's administrator).
+/// A verification's scratch database, emptied before the restore and after
+/// the check, so that an earlier run's restore never makes the next one
+/// fail. A login that may create databases (a dedicated instance's
+/// administrator) drops it and, before the restore (`create`), makes it
+/// afresh. A login that may not (a service's own, on a shared server) finds
+/// the one the operator keeps for it, owned by the service, and drops
+/// everything the service owns inside it.
 pub async fn scratch(args: &DatabaseArgs, password: &Secret, create: bool) -> anyhow::Result<()> {
+    if empty_owned_scratch(args, password).await? {
+        return Ok(());
+    }
     let Login {
         host,
         port,
@@ -136,6 +143,43 @@ pub async fn scratch(args: &DatabaseArgs, password: &Secret, create: bool) -> an
             })?;
     }
     Ok(())
+}
+
+/// Empties the scratch database in place when the login may not create
+/// databases; `false` when it may (or the database is not there yet), and
+/// the scratch database is to be dropped and made instead.
+async fn empty_owned_scratch(args: &DatabaseArgs, password: &Secret) -> anyhow::Result<bool> {
+    let Login {
+        database,
+        mut config,
+        tls,
+        ..
+    } = Login::new(args, password, None)?;
+    // Not reachable as this login: either it does not exist yet (made below
+    // by a login that may) or the login may not enter it, which the
+    // drop-and-create path then reports.
+    let Ok(client) = crate::engine::tls::postgres(&mut config, &tls).await else {
+        return Ok(false);
+    };
+    let row = client
+        .query_one(
+            "SELECT rolsuper OR rolcreatedb FROM pg_roles WHERE rolname = session_user",
+            &[],
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the login's attributes: {}", describe(&e)))?;
+    let may_create: bool = row.try_get(0).context("reading the login's attributes")?;
+    if may_create {
+        return Ok(false);
+    }
+    // The service's logins act as its owner role, which owns everything a
+    // restore made here and nothing outside this database is touched:
+    // DROP OWNED works in the current database only.
+    client
+        .simple_query("DROP OWNED BY CURRENT_USER")
+        .await
+        .map_err(|e| anyhow::anyhow!("emptying scratch database {database:?}: {}", describe(&e)))?;
+    Ok(true)
 }
 
 impl Postgres {

@@ -301,18 +301,22 @@ fn backup_args(
     args
 }
 
-/// How the agent reaches the database. A dedicated instance is reached as
-/// its administrator (a restore must be able to recreate everything); a
-/// database on a shared server as the service's own login.
-/// Where a verification restores: `<database>_verify`, or for Redis the
-/// logical database 1 (the service's data lives in 0).
+/// Where a verification restores: `<database>_verify` on a dedicated
+/// instance (its administrator makes it afresh), the scratch database the
+/// operator keeps for the service on a shared PostgreSQL server
+/// (`<login>-verify`), or for Redis the logical database 1 (the service's
+/// data lives in 0).
 pub fn scratch_database(db: &ValidatedDatabase) -> String {
-    match db.engine {
-        crate::api::Engine::Redis => "1".into(),
+    match (db.engine, &db.server) {
+        (crate::api::Engine::Redis, _) => "1".into(),
+        (_, Some(_)) => crate::engine::postgres_users::scratch_name(&db.username),
         _ => format!("{}_verify", db.database),
     }
 }
 
+/// How the agent reaches the database. A dedicated instance is reached as
+/// its administrator (a restore must be able to recreate everything); a
+/// database on a shared server as the service's own login.
 /// On a shared server the login comes from the credentials Secret
 /// (`SERVICEDB_USERNAME` beside `SERVICEDB_PASSWORD`): a rotation switches
 /// both at once, and a pod reads them from one version of the Secret.

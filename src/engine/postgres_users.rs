@@ -101,6 +101,10 @@ pub enum UserError {
     OwnRole { role: String },
     #[error("role {role:?} does not exist")]
     RoleMissing { role: String },
+    #[error(
+        "database {database:?} already exists and belongs to role {owner:?}; it is not taken over"
+    )]
+    Taken { database: String, owner: String },
     #[error("{action} failed: {}", describe(error))]
     Database {
         action: &'static str,
@@ -116,6 +120,7 @@ impl UserError {
             UserError::InvalidPassword { .. } => "invalid_password",
             UserError::OwnRole { .. } => "own_role",
             UserError::RoleMissing { .. } => "role_missing",
+            UserError::Taken { .. } => "name_taken",
             UserError::Database { error, .. } => match error.code() {
                 Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => "permission_denied",
                 Some(code) if *code == SqlState::DEPENDENT_OBJECTS_STILL_EXIST => {
@@ -297,17 +302,7 @@ async fn ensure_owner(
     let mut outcome = ensure_login_role(client, owner, password).await?;
     let role = quote_ident(&user.role);
     let database = quote_ident(&user.database);
-    let owner: Option<String> = client
-        .query_opt(
-            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
-            &[&user.database],
-        )
-        .await
-        .map_err(database_error("look up database"))?
-        .map(|row| row.try_get(0))
-        .transpose()
-        .map_err(database_error("read database owner"))?;
-    match owner {
+    match database_owner(client, &user.database).await? {
         None => {
             execute(
                 client,
@@ -329,13 +324,29 @@ async fn ensure_owner(
         Some(_) => {}
     }
 
+    if restrict_database(client, &user.database, &user.role).await? {
+        outcome.privileges_fixed = true;
+    }
+    Ok(outcome)
+}
+
+/// Only `role` (its owner) may connect to `database_name` or make temporary
+/// tables there; returns whether anything had to change.
+async fn restrict_database(
+    client: &Client,
+    database_name: &str,
+    role_name: &str,
+) -> Result<bool, UserError> {
+    let database = quote_ident(database_name);
+    let role = quote_ident(role_name);
+    let mut changed = false;
     // 'public' is accepted by has_database_privilege as the PUBLIC pseudo-role.
     let row = client
         .query_one(
             "SELECT has_database_privilege('public'::name, $1::text, 'CONNECT'), \
                     has_database_privilege('public'::name, $1::text, 'TEMPORARY'), \
                     has_database_privilege($2::name, $1::text, 'CONNECT')",
-            &[&user.database, &user.role],
+            &[&database_name, &role_name],
         )
         .await
         .map_err(database_error("read database privileges"))?;
@@ -352,7 +363,7 @@ async fn ensure_owner(
             &format!("REVOKE CONNECT, TEMPORARY ON DATABASE {database} FROM PUBLIC"),
         )
         .await?;
-        outcome.privileges_fixed = true;
+        changed = true;
     }
     if !role_connect {
         execute(
@@ -361,9 +372,97 @@ async fn ensure_owner(
             &format!("GRANT CONNECT ON DATABASE {database} TO {role}"),
         )
         .await?;
-        outcome.privileges_fixed = true;
+        changed = true;
     }
-    Ok(outcome)
+    Ok(changed)
+}
+
+/// The scratch database a shared server's service verifies its backups in:
+/// `<role>-verify`. Service roles on shared servers never hold a `-`, so no
+/// service's own database can have this name; a role too long for the
+/// suffix keeps a readable start and a hash of the whole.
+pub fn scratch_name(role: &str) -> String {
+    let name = format!("{role}-verify");
+    if name.len() <= MAX_NAME_BYTES {
+        return name;
+    }
+    use sha2::{Digest, Sha256};
+    let hash = Sha256::digest(role.as_bytes());
+    let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let start = role.get(..47).unwrap_or(role);
+    format!("{start}_{hex}-verify")
+}
+
+/// Creates or repairs the service's scratch database: owned by its owner
+/// role (so that its logins may empty it and restore into it) and closed to
+/// everyone else. A database of that name owned by another role is never
+/// taken over. Returns whether anything changed.
+pub async fn ensure_scratch_database(
+    client: &Client,
+    owner: &str,
+    scratch: &str,
+) -> Result<bool, UserError> {
+    validate_role_name(owner)?;
+    validate_database_name(scratch)?;
+    let changed = match database_owner(client, scratch).await? {
+        None => {
+            execute(
+                client,
+                "create scratch database",
+                &format!(
+                    "CREATE DATABASE {} OWNER {}",
+                    quote_ident(scratch),
+                    quote_ident(owner)
+                ),
+            )
+            .await?;
+            true
+        }
+        Some(found) if found != owner => {
+            return Err(UserError::Taken {
+                database: scratch.to_string(),
+                owner: found,
+            });
+        }
+        Some(_) => false,
+    };
+    Ok(restrict_database(client, scratch, owner).await? || changed)
+}
+
+/// Drops the service's scratch database if it exists and is the owner's;
+/// returns whether it dropped one.
+pub async fn drop_scratch_database(
+    client: &Client,
+    owner: &str,
+    scratch: &str,
+) -> Result<bool, UserError> {
+    validate_database_name(scratch)?;
+    if database_owner(client, scratch).await?.as_deref() != Some(owner) {
+        return Ok(false);
+    }
+    execute(
+        client,
+        "drop scratch database",
+        &format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(scratch)
+        ),
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn database_owner(client: &Client, database: &str) -> Result<Option<String>, UserError> {
+    client
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .map_err(database_error("look up database"))?
+        .map(|row| row.try_get(0))
+        .transpose()
+        .map_err(database_error("read database owner"))
 }
 
 /// A least-privilege role that can log in with `password`, or cannot log in

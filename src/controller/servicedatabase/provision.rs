@@ -67,14 +67,13 @@ pub async fn ensure(
                     logins,
                 )
                 .await
-                .map(drop)
-                .map_err(fail)
+                .map_err(fail)?;
             } else {
                 postgres_users::ensure_service_logins(&client, &db.username, &db.database, logins)
                     .await
-                    .map(drop)
-                    .map_err(fail)
+                    .map_err(fail)?;
             }
+            verify_scratch(&client, db).await.map_err(fail)
         }
         Engine::Redis => {
             let mut conn = redis(server).await?;
@@ -92,6 +91,27 @@ pub async fn ensure(
                 .map_err(|e| mongodb_error(server, e))
         }
     }
+}
+
+/// The scratch database of `spec.backup.verify` exists, owned by the
+/// service's owner role, exactly while the spec asks for verification: the
+/// verify Job restores into it as the service's own login, which may not
+/// create databases.
+async fn verify_scratch(
+    client: &tokio_postgres::Client,
+    db: &ValidatedDatabase,
+) -> Result<(), postgres_users::UserError> {
+    let scratch = postgres_users::scratch_name(&db.username);
+    let verify = db
+        .backup
+        .as_ref()
+        .is_some_and(|b| b.verify_schedule.is_some());
+    if verify {
+        postgres_users::ensure_scratch_database(client, &db.username, &scratch).await?;
+    } else {
+        postgres_users::drop_scratch_database(client, &db.username, &scratch).await?;
+    }
+    Ok(())
 }
 
 /// Whether the service can log in with `login` where its clients connect:
@@ -188,6 +208,7 @@ pub async fn remove(db: &ValidatedDatabase, server: &ServerFacts) -> Result<(), 
     match db.engine {
         Engine::Postgres if db.schema.is_some() => {
             let client = postgres(server, "postgres").await?;
+            drop_scratch(&client, db, server).await?;
             let shared = postgres(server, &db.database).await?;
             postgres_users::drop_service_schema(&client, &shared, &db.username)
                 .await
@@ -195,6 +216,8 @@ pub async fn remove(db: &ValidatedDatabase, server: &ServerFacts) -> Result<(), 
         }
         Engine::Postgres => {
             let client = postgres(server, "postgres").await?;
+            // Before the role: DROP ROLE fails while it owns a database.
+            drop_scratch(&client, db, server).await?;
             let user = ServiceUser {
                 role: db.username.clone(),
                 password: String::new(),
@@ -230,6 +253,18 @@ pub async fn remove(db: &ValidatedDatabase, server: &ServerFacts) -> Result<(), 
                 .map_err(|e| provision(server, "drop-database", e.to_string()))
         }
     }
+}
+
+async fn drop_scratch(
+    client: &tokio_postgres::Client,
+    db: &ValidatedDatabase,
+    server: &ServerFacts,
+) -> Result<(), Error> {
+    let scratch = postgres_users::scratch_name(&db.username);
+    postgres_users::drop_scratch_database(client, &db.username, &scratch)
+        .await
+        .map(drop)
+        .map_err(|e| provision(server, e.category(), e.to_string()))
 }
 
 fn mongodb(server: &ServerFacts) -> Result<mongodb::Client, Error> {

@@ -297,11 +297,14 @@ pub fn validate(
             }
             // What the agent cannot do on a shared server, said plainly
             // instead of failing every run.
-            if shared.is_some() && backup.verify.is_some() {
+            if shared.is_some() && backup.verify.is_some() && spec.engine != Engine::Postgres {
                 return Err(Invalid::new(
                     "spec.backup.verify",
                     "Unsupported",
-                    "verification needs a dedicated instance: its scratch database is made by the instance's administrator; remove spec.backup.verify",
+                    format!(
+                        "verification of a {:?} database on a shared server is not supported yet (it needs a scratch key space or database the service's login may restore into); use a dedicated instance or remove spec.backup.verify",
+                        spec.engine
+                    ),
                 ));
             }
             let retention = backup.retention.clone().unwrap_or_default();
@@ -614,11 +617,25 @@ mod tests {
             &mut sdb,
             "{isolation: Database, serverRef: {name: shared}, backup: {schedule: '@daily', destination: {volume: {claimName: b}}, verify: {schedule: '@weekly'}}}",
         );
-        let err = validate(&sdb, &class, Some(&server)).unwrap_err();
+        let verified =
+            validate(&sdb, &class, Some(&server)).expect("Postgres verifies on a shared server");
+        assert_eq!(
+            crate::build::backup::scratch_database(&verified),
+            "shop_orders-verify",
+            "in the scratch database the operator keeps for the service"
+        );
+        let (mut redis_class, mut redis_server, mut cart) =
+            (class.clone(), server.clone(), sdb.clone());
+        redis_class.spec.engine = Engine::Redis;
+        redis_server.engine = Engine::Redis;
+        cart.spec.engine = Engine::Redis;
+        cart.spec.version = None;
+        let err = validate(&cart, &redis_class, Some(&redis_server)).unwrap_err();
         assert_eq!(
             (err.field, err.reason),
             ("spec.backup.verify", "Unsupported")
         );
+        assert!(err.message.contains("Redis"), "{}", err.message);
         edit(
             &mut sdb,
             "{backup: {schedule: '@daily', destination: {volume: {claimName: b}}}}",

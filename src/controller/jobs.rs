@@ -99,9 +99,9 @@ pub struct Report {
     pub checksum: Option<String>,
     pub started_at: Option<String>,
     pub completed_at: Option<String>,
-    /// `servicedb agent verify`: the backup it restored.
-    pub backup: Option<String>,
-    /// `servicedb agent verify`: how long the restore took.
+    /// `servicedb agent verify`: how long the restore took. (Its `backup`
+    /// is the restored archive's manifest; which DatabaseBackup that was is
+    /// the Job's label.)
     pub restore_seconds: Option<f64>,
     pub error: Option<String>,
 }
@@ -191,5 +191,16 @@ mod tests {
             Report::parse("panicked at main.rs").error.as_deref(),
             Some("panicked at main.rs")
         );
+    }
+
+    #[test]
+    fn a_verification_report_gives_its_restore_time() {
+        // What `servicedb agent verify` writes: the restored archive's
+        // manifest under `backup`, the checks, and the restore time.
+        let r = Report::parse(
+            r#"{"backup":{"engine":"postgres","location":"s3://b/p/x","items":3},"restoreSeconds":1.25,"checks":{"tables":3,"rows":20503}}"#,
+        );
+        assert_eq!(r.error, None, "{r:?}");
+        assert_eq!(r.restore_seconds, Some(1.25));
     }
 }

@@ -1,4 +1,4 @@
-//! The operator's backup and restore Jobs run for real: no kubelet runs
+//! The operator's backup, verify and restore Jobs run for real: no kubelet runs
 //! here, so the test plays it for one Job at a time. It runs the Job's agent
 //! container on this machine (the `servicedb` binary this build made, in
 //! place of the image's copy) with the environment the pod would get —
@@ -15,10 +15,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{Phase, ServiceDatabase};
@@ -193,6 +194,26 @@ async fn apply(env: &Env, name: &str, spec: Value) {
         .expect("ServiceDatabase");
 }
 
+/// Run `job` of CronJob `cron`, made from its template as the CronJob
+/// controller would.
+async fn run_of_cronjob(env: &Env, cron: &str, job: &str) {
+    let cronjob = get_when(&env.api::<CronJob>(), cron).await;
+    let template = cronjob.spec.expect("CronJob spec").job_template;
+    let run = Job {
+        metadata: ObjectMeta {
+            name: Some(job.to_owned()),
+            labels: template.metadata.and_then(|m| m.labels),
+            ..Default::default()
+        },
+        spec: template.spec,
+        ..Default::default()
+    };
+    env.api::<Job>()
+        .create(&PostParams::default(), &run)
+        .await
+        .unwrap_or_else(|e| panic!("Job {job} of CronJob {cron}: {e}"));
+}
+
 /// The service's own Redis login, from its credentials Secret.
 async fn redis_as(port: u16, secret: &Secret) -> redis::aio::MultiplexedConnection {
     crate::shared::redis_as(
@@ -239,15 +260,19 @@ async fn shared_databases_are_backed_up_and_restored_by_their_jobs_run_for_real(
         json!({"engine": engine, "isolation": "Database", "serverRef": {"name": server},
             "owner": {"podSelector": {"matchLabels": {"app": app}}}, "deletionPolicy": "Delete"})
     };
+    let verified = |mut backup: Value| {
+        backup["verify"] = json!({"schedule": "@weekly"});
+        backup
+    };
     let mut orders = on("Postgres", "pg", "orders");
-    orders["backup"] = backup.clone();
+    orders["backup"] = verified(backup.clone());
     let mut cart = on("Redis", "cache", "cart");
     cart["backup"] = backup.clone();
     // A schema of its own in the server's shared database: its backup holds
     // that schema only (the other services' schemas are closed to it).
     let mut invoices = on("Postgres", "pg", "invoices");
     invoices["isolation"] = "Schema".into();
-    invoices["backup"] = backup;
+    invoices["backup"] = verified(backup);
     apply(&env, "orders", orders).await;
     apply(&env, "cart", cart).await;
     apply(&env, "invoices", invoices).await;
@@ -339,12 +364,83 @@ async fn shared_databases_are_backed_up_and_restored_by_their_jobs_run_for_real(
         );
     }
 
-    // The schema's backup holds its own schema only: restored by the
-    // agent into an empty database, it brings back the invoices and no other
-    // service's table.
+    // Verification, as each service's own login: once a backup completed,
+    // the verify CronJob restores it into the service's scratch database on
+    // the shared server. A run is made as the CronJob controller would.
     let admin = connect(pg.port, &pg.admin_user, &pg.admin_password, "postgres")
         .await
         .expect("admin");
+    for (database, secret, rows) in [
+        ("orders", &orders_secret, 500),
+        ("invoices", &invoices_secret, 30),
+    ] {
+        let job = format!("{database}-db-verify-1");
+        run_of_cronjob(&env, &format!("{database}-db-verify"), &job).await;
+        let (code, message) = run_job(&env, &job).await;
+        assert_eq!(code, 0, "{job}: {message}");
+        let result: Value = serde_json::from_str(&message).expect("the verification's result");
+        assert_eq!(result["checks"]["rows"], rows, "{result}");
+        let status = wait_for(
+            "status.lastVerifiedBackup",
+            Duration::from_secs(30),
+            || async {
+                let status = sdbs.get(database).await.ok()?.status?;
+                status
+                    .last_verified_backup
+                    .as_ref()
+                    .is_some_and(|v| v.name == format!("{database}-1"))
+                    .then_some(status)
+            },
+        )
+        .await;
+        let last = status.last_verified_backup.expect("lastVerifiedBackup");
+        assert!(last.restore_seconds.is_some_and(|s| s > 0.0), "{last:?}");
+        let healthy = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "BackupHealthy")
+            .expect("BackupHealthy");
+        assert_eq!(healthy.status, "True", "{healthy:?}");
+        wait_for(
+            "DatabaseBackup.status.verified",
+            Duration::from_secs(30),
+            || async {
+                let backup = env
+                    .api::<servicedb::api::DatabaseBackup>()
+                    .get(&format!("{database}-1"))
+                    .await
+                    .ok()?;
+                (backup.status?.verified == Some(true)).then_some(())
+            },
+        )
+        .await;
+        // The scratch database stays, empty, and belongs to the service.
+        let scratch = format!("{}-verify", secret_value(secret, "username"));
+        let owner: String = admin
+            .query_one(
+                "SELECT pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = $1",
+                &[&scratch],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("the scratch database {scratch}: {e}"))
+            .get(0);
+        assert_eq!(owner, secret_value(secret, "username"));
+        let tables: i64 = connect(pg.port, &pg.admin_user, &pg.admin_password, &scratch)
+            .await
+            .expect("scratch")
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(tables, 0, "{scratch} is emptied after the check");
+    }
+
+    // The schema's backup holds its own schema only: restored by the
+    // agent into an empty database, it brings back the invoices and no other
+    // service's table.
     admin
         .batch_execute("CREATE DATABASE invoices_check")
         .await

@@ -424,7 +424,10 @@ async fn scheduled_backups_are_a_restricted_cronjob_and_each_run_is_recorded() {
     succeed(
         &env,
         "orders-db-verify-1",
-        json!({"backup": run, "restoreSeconds": 3.5, "checks": ["tables", "rows"]}),
+        // The agent's own shape: the restored archive's manifest, the
+        // restore time and the checks.
+        json!({"backup": manifest(&run, 10), "restoreSeconds": 3.5,
+               "checks": {"tables": 1, "rows": 10}}),
     )
     .await;
     let sdbs: Api<ServiceDatabase> = env.api();

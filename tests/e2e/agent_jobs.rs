@@ -569,4 +569,48 @@ async fn shared_databases_are_backed_up_and_restored_by_their_jobs_run_for_real(
         },
     )
     .await;
+
+    // The scratch database goes when verification leaves the spec, and with
+    // the service on Delete (before its role, which could not be dropped
+    // while it owned a database).
+    let scratch_of = |secret: &Secret| format!("{}-verify", secret_value(secret, "username"));
+    let exists = |name: String| {
+        let admin = &admin;
+        async move {
+            admin
+                .query_one(
+                    "SELECT count(*) FROM pg_database WHERE datname = $1",
+                    &[&name],
+                )
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+                == 1
+        }
+    };
+    let mut invoices = on("Postgres", "pg", "invoices");
+    invoices["isolation"] = "Schema".into();
+    invoices["backup"] = json!({"schedule": "@daily", "destination": {"s3": {"bucket": "backups",
+        "endpoint": s3.endpoint, "region": "us-east-1", "credentialsSecret": "s3-creds"}}});
+    apply(&env, "invoices", invoices).await;
+    let scratch = scratch_of(&invoices_secret);
+    wait_for(
+        "the scratch database to go with spec.backup.verify",
+        Duration::from_secs(30),
+        || async { (!exists(scratch.clone()).await).then_some(()) },
+    )
+    .await;
+    let scratch = scratch_of(&orders_secret);
+    assert!(exists(scratch.clone()).await);
+    sdbs.delete("orders", &Default::default())
+        .await
+        .expect("delete orders");
+    wait_for("orders to be gone", Duration::from_secs(30), || async {
+        sdbs.get_opt("orders").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        !exists(scratch).await,
+        "the scratch database is dropped with the service"
+    );
 }

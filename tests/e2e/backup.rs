@@ -426,7 +426,7 @@ async fn scheduled_backups_are_a_restricted_cronjob_and_each_run_is_recorded() {
         "orders-db-verify-1",
         // The agent's own shape: the restored archive's manifest, the
         // restore time and the checks.
-        json!({"backup": manifest(&run, 10), "restoreSeconds": 3.5,
+        json!({"backup": manifest(run, 10), "restoreSeconds": 3.5,
                "checks": {"tables": 1, "rows": 10}}),
     )
     .await;

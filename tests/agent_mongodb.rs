@@ -260,6 +260,35 @@ async fn collections_indexes_and_documents_are_restored_identical() {
     assert_eq!(verified["checks"]["documentsPerCollection"]["items"], 2500);
     let scratch = snapshot(&client, "shop-scratch").await;
     assert!(scratch == before, "verify restored different data");
+    // The verify CronJob's scratch database (`*_verify`, with --scratch) is
+    // dropped before the restore and after the check, so runs repeat.
+    for _ in 0..2 {
+        let verified = f
+            .run(
+                "verify",
+                "shop_verify",
+                &["--from", "s3://backups/mongo/shop-1", "--scratch"],
+            )
+            .json();
+        assert_eq!(verified["checks"]["documents"], 2800);
+    }
+    let names = client.list_database_names().await.expect("databases");
+    assert!(
+        !names.iter().any(|n| n == "shop_verify"),
+        "the scratch database is dropped after the check: {names:?}"
+    );
+    let refused = f
+        .run(
+            "verify",
+            "shop-scratch",
+            &["--from", "s3://backups/mongo/shop-1", "--scratch"],
+        )
+        .error();
+    assert!(refused.contains("not a scratch database name"), "{refused}");
+    assert!(
+        snapshot(&client, "shop-scratch").await == before,
+        "a database not named as scratch is left alone"
+    );
 
     let from = format!("{}/shop-1", f.dir_url());
     agent(&["delete", "--from", &from], &[], &[]).json();

@@ -342,6 +342,48 @@ async fn a_key_prefix_is_backed_up_and_restored_alone_with_values_and_ttls() {
     assert_eq!(verified["checks"]["database"], 1);
     let mut scratch = f.conn(1).await;
     same_keys(&before, &keys(&mut scratch, "cart:*").await);
+    // Without --scratch the next run finds the keys and refuses; the verify
+    // CronJob passes --scratch, so its weekly runs repeat and leave nothing.
+    let again = f
+        .restore("verify", "1", "s3://backups/redis/cart-1", Some(PREFIX))
+        .error();
+    assert!(again.contains("needs an empty scratch database"), "{again}");
+    for _ in 0..2 {
+        let verified = f
+            .run(
+                "verify",
+                "1",
+                &[
+                    "--from",
+                    "s3://backups/redis/cart-1",
+                    "--key-prefix",
+                    PREFIX,
+                    "--scratch",
+                ],
+                &f.redis.admin_password,
+            )
+            .json();
+        assert_eq!(verified["checks"]["keys"], 3008);
+    }
+    assert!(
+        keys(&mut scratch, "cart:*").await.is_empty(),
+        "the scratch keys are removed after the check"
+    );
+    let refused = f
+        .run(
+            "verify",
+            "0",
+            &[
+                "--from",
+                "s3://backups/redis/cart-1",
+                "--key-prefix",
+                PREFIX,
+                "--scratch",
+            ],
+            &f.redis.admin_password,
+        )
+        .error();
+    assert!(refused.contains("logical database 0"), "{refused}");
 
     // A whole-database backup (no prefix) holds every key.
     let all = f.backup(&f.dir_url(), "all", None).json();

@@ -218,6 +218,18 @@ impl Engine {
         }
     }
 
+    /// Empties a verification's scratch target (Redis: the keys under the
+    /// prefix in that logical database; MongoDB: the whole database);
+    /// returns how many keys or collections went. PostgreSQL's scratch
+    /// database is made and dropped by [`super::postgres::scratch`].
+    pub async fn empty_scratch(&mut self) -> anyhow::Result<u64> {
+        match self {
+            Engine::Postgres(_) => Ok(0),
+            Engine::Redis(e) => e.empty().await,
+            Engine::MongoDB(e) => e.drop_database().await,
+        }
+    }
+
     /// What `--database` names, as the manifest records it.
     pub fn database(&self, args: &DatabaseArgs) -> String {
         match self {

@@ -111,6 +111,12 @@ pub struct RestoreArgs {
     /// so it is stored whole); default: the system's temporary directory.
     #[arg(long, env = "SERVICEDB_WORK_DIR")]
     pub work_dir: Option<PathBuf>,
+    /// `verify` only: the target is a scratch one, emptied before the
+    /// restore and after the check, so that scheduled runs repeat (a
+    /// PostgreSQL or MongoDB database named `*_verify` or `*-verify`, or a
+    /// Redis logical database other than 0).
+    #[arg(long)]
+    pub scratch: bool,
     #[command(flatten)]
     pub store: StoreArgs,
     #[command(flatten)]
@@ -399,18 +405,51 @@ async fn verify(args: &RestoreArgs, password: Secret) -> anyhow::Result<Outcome>
     // afterwards; any other must exist and be empty, and is left as it is:
     // the agent never drops or empties a database it was not told is
     // scratch.
-    let postgres = args.database.engine == crate::instance::EngineKind::Postgres
-        && args
-            .database
-            .database
-            .as_deref()
-            .is_some_and(|d| d.ends_with("_verify") || d.ends_with("-verify"));
+    use crate::instance::EngineKind;
+    let database = args.database.database.as_deref().unwrap_or_default();
+    let scratch_name = database.ends_with("_verify") || database.ends_with("-verify");
+    let engine = args.database.engine;
+    if args.scratch {
+        match engine {
+            EngineKind::Redis if database == "0" || database.is_empty() => bail!(
+                "--scratch: Redis logical database 0 holds the services' data; verify into another one"
+            ),
+            EngineKind::Postgres | EngineKind::MongoDB if !scratch_name => bail!(
+                "--scratch: {database:?} is not a scratch database name (it must end in _verify or -verify)"
+            ),
+            _ => {}
+        }
+    }
+    let postgres = engine == EngineKind::Postgres && scratch_name;
+    let other = args.scratch && engine != EngineKind::Postgres;
     if postgres {
         postgres::scratch(&args.database, &password, true).await?;
     }
+    if other {
+        let emptied = Engine::connect(&args.database, password.clone())
+            .await?
+            .empty_scratch()
+            .await?;
+        if emptied > 0 {
+            info!(
+                emptied,
+                "an earlier run's leftovers were removed from the scratch target"
+            );
+        }
+    }
     let result = verify_into(args, password.clone()).await;
-    if postgres && let Err(e) = postgres::scratch(&args.database, &password, false).await {
-        tracing::warn!(error = %e, "the scratch database could not be emptied or dropped");
+    let cleaned = if postgres {
+        postgres::scratch(&args.database, &password, false).await
+    } else if other {
+        match Engine::connect(&args.database, password.clone()).await {
+            Ok(mut engine) => engine.empty_scratch().await.map(drop),
+            Err(e) => Err(e),
+        }
+    } else {
+        Ok(())
+    };
+    if let Err(e) = cleaned {
+        tracing::warn!(error = %e, "the scratch target could not be emptied or dropped");
     }
     result
 }

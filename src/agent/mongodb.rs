@@ -335,6 +335,24 @@ impl MongoDB {
     }
 
     /// Collections and their document counts.
+    /// Drops the whole database (a verification's scratch one); returns how
+    /// many collections it held.
+    pub async fn drop_database(&self) -> anyhow::Result<u64> {
+        let collections = self.collections().await?.len() as u64;
+        self.client
+            .database(&self.database)
+            .drop()
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "dropping scratch database {:?}: {}",
+                    self.database,
+                    self.password.scrub(&e.to_string())
+                )
+            })?;
+        Ok(collections)
+    }
+
     pub async fn check(&self) -> anyhow::Result<Checks> {
         let collections = self.collections().await?;
         let mut per_collection = serde_json::Map::new();

@@ -122,6 +122,30 @@ impl Redis {
         self.key_prefix.as_deref()
     }
 
+    /// Deletes every key (under the prefix) of this logical database, one
+    /// `SCAN` page at a time; returns how many went.
+    pub async fn empty(&mut self) -> anyhow::Result<u64> {
+        let mut deleted = 0u64;
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = self.scan_page(cursor).await?;
+            if !keys.is_empty() {
+                let gone: u64 = redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async(&mut self.conn)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!("UNLINK: {}", self.password.scrub(&describe(&e)))
+                    })?;
+                deleted += gone;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
     /// Every key (under the prefix), one `SCAN` page at a time.
     async fn scan_page(&mut self, cursor: u64) -> anyhow::Result<(u64, Vec<Vec<u8>>)> {
         let mut cmd = redis::cmd("SCAN");

@@ -165,6 +165,8 @@ pub fn verify_cronjob(
 ) -> CronJob {
     let mut args = vec!["agent".into(), "verify".into()];
     args.extend(connection_args(db, &scratch_database(db)));
+    // Emptied before and after each run, so that the next one finds it so.
+    args.push("--scratch".into());
     args.extend(["--from".into(), latest.location.clone()]);
     args.extend(s3_args(&latest.destination));
     args.extend(["--termination-log".into(), TERMINATION_LOG.into()]);

@@ -747,6 +747,18 @@ mod backups {
         assert_eq!(arg(&args, "--database"), "orders_verify");
         assert_eq!(arg(&args, "--from"), "s3://old/shop/orders/b7");
         assert_eq!(arg(&args, "--s3-region"), "eu");
+        let mut argv = vec!["servicedb".to_string()];
+        argv.extend(args.clone());
+        let Cmd::Agent(parsed) = Cli::try_parse_from(&argv)
+            .expect("the agent accepts the verify CronJob's arguments")
+            .cmd
+        else {
+            panic!("not the agent: {argv:?}")
+        };
+        let crate::agent::Command::Verify(verify) = parsed.command else {
+            panic!("not a verify: {argv:?}")
+        };
+        assert!(verify.scratch, "each run empties its scratch target");
 
         let restore = backup::restore_job(&db, &archive, &facts(), &owner());
         assert_eq!(restore.metadata.name.as_deref(), Some("orders-db-restore"));

@@ -173,8 +173,13 @@ async fn empty_owned_scratch(args: &DatabaseArgs, password: &Secret) -> anyhow::
         return Ok(false);
     }
     // The service's logins act as its owner role, which owns everything a
-    // restore made here and nothing outside this database is touched:
-    // DROP OWNED works in the current database only.
+    // restore made here, and nothing outside this database is touched:
+    // DROP OWNED drops objects of the current database only, and the
+    // privileges it would revoke on shared objects (the CONNECT on a shared
+    // database that isolation Schema grants) were granted by the server's
+    // administrator, which a service's login cannot revoke: PostgreSQL only
+    // warns "no privileges could be revoked". The real-Jobs e2e test reads
+    // the Schema service's table after its verification.
     client
         .simple_query("DROP OWNED BY CURRENT_USER")
         .await

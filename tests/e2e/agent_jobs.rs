@@ -440,6 +440,20 @@ async fn shared_databases_are_backed_up_and_restored_by_their_jobs_run_for_real(
             .expect("count")
             .get(0);
         assert_eq!(tables, 0, "{scratch} is emptied after the check");
+        // The service itself is untouched: its login still enters its
+        // database (for Schema, the shared one) and reads its rows.
+        let table = if database == "orders" {
+            "orders"
+        } else {
+            "invoices"
+        };
+        let n: i64 = pg_as(secret)
+            .await
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("the service reads its own table after verification")
+            .get(0);
+        assert_eq!(n, rows);
     }
 
     // The schema's backup holds its own schema only: restored by the

@@ -16,19 +16,29 @@
 //! sets its own password back, so the younger one's Secret stops working.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::ResourceExt;
+use kube::{Api, ResourceExt};
 
 use super::validate::shared_identifier;
 use crate::api::{Isolation, ServiceDatabase};
 
 /// Who else holds `sdb`'s login name on its shared server, from the
 /// controller's cache once it is complete; `None` before the controller
-/// started.
+/// started. A holder the cache still has is looked up on the API server
+/// first: its deletion is what wakes the others, and the cache may not have
+/// seen it go yet.
 pub async fn holder(sdb: &ServiceDatabase, ctx: &crate::controller::Context) -> Option<String> {
     let store = ctx.service_databases.get()?;
     store.wait_until_ready().await.ok()?;
     let all = store.state();
-    held_by(sdb, all.iter().map(AsRef::as_ref))
+    for (namespace, name) in seniors(sdb, all.iter().map(AsRef::as_ref)) {
+        let api: Api<ServiceDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
+        match api.get_opt(&name).await {
+            Ok(None) => continue,
+            // Gone or not, an error keeps the claim where it was: safe.
+            Ok(Some(_)) | Err(_) => return Some(format!("{namespace}/{name}")),
+        }
+    }
+    None
 }
 
 /// Who else holds `sdb`'s login name on its shared server, as
@@ -38,19 +48,32 @@ pub fn held_by<'a>(
     sdb: &ServiceDatabase,
     all: impl IntoIterator<Item = &'a ServiceDatabase>,
 ) -> Option<String> {
-    let mine = Placement::of(sdb)?;
-    all.into_iter()
+    seniors(sdb, all)
+        .into_iter()
+        .next()
+        .map(|(namespace, name)| format!("{namespace}/{name}"))
+}
+
+/// The others with `sdb`'s login name on its server that come before it,
+/// the holder first, as (namespace, name).
+fn seniors<'a>(
+    sdb: &ServiceDatabase,
+    all: impl IntoIterator<Item = &'a ServiceDatabase>,
+) -> Vec<(String, String)> {
+    let Some(mine) = Placement::of(sdb) else {
+        return Vec::new();
+    };
+    let mut seniors: Vec<&ServiceDatabase> = all
+        .into_iter()
         .filter(|other| !same_object(other, sdb))
         .filter(|other| Placement::of(other).as_ref() == Some(&mine))
         .filter(|other| seniority(other) < seniority(sdb))
-        .min_by(|a, b| seniority(a).cmp(&seniority(b)))
-        .map(|holder| {
-            format!(
-                "{}/{}",
-                holder.namespace().unwrap_or_default(),
-                holder.name_any()
-            )
-        })
+        .collect();
+    seniors.sort_by_key(|other| seniority(other));
+    seniors
+        .into_iter()
+        .map(|other| (other.namespace().unwrap_or_default(), other.name_any()))
+        .collect()
 }
 
 /// The ServiceDatabases whose claim may change when `changed` appears,

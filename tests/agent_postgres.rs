@@ -419,20 +419,7 @@ async fn backups_to_s3_and_a_directory_restore_identical_data() {
     // database the operator keeps for it (`<login>-verify`, made by the
     // operator's library): emptied before the restore and after the check.
     let scratch = scratch_name(ROLE);
-    let verify_as_service = || {
-        let mut args = vec!["verify".to_owned()];
-        args.extend(f.db_args(&scratch));
-        args.extend(
-            [
-                "--from",
-                "s3://backups/shop/orders/orders-1",
-                "--s3-endpoint",
-                &f.s3.endpoint,
-            ]
-            .map(str::to_owned),
-        );
-        f.run(&args, &f.env())
-    };
+    let verify_as_service = || f.restore("verify", &scratch, "s3://backups/shop/orders/orders-1");
     let unmade = verify_as_service().error();
     assert!(
         unmade.contains("scratch database") && unmade.contains("permission denied"),

@@ -103,3 +103,35 @@ pub fn encode_userinfo(s: &str) -> String {
         .remove(b'~');
     percent_encoding::utf8_percent_encode(s, ENCODE).to_string()
 }
+
+/// `name` if it is at most `max` bytes, else its first `max - 9` bytes, `_`
+/// and 8 hex digits of its SHA-256: a readable start, and two long names
+/// that share it still differ. Names here are ASCII.
+pub fn fit_name(name: &str, max: usize) -> String {
+    use sha2::{Digest, Sha256};
+    if name.len() <= max {
+        return name.to_string();
+    }
+    let hash = Sha256::digest(name.as_bytes());
+    let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    let start = name.get(..max.saturating_sub(9)).unwrap_or(name);
+    format!("{start}_{hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_names_keep_their_start_and_a_hash_of_the_whole() {
+        assert_eq!(super::fit_name("shop_orders", 61), "shop_orders");
+        let a = format!("{}_a", "n".repeat(70));
+        let b = format!("{}_b", "n".repeat(70));
+        let (fa, fb) = (super::fit_name(&a, 61), super::fit_name(&b, 61));
+        assert_eq!(fa.len(), 61);
+        assert!(
+            fa.starts_with(&a[..52]) && fa.as_bytes()[52] == b'_',
+            "{fa}"
+        );
+        assert_ne!(fa, fb, "names that share the start still differ");
+        assert_eq!(super::fit_name(&a, 61), fa, "stable");
+    }
+}

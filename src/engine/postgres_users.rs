@@ -382,15 +382,9 @@ async fn restrict_database(
 /// service's own database can have this name; a role too long for the
 /// suffix keeps a readable start and a hash of the whole.
 pub fn scratch_name(role: &str) -> String {
-    let name = format!("{role}-verify");
-    if name.len() <= MAX_NAME_BYTES {
-        return name;
-    }
-    use sha2::{Digest, Sha256};
-    let hash = Sha256::digest(role.as_bytes());
-    let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    let start = role.get(..47).unwrap_or(role);
-    format!("{start}_{hex}-verify")
+    const SUFFIX: &str = "-verify";
+    let role = super::fit_name(role, MAX_NAME_BYTES - SUFFIX.len());
+    format!("{role}{SUFFIX}")
 }
 
 /// Creates or repairs the service's scratch database: owned by its owner
@@ -955,6 +949,16 @@ mod tests {
             assert_eq!(err.category(), "invalid_name");
             assert!(err.is_invalid_input());
         }
+    }
+
+    #[test]
+    fn scratch_names_fit_and_never_look_like_a_service_database() {
+        assert_eq!(scratch_name("shop_orders"), "shop_orders-verify");
+        let long = "s".repeat(61);
+        let scratch = scratch_name(&long);
+        assert_eq!(scratch.len(), MAX_NAME_BYTES);
+        assert!(scratch.ends_with("-verify"), "{scratch}");
+        assert!(validate_database_name(&scratch).is_ok());
     }
 
     #[test]

@@ -162,7 +162,7 @@ pub async fn observe(
             match outcome {
                 JobState::Succeeded { finished, .. } => {
                     state.last_verified = Some(LastVerifiedBackup {
-                        name: verified.clone().unwrap_or_default(),
+                        name: verified.unwrap_or_default(),
                         verified_at: finished,
                         restore_seconds: message.restore_seconds,
                     });

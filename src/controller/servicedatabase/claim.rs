@@ -41,19 +41,6 @@ pub async fn holder(sdb: &ServiceDatabase, ctx: &crate::controller::Context) -> 
     None
 }
 
-/// Who else holds `sdb`'s login name on its shared server, as
-/// `namespace/name`; `None` when `sdb` holds it (or is not on a shared
-/// server).
-pub fn held_by<'a>(
-    sdb: &ServiceDatabase,
-    all: impl IntoIterator<Item = &'a ServiceDatabase>,
-) -> Option<String> {
-    seniors(sdb, all)
-        .into_iter()
-        .next()
-        .map(|(namespace, name)| format!("{namespace}/{name}"))
-}
-
 /// The others with `sdb`'s login name on its server that come before it,
 /// the holder first, as (namespace, name).
 fn seniors<'a>(
@@ -139,6 +126,17 @@ fn seniority(sdb: &ServiceDatabase) -> (bool, Option<Time>, String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The holder by the cache alone, as `namespace/name`.
+    fn held_by<'a>(
+        sdb: &ServiceDatabase,
+        all: impl IntoIterator<Item = &'a ServiceDatabase>,
+    ) -> Option<String> {
+        seniors(sdb, all)
+            .into_iter()
+            .next()
+            .map(|(namespace, name)| format!("{namespace}/{name}"))
+    }
 
     fn sdb(namespace: &str, name: &str, created: &str, spec: &str) -> ServiceDatabase {
         let mut sdb: ServiceDatabase = serde_json::from_value(serde_json::json!({

@@ -439,14 +439,7 @@ pub fn validate(
 /// bytes, less the `_b` of the rotation twin) keep a readable start and a
 /// hash of the whole.
 pub fn shared_identifier(namespace: &str, name: &str) -> String {
-    use sha2::{Digest, Sha256};
-    let full = format!("{namespace}_{name}").replace('-', "_");
-    if full.len() <= 61 {
-        return full;
-    }
-    let hash = Sha256::digest(full.as_bytes());
-    let hex: String = hash.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    format!("{}_{hex}", &full[..52])
+    crate::engine::fit_name(&format!("{namespace}_{name}").replace('-', "_"), 61)
 }
 
 fn check_cron(field: &'static str, schedule: &str) -> Result<(), Invalid> {

@@ -40,6 +40,7 @@ ENGINE_TESTS := --test instance_postgres --test instance_redis --test instance_m
 ## engine: the instance manager against real PostgreSQL and Redis servers, and
 ## the MongoDB user handling against FerretDB (hack/ferretdb).
 engine:
+	hack/prereqs.sh postgres redis go
 	hack/ferretdb/build.sh >/dev/null
 	$(CARGO) test --locked $(ENGINE_TESTS)
 
@@ -49,6 +50,7 @@ AGENT_TESTS := --test agent_postgres --test agent_redis --test agent_mongodb
 ## PostgreSQL, Redis and FerretDB servers and a real S3 server (versitygw,
 ## hack/s3), and a directory.
 agent:
+	hack/prereqs.sh postgres redis go
 	hack/s3/build.sh >/dev/null
 	hack/ferretdb/build.sh >/dev/null
 	$(CARGO) test --locked $(AGENT_TESTS)
@@ -58,11 +60,13 @@ agent:
 ## versitygw, against `pg_dump -Fc | zstd`; prints MB/s and ratios.
 ## A release build: debug zstd and SHA-256 would measure the compiler.
 bench-backup:
+	hack/prereqs.sh postgres zstd
 	$(CARGO) build --locked --release
 	hack/bench-backup.sh $(or $(CARGO_TARGET_DIR),target)/release/servicedb
 
 ## e2e: the operator against a real API server (KUBECONFIG, or a local one).
 e2e: build
+	hack/prereqs.sh postgres redis go
 	hack/s3/build.sh >/dev/null
 	hack/e2e.sh
 
@@ -74,10 +78,12 @@ bench: bench-provision bench-backup
 ## bench-provision: provisioning time of 200 databases on one PostgreSQL and
 ## one Redis server (total, p50, p99 per database).
 bench-provision:
+	hack/prereqs.sh postgres redis go
 	hack/bench.sh
 
 ## run: the operator against the current cluster, or a local control plane.
 run: build
+	hack/prereqs.sh go
 	hack/run.sh
 
 stop:
@@ -93,12 +99,14 @@ STATIC_BIN := $(or $(CARGO_TARGET_DIR),target)/x86_64-unknown-linux-gnu/release/
 
 ## static: the statically linked binary for the operator and engine images.
 static:
+	hack/prereqs.sh file
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --locked --release --target x86_64-unknown-linux-gnu
 	@file $(STATIC_BIN)
 	@file $(STATIC_BIN) | grep -q 'static' || { echo "$(STATIC_BIN) is not statically linked" >&2; exit 1; }
 
 ## engine-static: the engine tests against the statically linked binary.
 engine-static: static
+	hack/prereqs.sh postgres redis go
 	hack/ferretdb/build.sh >/dev/null
 	SERVICEDB_TEST_BINARY=$(abspath $(STATIC_BIN)) $(CARGO) test --locked $(ENGINE_TESTS)
 

@@ -391,11 +391,16 @@ async fn announce_rotation(sdb: &ServiceDatabase, plan: &rotation::Plan, ctx: &C
 async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> {
     let namespace = sdb.namespace().unwrap_or_default();
     let name = sdb.name_any();
+    let uid = sdb.uid().unwrap_or_default();
+    let children = apply::Owner {
+        instance: &name,
+        uid: &uid,
+    };
     if let Some(holder) = claim::holder(sdb, ctx).await {
         // It never held anything on the server: nothing there is dropped or
         // backed up, whatever its deletionPolicy.
         tracing::info!(%holder, "the name on the shared server is another ServiceDatabase's; only this one's own objects go");
-        apply::cleanup::delete_all(&ctx.client, &namespace, &name).await?;
+        apply::cleanup::delete_all(&ctx.client, &namespace, children).await?;
         return Ok(Action::await_change());
     }
     if sdb.spec.server_ref.is_some() && sdb.spec.deletion_policy == DeletionPolicy::Delete {
@@ -403,9 +408,9 @@ async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> 
     }
     match sdb.spec.deletion_policy {
         DeletionPolicy::Delete => {
-            apply::cleanup::delete_all(&ctx.client, &namespace, &name).await?
+            apply::cleanup::delete_all(&ctx.client, &namespace, children).await?
         }
-        DeletionPolicy::Retain => apply::cleanup::retain(&ctx.client, &namespace, &name).await?,
+        DeletionPolicy::Retain => apply::cleanup::retain(&ctx.client, &namespace, children).await?,
         DeletionPolicy::Snapshot => {
             // Never lose data: nothing is removed before the final backup
             // completed.
@@ -415,7 +420,7 @@ async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> 
                     if sdb.spec.server_ref.is_some() {
                         drop_on_server(sdb, ctx).await?;
                     }
-                    apply::cleanup::delete_all(&ctx.client, &namespace, &name).await?
+                    apply::cleanup::delete_all(&ctx.client, &namespace, children).await?
                 }
                 final_backup::Final::Unavailable(message) => {
                     // Without a usable backup spec no final backup can be
@@ -431,7 +436,7 @@ async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> 
                         secondary: None,
                     };
                     crate::controller::publish(&ctx.recorder, &event, &sdb.object_ref(&())).await;
-                    apply::cleanup::retain(&ctx.client, &namespace, &name).await?
+                    apply::cleanup::retain(&ctx.client, &namespace, children).await?
                 }
                 final_backup::Final::Waiting { message, failed } => {
                     let now = &Time(jiff_now());

@@ -88,7 +88,39 @@ pub enum Error {
     Invalid(Invalid),
 }
 
+/// The reason of the condition when the DatabaseServer does not admit the
+/// ServiceDatabase's namespace (any more).
+pub const NOT_ADMITTED: &str = "NamespaceNotAllowed";
+
+/// Whether the DatabaseServer must admit the namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    /// To place or keep a database there.
+    Required,
+    /// To disable or drop what the service already has there, once the
+    /// namespace is no longer admitted.
+    Ignored,
+}
+
 pub async fn dereference(client: &Client, sdb: &ServiceDatabase) -> Result<Dereferenced, Error> {
+    dereference_with(client, sdb, Admission::Required).await
+}
+
+/// As [`dereference`], whether or not the server still admits the
+/// namespace: for what must happen to the service's logins and data there
+/// when it does not (disabled; dropped on `deletionPolicy: Delete`).
+pub async fn dereference_ignoring_admission(
+    client: &Client,
+    sdb: &ServiceDatabase,
+) -> Result<Dereferenced, Error> {
+    dereference_with(client, sdb, Admission::Ignored).await
+}
+
+async fn dereference_with(
+    client: &Client,
+    sdb: &ServiceDatabase,
+    admission: Admission,
+) -> Result<Dereferenced, Error> {
     let namespace = sdb.namespace().unwrap_or_default();
     let name = sdb.name_any();
     let class = class(client, sdb).await?;
@@ -140,7 +172,7 @@ pub async fn dereference(client: &Client, sdb: &ServiceDatabase) -> Result<Deref
         .unwrap_or(0);
 
     let server = match &sdb.spec.server_ref {
-        Some(server_ref) => Some(server(client, sdb, server_ref).await?),
+        Some(server_ref) => Some(server(client, sdb, server_ref, admission).await?),
         None => None,
     };
 
@@ -284,6 +316,7 @@ async fn server(
     client: &Client,
     sdb: &ServiceDatabase,
     server_ref: &crate::api::common::ObjectRef,
+    admission: Admission,
 ) -> Result<ServerFacts, Error> {
     use crate::api::DatabaseServer;
     use k8s_openapi::api::core::v1::Namespace;
@@ -334,14 +367,16 @@ async fn server(
         .metadata
         .name
         .get_or_insert_with(|| own_namespace.clone());
-    if !crate::controller::databaseserver::admits(
-        &server.spec.allowed_namespaces,
-        &namespace,
-        &candidate,
-    ) {
+    if admission == Admission::Required
+        && !crate::controller::databaseserver::admits(
+            &server.spec.allowed_namespaces,
+            &namespace,
+            &candidate,
+        )
+    {
         return Err(invalid(
             field,
-            "NamespaceNotAllowed",
+            NOT_ADMITTED,
             format!(
                 "DatabaseServer {namespace}/{name} does not admit namespace {own_namespace} (see its spec.allowedNamespaces)"
             ),

@@ -13,6 +13,7 @@
 //! Deletion runs through a finalizer that honours `deletionPolicy`;
 //! `Snapshot` waits for a final `DatabaseBackup` ([`final_backup`]).
 
+pub mod access;
 pub mod apply;
 pub mod backups;
 pub mod claim;
@@ -222,6 +223,9 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             let status = status::compute(sdb, &status::Outcome::Invalid(&e), now);
             status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&e)).await?;
             return Err(Error::Waiting(e));
+        }
+        Err(dereference::Error::Invalid(e)) if e.reason == dereference::NOT_ADMITTED => {
+            return access::end(sdb, ctx, e, now).await;
         }
         Err(dereference::Error::Invalid(e)) => return invalid(e).await,
         Err(e) => return Err(e.into()),
@@ -458,7 +462,8 @@ async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> 
 /// `Delete` on a shared server: drop the database and its login. A spec that
 /// never validated created nothing, so there is nothing to drop.
 async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Error> {
-    let found = match dereference::dereference(&ctx.client, sdb).await {
+    // What it owns there goes even when its namespace is no longer admitted.
+    let found = match access::dereference_for_deletion(&ctx.client, sdb).await {
         Ok(found) => found,
         Err(dereference::Error::Invalid(e)) => {
             tracing::warn!(

@@ -412,3 +412,248 @@ async fn a_service_database_named_like_a_managed_servers_instance_touches_none_o
         .expect("the server's admin Secret is still there");
     assert_eq!(secret_value(&admin, "password"), admin_password);
 }
+
+#[tokio::test]
+async fn a_namespace_no_longer_admitted_loses_its_logins_and_its_delete_still_drops_its_data() {
+    let env = Env::new("bounds-admission").await;
+    let pg = Postgres::start_new();
+    server(&env, "pg", &pg, json!({"from": "All"})).await;
+    let tenant = format!("{}-t", env.ns);
+    ensure_namespace(&env.client, &tenant).await;
+    let sdbs: Api<ServiceDatabase> = Api::namespaced(env.client.clone(), &tenant);
+    apply(&env.client, &tenant, shared("ledger", "pg", &env.ns))
+        .await
+        .expect("apply");
+    wait_phase(&sdbs, "ledger", Phase::Ready).await;
+    let secret = get_when(
+        &Api::<Secret>::namespaced(env.client.clone(), &tenant),
+        "ledger-db",
+    )
+    .await;
+    let (user, password, database) = (
+        secret_value(&secret, "username"),
+        secret_value(&secret, "password"),
+        secret_value(&secret, "database"),
+    );
+    let session = connect(pg.port, &user, &password, &database)
+        .await
+        .expect("the service logs in");
+    session
+        .batch_execute("CREATE TABLE entries (v int); INSERT INTO entries VALUES (7)")
+        .await
+        .expect("writes");
+    let admin = connect(pg.port, &pg.admin_user, &pg.admin_password, "postgres")
+        .await
+        .expect("admin");
+
+    // The server stops admitting the tenant's namespace.
+    let admit = |from: &str| {
+        json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer",
+        "metadata": {"name": "pg"}, "spec": {"allowedNamespaces": {"from": from}}})
+    };
+    env.api::<DatabaseServer>()
+        .patch(
+            "pg",
+            &PatchParams::apply("servicedb-e2e-admission").force(),
+            &Patch::Apply(&admit("Same")),
+        )
+        .await
+        .expect("narrow the server");
+    let refused = wait_for(
+        "the status to say the namespace is no longer admitted",
+        Duration::from_secs(120),
+        || async {
+            let sdb = sdbs.get("ledger").await.ok()?;
+            let (status, reason, message) = condition(&sdb, "SpecValid")?;
+            (status == "False" && reason == "NamespaceNotAllowed").then_some(message)
+        },
+    )
+    .await;
+    assert!(
+        connect(pg.port, &user, &password, &database).await.is_err(),
+        "its login no longer works ({refused})"
+    );
+    assert!(
+        session.query_one("SELECT 1", &[]).await.is_err(),
+        "its open session was ended"
+    );
+    assert!(refused.contains(&format!("{}/pg", env.ns)), "{refused}");
+    assert!(
+        refused.contains(&user) && refused.contains("disabled"),
+        "{refused}"
+    );
+    let kept: i64 = connect(pg.port, &pg.admin_user, &pg.admin_password, &database)
+        .await
+        .expect("admin in its database")
+        .query_one("SELECT count(*) FROM entries", &[])
+        .await
+        .expect("its data stays")
+        .get(0);
+    assert_eq!(kept, 1);
+
+    // Admitted again: the same login works again, with its data.
+    env.api::<DatabaseServer>()
+        .patch(
+            "pg",
+            &PatchParams::apply("servicedb-e2e-admission").force(),
+            &Patch::Apply(&admit("All")),
+        )
+        .await
+        .expect("widen the server");
+    wait_phase(&sdbs, "ledger", Phase::Ready).await;
+    let back = wait_for(
+        "the login to work again",
+        Duration::from_secs(60),
+        || async { connect(pg.port, &user, &password, &database).await.ok() },
+    )
+    .await;
+    let v: i32 = back
+        .query_one("SELECT v FROM entries", &[])
+        .await
+        .expect("its data")
+        .get(0);
+    assert_eq!(v, 7);
+
+    // Not admitted, then deleted with deletionPolicy Delete: what it owns
+    // on the server is dropped all the same.
+    env.api::<DatabaseServer>()
+        .patch(
+            "pg",
+            &PatchParams::apply("servicedb-e2e-admission").force(),
+            &Patch::Apply(&admit("Same")),
+        )
+        .await
+        .expect("narrow the server");
+    wait_for(
+        "the logins disabled again",
+        Duration::from_secs(120),
+        || async {
+            let sdb = sdbs.get("ledger").await.ok()?;
+            let (_, reason, message) = condition(&sdb, "SpecValid")?;
+            (reason == "NamespaceNotAllowed" && message.contains("disabled")).then_some(())
+        },
+    )
+    .await;
+    sdbs.delete("ledger", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("ledger to be gone", Duration::from_secs(60), || async {
+        sdbs.get_opt("ledger").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let roles: i64 = admin
+        .query_one("SELECT count(*) FROM pg_roles WHERE rolname = $1", &[&user])
+        .await
+        .expect("roles")
+        .get(0);
+    let databases: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .expect("databases")
+        .get(0);
+    assert_eq!(
+        (roles, databases),
+        (0, 0),
+        "its login and database are dropped"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_namespace_no_longer_admitted_loses_its_acl_user_and_keeps_its_keys() {
+    use redis::AsyncCommands;
+
+    use crate::servers::Redis;
+    use crate::shared::{redis_as, server_of};
+
+    let env = Env::new("bounds-admission-redis").await;
+    let cache = Redis::start_new();
+    let admit = |from: &str| {
+        json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer",
+        "metadata": {"name": "cache"}, "spec": {"allowedNamespaces": {"from": from}}})
+    };
+    server_of(
+        &env,
+        "cache",
+        "Redis",
+        cache.port,
+        &cache.admin_user,
+        &cache.admin_password,
+        json!({"from": "All"}),
+    )
+    .await;
+    let tenant = format!("{}-t", env.ns);
+    ensure_namespace(&env.client, &tenant).await;
+    let sdbs: Api<ServiceDatabase> = Api::namespaced(env.client.clone(), &tenant);
+    let mut sdb = shared("sessions", "cache", &env.ns);
+    sdb["spec"]["engine"] = json!("Redis");
+    apply(&env.client, &tenant, sdb).await.expect("apply");
+    wait_phase(&sdbs, "sessions", Phase::Ready).await;
+    let secret = get_when(
+        &Api::<Secret>::namespaced(env.client.clone(), &tenant),
+        "sessions-db",
+    )
+    .await;
+    let (user, password, prefix) = (
+        secret_value(&secret, "username"),
+        secret_value(&secret, "password"),
+        secret_value(&secret, "keyPrefix"),
+    );
+    let mut open = redis_as(cache.port, &user, &password)
+        .await
+        .expect("the service logs in");
+    let key = format!("{prefix}token");
+    open.set::<_, _, ()>(&key, "v1").await.expect("writes");
+
+    env.api::<DatabaseServer>()
+        .patch(
+            "cache",
+            &PatchParams::apply("servicedb-e2e-admission").force(),
+            &Patch::Apply(&admit("Same")),
+        )
+        .await
+        .expect("narrow the server");
+    let refused = wait_for(
+        "the status to say the namespace is no longer admitted",
+        Duration::from_secs(120),
+        || async {
+            let sdb = sdbs.get("sessions").await.ok()?;
+            let (status, reason, message) = condition(&sdb, "SpecValid")?;
+            (status == "False" && reason == "NamespaceNotAllowed").then_some(message)
+        },
+    )
+    .await;
+    assert!(
+        redis_as(cache.port, &user, &password).await.is_err(),
+        "its ACL user no longer logs in ({refused})"
+    );
+    assert!(
+        open.get::<_, Option<String>>(&key).await.is_err(),
+        "its open connection was closed"
+    );
+    assert!(refused.contains("disabled"), "{refused}");
+    let mut admin = redis_as(cache.port, &cache.admin_user, &cache.admin_password)
+        .await
+        .expect("admin");
+    let kept: Option<String> = admin.get(&key).await.expect("admin reads");
+    assert_eq!(kept.as_deref(), Some("v1"), "its keys stay");
+
+    // Deleted while not admitted (deletionPolicy Delete): its user and keys go.
+    sdbs.delete("sessions", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("sessions to be gone", Duration::from_secs(60), || async {
+        sdbs.get_opt("sessions").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let users: Vec<String> = redis::cmd("ACL")
+        .arg("USERS")
+        .query_async(&mut admin)
+        .await
+        .expect("ACL USERS");
+    assert!(!users.contains(&user), "{users:?}");
+    let gone: Option<String> = admin.get(&key).await.expect("admin reads");
+    assert_eq!(gone, None, "its keys are deleted");
+}

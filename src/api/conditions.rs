@@ -11,7 +11,8 @@ pub mod types {
     pub const INSTANCE_READY: &str = "InstanceReady";
     /// The service's credentials Secret exists and matches the database.
     pub const CREDENTIALS_READY: &str = "CredentialsReady";
-    /// A NetworkPolicy admits only the owner's pods.
+    /// A NetworkPolicy admits only the owner's pods; `Unknown` on a shared
+    /// server, which no NetworkPolicy of the namespace can fence.
     pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
     /// The spec (with its class) is valid.
     pub const SPEC_VALID: &str = "SpecValid";
@@ -31,6 +32,8 @@ pub mod types {
 pub struct Observed {
     pub type_: &'static str,
     pub status: bool,
+    /// The status is `Unknown` (and `status` false): servicedb cannot know.
+    pub unknown: bool,
     pub reason: &'static str,
     pub message: String,
 }
@@ -45,6 +48,18 @@ impl Observed {
         Self {
             type_,
             status,
+            unknown: false,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// A condition whose truth servicedb cannot know.
+    pub fn unknown(type_: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            status: false,
+            unknown: true,
             reason,
             message: message.into(),
         }
@@ -66,7 +81,12 @@ pub fn merge(
         .cloned()
         .collect();
     for o in observed {
-        let status = if o.status { "True" } else { "False" }.to_string();
+        let status = match (o.unknown, o.status) {
+            (true, _) => "Unknown",
+            (false, true) => "True",
+            (false, false) => "False",
+        }
+        .to_string();
         let last_transition_time = previous
             .iter()
             .find(|c| c.type_ == o.type_ && c.status == status)

@@ -32,7 +32,8 @@ use super::common::{BackupDestination, Engine, LocalObjectRef, conditions_schema
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = Rule::new("size(self.metadata.name) <= 63").message("metadata.name must be at most 63 characters: it labels the backup's Jobs and names its archive")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseBackupSpec {

@@ -31,7 +31,8 @@ use super::common::{Engine, LocalObjectRef, Resources, StorageSpec, conditions_s
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = Rule::new("!has(self.spec.managed) || size(self.metadata.name) <= 42").message("a managed DatabaseServer's metadata.name must be at most 42 characters: its instance is the StatefulSet <name>-server-db")
 )]
 #[x_kube(
     validation = Rule::new("has(self.external) != has(self.managed)").message("set exactly one of external or managed"),

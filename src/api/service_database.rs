@@ -66,8 +66,10 @@ pub struct ServiceDatabaseSpec {
     pub isolation: Isolation,
 
     /// The `DatabaseServer` that hosts the database; required for isolation
-    /// `Database` and `Schema`.
+    /// `Database` and `Schema`. Cannot be changed: the database, its login
+    /// and its data live on that server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("serverRef is immutable: the database and its login live on that server"))]
     pub server_ref: Option<ObjectRef>,
 
     /// The data volume of a dedicated instance; defaults from the class.

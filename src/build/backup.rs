@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use super::secret::CA_KEY;
 use super::statefulset::{BIN_DIR, install_container, mount, restricted_container};
 use super::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts};
+use super::{MAX_CRONJOB_NAME, MAX_NAME, fit_object_name};
 use super::{labels, object_meta};
 use crate::api::Engine;
 use crate::api::common::BackupDestination;
@@ -32,15 +33,29 @@ use crate::engine::tls::TlsMode;
 /// the CronJob) lack it until they are recorded; their `DatabaseBackup` is
 /// named after the Job.
 pub const LABEL_BACKUP: &str = "servicedb.dev/backup";
-/// On agent pods: the ServiceDatabase they connect to. Its NetworkPolicy
-/// admits pods with this label.
-pub const LABEL_CLIENT_OF: &str = "servicedb.dev/client-of";
 /// The label the Job controller puts on a Job's pods.
 pub const LABEL_JOB_NAME: &str = "batch.kubernetes.io/job-name";
+/// The label the API server gives a Job's pod template (the Job's UID, its
+/// selector): the database's NetworkPolicy admits agent pods only with it.
+pub const LABEL_JOB_CONTROLLER_UID: &str = "batch.kubernetes.io/controller-uid";
 /// Where agent pods find the CA of a server reached over TLS.
 pub const CA_DIR: &str = "/etc/servicedb/server-ca";
 /// Where the agent writes its manifest (the container's termination message).
 pub const TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// How long an agent Job may run before the Job controller stops it and
+/// marks it failed (`DeadlineExceeded`): a dump that hangs on a stalled
+/// server or bucket ends with a clear failure instead of holding the next
+/// run back for ever (the CronJobs forbid concurrent runs).
+pub const AGENT_DEADLINE_SECONDS: i64 = 6 * 3600;
+/// The same for a Job that only deletes an archive.
+pub const DELETE_DEADLINE_SECONDS: i64 = 3600;
+/// Size limit of an agent's scratch directory (`/tmp`), where a restore or
+/// a verification downloads the archive before loading it: the pod is
+/// evicted beyond it instead of filling the node's disk.
+pub const AGENT_SCRATCH_LIMIT: &str = "20Gi";
+/// Size limit of the directory the `servicedb` binary is copied into.
+pub const AGENT_BIN_LIMIT: &str = "256Mi";
 
 /// Components (the `app.kubernetes.io/component` label) of agent Jobs.
 pub mod component {
@@ -60,32 +75,39 @@ pub struct Archive {
     pub destination: BackupDestination,
 }
 
-/// `orders` → `orders-db-backup`.
+/// `orders` → `orders-db-backup` (at most 50 characters for the longest
+/// name a ServiceDatabase may have, within a CronJob's 52).
 pub fn backup_cronjob_name(db: &ValidatedDatabase) -> String {
-    format!("{}-backup", db.instance_name())
+    fit_object_name(&format!("{}-backup", db.instance_name()), MAX_CRONJOB_NAME)
 }
 
 /// `orders` → `orders-db-verify`.
 pub fn verify_cronjob_name(db: &ValidatedDatabase) -> String {
-    format!("{}-verify", db.instance_name())
+    fit_object_name(&format!("{}-verify", db.instance_name()), MAX_CRONJOB_NAME)
 }
 
 /// `orders` → `orders-db-restore`.
 pub fn restore_job_name(name: &str) -> String {
-    format!(
-        "{}-restore",
-        crate::controller::servicedatabase::validate::instance_name(name)
+    fit_object_name(
+        &format!(
+            "{}-restore",
+            crate::controller::servicedatabase::validate::instance_name(name)
+        ),
+        MAX_NAME,
     )
 }
 
-/// The Job of a `DatabaseBackup` created by hand (or the final one).
+/// The Job of a `DatabaseBackup` created by hand (or the final one):
+/// `<backup>-backup`, shortened with a hash when that is too long.
 pub fn backup_job_name(backup: &str) -> String {
-    format!("{backup}-backup")
+    fit_object_name(&format!("{backup}-backup"), MAX_NAME)
 }
 
-/// The Job that deletes a `DatabaseBackup`'s archive.
+/// The Job that deletes a `DatabaseBackup`'s archive: `<backup>-delete`,
+/// shortened with a hash when that is too long (a scheduled backup is named
+/// after its Job and may already have 63 characters).
 pub fn delete_job_name(backup: &str) -> String {
-    format!("{backup}-delete")
+    fit_object_name(&format!("{backup}-delete"), MAX_NAME)
 }
 
 /// The scheduled backups: the Jobs it makes are recorded as `DatabaseBackup`s
@@ -281,7 +303,11 @@ pub fn delete_job(
         owner_references: Some(vec![owner.clone()]),
         ..Default::default()
     };
-    job(meta, pod, 2)
+    let mut job = job(meta, pod, 2);
+    if let Some(spec) = job.spec.as_mut() {
+        spec.active_deadline_seconds = Some(DELETE_DEADLINE_SECONDS);
+    }
+    job
 }
 
 fn backup_args(
@@ -410,7 +436,7 @@ fn s3_env(destination: &BackupDestination) -> Vec<EnvVar> {
 fn destination_volume(destination: &BackupDestination) -> (Vec<Volume>, Vec<VolumeMount>) {
     let mut volumes = vec![Volume {
         name: "tmp".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(bounded_empty_dir(AGENT_SCRATCH_LIMIT)),
         ..Default::default()
     }];
     let mut mounts = vec![mount("tmp", "/tmp", false)];
@@ -426,6 +452,13 @@ fn destination_volume(destination: &BackupDestination) -> (Vec<Volume>, Vec<Volu
         mounts.push(mount("backup", BACKUP_MOUNT, false));
     }
     (volumes, mounts)
+}
+
+fn bounded_empty_dir(limit: &str) -> EmptyDirVolumeSource {
+    EmptyDirVolumeSource {
+        medium: None,
+        size_limit: Some(Quantity(limit.into())),
+    }
 }
 
 fn agent_resources() -> ResourceRequirements {
@@ -491,7 +524,7 @@ fn agent_pod(
     let (mut volumes, mut mounts) = destination_volume(destination);
     volumes.push(Volume {
         name: "servicedb-bin".into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(bounded_empty_dir(AGENT_BIN_LIMIT)),
         ..Default::default()
     });
     mounts.push(mount("servicedb-bin", BIN_DIR, true));
@@ -526,11 +559,9 @@ fn agent_pod(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
-    let mut pod_labels = labels(db, component);
-    pod_labels.insert(LABEL_CLIENT_OF.into(), db.name.clone());
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(pod_labels),
+            labels: Some(labels(db, component)),
             ..Default::default()
         }),
         spec: Some(PodSpec {
@@ -553,6 +584,7 @@ fn job(metadata: ObjectMeta, pod: PodTemplateSpec, backoff_limit: i32) -> Job {
 fn job_spec(pod: PodTemplateSpec, backoff_limit: i32) -> JobSpec {
     JobSpec {
         backoff_limit: Some(backoff_limit),
+        active_deadline_seconds: Some(AGENT_DEADLINE_SECONDS),
         template: pod,
         ..Default::default()
     }

@@ -8,10 +8,16 @@ use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, OwnerReference,
+};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{OperatorFacts, object_meta, selector_labels};
+use super::backup::{LABEL_JOB_CONTROLLER_UID, component};
+use super::{
+    LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts, object_meta,
+    selector_labels,
+};
 use crate::controller::servicedatabase::validate::ValidatedDatabase;
 
 pub fn build(
@@ -38,15 +44,14 @@ pub fn build(
         ..Default::default()
     };
     // Agent pods of this database (src/build/backup.rs), only when there
-    // are backups or a restore to run.
+    // are backups or a restore to run: pods of a Job (the Job controller's
+    // `controller-uid` label), of servicedb's agent components, for this
+    // database. No label of its own that a team could put on an app pod to
+    // be let in (as a `client-of` label would read); the namespace's users
+    // can still copy these labels onto a pod of theirs, which a
+    // NetworkPolicy cannot prevent (see the README's security model).
     let agents = (db.backup.is_some() || db.restore_from.is_some()).then(|| NetworkPolicyPeer {
-        pod_selector: Some(LabelSelector {
-            match_labels: Some(BTreeMap::from([(
-                super::backup::LABEL_CLIENT_OF.to_string(),
-                db.name.clone(),
-            )])),
-            ..Default::default()
-        }),
+        pod_selector: Some(agent_selector(db)),
         ..Default::default()
     });
     NetworkPolicy {
@@ -67,5 +72,31 @@ pub fn build(
             }]),
             ..Default::default()
         }),
+    }
+}
+
+/// The pods of servicedb's backup, verify and restore Jobs of `db`.
+pub fn agent_selector(db: &ValidatedDatabase) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([
+            (LABEL_INSTANCE.to_string(), db.name.clone()),
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        ])),
+        match_expressions: Some(vec![
+            LabelSelectorRequirement {
+                key: LABEL_COMPONENT.into(),
+                operator: "In".into(),
+                values: Some(
+                    [component::BACKUP, component::VERIFY, component::RESTORE]
+                        .map(String::from)
+                        .to_vec(),
+                ),
+            },
+            LabelSelectorRequirement {
+                key: LABEL_JOB_CONTROLLER_UID.into(),
+                operator: "Exists".into(),
+                values: None,
+            },
+        ]),
     }
 }

@@ -787,11 +787,35 @@ mod backups {
         );
     }
 
+    /// Whether `selector` selects a pod with `labels`, as the API server
+    /// evaluates it.
+    fn selects(
+        selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        selector
+            .match_labels
+            .iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && selector.match_expressions.iter().flatten().all(|e| {
+                let value = labels.get(&e.key);
+                let values = e.values.clone().unwrap_or_default();
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    other => panic!("operator {other}"),
+                }
+            })
+    }
+
     #[test]
-    fn the_network_policy_admits_the_agent_pods() {
+    fn the_network_policy_admits_the_agent_pods_of_its_jobs_and_no_app_pod_by_a_label() {
         let db = orders_with_backup("{volume: {claimName: backups}}");
         let cron = backup::backup_cronjob(&db, db.backup.as_ref().unwrap(), &facts(), &owner());
-        let pod_labels = cron
+        let mut agent = cron
             .spec
             .unwrap()
             .job_template
@@ -807,26 +831,231 @@ mod backups {
             .from
             .clone()
             .unwrap();
-        assert!(
+        let admitted = |labels: &BTreeMap<String, String>| {
             from.iter()
                 .filter(|p| p.namespace_selector.is_none())
-                .any(|p| {
-                    p.pod_selector
-                        .as_ref()
-                        .unwrap()
-                        .match_labels
-                        .as_ref()
-                        .unwrap()
-                        .iter()
-                        .all(|(k, v)| pod_labels.get(k) == Some(v))
-                })
+                .any(|p| selects(p.pod_selector.as_ref().unwrap(), labels))
+        };
+        assert!(
+            !admitted(&agent),
+            "a pod that is not a Job's is not admitted with the agent's labels alone"
+        );
+        // What the API server adds to a Job's pod template.
+        agent.insert(backup::LABEL_JOB_CONTROLLER_UID.into(), "3f2a".into());
+        agent.insert(backup::LABEL_JOB_NAME.into(), "orders-db-backup-1".into());
+        assert!(admitted(&agent), "{agent:?}");
+        let app = BTreeMap::from([
+            ("app".to_string(), "reporting".to_string()),
+            ("servicedb.dev/client-of".to_string(), "orders".to_string()),
+            (
+                backup::LABEL_JOB_CONTROLLER_UID.to_string(),
+                "9".to_string(),
+            ),
+        ]);
+        assert!(
+            !admitted(&app),
+            "no label of servicedb's own lets an app in"
         );
         assert!(
             !crate::build::selector_labels(&db)
                 .iter()
-                .all(|(k, v)| pod_labels.get(k) == Some(v)),
+                .all(|(k, v)| agent.get(k) == Some(v)),
             "agent pods are not database pods"
         );
+    }
+
+    #[test]
+    fn agent_jobs_end_by_a_deadline_and_have_bounded_scratch_space() {
+        let db = orders_with_backup("{volume: {claimName: backups}}");
+        let archive = Archive {
+            name: "b1".into(),
+            location: "file:///backup/shop/orders/b1".into(),
+            destination: db.backup.clone().unwrap().destination,
+        };
+        let from_cron =
+            |c: k8s_openapi::api::batch::v1::CronJob| c.spec.unwrap().job_template.spec.unwrap();
+        let jobs = [
+            (
+                "scheduled backup",
+                from_cron(backup::backup_cronjob(
+                    &db,
+                    db.backup.as_ref().unwrap(),
+                    &facts(),
+                    &owner(),
+                )),
+                backup::AGENT_DEADLINE_SECONDS,
+            ),
+            (
+                "verify",
+                from_cron(backup::verify_cronjob(
+                    &db,
+                    "@weekly",
+                    &archive,
+                    &facts(),
+                    &owner(),
+                )),
+                backup::AGENT_DEADLINE_SECONDS,
+            ),
+            (
+                "backup",
+                backup::backup_job(&db, db.backup.as_ref().unwrap(), &facts(), "b1", &owner())
+                    .spec
+                    .unwrap(),
+                backup::AGENT_DEADLINE_SECONDS,
+            ),
+            (
+                "restore",
+                backup::restore_job(&db, &archive, &facts(), &owner())
+                    .spec
+                    .unwrap(),
+                backup::AGENT_DEADLINE_SECONDS,
+            ),
+            (
+                "delete",
+                backup::delete_job("shop", "orders", &archive, None, &facts(), &owner())
+                    .spec
+                    .unwrap(),
+                backup::DELETE_DEADLINE_SECONDS,
+            ),
+        ];
+        for (what, job, deadline) in jobs {
+            assert_eq!(job.active_deadline_seconds, Some(deadline), "{what}");
+            let pod = job.template.spec.unwrap();
+            for volume in pod.volumes.unwrap() {
+                if let Some(dir) = volume.empty_dir {
+                    assert!(
+                        dir.size_limit.is_some(),
+                        "{what}: emptyDir {} is bounded",
+                        volume.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_derived_name_fits_for_the_longest_names_the_crds_admit() {
+        use crate::controller::databaseserver::managed;
+        use crate::controller::servicedatabase::{final_backup, validate::instance_name};
+        use kube::ResourceExt;
+        let longest = "payments-reconciliation-ledger-export-v2";
+        assert_eq!(longest.len(), 40, "the CRD's maximum");
+        let class: DatabaseClass = fixture("class-postgres.yaml");
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        sdb.metadata.name = Some(longest.into());
+        sdb.spec.credentials = None;
+        let mut spec = serde_json::to_value(&sdb.spec).unwrap();
+        spec["backup"] = serde_yaml::from_str(
+            "{schedule: '0 2 * * *', destination: {volume: {claimName: b}}, verify: {schedule: '@weekly'}, retention: {keepLast: 2}}",
+        )
+        .unwrap();
+        spec["deletionPolicy"] = "Snapshot".into();
+        sdb.spec = serde_json::from_value(spec).unwrap();
+        let db = validate(&sdb, &class, None).unwrap();
+        let owner = sdb.controller_owner_ref(&()).unwrap();
+        let archive = Archive {
+            name: "b".repeat(63),
+            location: "file:///backup/x".into(),
+            destination: db.backup.clone().unwrap().destination,
+        };
+        let creds = Credentials::single(&db, "a", "b");
+        let c = children(&db, &creds, &facts(), &owner, Some(&archive));
+        let (backup_cron, verify_cron) = (
+            c.backup_cronjob.clone().unwrap(),
+            c.verify_cronjob.clone().unwrap(),
+        );
+        let mut names: Vec<(String, usize)> = Vec::new();
+        for cron in [&backup_cron, &verify_cron] {
+            let name = cron.metadata.name.clone().unwrap();
+            names.push((name.clone(), crate::build::MAX_CRONJOB_NAME));
+            // Its Jobs: `<cronjob>-<scheduled minute>`, and a scheduled
+            // backup is recorded under its Job's name.
+            let job = format!("{name}-{}", "9".repeat(10));
+            names.push((job.clone(), 63));
+            names.push((backup::delete_job_name(&job), 63));
+        }
+        let built = flat(c);
+        // A StatefulSet's pods are labelled `<name>-<10-char revision hash>`.
+        names.push((built.statefulset.metadata.name.clone().unwrap(), 52));
+        for meta in [
+            &built.headless_service.metadata,
+            &built.client_service.metadata,
+            &built.pdb.metadata,
+            &built.network_policy.metadata,
+            &built.admin_secret.metadata,
+            &built.credentials_secret.metadata,
+        ] {
+            names.push((meta.name.clone().unwrap(), 63));
+        }
+        names.push((backup::restore_job_name(longest), 63));
+        let mut final_of = sdb.clone();
+        final_of.metadata.uid = Some("6b1f9b4e-0000-4000-8000-000000000001".into());
+        let final_backup = final_backup::name(&final_of);
+        names.push((final_backup.clone(), 63));
+        names.push((backup::backup_job_name(&final_backup), 63));
+        // The longest DatabaseBackup name (the CRD's maximum).
+        let manual = "m".repeat(63);
+        names.push((backup::backup_job_name(&manual), 63));
+        names.push((backup::delete_job_name(&manual), 63));
+        for (name, max) in &names {
+            assert!(name.len() <= *max, "{name}: {} > {max}", name.len());
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                    && !name.starts_with('-')
+                    && !name.ends_with('-'),
+                "{name} is a DNS label"
+            );
+        }
+        assert_ne!(
+            backup::delete_job_name(&"m".repeat(63)),
+            backup::delete_job_name(&format!("{}n", "m".repeat(62))),
+            "long names that share a start still differ"
+        );
+        assert_eq!(
+            backup::delete_job_name("b7"),
+            "b7-delete",
+            "short names as they were"
+        );
+        for labels in [
+            built.statefulset.metadata.labels.clone().unwrap(),
+            backup_cron.metadata.labels.clone().unwrap(),
+        ] {
+            assert!(labels.values().all(|v| v.len() <= 63), "{labels:?}");
+        }
+
+        // A managed DatabaseServer with the longest name its CRD admits.
+        let server: crate::api::DatabaseServer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer",
+            "metadata": {"name": "s".repeat(42), "namespace": "platform", "uid": "u1"},
+            "spec": {"engine": "Postgres", "managed": {}}}))
+        .unwrap();
+        let as_sdb = managed::as_service_database(&server).unwrap();
+        let db = validate(&as_sdb, &bare_class(crate::api::Engine::Postgres), None).unwrap();
+        let owner = server.controller_owner_ref(&()).unwrap();
+        let managed_children = flat(children(&db, &creds, &facts(), &owner, None));
+        assert!(
+            managed_children
+                .statefulset
+                .metadata
+                .name
+                .clone()
+                .unwrap()
+                .len()
+                <= 52
+        );
+        assert_eq!(
+            managed_children.statefulset.metadata.name.clone().unwrap(),
+            instance_name(&managed::instance(&server.name_any()))
+        );
+        for meta in [
+            &managed_children.headless_service.metadata,
+            &managed_children.client_service.metadata,
+            &managed_children.admin_secret.metadata,
+            &managed_children.credentials_secret.metadata,
+        ] {
+            assert!(meta.name.clone().unwrap().len() <= 63, "{meta:?}");
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod postgres;
 pub mod postgres_users;
 pub mod redis;
 pub mod redis_acl;
+pub mod suspend;
 pub mod tls;
 
 use std::collections::BTreeMap;

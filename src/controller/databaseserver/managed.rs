@@ -68,6 +68,9 @@ pub fn as_service_database(server: &DatabaseServer) -> Option<ServiceDatabase> {
         serde_json::from_value(spec).ok()?,
     );
     sdb.metadata.namespace = server.namespace();
+    // Its children are the server's: the checks that a child is this
+    // resource's own compare the server's UID.
+    sdb.metadata.uid = server.uid();
     Some(sdb)
 }
 

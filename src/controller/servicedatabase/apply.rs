@@ -2,6 +2,14 @@
 //! built child with field manager `servicedb`, skipping objects that already
 //! match (an unchanged resource costs no write), and removal of children that
 //! are no longer built.
+//!
+//! A child is only ever written or removed when its controller owner
+//! reference is this resource's UID (or, written only, when it has no
+//! controller and servicedb's labels for this instance: what an earlier
+//! resource of the same name retained). A managed DatabaseServer `x` builds
+//! its instance under the name `x-server`, as a ServiceDatabase `x-server`
+//! would: whichever came second is refused, and neither removes the other's
+//! objects.
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;
@@ -12,6 +20,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -24,6 +33,14 @@ use crate::build::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(
+        "{kind} {name} is {holder}, not this resource's; rename this resource or remove that object"
+    )]
+    Conflict {
+        kind: &'static str,
+        name: String,
+        holder: String,
+    },
     #[error("applying {kind} {name}: {source}")]
     Apply {
         kind: &'static str,
@@ -75,6 +92,9 @@ pub async fn apply(
     } = children;
     let mut out = Applied::default();
     let mut keep = Keep::default();
+    // Every child carries the same controller owner reference.
+    let uid = controller_uid(credentials_secret.meta()).unwrap_or_default();
+    let uid = uid.as_str();
     apply_one(
         client,
         namespace,
@@ -148,12 +168,13 @@ pub async fn apply(
         secrets,
         cronjobs,
     } = keep;
-    out.deleted += prune::<StatefulSet>(client, namespace, instance, &statefulsets).await?;
-    out.deleted += prune::<Service>(client, namespace, instance, &services).await?;
-    out.deleted += prune::<PodDisruptionBudget>(client, namespace, instance, &pdbs).await?;
-    out.deleted += prune::<NetworkPolicy>(client, namespace, instance, &network_policies).await?;
-    out.deleted += prune::<Secret>(client, namespace, instance, &secrets).await?;
-    out.deleted += prune::<CronJob>(client, namespace, instance, &cronjobs).await?;
+    let owner = Owner { instance, uid };
+    out.deleted += prune::<StatefulSet>(client, namespace, owner, &statefulsets).await?;
+    out.deleted += prune::<Service>(client, namespace, owner, &services).await?;
+    out.deleted += prune::<PodDisruptionBudget>(client, namespace, owner, &pdbs).await?;
+    out.deleted += prune::<NetworkPolicy>(client, namespace, owner, &network_policies).await?;
+    out.deleted += prune::<Secret>(client, namespace, owner, &secrets).await?;
+    out.deleted += prune::<CronJob>(client, namespace, owner, &cronjobs).await?;
     Ok(out)
 }
 
@@ -182,6 +203,47 @@ async fn keep_claim_templates(
         spec.volume_claim_templates = existing.volume_claim_templates;
     }
     Ok(())
+}
+
+/// The resource whose children are applied or removed: its name (the
+/// instance label of its children) and its UID (their controller).
+#[derive(Clone, Copy, Debug)]
+pub struct Owner<'a> {
+    pub instance: &'a str,
+    pub uid: &'a str,
+}
+
+/// The UID of an object's controller owner reference, if it has one.
+pub fn controller_uid(meta: &ObjectMeta) -> Option<String> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.clone())
+}
+
+/// Who else an existing child belongs to, said for a condition; `None`
+/// when `owner` may write it: it controls it, or nobody does and it carries
+/// servicedb's labels for this instance (a child an earlier resource of the
+/// same name retained).
+pub fn belongs_to_another(meta: &ObjectMeta, owner: Owner<'_>) -> Option<String> {
+    if let Some(other) = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    {
+        return (other.uid != owner.uid).then(|| {
+            format!(
+                "controlled by {} {} (uid {})",
+                other.kind, other.name, other.uid
+            )
+        });
+    }
+    let labels = meta.labels.clone().unwrap_or_default();
+    let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+        && labels.get(LABEL_INSTANCE).map(String::as_str) == Some(owner.instance);
+    (!ours).then(|| "not made by servicedb for this resource".to_string())
 }
 
 /// Names applied in this reconcile, per kind.
@@ -219,6 +281,22 @@ where
         source,
     })?;
     if let Some(existing) = existing {
+        let owner = Owner {
+            instance: desired
+                .meta()
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_INSTANCE))
+                .map_or("", String::as_str),
+            uid: &controller_uid(desired.meta()).unwrap_or_default(),
+        };
+        if let Some(holder) = belongs_to_another(existing.meta(), owner) {
+            return Err(Error::Conflict {
+                kind,
+                name: name.clone(),
+                holder,
+            });
+        }
         let want = to_value(desired, kind)?;
         let have = to_value(&existing, kind)?;
         // A Secret's keys are all ours: a key that is no longer built (a
@@ -248,11 +326,12 @@ where
     Ok(())
 }
 
-/// Deletes this instance's objects of kind `K` that were not applied now.
+/// Deletes this instance's objects of kind `K` that were not applied now
+/// and that it controls.
 async fn prune<K>(
     client: &Client,
     namespace: &str,
-    instance: &str,
+    owner: Owner<'_>,
     keep: &BTreeSet<String>,
 ) -> Result<usize, Error>
 where
@@ -264,12 +343,17 @@ where
     let kind = kind::<K>();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let mut deleted = 0;
-    for obj in list_instance(&api, instance)
+    for obj in list_instance(&api, owner.instance)
         .await
         .map_err(|source| Error::List { kind, source })?
     {
         let name = obj.name_any();
         if keep.contains(&name) || obj.meta().deletion_timestamp.is_some() {
+            continue;
+        }
+        if controller_uid(obj.meta()).as_deref() != Some(owner.uid) {
+            // Another resource's (or retained by an earlier one): not ours
+            // to remove.
             continue;
         }
         delete(&api, &name).await.map_err(|source| Error::Delete {
@@ -307,61 +391,150 @@ where
     }
 }
 
-/// What deletion of a ServiceDatabase does to its children.
+/// What deletion of a ServiceDatabase does to its children: only to those
+/// it controls.
 pub mod cleanup {
     use super::*;
 
     /// `Retain`: the running parts go; the data volume and both Secrets stay,
     /// freed of their owner reference so that garbage collection leaves them.
     /// A new ServiceDatabase of the same name adopts them again.
-    pub async fn retain(client: &Client, namespace: &str, instance: &str) -> Result<(), Error> {
-        remove_running(client, namespace, instance).await?;
-        orphan::<Secret>(client, namespace, instance).await?;
-        orphan::<PersistentVolumeClaim>(client, namespace, instance).await?;
+    pub async fn retain(client: &Client, namespace: &str, owner: Owner<'_>) -> Result<(), Error> {
+        remove_running(client, namespace, owner).await?;
+        orphan::<Secret>(client, namespace, owner).await?;
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+        for claim in claims(client, namespace, owner).await? {
+            if claim.owner_references().is_empty() {
+                continue;
+            }
+            let name = claim.name_any();
+            // Whichever StatefulSet's they were, garbage collection must
+            // leave them now.
+            let patch = serde_json::json!({"metadata": {"ownerReferences": null}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|source| Error::Apply {
+                    kind: "PersistentVolumeClaim",
+                    name: name.clone(),
+                    source,
+                })?;
+            tracing::info!(name, "data volume retained");
+        }
         Ok(())
     }
 
     /// `Delete`: everything goes, data volumes included.
-    pub async fn delete_all(client: &Client, namespace: &str, instance: &str) -> Result<(), Error> {
-        remove_running(client, namespace, instance).await?;
-        remove_all::<Secret>(client, namespace, instance).await?;
-        remove_all::<PersistentVolumeClaim>(client, namespace, instance).await?;
+    pub async fn delete_all(
+        client: &Client,
+        namespace: &str,
+        owner: Owner<'_>,
+    ) -> Result<(), Error> {
+        remove_running(client, namespace, owner).await?;
+        remove_all::<Secret>(client, namespace, owner).await?;
+        remove_claims(client, namespace, owner).await?;
         Ok(())
     }
 
-    async fn remove_running(client: &Client, namespace: &str, instance: &str) -> Result<(), Error> {
-        remove_all::<StatefulSet>(client, namespace, instance).await?;
-        remove_all::<Service>(client, namespace, instance).await?;
-        remove_all::<PodDisruptionBudget>(client, namespace, instance).await?;
-        remove_all::<NetworkPolicy>(client, namespace, instance).await?;
-        remove_all::<CronJob>(client, namespace, instance).await?;
+    async fn remove_running(
+        client: &Client,
+        namespace: &str,
+        owner: Owner<'_>,
+    ) -> Result<(), Error> {
+        remove_all::<StatefulSet>(client, namespace, owner).await?;
+        remove_all::<Service>(client, namespace, owner).await?;
+        remove_all::<PodDisruptionBudget>(client, namespace, owner).await?;
+        remove_all::<NetworkPolicy>(client, namespace, owner).await?;
+        remove_all::<CronJob>(client, namespace, owner).await?;
         // The restore Job; backup Jobs belong to their DatabaseBackups, which
         // outlive the database.
         let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-        let restore = crate::build::backup::restore_job_name(instance);
-        delete(&jobs, &restore)
-            .await
-            .map_err(|source| Error::Delete {
-                kind: "Job",
-                name: restore,
-                source,
-            })?;
+        let restore = crate::build::backup::restore_job_name(owner.instance);
+        let found = jobs.get_opt(&restore).await.map_err(|source| Error::List {
+            kind: "Job",
+            source,
+        })?;
+        if found.is_some_and(|job| controller_uid(job.meta()).as_deref() == Some(owner.uid)) {
+            delete(&jobs, &restore)
+                .await
+                .map_err(|source| Error::Delete {
+                    kind: "Job",
+                    name: restore,
+                    source,
+                })?;
+        }
         Ok(())
     }
 
-    async fn remove_all<K>(client: &Client, namespace: &str, instance: &str) -> Result<(), Error>
+    async fn remove_claims(
+        client: &Client,
+        namespace: &str,
+        owner: Owner<'_>,
+    ) -> Result<(), Error> {
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+        for claim in claims(client, namespace, owner).await? {
+            let name = claim.name_any();
+            delete(&api, &name).await.map_err(|source| Error::Delete {
+                kind: "PersistentVolumeClaim",
+                name: name.clone(),
+                source,
+            })?;
+            tracing::info!(name, "removed data volume");
+        }
+        Ok(())
+    }
+
+    /// The data volumes: made by the StatefulSet controller from the claim
+    /// templates, so they carry the instance's labels but no owner of ours
+    /// (at most the StatefulSet). None while a StatefulSet of another
+    /// resource has the instance's name: they would be that one's data.
+    async fn claims(
+        client: &Client,
+        namespace: &str,
+        owner: Owner<'_>,
+    ) -> Result<Vec<PersistentVolumeClaim>, Error> {
+        let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+        let name = crate::controller::servicedatabase::validate::instance_name(owner.instance);
+        let live = statefulsets
+            .get_opt(&name)
+            .await
+            .map_err(|source| Error::List {
+                kind: "StatefulSet",
+                source,
+            })?;
+        if let Some(holder) = live.and_then(|s| belongs_to_another(s.meta(), owner)) {
+            tracing::info!(statefulset = %name, %holder, "data volumes of that name are another resource's; kept");
+            return Ok(Vec::new());
+        }
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+        Ok(list_instance(&api, owner.instance)
+            .await
+            .map_err(|source| Error::List {
+                kind: "PersistentVolumeClaim",
+                source,
+            })?
+            .into_iter()
+            .filter(|claim| claim.meta().deletion_timestamp.is_none())
+            .filter(|claim| {
+                claim.owner_references().iter().all(|o| {
+                    o.controller != Some(true) || o.kind == "StatefulSet" || o.uid == owner.uid
+                })
+            })
+            .collect())
+    }
+
+    async fn remove_all<K>(client: &Client, namespace: &str, owner: Owner<'_>) -> Result<(), Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
             + Debug
             + DeserializeOwned,
     {
-        prune::<K>(client, namespace, instance, &BTreeSet::new())
+        prune::<K>(client, namespace, owner, &BTreeSet::new())
             .await
             .map(|_| ())
     }
 
-    async fn orphan<K>(client: &Client, namespace: &str, instance: &str) -> Result<(), Error>
+    async fn orphan<K>(client: &Client, namespace: &str, owner: Owner<'_>) -> Result<(), Error>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
             + Clone
@@ -371,11 +544,11 @@ pub mod cleanup {
     {
         let kind = kind::<K>();
         let api: Api<K> = Api::namespaced(client.clone(), namespace);
-        for obj in list_instance(&api, instance)
+        for obj in list_instance(&api, owner.instance)
             .await
             .map_err(|source| Error::List { kind, source })?
         {
-            if obj.owner_references().is_empty() {
+            if controller_uid(obj.meta()).as_deref() != Some(owner.uid) {
                 continue;
             }
             let name = obj.name_any();

@@ -10,6 +10,12 @@
 //! decides alike. The other one is refused until the holder is gone, and its
 //! deletion never drops or backs up the holder's data.
 //!
+//! One server is one `host:port`: two DatabaseServers that name the same
+//! PostgreSQL are one server, so claims compare the addresses the
+//! DatabaseServers resolve to, never the objects, and no DatabaseServer
+//! gives priority over another. `spec.serverRef` is immutable (a CEL rule),
+//! so a claim never moves to another server.
+//!
 //! The decision reads the operator's cache of ServiceDatabases. Two that are
 //! created within the same instant may both be seen alone once; the later
 //! reconcile still refuses the younger one, and the holder's next reconcile
@@ -18,8 +24,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Api, ResourceExt};
 
+use super::dereference::server_identity;
 use super::validate::shared_identifier;
-use crate::api::{Isolation, ServiceDatabase};
+use crate::api::{DatabaseServer, Isolation, ServiceDatabase};
 
 /// Who else holds `sdb`'s login name on its shared server, from the
 /// controller's cache once it is complete; `None` before the controller
@@ -30,7 +37,17 @@ pub async fn holder(sdb: &ServiceDatabase, ctx: &crate::controller::Context) -> 
     let store = ctx.service_databases.get()?;
     store.wait_until_ready().await.ok()?;
     let all = store.state();
-    for (namespace, name) in seniors(sdb, all.iter().map(AsRef::as_ref)) {
+    let seniors = seniors(sdb, all.iter().map(AsRef::as_ref));
+    if seniors.is_empty() {
+        return None;
+    }
+    let mine = server_of(&ctx.client, sdb).await;
+    for other in seniors {
+        let theirs = server_of(&ctx.client, other).await;
+        if !same_server(&mine, &theirs) {
+            continue;
+        }
+        let (namespace, name) = (other.namespace().unwrap_or_default(), other.name_any());
         let api: Api<ServiceDatabase> = Api::namespaced(ctx.client.clone(), &namespace);
         match api.get_opt(&name).await {
             Ok(None) => continue,
@@ -41,12 +58,45 @@ pub async fn holder(sdb: &ServiceDatabase, ctx: &crate::controller::Context) -> 
     None
 }
 
-/// The others with `sdb`'s login name on its server that come before it,
-/// the holder first, as (namespace, name).
+/// The server a shared ServiceDatabase is placed on, as far as it can be
+/// known: two DatabaseServers naming the same `host:port` are one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Server {
+    /// `host:port` of the DatabaseServer the reference names.
+    At(String),
+    /// The DatabaseServer (namespace, name) could not be read.
+    Unknown(String, String),
+}
+
+async fn server_of(client: &kube::Client, sdb: &ServiceDatabase) -> Server {
+    let (namespace, name) = server_ref(sdb).unwrap_or_default();
+    let api: Api<DatabaseServer> = Api::namespaced(client.clone(), &namespace);
+    match api.get_opt(&name).await {
+        Ok(Some(server)) => match server_identity(&server) {
+            Some(at) => Server::At(at),
+            None => Server::Unknown(namespace, name),
+        },
+        _ => Server::Unknown(namespace, name),
+    }
+}
+
+/// Whether two placements may be on one server. What cannot be known
+/// counts as the same server: refusing a newcomer is safe, handing it a
+/// login that may be another's is not.
+fn same_server(a: &Server, b: &Server) -> bool {
+    match (a, b) {
+        (Server::At(a), Server::At(b)) => a == b,
+        _ => true,
+    }
+}
+
+/// The others with `sdb`'s engine and login name on a shared server that
+/// come before it, the holder first. Whether they are on the same server is
+/// decided by [`holder`], which reads the DatabaseServers.
 fn seniors<'a>(
     sdb: &ServiceDatabase,
     all: impl IntoIterator<Item = &'a ServiceDatabase>,
-) -> Vec<(String, String)> {
+) -> Vec<&'a ServiceDatabase> {
     let Some(mine) = Placement::of(sdb) else {
         return Vec::new();
     };
@@ -58,13 +108,11 @@ fn seniors<'a>(
         .collect();
     seniors.sort_by_key(|other| seniority(other));
     seniors
-        .into_iter()
-        .map(|other| (other.namespace().unwrap_or_default(), other.name_any()))
-        .collect()
 }
 
 /// The ServiceDatabases whose claim may change when `changed` appears,
-/// changes or goes: the others with the same login name on the same server.
+/// changes or goes: the others with the same engine and login name on any
+/// shared server (whether it is the same server is decided when they run).
 pub fn rivals<'a>(
     changed: &ServiceDatabase,
     all: impl IntoIterator<Item = &'a ServiceDatabase>,
@@ -78,12 +126,12 @@ pub fn rivals<'a>(
         .collect()
 }
 
-/// Where a shared ServiceDatabase lives and under which name.
+/// The name a shared ServiceDatabase takes on its server. The server is
+/// not part of it: which DatabaseServer object was named does not matter,
+/// only which server it reaches ([`Server`]).
 #[derive(Debug, PartialEq, Eq)]
 struct Placement {
     engine: crate::api::Engine,
-    server_namespace: String,
-    server: String,
     identifier: String,
 }
 
@@ -92,15 +140,20 @@ impl Placement {
         if sdb.spec.isolation == Isolation::Dedicated {
             return None;
         }
-        let server = sdb.spec.server_ref.as_ref()?;
+        sdb.spec.server_ref.as_ref()?;
         let namespace = sdb.namespace()?;
         Some(Placement {
             engine: sdb.spec.engine,
-            server_namespace: server.namespace.clone().unwrap_or(namespace.clone()),
-            server: server.name.clone(),
             identifier: shared_identifier(&namespace, &sdb.name_any()),
         })
     }
+}
+
+/// (namespace, name) of the DatabaseServer `spec.serverRef` names.
+fn server_ref(sdb: &ServiceDatabase) -> Option<(String, String)> {
+    let server = sdb.spec.server_ref.as_ref()?;
+    let namespace = server.namespace.clone().or_else(|| sdb.namespace())?;
+    Some((namespace, server.name.clone()))
 }
 
 fn same_object(a: &ServiceDatabase, b: &ServiceDatabase) -> bool {
@@ -132,10 +185,13 @@ mod tests {
         sdb: &ServiceDatabase,
         all: impl IntoIterator<Item = &'a ServiceDatabase>,
     ) -> Option<String> {
-        seniors(sdb, all)
-            .into_iter()
-            .next()
-            .map(|(namespace, name)| format!("{namespace}/{name}"))
+        seniors(sdb, all).into_iter().next().map(|other| {
+            format!(
+                "{}/{}",
+                other.namespace().unwrap_or_default(),
+                other.name_any()
+            )
+        })
     }
 
     fn sdb(namespace: &str, name: &str, created: &str, spec: &str) -> ServiceDatabase {
@@ -188,14 +244,8 @@ mod tests {
     }
 
     #[test]
-    fn other_servers_engines_and_dedicated_instances_do_not_compete() {
+    fn other_engines_and_dedicated_instances_do_not_compete() {
         let me = sdb("shop", "a-b", "2026-01-02T00:00:00Z", SHARED);
-        let other_server = sdb(
-            "shop-a",
-            "b",
-            "2026-01-01T00:00:00Z",
-            "{engine: Postgres, isolation: Database, serverRef: {name: pg2, namespace: infra}, owner: {podSelector: {}}}",
-        );
         let other_engine = sdb(
             "shop-a",
             "b",
@@ -208,9 +258,44 @@ mod tests {
             "2026-01-01T00:00:00Z",
             "{engine: Postgres, owner: {podSelector: {}}}",
         );
-        for other in [other_server, other_engine, dedicated] {
+        for other in [other_engine, dedicated] {
             assert_eq!(held_by(&me, [&other, &me]), None, "{:?}", other.spec);
         }
         assert_eq!(held_by(&me, [&me]), None, "not held against itself");
+    }
+
+    #[test]
+    fn a_claim_on_another_database_server_object_still_competes() {
+        let me = sdb("shop", "a-b", "2026-01-02T00:00:00Z", SHARED);
+        let other_object = sdb(
+            "shop-a",
+            "b",
+            "2026-01-01T00:00:00Z",
+            "{engine: Postgres, isolation: Database, serverRef: {name: pg2, namespace: infra}, owner: {podSelector: {}}}",
+        );
+        assert_eq!(
+            held_by(&me, [&other_object, &me]).as_deref(),
+            Some("shop-a/b"),
+            "whether pg2 is pg's server is decided by their host:port"
+        );
+        assert_eq!(rivals(&other_object, [&me]).len(), 1);
+    }
+
+    #[test]
+    fn servers_are_one_by_host_and_port_and_unknown_ones_are_assumed_one() {
+        let at = |s: &str| Server::At(s.into());
+        assert!(same_server(
+            &at("pg.example.com:5432"),
+            &at("pg.example.com:5432")
+        ));
+        assert!(!same_server(
+            &at("pg.example.com:5432"),
+            &at("pg.example.com:5433")
+        ));
+        let gone = Server::Unknown("infra".into(), "pg".into());
+        assert!(
+            same_server(&gone, &at("pg.example.com:5432")),
+            "refusing is safe"
+        );
     }
 }

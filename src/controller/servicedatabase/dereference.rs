@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
+use super::apply::{Owner, belongs_to_another};
 use super::rotation::Recorded;
 use super::validate::{Invalid, instance_name};
 use crate::api::{DatabaseClass, ServiceDatabase};
@@ -87,7 +88,39 @@ pub enum Error {
     Invalid(Invalid),
 }
 
+/// The reason of the condition when the DatabaseServer does not admit the
+/// ServiceDatabase's namespace (any more).
+pub const NOT_ADMITTED: &str = "NamespaceNotAllowed";
+
+/// Whether the DatabaseServer must admit the namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Admission {
+    /// To place or keep a database there.
+    Required,
+    /// To disable or drop what the service already has there, once the
+    /// namespace is no longer admitted.
+    Ignored,
+}
+
 pub async fn dereference(client: &Client, sdb: &ServiceDatabase) -> Result<Dereferenced, Error> {
+    dereference_with(client, sdb, Admission::Required).await
+}
+
+/// As [`dereference`], whether or not the server still admits the
+/// namespace: for what must happen to the service's logins and data there
+/// when it does not (disabled; dropped on `deletionPolicy: Delete`).
+pub async fn dereference_ignoring_admission(
+    client: &Client,
+    sdb: &ServiceDatabase,
+) -> Result<Dereferenced, Error> {
+    dereference_with(client, sdb, Admission::Ignored).await
+}
+
+async fn dereference_with(
+    client: &Client,
+    sdb: &ServiceDatabase,
+    admission: Admission,
+) -> Result<Dereferenced, Error> {
     let namespace = sdb.namespace().unwrap_or_default();
     let name = sdb.name_any();
     let class = class(client, sdb).await?;
@@ -100,8 +133,13 @@ pub async fn dereference(client: &Client, sdb: &ServiceDatabase) -> Result<Deref
         .and_then(|c| c.secret_name.clone())
         .unwrap_or_else(|| instance_name(&name));
     let admin_name = format!("{}-admin", instance_name(&name));
-    let app = owned_secret(&secrets, &secret_name, &name, "spec.credentials.secretName").await?;
-    let admin = owned_secret(&secrets, &admin_name, &name, "metadata.name")
+    let uid = sdb.uid().unwrap_or_default();
+    let owner = Owner {
+        instance: &name,
+        uid: &uid,
+    };
+    let app = owned_secret(&secrets, &secret_name, owner, "spec.credentials.secretName").await?;
+    let admin = owned_secret(&secrets, &admin_name, owner, "metadata.name")
         .await?
         .and_then(|secret| text_data(&secret).remove("password"))
         .filter(|p| !p.is_empty());
@@ -110,19 +148,31 @@ pub async fn dereference(client: &Client, sdb: &ServiceDatabase) -> Result<Deref
         .unwrap_or_default();
 
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    let ready_replicas = statefulsets
+    let statefulset = statefulsets
         .get_opt(&instance_name(&name))
         .await
         .map_err(|source| Error::Read {
             kind: "StatefulSet",
             source,
-        })?
+        })?;
+    if let Some(holder) = statefulset
+        .as_ref()
+        .and_then(|s| belongs_to_another(&s.metadata, owner))
+    {
+        return Err(child_conflict(
+            "StatefulSet",
+            &instance_name(&name),
+            &holder,
+            "metadata.name",
+        ));
+    }
+    let ready_replicas = statefulset
         .and_then(|s| s.status)
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
 
     let server = match &sdb.spec.server_ref {
-        Some(server_ref) => Some(server(client, sdb, server_ref).await?),
+        Some(server_ref) => Some(server(client, sdb, server_ref, admission).await?),
         None => None,
     };
 
@@ -203,11 +253,12 @@ fn text_data(secret: &Secret) -> std::collections::BTreeMap<String, String> {
 }
 
 /// A Secret this ServiceDatabase owns, if it exists. A Secret of that name
-/// that servicedb does not manage for this resource is never taken over.
+/// that servicedb does not manage for this resource, or that another
+/// resource controls, is never taken over.
 async fn owned_secret(
     secrets: &Api<Secret>,
     secret: &str,
-    owner: &str,
+    owner: Owner<'_>,
     field: &'static str,
 ) -> Result<Option<Secret>, Error> {
     let Some(found) = secrets
@@ -222,17 +273,33 @@ async fn owned_secret(
     };
     let labels = found.labels();
     if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY)
-        || labels.get(LABEL_INSTANCE).map(String::as_str) != Some(owner)
+        || labels.get(LABEL_INSTANCE).map(String::as_str) != Some(owner.instance)
     {
         return Err(Error::Invalid(Invalid {
             field,
             reason: "SecretConflict",
             message: format!(
-                "Secret {secret} exists and is not managed by servicedb for {owner}; choose another name or remove it"
+                "Secret {secret} exists and is not managed by servicedb for {}; choose another name or remove it",
+                owner.instance
             ),
         }));
     }
+    if let Some(holder) = belongs_to_another(&found.metadata, owner) {
+        return Err(child_conflict("Secret", secret, &holder, field));
+    }
     Ok(Some(found))
+}
+
+/// A child this resource would build is another resource's (a managed
+/// DatabaseServer `x` builds its instance under the name `x-server`).
+fn child_conflict(kind: &str, name: &str, holder: &str, field: &'static str) -> Error {
+    invalid(
+        field,
+        "ChildConflict",
+        format!(
+            "{kind} {name} is {holder}: this resource's objects would have its name; rename this resource"
+        ),
+    )
 }
 
 fn invalid(field: &'static str, reason: &'static str, message: String) -> Error {
@@ -249,6 +316,7 @@ async fn server(
     client: &Client,
     sdb: &ServiceDatabase,
     server_ref: &crate::api::common::ObjectRef,
+    admission: Admission,
 ) -> Result<ServerFacts, Error> {
     use crate::api::DatabaseServer;
     use k8s_openapi::api::core::v1::Namespace;
@@ -299,14 +367,16 @@ async fn server(
         .metadata
         .name
         .get_or_insert_with(|| own_namespace.clone());
-    if !crate::controller::databaseserver::admits(
-        &server.spec.allowed_namespaces,
-        &namespace,
-        &candidate,
-    ) {
+    if admission == Admission::Required
+        && !crate::controller::databaseserver::admits(
+            &server.spec.allowed_namespaces,
+            &namespace,
+            &candidate,
+        )
+    {
         return Err(invalid(
             field,
-            "NamespaceNotAllowed",
+            NOT_ADMITTED,
             format!(
                 "DatabaseServer {namespace}/{name} does not admit namespace {own_namespace} (see its spec.allowedNamespaces)"
             ),
@@ -411,6 +481,29 @@ async fn server(
         admin_password,
         schema_database,
     })
+}
+
+/// Which server a DatabaseServer reaches, as `host:port` (the host in
+/// lower case, without a trailing dot): two DatabaseServers with the same
+/// identity are one server. A managed server is its instance's Service.
+/// Different names of one host (an IP address and a DNS name) are not
+/// recognised as one.
+pub fn server_identity(server: &crate::api::DatabaseServer) -> Option<String> {
+    let (host, port) = match (&server.spec.external, &server.spec.managed) {
+        (Some(external), _) => (external.host.clone(), external.port),
+        (None, Some(_)) => (
+            crate::controller::databaseserver::managed::host(
+                &server.name_any(),
+                &server.namespace()?,
+            ),
+            crate::engine::for_engine(server.spec.engine).port(),
+        ),
+        (None, None) => return None,
+    };
+    Some(format!(
+        "{}:{port}",
+        host.trim_end_matches('.').to_ascii_lowercase()
+    ))
 }
 
 /// The database holding the schemas of isolation `Schema`, unless the

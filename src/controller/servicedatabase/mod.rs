@@ -13,6 +13,7 @@
 //! Deletion runs through a finalizer that honours `deletionPolicy`;
 //! `Snapshot` waits for a final `DatabaseBackup` ([`final_backup`]).
 
+pub mod access;
 pub mod apply;
 pub mod backups;
 pub mod claim;
@@ -223,6 +224,9 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&e)).await?;
             return Err(Error::Waiting(e));
         }
+        Err(dereference::Error::Invalid(e)) if e.reason == dereference::NOT_ADMITTED => {
+            return access::end(sdb, ctx, e, now).await;
+        }
         Err(dereference::Error::Invalid(e)) => return invalid(e).await,
         Err(e) => return Err(e.into()),
     };
@@ -391,11 +395,16 @@ async fn announce_rotation(sdb: &ServiceDatabase, plan: &rotation::Plan, ctx: &C
 async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> {
     let namespace = sdb.namespace().unwrap_or_default();
     let name = sdb.name_any();
+    let uid = sdb.uid().unwrap_or_default();
+    let children = apply::Owner {
+        instance: &name,
+        uid: &uid,
+    };
     if let Some(holder) = claim::holder(sdb, ctx).await {
         // It never held anything on the server: nothing there is dropped or
         // backed up, whatever its deletionPolicy.
         tracing::info!(%holder, "the name on the shared server is another ServiceDatabase's; only this one's own objects go");
-        apply::cleanup::delete_all(&ctx.client, &namespace, &name).await?;
+        apply::cleanup::delete_all(&ctx.client, &namespace, children).await?;
         return Ok(Action::await_change());
     }
     if sdb.spec.server_ref.is_some() && sdb.spec.deletion_policy == DeletionPolicy::Delete {
@@ -403,9 +412,9 @@ async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> 
     }
     match sdb.spec.deletion_policy {
         DeletionPolicy::Delete => {
-            apply::cleanup::delete_all(&ctx.client, &namespace, &name).await?
+            apply::cleanup::delete_all(&ctx.client, &namespace, children).await?
         }
-        DeletionPolicy::Retain => apply::cleanup::retain(&ctx.client, &namespace, &name).await?,
+        DeletionPolicy::Retain => apply::cleanup::retain(&ctx.client, &namespace, children).await?,
         DeletionPolicy::Snapshot => {
             // Never lose data: nothing is removed before the final backup
             // completed.
@@ -415,7 +424,7 @@ async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> 
                     if sdb.spec.server_ref.is_some() {
                         drop_on_server(sdb, ctx).await?;
                     }
-                    apply::cleanup::delete_all(&ctx.client, &namespace, &name).await?
+                    apply::cleanup::delete_all(&ctx.client, &namespace, children).await?
                 }
                 final_backup::Final::Unavailable(message) => {
                     // Without a usable backup spec no final backup can be
@@ -431,7 +440,7 @@ async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> 
                         secondary: None,
                     };
                     crate::controller::publish(&ctx.recorder, &event, &sdb.object_ref(&())).await;
-                    apply::cleanup::retain(&ctx.client, &namespace, &name).await?
+                    apply::cleanup::retain(&ctx.client, &namespace, children).await?
                 }
                 final_backup::Final::Waiting { message, failed } => {
                     let now = &Time(jiff_now());
@@ -453,7 +462,8 @@ async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> 
 /// `Delete` on a shared server: drop the database and its login. A spec that
 /// never validated created nothing, so there is nothing to drop.
 async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Error> {
-    let found = match dereference::dereference(&ctx.client, sdb).await {
+    // What it owns there goes even when its namespace is no longer admitted.
+    let found = match access::dereference_for_deletion(&ctx.client, sdb).await {
         Ok(found) => found,
         Err(dereference::Error::Invalid(e)) => {
             tracing::warn!(

@@ -255,6 +255,50 @@ pub async fn remove(db: &ValidatedDatabase, server: &ServerFacts) -> Result<(), 
     }
 }
 
+/// Disables `logins` of the service on the server (its namespace is no
+/// longer admitted): see [`crate::engine::suspend`]. Returns the ones that
+/// exist there.
+pub async fn suspend(
+    db: &ValidatedDatabase,
+    server: &ServerFacts,
+    logins: &[String],
+) -> Result<Vec<String>, Error> {
+    use crate::engine::suspend;
+    let fail = |e: suspend::Error| provision(server, "suspend", e.to_string());
+    let mut found = Vec::new();
+    match db.engine {
+        Engine::Postgres => {
+            let client = postgres(server, "postgres").await?;
+            for login in logins {
+                if suspend::postgres(&client, login).await.map_err(fail)? {
+                    found.push(login.clone());
+                }
+            }
+        }
+        Engine::Redis => {
+            let mut conn = redis(server).await?;
+            for login in logins {
+                if suspend::redis(&mut conn, login).await.map_err(fail)? {
+                    found.push(login.clone());
+                }
+            }
+            save_acl(&mut conn).await;
+        }
+        Engine::MongoDB => {
+            let client = mongodb(server)?;
+            for login in logins {
+                if suspend::mongodb(&client, &db.database, login)
+                    .await
+                    .map_err(fail)?
+                {
+                    found.push(login.clone());
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
 async fn drop_scratch(
     client: &tokio_postgres::Client,
     db: &ValidatedDatabase,

@@ -183,13 +183,15 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                     format!("Secret {} holds the connection details", db.secret_name),
                 ),
                 if db.server.is_some() {
-                    // A shared server is not a pod of this namespace: the
-                    // service's own login is what keeps others out.
-                    Observed::new(
+                    // A shared server is not a pod of this namespace: no
+                    // NetworkPolicy servicedb writes here can fence it (it
+                    // may be outside the cluster, and every admitted
+                    // namespace reaches it); the service's own login is what
+                    // keeps others out of its data.
+                    Observed::unknown(
                         types::NETWORK_ISOLATED,
-                        true,
-                        "SharedServerLogin",
-                        "isolated by its own least-privilege login on the shared server",
+                        "SharedServer",
+                        "no NetworkPolicy fences a shared server (it may run outside the cluster, and it serves every admitted namespace); the database is private by its own least-privilege login only",
                     )
                 } else {
                     Observed::new(

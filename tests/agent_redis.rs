@@ -582,9 +582,11 @@ async fn the_services_own_login_backs_up_its_prefix_and_restores_only_while_gran
     );
     async fn grant(admin: &mut MultiplexedConnection, password: &str, restoring: bool) {
         let logins = Logins::single(Login::new("cart", password));
-        servicedb::engine::redis_acl::ensure_user_logins(admin, "cart", &logins, PREFIX, restoring)
-            .await
-            .expect("ACL SETUSER");
+        servicedb::engine::redis_acl::ensure_user_logins(
+            admin, "cart", &logins, PREFIX, restoring, None,
+        )
+        .await
+        .expect("ACL SETUSER");
     }
     grant(&mut admin, &password, true).await;
     service("restore", &["--from", "s3://backups/svc/cart-1"]).json();

@@ -804,8 +804,10 @@ async fn user_library_repairs_drift_and_drops() {
         .expect_err("the connected admin is not a service role");
     assert_eq!(refused.category(), "own_role");
 
-    drop_service_database(&admin, &user).await.expect("drop");
-    drop_service_database(&admin, &user)
+    drop_service_database(&admin, &user, None)
+        .await
+        .expect("drop");
+    drop_service_database(&admin, &user, None)
         .await
         .expect("drop again converges");
     let gone = admin
@@ -836,7 +838,7 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
     let (owner, db) = ("svc_rot", "svc_rot");
     let twin = logins::twin(owner);
     let step0 = Logins::single(Login::new(owner, "first password"));
-    ensure_service_logins(&admin, owner, db, &step0)
+    ensure_service_logins(&admin, owner, db, &step0, None)
         .await
         .expect("create");
     let a = connect(fixture.pg_port, owner, "first password", db)
@@ -852,12 +854,12 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
         next: None,
         previous: Some(Login::new(owner, "first password")),
     };
-    let made = ensure_service_logins(&admin, owner, db, &step2)
+    let made = ensure_service_logins(&admin, owner, db, &step2, None)
         .await
         .expect("rotate");
     assert!(made.role_created, "{made:?}");
     assert_eq!(
-        ensure_service_logins(&admin, owner, db, &step2)
+        ensure_service_logins(&admin, owner, db, &step2, None)
             .await
             .expect("repeat"),
         Outcome::default(),
@@ -891,7 +893,7 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
 
     // Step 3: the owner login is retired; open sessions carry on.
     let step3 = Logins::single(Login::new(&twin, "second password"));
-    ensure_service_logins(&admin, owner, db, &step3)
+    ensure_service_logins(&admin, owner, db, &step3, None)
         .await
         .expect("retire");
     let refused = connect(fixture.pg_port, owner, "first password", db)
@@ -910,7 +912,7 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
         next: None,
         previous: Some(Login::new(&twin, "second password")),
     };
-    ensure_service_logins(&admin, owner, db, &step4)
+    ensure_service_logins(&admin, owner, db, &step4, None)
         .await
         .expect("again");
     connect(fixture.pg_port, owner, "third password", db)
@@ -921,7 +923,7 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
         .batch_execute(&format!("ALTER ROLE \"{twin}\" SUPERUSER"))
         .await
         .expect("drift");
-    let fixed = ensure_service_logins(&admin, owner, db, &step4)
+    let fixed = ensure_service_logins(&admin, owner, db, &step4, None)
         .await
         .expect("repair");
     assert!(fixed.role_attributes_fixed, "{fixed:?}");
@@ -933,7 +935,9 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
     };
     drop(a);
     drop(b);
-    drop_service_database(&admin, &user).await.expect("drop");
+    drop_service_database(&admin, &user, None)
+        .await
+        .expect("drop");
     let left: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_roles WHERE rolname IN ($1, $2)",
@@ -975,6 +979,7 @@ async fn schemas_isolate_services_in_one_database() {
             svc,
             shared_db,
             &Logins::single(Login::new(svc, pw)),
+            None,
         )
         .await
         .expect("schema");
@@ -985,7 +990,8 @@ async fn schemas_isolate_services_in_one_database() {
             &shared,
             "svc_a",
             shared_db,
-            &Logins::single(Login::new("svc_a", "password a"))
+            &Logins::single(Login::new("svc_a", "password a")),
+            None,
         )
         .await
         .expect("repeat"),
@@ -1018,10 +1024,10 @@ async fn schemas_isolate_services_in_one_database() {
         );
     }
     drop(b);
-    drop_service_schema(&admin, &shared, "svc_b")
+    drop_service_schema(&admin, &shared, "svc_b", None)
         .await
         .expect("drop");
-    drop_service_schema(&admin, &shared, "svc_b")
+    drop_service_schema(&admin, &shared, "svc_b", None)
         .await
         .expect("drop again converges");
     let (schemas, roles): (i64, i64) = {

@@ -653,7 +653,9 @@ pub async fn ensure_service_user(
 /// The service's two identities on its database (see
 /// [`crate::engine::logins`]): each one `logins` lists exists with its
 /// password and `readWrite` on `db`; the other is dropped (MongoDB users
-/// cannot be disabled; open sessions stay until they close).
+/// cannot be disabled; open sessions stay until they close). A twin of the
+/// old name (`logins::legacy_twin`) is a user of `db` like the others, so
+/// it is another service's login never: it is kept while a Secret names it.
 pub async fn ensure_service_logins(
     client: &Client,
     db: &str,
@@ -662,7 +664,8 @@ pub async fn ensure_service_logins(
 ) -> Result<(), UserError> {
     validate_service_database(db)?;
     let twin = crate::engine::logins::twin(owner);
-    for identity in [owner, twin.as_str()] {
+    let legacy = crate::engine::logins::legacy_twin(owner);
+    for identity in [owner, twin.as_str(), legacy.as_str()] {
         match logins.password_of(identity) {
             Some(password) => {
                 ensure_user(client, &UserSpec::service(db, identity, password)).await?;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 use rand::distr::{Alphanumeric, SampleString};
-use servicedb::engine::logins::{self, Login, Logins};
+use servicedb::engine::logins::{self, Login, Logins, Marker};
 use servicedb::engine::postgres_users::{
     Outcome, ServiceUser, drop_service_database, drop_service_schema, ensure_schema_database,
     ensure_service_database, ensure_service_logins, ensure_service_schema, set_password,
@@ -947,6 +947,152 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
         .expect("roles")
         .get(0);
     assert_eq!(left, 0, "both logins are gone");
+    assert_eq!(process.terminate().code(), Some(0));
+}
+
+fn marker(uid: &str, service: &str, adopt_unmarked: bool) -> Marker {
+    Marker {
+        uid: uid.into(),
+        service: service.into(),
+        server: "infra/pg".into(),
+        adopt_unmarked,
+    }
+}
+
+async fn comment_of_role(admin: &Client, role: &str) -> Option<String> {
+    admin
+        .query_one(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .expect("role")
+        .get(0)
+}
+
+/// As on a shared server: what the library makes carries the service's
+/// marker; what it did not make (unmarked, or another service's) is refused
+/// unchanged and never dropped; two services racing for one name cannot
+/// both get it.
+#[tokio::test(flavor = "multi_thread")]
+async fn markers_claim_names_on_the_server() {
+    let fixture = Fixture::new();
+    let mut process = fixture.start();
+    process.wait_ready(&fixture).await;
+    let admin = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect("admin logs in");
+    let ours = marker("uid-a", "shop/orders", false);
+    let theirs = marker("uid-b", "shop-x/orders", false);
+    let logins = Logins::single(Login::new("m_orders", "password a"));
+
+    let made = ensure_service_logins(&admin, "m_orders", "m_orders", &logins, Some(&ours))
+        .await
+        .expect("made");
+    assert!(made.role_created && made.database_created, "{made:?}");
+    assert_eq!(
+        ensure_service_logins(&admin, "m_orders", "m_orders", &logins, Some(&ours))
+            .await
+            .expect("repeat"),
+        Outcome::default(),
+        "a repeat writes nothing"
+    );
+    let text = comment_of_role(&admin, "m_orders").await.expect("marked");
+    assert!(
+        text.contains("uid-a") && text.contains("shop/orders"),
+        "{text}"
+    );
+
+    // Another service with the same names is refused and drops nothing.
+    let other = Logins::single(Login::new("m_orders", "password b"));
+    let refused = ensure_service_logins(&admin, "m_orders", "m_orders", &other, Some(&theirs))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.category(), "name_conflict");
+    let message = refused.to_string();
+    assert!(
+        message.contains("role m_orders") && message.contains("shop/orders"),
+        "{message}"
+    );
+    let user = ServiceUser {
+        role: "m_orders".into(),
+        password: String::new(),
+        database: "m_orders".into(),
+    };
+    drop_service_database(&admin, &user, Some(&theirs))
+        .await
+        .expect("drops nothing");
+    connect(fixture.pg_port, "m_orders", "password a", "m_orders")
+        .await
+        .expect("the owner's login and database are untouched");
+
+    // A database left unmarked between CREATE DATABASE and its comment is
+    // owned by our own role: marked again, not refused.
+    admin
+        .batch_execute("COMMENT ON DATABASE m_orders IS NULL")
+        .await
+        .expect("unmark");
+    let remarked = ensure_service_logins(&admin, "m_orders", "m_orders", &logins, Some(&ours))
+        .await
+        .expect("remarked");
+    assert!(remarked.owner_changed, "{remarked:?}");
+
+    // A role the DBA made is refused, its password kept; a service given
+    // its logins before markers existed adopts its own unmarked role.
+    admin
+        .batch_execute("CREATE ROLE m_theirs LOGIN PASSWORD 'their password'")
+        .await
+        .expect("pre-create");
+    let mine = Logins::single(Login::new("m_theirs", "my password"));
+    let refused = ensure_service_logins(&admin, "m_theirs", "m_theirs", &mine, Some(&ours))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.category(), "name_conflict", "{refused}");
+    connect(fixture.pg_port, "m_theirs", "their password", "postgres")
+        .await
+        .expect("the password is not changed");
+    let legacy = marker("uid-c", "shop/legacy", true);
+    ensure_service_logins(&admin, "m_theirs", "m_theirs", &mine, Some(&legacy))
+        .await
+        .expect("adopted");
+    assert!(
+        comment_of_role(&admin, "m_theirs")
+            .await
+            .is_some_and(|c| c.contains("uid-c"))
+    );
+
+    // Two services racing for one fresh name: one gets it.
+    let second = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect("second admin session");
+    let race_logins = Logins::single(Login::new("m_race", "password"));
+    let (a, b) = tokio::join!(
+        ensure_service_logins(&admin, "m_race", "m_race", &race_logins, Some(&ours)),
+        ensure_service_logins(&second, "m_race", "m_race", &race_logins, Some(&theirs)),
+    );
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "exactly one of two racing services gets the name: {a:?} / {b:?}"
+    );
+    let loser = a.err().or(b.err()).expect("one lost");
+    assert_eq!(loser.category(), "name_conflict", "{loser}");
+
+    // Deletion drops what carries the marker.
+    drop_service_database(&admin, &user, Some(&ours))
+        .await
+        .expect("drop");
+    let left: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = 'm_orders') \
+                  + (SELECT count(*) FROM pg_database WHERE datname = 'm_orders')",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "the service's own role and database are gone");
     assert_eq!(process.terminate().code(), Some(0));
 }
 

@@ -12,6 +12,14 @@
 //!
 //! No password appears in an error, a log or a `Debug` output: server
 //! messages are scrubbed of the password that was sent before they are kept.
+//!
+//! On a shared server the service's database is claimed by a marker user
+//! defined on it, `servicedb-owner.<uid>` ([`marker_user`]): no roles and a
+//! random password nobody keeps, so it can do nothing. A user, not
+//! `customData`, because FerretDB (the MongoDB wire protocol the tests run
+//! against) refuses a non-empty `customData`. A database that exists or has
+//! users without our marker user is refused ([`UserError::NotOurs`]) and
+//! never dropped.
 
 use std::time::Duration;
 
@@ -20,6 +28,7 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{CommandError, ErrorKind};
 use mongodb::options::{AuthMechanism, ClientOptions, Credential, ServerAddress};
 
+use super::logins::Marker;
 use super::mongodb::REPLICA_SET;
 use scram::StoredKey;
 
@@ -351,6 +360,21 @@ pub enum UserError {
         action: &'static str,
         reason: String,
     },
+    /// The service's database exists, or has users, and servicedb did not
+    /// make it for this ServiceDatabase.
+    #[error("database {database} exists and was not created by servicedb for {service}{}", held_by(.holder))]
+    NotOurs {
+        database: String,
+        service: String,
+        holder: Option<String>,
+    },
+}
+
+fn held_by(holder: &Option<String>) -> String {
+    holder
+        .as_ref()
+        .map(|h| format!(" (it is marked for the ServiceDatabase with uid {h})"))
+        .unwrap_or_default()
 }
 
 impl UserError {
@@ -374,6 +398,7 @@ impl UserError {
             UserError::Authentication { .. } => "authentication_failed",
             UserError::Connection { .. } => "connection",
             UserError::UnexpectedReply { .. } => "unexpected_reply",
+            UserError::NotOurs { .. } => "name_conflict",
         }
     }
 
@@ -661,8 +686,12 @@ pub async fn ensure_service_logins(
     db: &str,
     owner: &str,
     logins: &crate::engine::logins::Logins,
+    marker: Option<&Marker>,
 ) -> Result<(), UserError> {
     validate_service_database(db)?;
+    if let Some(marker) = marker {
+        claim_database(client, db, marker).await?;
+    }
     let twin = crate::engine::logins::twin(owner);
     let legacy = crate::engine::logins::legacy_twin(owner);
     for identity in [owner, twin.as_str(), legacy.as_str()] {
@@ -676,6 +705,99 @@ pub async fn ensure_service_logins(
         }
     }
     Ok(())
+}
+
+/// The user on a service's database that says servicedb made the database
+/// for the ServiceDatabase with this uid.
+pub fn marker_user(uid: &str) -> String {
+    format!("{MARKER_USER_PREFIX}{uid}")
+}
+
+const MARKER_USER_PREFIX: &str = "servicedb-owner.";
+
+/// Whose the service's database `db` is, as far as servicedb can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// It carries this service's marker user.
+    Ours,
+    /// Neither data nor users, or unmarked and the service was given its
+    /// logins before markers existed: free to claim.
+    Free,
+}
+
+/// Reads the claim on `db`: an error ([`UserError::NotOurs`]) when another
+/// service's marker user is there, or the database exists or has users
+/// without ours.
+pub async fn check_claim(client: &Client, db: &str, marker: &Marker) -> Result<Claim, UserError> {
+    const ACTION: &str = "usersInfo";
+    let reply = run(client, db, ACTION, doc! { "usersInfo": 1 }, "").await?;
+    let users: Vec<String> = reply
+        .get_array("users")
+        .map_err(|error| UserError::UnexpectedReply {
+            action: ACTION,
+            reason: error.to_string(),
+        })?
+        .iter()
+        .filter_map(Bson::as_document)
+        .filter(|user| user.get_str("db").is_ok_and(|found| found == db))
+        .filter_map(|user| user.get_str("user").ok().map(str::to_owned))
+        .collect();
+    let ours = marker_user(&marker.uid);
+    if users.contains(&ours) {
+        return Ok(Claim::Ours);
+    }
+    let refused = |holder: Option<String>| UserError::NotOurs {
+        database: db.to_owned(),
+        service: marker.service.clone(),
+        holder,
+    };
+    if let Some(other) = users
+        .iter()
+        .find_map(|user| user.strip_prefix(MARKER_USER_PREFIX))
+    {
+        return Err(refused(Some(other.to_owned())));
+    }
+    if marker.adopt_unmarked {
+        return Ok(Claim::Free);
+    }
+    let listed = run(
+        client,
+        ADMIN_DATABASE,
+        "listDatabases",
+        doc! { "listDatabases": 1, "nameOnly": true },
+        "",
+    )
+    .await?;
+    let exists = listed
+        .get_array("databases")
+        .map_err(|error| UserError::UnexpectedReply {
+            action: "listDatabases",
+            reason: error.to_string(),
+        })?
+        .iter()
+        .filter_map(Bson::as_document)
+        .any(|found| found.get_str("name") == Ok(db));
+    if exists || !users.is_empty() {
+        return Err(refused(None));
+    }
+    Ok(Claim::Free)
+}
+
+/// Claims `db` for the service: its marker user is made unless it is there.
+pub async fn claim_database(client: &Client, db: &str, marker: &Marker) -> Result<(), UserError> {
+    if check_claim(client, db, marker).await? == Claim::Ours {
+        return Ok(());
+    }
+    let password = crate::password::generate();
+    let command = doc! {
+        "createUser": marker_user(&marker.uid),
+        "pwd": &password,
+        "roles": [],
+        "mechanisms": [SCRAM_SHA_256],
+    };
+    run(client, db, "createUser", command, &password)
+        .await
+        .map(drop)
 }
 
 /// `createUser` as is, without looking first: the one command the

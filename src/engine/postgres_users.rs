@@ -138,7 +138,8 @@ impl UserError {
                 Some(code)
                     if *code == SqlState::DUPLICATE_OBJECT
                         || *code == SqlState::DUPLICATE_DATABASE
-                        || *code == SqlState::DUPLICATE_SCHEMA =>
+                        || *code == SqlState::DUPLICATE_SCHEMA
+                        || *code == SqlState::UNIQUE_VIOLATION =>
                 {
                     "name_conflict"
                 }
@@ -587,13 +588,29 @@ async fn ensure_login_role(
     let mut outcome = Outcome::default();
     let role = quote_ident(role_name);
     let attributes = attributes(password.is_some());
+    // With a marker, whether to create is decided by the same read that
+    // checked the marker: a role that appears in between makes CREATE ROLE
+    // fail, never turns into one whose password we change.
+    let found = match marker {
+        Some(marker) => Some(check_role(client, marker, role_name).await?),
+        None => None,
+    };
     if let Some(marker) = marker
-        && check_role(client, marker, role_name).await? == (Found::Ours { marked: false })
+        && found == Some(Found::Ours { marked: false })
     {
         mark(client, "ROLE", role_name, marker).await?;
         outcome.role_attributes_fixed = true;
     }
-    match fetch_role(client, role_name).await? {
+    let existing = match found {
+        Some(Found::Missing) => None,
+        Some(Found::Ours { .. }) => Some(fetch_role(client, role_name).await?.ok_or_else(
+            || UserError::RoleMissing {
+                role: role_name.to_owned(),
+            },
+        )?),
+        None => fetch_role(client, role_name).await?,
+    };
+    match existing {
         None => {
             let password = password
                 .map(|p| format!(" PASSWORD {}", scram_verifier(p)))

@@ -125,9 +125,15 @@ pub async fn ensure(
         }
         Engine::MongoDB => {
             let client = mongodb(server)?;
-            mongodb_users::ensure_service_logins(&client, &db.database, &db.username, logins)
-                .await
-                .map_err(|e| mongodb_error(server, e))
+            mongodb_users::ensure_service_logins(
+                &client,
+                &db.database,
+                &db.username,
+                logins,
+                Some(marker),
+            )
+            .await
+            .map_err(|e| mongodb_error(server, e))
         }
     }
 }
@@ -291,9 +297,23 @@ pub async fn remove(
         }
         Engine::MongoDB => {
             let client = mongodb(server)?;
+            match mongodb_users::check_claim(&client, &db.database, marker).await {
+                Ok(_) => {}
+                Err(e) if e.category() == "name_conflict" => {
+                    tracing::info!(database = %db.database, "not servicedb's for this service; left as it is");
+                    return Ok(());
+                }
+                Err(e) => return Err(mongodb_error(server, e)),
+            }
             let twin = crate::engine::logins::twin(&db.username);
             let legacy = crate::engine::logins::legacy_twin(&db.username);
-            for user in [db.username.as_str(), twin.as_str(), legacy.as_str()] {
+            let marker_user = mongodb_users::marker_user(&marker.uid);
+            for user in [
+                db.username.as_str(),
+                twin.as_str(),
+                legacy.as_str(),
+                marker_user.as_str(),
+            ] {
                 mongodb_users::drop_user(&client, &db.database, user)
                     .await
                     .map_err(|e| mongodb_error(server, e))?;
@@ -335,7 +355,9 @@ fn mongodb(server: &ServerFacts) -> Result<mongodb::Client, Error> {
 /// A refused login or no answer is the server's state; anything else is
 /// about this database.
 fn mongodb_error(server: &ServerFacts, error: mongodb_users::UserError) -> Error {
-    if error.is_login_refused() || error.category() == "connection" {
+    if error.category() == "name_conflict" {
+        conflict_or(server, error.category(), error.to_string())
+    } else if error.is_login_refused() || error.category() == "connection" {
         connect_error(server, &error.to_string())
     } else {
         provision(server, error.category(), error.to_string())

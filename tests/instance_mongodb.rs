@@ -261,12 +261,12 @@ fn marker(uid: &str, service: &str, adopt_unmarked: bool) -> Marker {
     }
 }
 
-/// As on a shared server: a service's database is claimed by its marker
-/// user; a database that exists, or has users, without it is refused,
-/// naming it, and so is one another service claimed. FerretDB refuses a
-/// non-empty `customData`, which is why the marker is a user.
+/// As on a shared server: a service's database is claimed once, in
+/// servicedb's own claims collection; a database that exists, or has users,
+/// without a claim is refused, naming it, and so is one another service
+/// claimed. (FerretDB refuses a non-empty `customData`.)
 #[tokio::test(flavor = "multi_thread")]
-async fn a_database_is_claimed_by_its_marker_user_and_never_adopted() {
+async fn a_database_is_claimed_once_and_never_adopted() {
     let server = FerretDb::start();
     let root = server.root();
     let ours = marker("uid-a", "shop/orders", false);
@@ -315,6 +315,27 @@ async fn a_database_is_claimed_by_its_marker_user_and_never_adopted() {
         .await
         .expect_err("existing user");
     assert!(refused.to_string().contains("database ledger"), "{refused}");
+    // Two services claiming one fresh database at once: one gets it.
+    let second = server.root();
+    let (first_marker, second_marker) = (
+        marker("uid-a", "shop/fresh", false),
+        marker("uid-b", "shop-x/fresh", false),
+    );
+    let (a, b) = tokio::join!(
+        users::claim_database(&root, "fresh", &first_marker),
+        users::claim_database(&second, "fresh", &second_marker),
+    );
+    assert!(a.is_ok() != b.is_ok(), "exactly one: {a:?} / {b:?}");
+    users::release_claim(&root, "orders", &theirs)
+        .await
+        .expect("not theirs to release: nothing happens");
+    assert_eq!(
+        users::check_claim(&root, "orders", &ours)
+            .await
+            .expect("ours"),
+        users::Claim::Ours,
+        "another service cannot release the claim"
+    );
     // A service given its logins before markers existed claims its own.
     users::claim_database(&root, "ledger", &marker("uid-c", "shop/ledger", true))
         .await

@@ -236,6 +236,24 @@ mod tests {
     }
 
     #[test]
+    fn long_names_keep_owner_twin_and_scratch_spaces_apart() {
+        use crate::controller::servicedatabase::validate::shared_identifier;
+        use crate::engine::postgres_users::{MAX_NAME_BYTES, scratch_name};
+        let namespace = "n".repeat(63);
+        for name in ["o".repeat(40), format!("{}-b", "o".repeat(38))] {
+            let owner = shared_identifier(&namespace, &name);
+            assert!(!owner.contains('-'), "{owner}");
+            let twin = twin(&owner);
+            assert!(
+                twin.len() <= MAX_NAME_BYTES && twin.ends_with("-b"),
+                "{twin}"
+            );
+            let scratch = scratch_name(&owner);
+            assert!(scratch.len() <= MAX_NAME_BYTES && scratch.ends_with("-verify"));
+        }
+    }
+
+    #[test]
     fn the_twin_in_use_is_the_one_the_secret_names() {
         let owner = "shop_orders";
         let only = Logins::single(Login::new(owner, "p"));

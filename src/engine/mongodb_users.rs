@@ -13,13 +13,13 @@
 //! No password appears in an error, a log or a `Debug` output: server
 //! messages are scrubbed of the password that was sent before they are kept.
 //!
-//! On a shared server the service's database is claimed by a marker user
-//! defined on it, `servicedb-owner.<uid>` ([`marker_user`]): no roles and a
-//! random password nobody keeps, so it can do nothing. A user, not
-//! `customData`, because FerretDB (the MongoDB wire protocol the tests run
-//! against) refuses a non-empty `customData`. A database that exists or has
-//! users without our marker user is refused ([`UserError::NotOurs`]) and
-//! never dropped.
+//! On a shared server the service's database is claimed by a document in
+//! servicedb's own database, `servicedb.claims` (`_id`: the database name,
+//! `uid`: the ServiceDatabase's), inserted once: a unique `_id` makes the
+//! claim atomic, and no service may write there. Not `customData` on the
+//! users: FerretDB (the MongoDB wire protocol the tests run against)
+//! refuses a non-empty `customData`. A database that exists or has users
+//! without our claim is refused ([`UserError::NotOurs`]) and never dropped.
 
 use std::time::Duration;
 
@@ -707,59 +707,67 @@ pub async fn ensure_service_logins(
     Ok(())
 }
 
-/// The user on a service's database that says servicedb made the database
-/// for the ServiceDatabase with this uid.
-pub fn marker_user(uid: &str) -> String {
-    format!("{MARKER_USER_PREFIX}{uid}")
-}
-
-const MARKER_USER_PREFIX: &str = "servicedb-owner.";
+/// servicedb's own database on a shared MongoDB server, and the collection
+/// of claims in it. No service database is named so: theirs are
+/// `<namespace>_<name>`.
+pub const CLAIMS_DATABASE: &str = "servicedb";
+const CLAIMS: &str = "claims";
+const DUPLICATE_KEY: i32 = 11000;
 
 /// Whose the service's database `db` is, as far as servicedb can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Claim {
-    /// It carries this service's marker user.
+    /// This service's claim is recorded.
     Ours,
-    /// Neither data nor users, or unmarked and the service was given its
-    /// logins before markers existed: free to claim.
+    /// No claim, and neither data nor users (or unmarked, and the service
+    /// was given its logins before claims existed): free to claim.
     Free,
 }
 
 /// Reads the claim on `db`: an error ([`UserError::NotOurs`]) when another
-/// service's marker user is there, or the database exists or has users
-/// without ours.
+/// service claimed it, or when it exists or has users without a claim.
 pub async fn check_claim(client: &Client, db: &str, marker: &Marker) -> Result<Claim, UserError> {
-    const ACTION: &str = "usersInfo";
-    let reply = run(client, db, ACTION, doc! { "usersInfo": 1 }, "").await?;
-    let users: Vec<String> = reply
-        .get_array("users")
-        .map_err(|error| UserError::UnexpectedReply {
-            action: ACTION,
-            reason: error.to_string(),
-        })?
-        .iter()
-        .filter_map(Bson::as_document)
-        .filter(|user| user.get_str("db").is_ok_and(|found| found == db))
-        .filter_map(|user| user.get_str("user").ok().map(str::to_owned))
-        .collect();
-    let ours = marker_user(&marker.uid);
-    if users.contains(&ours) {
-        return Ok(Claim::Ours);
-    }
+    validate_database_name(db)?;
     let refused = |holder: Option<String>| UserError::NotOurs {
         database: db.to_owned(),
         service: marker.service.clone(),
         holder,
     };
-    if let Some(other) = users
+    let found = run(
+        client,
+        CLAIMS_DATABASE,
+        "read the claim",
+        doc! { "find": CLAIMS, "filter": { "_id": db }, "limit": 1 },
+        "",
+    )
+    .await?;
+    let claim = found
+        .get_document("cursor")
+        .and_then(|cursor| cursor.get_array("firstBatch"))
+        .map_err(|error| UserError::UnexpectedReply {
+            action: "read the claim",
+            reason: error.to_string(),
+        })?
         .iter()
-        .find_map(|user| user.strip_prefix(MARKER_USER_PREFIX))
-    {
-        return Err(refused(Some(other.to_owned())));
+        .filter_map(Bson::as_document)
+        .next()
+        .map(|claim| claim.get_str("uid").unwrap_or_default().to_owned());
+    match claim {
+        Some(uid) if uid == marker.uid => return Ok(Claim::Ours),
+        Some(other) => return Err(refused(Some(other))),
+        None if marker.adopt_unmarked => return Ok(Claim::Free),
+        None => {}
     }
-    if marker.adopt_unmarked {
-        return Ok(Claim::Free);
-    }
+    let users = run(client, db, "usersInfo", doc! { "usersInfo": 1 }, "").await?;
+    let has_users = users
+        .get_array("users")
+        .map_err(|error| UserError::UnexpectedReply {
+            action: "usersInfo",
+            reason: error.to_string(),
+        })?
+        .iter()
+        .filter_map(Bson::as_document)
+        .any(|user| user.get_str("db") == Ok(db));
     let listed = run(
         client,
         ADMIN_DATABASE,
@@ -777,27 +785,66 @@ pub async fn check_claim(client: &Client, db: &str, marker: &Marker) -> Result<C
         .iter()
         .filter_map(Bson::as_document)
         .any(|found| found.get_str("name") == Ok(db));
-    if exists || !users.is_empty() {
+    if exists || has_users {
         return Err(refused(None));
     }
     Ok(Claim::Free)
 }
 
-/// Claims `db` for the service: its marker user is made unless it is there.
+/// Claims `db` for the service, once: of two services claiming it in the
+/// same instant, the second insert fails on the unique `_id`.
 pub async fn claim_database(client: &Client, db: &str, marker: &Marker) -> Result<(), UserError> {
     if check_claim(client, db, marker).await? == Claim::Ours {
         return Ok(());
     }
-    let password = crate::password::generate();
-    let command = doc! {
-        "createUser": marker_user(&marker.uid),
-        "pwd": &password,
-        "roles": [],
-        "mechanisms": [SCRAM_SHA_256],
+    let claim = doc! {
+        "_id": db,
+        "uid": &marker.uid,
+        "serviceDatabase": &marker.service,
+        "server": &marker.server,
     };
-    run(client, db, "createUser", command, &password)
-        .await
-        .map(drop)
+    let reply = run(
+        client,
+        CLAIMS_DATABASE,
+        "record the claim",
+        doc! { "insert": CLAIMS, "documents": [claim] },
+        "",
+    )
+    .await?;
+    let write_error = reply
+        .get_array("writeErrors")
+        .ok()
+        .and_then(|errors| errors.iter().filter_map(Bson::as_document).next())
+        .map(|error| {
+            (
+                error.get_i32("code").unwrap_or_default(),
+                error.get_str("errmsg").unwrap_or_default().to_owned(),
+            )
+        });
+    match write_error {
+        None => Ok(()),
+        // Claimed by another in between: say whose.
+        Some((DUPLICATE_KEY, _)) => check_claim(client, db, marker).await.map(drop),
+        Some((code, message)) => Err(UserError::Refused {
+            action: "record the claim",
+            code,
+            code_name: String::new(),
+            message,
+        }),
+    }
+}
+
+/// Removes the service's claim on `db` (after its database was dropped).
+pub async fn release_claim(client: &Client, db: &str, marker: &Marker) -> Result<(), UserError> {
+    run(
+        client,
+        CLAIMS_DATABASE,
+        "remove the claim",
+        doc! { "delete": CLAIMS, "deletes": [ { "q": { "_id": db, "uid": &marker.uid }, "limit": 1 } ] },
+        "",
+    )
+    .await
+    .map(drop)
 }
 
 /// `createUser` as is, without looking first: the one command the

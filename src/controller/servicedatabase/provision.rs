@@ -307,13 +307,7 @@ pub async fn remove(
             }
             let twin = crate::engine::logins::twin(&db.username);
             let legacy = crate::engine::logins::legacy_twin(&db.username);
-            let marker_user = mongodb_users::marker_user(&marker.uid);
-            for user in [
-                db.username.as_str(),
-                twin.as_str(),
-                legacy.as_str(),
-                marker_user.as_str(),
-            ] {
+            for user in [db.username.as_str(), twin.as_str(), legacy.as_str()] {
                 mongodb_users::drop_user(&client, &db.database, user)
                     .await
                     .map_err(|e| mongodb_error(server, e))?;
@@ -322,7 +316,10 @@ pub async fn remove(
                 .database(&db.database)
                 .drop()
                 .await
-                .map_err(|e| provision(server, "drop-database", e.to_string()))
+                .map_err(|e| provision(server, "drop-database", e.to_string()))?;
+            mongodb_users::release_claim(&client, &db.database, marker)
+                .await
+                .map_err(|e| mongodb_error(server, e))
         }
     }
 }

@@ -42,7 +42,10 @@
 //!   ServiceDatabase the user was made for ([`owner_rule`]), read back with
 //!   `ACL GETUSER`. A pub/sub channel holds nothing and nobody listens on
 //!   it, so the marker grants nothing of use. A user of the service's name
-//!   without it is never changed or deleted.
+//!   without it is never changed or deleted. Before a new user is made, the
+//!   name is claimed with `SET servicedb-claim:<user> <uid> NX` ([`claim`]):
+//!   of two services racing for one name only one can set it. No service's
+//!   key pattern reaches it (prefixes hold no `-`).
 //!
 //! Known limits, inherent to Redis ACLs: SCAN, RANDOMKEY, DBSIZE, PUBSUB
 //! CHANNELS and broadcast-mode CLIENT TRACKING reveal the *names* (never the
@@ -467,10 +470,47 @@ pub async fn ensure_user_logins(
     }
     refuse_own_user(conn, username).await?;
     if let Some(marker) = marker {
-        check_user(conn, username, marker).await?;
+        if check_user(conn, username, marker).await?.is_none() {
+            claim(conn, username, marker).await?;
+        }
         user.rules.push(owner_rule(&marker.uid));
     }
     user.apply(conn).await
+}
+
+/// The key that records which ServiceDatabase holds a username.
+pub fn claim_key(username: &str) -> String {
+    format!("servicedb-claim:{username}")
+}
+
+/// Claims `username` for the service, once (`SET … NX`): a name another
+/// service claimed first is refused, naming its uid.
+async fn claim(
+    conn: &mut impl ConnectionLike,
+    username: &str,
+    marker: &Marker,
+) -> Result<(), AclError> {
+    let key = claim_key(username);
+    let _: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg(&marker.uid)
+        .arg("NX")
+        .query_async(conn)
+        .await
+        .map_err(server_error("SET claim"))?;
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .map_err(server_error("GET claim"))?;
+    match holder {
+        Some(uid) if uid == marker.uid => Ok(()),
+        holder => Err(AclError::NotOurs {
+            name: username.to_owned(),
+            service: marker.service.clone(),
+            holder,
+        }),
+    }
 }
 
 /// Deletes the service's user if it is the service's (marked for it); a
@@ -483,15 +523,33 @@ pub async fn remove_marked_user(
     marker: &Marker,
 ) -> Result<bool, AclError> {
     validate_username(username)?;
-    match check_user(conn, username, marker).await {
+    let key = claim_key(username);
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .map_err(server_error("GET claim"))?;
+    let released = match check_user(conn, username, marker).await {
         Ok(Some(())) => remove_user(conn, username).await.map(|_| true),
-        Ok(None) => Ok(true),
+        // No user: the name is ours to clean up unless another claimed it.
+        Ok(None) => Ok(holder.as_ref().is_none_or(|uid| *uid == marker.uid)),
         Err(AclError::NotOurs { holder, .. }) => {
             tracing::info!(user = %username, holder = ?holder, "ACL user not servicedb's for this service; left as it is");
             Ok(false)
         }
         Err(e) => Err(e),
+    }?;
+    if released {
+        // Our claim goes with our user; another's stays.
+        if holder.as_deref() == Some(marker.uid.as_str()) {
+            redis::cmd("DEL")
+                .arg(&key)
+                .query_async::<()>(conn)
+                .await
+                .map_err(server_error("DEL claim"))?;
+        }
     }
+    Ok(released)
 }
 
 /// Sets the administrator's password and full permissions.

@@ -7,6 +7,17 @@
 //! writes: a repeat on an unchanged server issues no DDL, which keeps the
 //! server log quiet and the catalog untouched.
 //!
+//! On a shared server every role, database and schema made here carries a
+//! marker, its comment (`COMMENT ON …`: `servicedb:{"uid":…}`, see
+//! [`Marker`]). A role is created together with its comment in one
+//! transaction, so the role itself is the claim on the server: of two
+//! services racing for a name, the second's CREATE ROLE fails. An object of
+//! one of the service's names without its marker, or with another's, is
+//! refused before anything is written ([`UserError::NotOurs`]) and never
+//! changed or dropped; a database or schema left unmarked but owned by the
+//! service's own marked role (CREATE DATABASE cannot share a transaction
+//! with its comment) is marked. Dedicated instances pass no marker.
+//!
 //! Passwords only ever travel as SCRAM-SHA-256 verifiers, so the cleartext
 //! never reaches the server, its logs or `pg_stat_activity`; whether a stored
 //! verifier still matches a password is decided client side

@@ -285,14 +285,14 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             }));
         };
         let provisioned = provision::ensure(&db, server, &marker, &plan.logins, restoring).await;
-        if let Err(provision::Error::Conflict { .. }) = &provisioned {
+        if let Err(conflict @ provision::Error::Conflict { .. }) = &provisioned {
             // A role, database, schema or ACL user of this service's names
             // that servicedb did not make for it: never adopted. Nothing was
             // changed and no Secret is written; retried with backoff.
             let e = Invalid {
                 field: "metadata.name",
                 reason: "NameConflict",
-                message: provisioned.err().map(|e| e.to_string()).unwrap_or_default(),
+                message: conflict.to_string(),
             };
             let status = status::compute(sdb, &status::Outcome::Invalid(&e), now);
             status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&e)).await?;

@@ -427,13 +427,13 @@ async fn backups_to_s3_and_a_directory_restore_identical_data() {
     );
     let admin = f.admin().await;
     assert!(
-        ensure_scratch_database(&admin, ROLE, &scratch)
+        ensure_scratch_database(&admin, ROLE, &scratch, None)
             .await
             .expect("scratch database"),
         "made"
     );
     assert!(
-        !ensure_scratch_database(&admin, ROLE, &scratch)
+        !ensure_scratch_database(&admin, ROLE, &scratch, None)
             .await
             .expect("scratch database"),
         "a repeat changes nothing"
@@ -470,18 +470,18 @@ async fn backups_to_s3_and_a_directory_restore_identical_data() {
         refused.to_string().contains("permission denied"),
         "{refused}"
     );
-    let taken = ensure_scratch_database(&admin, "intruder", &scratch)
+    let taken = ensure_scratch_database(&admin, "intruder", &scratch, None)
         .await
         .expect_err("not taken over");
     assert!(taken.to_string().contains("belongs to role"), "{taken}");
     assert!(
-        !drop_scratch_database(&admin, "intruder", &scratch)
+        !drop_scratch_database(&admin, "intruder", &scratch, None)
             .await
             .expect("drop"),
         "nor dropped for another role"
     );
     assert!(
-        drop_scratch_database(&admin, ROLE, &scratch)
+        drop_scratch_database(&admin, ROLE, &scratch, None)
             .await
             .expect("drop"),
         "dropped for its owner"

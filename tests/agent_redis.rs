@@ -582,9 +582,11 @@ async fn the_services_own_login_backs_up_its_prefix_and_restores_only_while_gran
     );
     async fn grant(admin: &mut MultiplexedConnection, password: &str, restoring: bool) {
         let logins = Logins::single(Login::new("cart", password));
-        servicedb::engine::redis_acl::ensure_user_logins(admin, "cart", &logins, PREFIX, restoring)
-            .await
-            .expect("ACL SETUSER");
+        servicedb::engine::redis_acl::ensure_user_logins(
+            admin, "cart", &logins, PREFIX, restoring, None,
+        )
+        .await
+        .expect("ACL SETUSER");
     }
     grant(&mut admin, &password, true).await;
     service("restore", &["--from", "s3://backups/svc/cart-1"]).json();
@@ -615,4 +617,84 @@ async fn the_services_own_login_backs_up_its_prefix_and_restores_only_while_gran
         refused.contains("no permissions to run the 'restore' command"),
         "{refused}"
     );
+}
+
+/// As on a shared server: a service's ACL user carries its marker and its
+/// name is claimed once; a user made by hand, or another service's, is
+/// refused unchanged and never deleted; two services racing for one name
+/// cannot both get it.
+#[tokio::test(flavor = "multi_thread")]
+async fn users_are_claimed_once_and_foreign_users_are_never_touched() {
+    use servicedb::engine::logins::Marker;
+    use servicedb::engine::redis_acl::{ensure_user_logins, remove_marked_user};
+    let f = Fixture::new();
+    let mut admin = f.conn(0).await;
+    let marker = |uid: &str| Marker {
+        uid: uid.into(),
+        service: format!("shop/{uid}"),
+        server: "infra/kv".into(),
+        adopt_unmarked: false,
+    };
+    let (ours, theirs) = (marker("uid-a"), marker("uid-b"));
+    let logins = Logins::single(Login::new("svc", "password a"));
+    ensure_user_logins(&mut admin, "svc", &logins, "svc:", false, Some(&ours))
+        .await
+        .expect("made");
+    let other = Logins::single(Login::new("svc", "password b"));
+    let refused = ensure_user_logins(&mut admin, "svc", &other, "svc:", false, Some(&theirs))
+        .await
+        .expect_err("another service's user");
+    assert_eq!(refused.category(), "name_conflict");
+    assert!(refused.to_string().contains("uid-a"), "{refused}");
+    assert!(
+        !remove_marked_user(&mut admin, "svc", &theirs)
+            .await
+            .expect("not theirs")
+    );
+    f.conn_as("svc", "password a", 0).await;
+
+    // Made by hand: refused, left as it is, not deleted.
+    redis::cmd("ACL")
+        .arg(
+            &[
+                "SETUSER",
+                "hand",
+                "on",
+                ">their password",
+                "~hand:*",
+                "+@all",
+            ][..],
+        )
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("SETUSER");
+    let mine = Logins::single(Login::new("hand", "password a"));
+    ensure_user_logins(&mut admin, "hand", &mine, "hand:", false, Some(&ours))
+        .await
+        .expect_err("made by hand");
+    assert!(
+        !remove_marked_user(&mut admin, "hand", &ours)
+            .await
+            .expect("left")
+    );
+    f.conn_as("hand", "their password", 0).await;
+
+    // Two services racing for one fresh name: one gets it.
+    let mut second = f.conn(0).await;
+    let race = Logins::single(Login::new("race", "password"));
+    let (a, b) = tokio::join!(
+        ensure_user_logins(&mut admin, "race", &race, "race:", false, Some(&ours)),
+        ensure_user_logins(&mut second, "race", &race, "race:", false, Some(&theirs)),
+    );
+    assert!(a.is_ok() != b.is_ok(), "exactly one: {a:?} / {b:?}");
+
+    // The holder's deletion removes its user and its claim.
+    assert!(
+        remove_marked_user(&mut admin, "svc", &ours)
+            .await
+            .expect("ours")
+    );
+    ensure_user_logins(&mut admin, "svc", &other, "svc:", false, Some(&theirs))
+        .await
+        .expect("the name is free again");
 }

@@ -35,6 +35,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 use rand::distr::{Alphanumeric, SampleString};
 use servicedb::api::Engine;
+use servicedb::engine::logins::Marker;
 use servicedb::engine::mongodb_users::{
     self as users, Change, Login, Outcome, UserSpec, create_user_command,
 };
@@ -249,6 +250,96 @@ async fn the_readwrite_grant_is_sent_and_ferretdb_refuses_only_that() {
         .run_command(accepted)
         .await
         .expect("createUser without roles");
+}
+
+fn marker(uid: &str, service: &str, adopt_unmarked: bool) -> Marker {
+    Marker {
+        uid: uid.into(),
+        service: service.into(),
+        server: "infra/mongo".into(),
+        adopt_unmarked,
+    }
+}
+
+/// As on a shared server: a service's database is claimed once, in
+/// servicedb's own claims collection; a database that exists, or has users,
+/// without a claim is refused, naming it, and so is one another service
+/// claimed. (FerretDB refuses a non-empty `customData`.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_is_claimed_once_and_never_adopted() {
+    let server = FerretDb::start();
+    let root = server.root();
+    let ours = marker("uid-a", "shop/orders", false);
+    let theirs = marker("uid-b", "shop-x/orders", false);
+
+    assert_eq!(
+        users::check_claim(&root, "orders", &ours)
+            .await
+            .expect("free"),
+        users::Claim::Free
+    );
+    users::claim_database(&root, "orders", &ours)
+        .await
+        .expect("claim");
+    assert_eq!(
+        users::check_claim(&root, "orders", &ours)
+            .await
+            .expect("ours"),
+        users::Claim::Ours
+    );
+    let refused = users::claim_database(&root, "orders", &theirs)
+        .await
+        .expect_err("another service's");
+    assert_eq!(refused.category(), "name_conflict");
+    assert!(
+        refused.to_string().contains("database orders") && refused.to_string().contains("uid-a"),
+        "{refused}"
+    );
+
+    // A database with data someone else put there.
+    root.database("billing")
+        .collection::<Document>("invoices")
+        .insert_one(doc! { "n": 1 })
+        .await
+        .expect("insert");
+    let refused = users::claim_database(&root, "billing", &ours)
+        .await
+        .expect_err("existing data");
+    assert_eq!(refused.category(), "name_conflict", "{refused}");
+    // A database with only a user someone made.
+    root.database("ledger")
+        .run_command(without_roles("ledger", "ledger", "Pw-12345").create_command())
+        .await
+        .expect("createUser");
+    let refused = users::claim_database(&root, "ledger", &ours)
+        .await
+        .expect_err("existing user");
+    assert!(refused.to_string().contains("database ledger"), "{refused}");
+    // Two services claiming one fresh database at once: one gets it.
+    let second = server.root();
+    let (first_marker, second_marker) = (
+        marker("uid-a", "shop/fresh", false),
+        marker("uid-b", "shop-x/fresh", false),
+    );
+    let (a, b) = tokio::join!(
+        users::claim_database(&root, "fresh", &first_marker),
+        users::claim_database(&second, "fresh", &second_marker),
+    );
+    assert!(a.is_ok() != b.is_ok(), "exactly one: {a:?} / {b:?}");
+    users::release_claim(&root, "orders", &theirs)
+        .await
+        .expect("not theirs to release: nothing happens");
+    assert_eq!(
+        users::check_claim(&root, "orders", &ours)
+            .await
+            .expect("ours"),
+        users::Claim::Ours,
+        "another service cannot release the claim"
+    );
+    // A service given its logins before markers existed claims its own.
+    users::claim_database(&root, "ledger", &marker("uid-c", "shop/ledger", true))
+        .await
+        .expect("adopted");
 }
 
 #[tokio::test(flavor = "multi_thread")]

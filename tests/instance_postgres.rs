@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 use rand::distr::{Alphanumeric, SampleString};
-use servicedb::engine::logins::{self, Login, Logins};
+use servicedb::engine::logins::{self, Login, Logins, Marker};
 use servicedb::engine::postgres_users::{
     Outcome, ServiceUser, drop_service_database, drop_service_schema, ensure_schema_database,
     ensure_service_database, ensure_service_logins, ensure_service_schema, set_password,
@@ -804,8 +804,10 @@ async fn user_library_repairs_drift_and_drops() {
         .expect_err("the connected admin is not a service role");
     assert_eq!(refused.category(), "own_role");
 
-    drop_service_database(&admin, &user).await.expect("drop");
-    drop_service_database(&admin, &user)
+    drop_service_database(&admin, &user, None)
+        .await
+        .expect("drop");
+    drop_service_database(&admin, &user, None)
         .await
         .expect("drop again converges");
     let gone = admin
@@ -836,7 +838,7 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
     let (owner, db) = ("svc_rot", "svc_rot");
     let twin = logins::twin(owner);
     let step0 = Logins::single(Login::new(owner, "first password"));
-    ensure_service_logins(&admin, owner, db, &step0)
+    ensure_service_logins(&admin, owner, db, &step0, None)
         .await
         .expect("create");
     let a = connect(fixture.pg_port, owner, "first password", db)
@@ -852,12 +854,12 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
         next: None,
         previous: Some(Login::new(owner, "first password")),
     };
-    let made = ensure_service_logins(&admin, owner, db, &step2)
+    let made = ensure_service_logins(&admin, owner, db, &step2, None)
         .await
         .expect("rotate");
     assert!(made.role_created, "{made:?}");
     assert_eq!(
-        ensure_service_logins(&admin, owner, db, &step2)
+        ensure_service_logins(&admin, owner, db, &step2, None)
             .await
             .expect("repeat"),
         Outcome::default(),
@@ -891,7 +893,7 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
 
     // Step 3: the owner login is retired; open sessions carry on.
     let step3 = Logins::single(Login::new(&twin, "second password"));
-    ensure_service_logins(&admin, owner, db, &step3)
+    ensure_service_logins(&admin, owner, db, &step3, None)
         .await
         .expect("retire");
     let refused = connect(fixture.pg_port, owner, "first password", db)
@@ -910,7 +912,7 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
         next: None,
         previous: Some(Login::new(&twin, "second password")),
     };
-    ensure_service_logins(&admin, owner, db, &step4)
+    ensure_service_logins(&admin, owner, db, &step4, None)
         .await
         .expect("again");
     connect(fixture.pg_port, owner, "third password", db)
@@ -921,7 +923,7 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
         .batch_execute(&format!("ALTER ROLE \"{twin}\" SUPERUSER"))
         .await
         .expect("drift");
-    let fixed = ensure_service_logins(&admin, owner, db, &step4)
+    let fixed = ensure_service_logins(&admin, owner, db, &step4, None)
         .await
         .expect("repair");
     assert!(fixed.role_attributes_fixed, "{fixed:?}");
@@ -933,7 +935,9 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
     };
     drop(a);
     drop(b);
-    drop_service_database(&admin, &user).await.expect("drop");
+    drop_service_database(&admin, &user, None)
+        .await
+        .expect("drop");
     let left: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_roles WHERE rolname IN ($1, $2)",
@@ -943,6 +947,152 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
         .expect("roles")
         .get(0);
     assert_eq!(left, 0, "both logins are gone");
+    assert_eq!(process.terminate().code(), Some(0));
+}
+
+fn marker(uid: &str, service: &str, adopt_unmarked: bool) -> Marker {
+    Marker {
+        uid: uid.into(),
+        service: service.into(),
+        server: "infra/pg".into(),
+        adopt_unmarked,
+    }
+}
+
+async fn comment_of_role(admin: &Client, role: &str) -> Option<String> {
+    admin
+        .query_one(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .expect("role")
+        .get(0)
+}
+
+/// As on a shared server: what the library makes carries the service's
+/// marker; what it did not make (unmarked, or another service's) is refused
+/// unchanged and never dropped; two services racing for one name cannot
+/// both get it.
+#[tokio::test(flavor = "multi_thread")]
+async fn markers_claim_names_on_the_server() {
+    let fixture = Fixture::new();
+    let mut process = fixture.start();
+    process.wait_ready(&fixture).await;
+    let admin = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect("admin logs in");
+    let ours = marker("uid-a", "shop/orders", false);
+    let theirs = marker("uid-b", "shop-x/orders", false);
+    let logins = Logins::single(Login::new("m_orders", "password a"));
+
+    let made = ensure_service_logins(&admin, "m_orders", "m_orders", &logins, Some(&ours))
+        .await
+        .expect("made");
+    assert!(made.role_created && made.database_created, "{made:?}");
+    assert_eq!(
+        ensure_service_logins(&admin, "m_orders", "m_orders", &logins, Some(&ours))
+            .await
+            .expect("repeat"),
+        Outcome::default(),
+        "a repeat writes nothing"
+    );
+    let text = comment_of_role(&admin, "m_orders").await.expect("marked");
+    assert!(
+        text.contains("uid-a") && text.contains("shop/orders"),
+        "{text}"
+    );
+
+    // Another service with the same names is refused and drops nothing.
+    let other = Logins::single(Login::new("m_orders", "password b"));
+    let refused = ensure_service_logins(&admin, "m_orders", "m_orders", &other, Some(&theirs))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.category(), "name_conflict");
+    let message = refused.to_string();
+    assert!(
+        message.contains("role m_orders") && message.contains("shop/orders"),
+        "{message}"
+    );
+    let user = ServiceUser {
+        role: "m_orders".into(),
+        password: String::new(),
+        database: "m_orders".into(),
+    };
+    drop_service_database(&admin, &user, Some(&theirs))
+        .await
+        .expect("drops nothing");
+    connect(fixture.pg_port, "m_orders", "password a", "m_orders")
+        .await
+        .expect("the owner's login and database are untouched");
+
+    // A database left unmarked between CREATE DATABASE and its comment is
+    // owned by our own role: marked again, not refused.
+    admin
+        .batch_execute("COMMENT ON DATABASE m_orders IS NULL")
+        .await
+        .expect("unmark");
+    let remarked = ensure_service_logins(&admin, "m_orders", "m_orders", &logins, Some(&ours))
+        .await
+        .expect("remarked");
+    assert!(remarked.owner_changed, "{remarked:?}");
+
+    // A role the DBA made is refused, its password kept; a service given
+    // its logins before markers existed adopts its own unmarked role.
+    admin
+        .batch_execute("CREATE ROLE m_theirs LOGIN PASSWORD 'their password'")
+        .await
+        .expect("pre-create");
+    let mine = Logins::single(Login::new("m_theirs", "my password"));
+    let refused = ensure_service_logins(&admin, "m_theirs", "m_theirs", &mine, Some(&ours))
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.category(), "name_conflict", "{refused}");
+    connect(fixture.pg_port, "m_theirs", "their password", "postgres")
+        .await
+        .expect("the password is not changed");
+    let legacy = marker("uid-c", "shop/legacy", true);
+    ensure_service_logins(&admin, "m_theirs", "m_theirs", &mine, Some(&legacy))
+        .await
+        .expect("adopted");
+    assert!(
+        comment_of_role(&admin, "m_theirs")
+            .await
+            .is_some_and(|c| c.contains("uid-c"))
+    );
+
+    // Two services racing for one fresh name: one gets it.
+    let second = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect("second admin session");
+    let race_logins = Logins::single(Login::new("m_race", "password"));
+    let (a, b) = tokio::join!(
+        ensure_service_logins(&admin, "m_race", "m_race", &race_logins, Some(&ours)),
+        ensure_service_logins(&second, "m_race", "m_race", &race_logins, Some(&theirs)),
+    );
+    assert!(
+        a.is_ok() != b.is_ok(),
+        "exactly one of two racing services gets the name: {a:?} / {b:?}"
+    );
+    let loser = a.err().or(b.err()).expect("one lost");
+    assert_eq!(loser.category(), "name_conflict", "{loser}");
+
+    // Deletion drops what carries the marker.
+    drop_service_database(&admin, &user, Some(&ours))
+        .await
+        .expect("drop");
+    let left: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = 'm_orders') \
+                  + (SELECT count(*) FROM pg_database WHERE datname = 'm_orders')",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "the service's own role and database are gone");
     assert_eq!(process.terminate().code(), Some(0));
 }
 
@@ -975,6 +1125,7 @@ async fn schemas_isolate_services_in_one_database() {
             svc,
             shared_db,
             &Logins::single(Login::new(svc, pw)),
+            None,
         )
         .await
         .expect("schema");
@@ -985,7 +1136,8 @@ async fn schemas_isolate_services_in_one_database() {
             &shared,
             "svc_a",
             shared_db,
-            &Logins::single(Login::new("svc_a", "password a"))
+            &Logins::single(Login::new("svc_a", "password a")),
+            None,
         )
         .await
         .expect("repeat"),
@@ -1018,10 +1170,10 @@ async fn schemas_isolate_services_in_one_database() {
         );
     }
     drop(b);
-    drop_service_schema(&admin, &shared, "svc_b")
+    drop_service_schema(&admin, &shared, "svc_b", None)
         .await
         .expect("drop");
-    drop_service_schema(&admin, &shared, "svc_b")
+    drop_service_schema(&admin, &shared, "svc_b", None)
         .await
         .expect("drop again converges");
     let (schemas, roles): (i64, i64) = {

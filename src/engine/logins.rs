@@ -1,7 +1,7 @@
 //! The logins of one service and how they rotate without an outage.
 //!
 //! A service has two login identities: its owner name (`shop_orders`) and a
-//! twin (`shop_orders_b`). On Postgres the twin is a member of the owner role
+//! twin (`shop_orders-b`). On Postgres the twin is a member of the owner role
 //! whose sessions run as the owner, so objects stay owned by one role; on
 //! MongoDB both are users with `readWrite` on the service's database. Redis
 //! has the equivalent built in: one ACL user may hold several passwords, so
@@ -93,9 +93,101 @@ impl Logins {
     }
 }
 
-/// The twin identity of a service whose owner login is `owner`.
+/// The twin identity of a service whose owner login is `owner`. On a shared
+/// server owner logins are made of `[a-z0-9_]` only (see
+/// `validate::shared_identifier`), so a twin, with its `-`, can never be
+/// another service's owner login, and two owners never share a twin.
 pub fn twin(owner: &str) -> String {
+    format!("{owner}-b")
+}
+
+/// The twin name servicedb used before twins had a `-`: `shop_orders_b`,
+/// which is also the owner login of `shop/orders-b` and `shop-orders/b`.
+/// A Secret made then may still name it; it keeps working until the next
+/// rotation switches back to the owner, and is never made anew.
+pub fn legacy_twin(owner: &str) -> String {
     format!("{owner}_b")
+}
+
+/// The twin the service's logins use: the one the Secret names besides the
+/// owner (a [`legacy_twin`] until rotated away), else [`twin`].
+pub fn twin_in_use(owner: &str, logins: &Logins) -> String {
+    logins
+        .all()
+        .map(|login| login.username.as_str())
+        .find(|username| *username != owner)
+        .map_or_else(|| twin(owner), str::to_string)
+}
+
+/// Who servicedb made a server object for: the ServiceDatabase's UID (what
+/// is compared), its `namespace/name` and its server's (for people). Every
+/// role, database, schema and ACL user servicedb makes on a shared server
+/// carries it (PostgreSQL `COMMENT ON`, a Redis ACL key pattern); an object
+/// of one of the service's names without it, or with another UID, is never
+/// adopted, changed or dropped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Marker {
+    pub uid: String,
+    /// `namespace/name` of the ServiceDatabase.
+    pub service: String,
+    /// `namespace/name` of the DatabaseServer.
+    pub server: String,
+    /// The ServiceDatabase was given its logins before servicedb marked what
+    /// it made: its unmarked objects are its own (they are marked now).
+    pub adopt_unmarked: bool,
+}
+
+/// What a marker read back from the server says about an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mark {
+    /// Made by servicedb for this ServiceDatabase.
+    Ours,
+    /// No servicedb marker.
+    Unmarked,
+    /// Made by servicedb for another ServiceDatabase (`namespace/name`).
+    Foreign(String),
+}
+
+/// The prefix of the marker text, what the parser looks for.
+const MARKER_PREFIX: &str = "servicedb:";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MarkerText {
+    uid: String,
+    #[serde(default)]
+    service_database: String,
+    #[serde(default)]
+    server: String,
+}
+
+impl Marker {
+    /// The marker as text: `servicedb:{"uid":…,"serviceDatabase":…,"server":…}`.
+    pub fn text(&self) -> String {
+        let text = MarkerText {
+            uid: self.uid.clone(),
+            service_database: self.service.clone(),
+            server: self.server.clone(),
+        };
+        // Serializing three strings cannot fail.
+        let json = serde_json::to_string(&text).unwrap_or_default();
+        format!("{MARKER_PREFIX}{json}")
+    }
+
+    /// What the text found on an object (its comment) says.
+    pub fn read(&self, found: Option<&str>) -> Mark {
+        let parsed = found
+            .and_then(|text| text.trim().strip_prefix(MARKER_PREFIX))
+            .and_then(|json| serde_json::from_str::<MarkerText>(json).ok());
+        match parsed {
+            None => Mark::Unmarked,
+            Some(text) if text.uid == self.uid => Mark::Ours,
+            Some(text) if text.service_database.is_empty() => {
+                Mark::Foreign(format!("uid {}", text.uid))
+            }
+            Some(text) => Mark::Foreign(text.service_database),
+        }
+    }
 }
 
 /// The identity a rotation switches to: the other one of the pair (an
@@ -114,16 +206,92 @@ mod tests {
 
     #[test]
     fn identities_alternate() {
-        assert_eq!(twin("shop_orders"), "shop_orders_b");
+        assert_eq!(twin("shop_orders"), "shop_orders-b");
         assert_eq!(
             other_identity("shop_orders", "shop_orders", false),
-            "shop_orders_b"
+            "shop_orders-b"
         );
+        assert_eq!(
+            other_identity("shop_orders", "shop_orders-b", false),
+            "shop_orders"
+        );
+        // A Secret still on a twin of the old name switches back to the owner.
         assert_eq!(
             other_identity("shop_orders", "shop_orders_b", false),
             "shop_orders"
         );
         assert_eq!(other_identity("shop_cart", "shop_cart", true), "shop_cart");
+    }
+
+    #[test]
+    fn a_twin_never_meets_an_owner_login() {
+        // `shop/orders-b` and `shop-orders/b` have the owner login
+        // `shop_orders_b`: no longer `shop/orders`'s twin.
+        let victim = "shop_orders";
+        let newcomer = "shop_orders_b";
+        assert_ne!(twin(victim), newcomer);
+        assert_eq!(legacy_twin(victim), newcomer);
+        // Owner logins hold no '-'; every twin does.
+        assert!(twin(newcomer).contains('-') && !newcomer.contains('-'));
+    }
+
+    #[test]
+    fn long_names_keep_owner_twin_and_scratch_spaces_apart() {
+        use crate::controller::servicedatabase::validate::shared_identifier;
+        use crate::engine::postgres_users::{MAX_NAME_BYTES, scratch_name};
+        let namespace = "n".repeat(63);
+        for name in ["o".repeat(40), format!("{}-b", "o".repeat(38))] {
+            let owner = shared_identifier(&namespace, &name);
+            assert!(!owner.contains('-'), "{owner}");
+            let twin = twin(&owner);
+            assert!(
+                twin.len() <= MAX_NAME_BYTES && twin.ends_with("-b"),
+                "{twin}"
+            );
+            let scratch = scratch_name(&owner);
+            assert!(scratch.len() <= MAX_NAME_BYTES && scratch.ends_with("-verify"));
+        }
+    }
+
+    #[test]
+    fn the_twin_in_use_is_the_one_the_secret_names() {
+        let owner = "shop_orders";
+        let only = Logins::single(Login::new(owner, "p"));
+        assert_eq!(twin_in_use(owner, &only), "shop_orders-b");
+        let legacy = Logins {
+            current: Login::new("shop_orders_b", "p1"),
+            next: None,
+            previous: Some(Login::new(owner, "p0")),
+        };
+        assert_eq!(twin_in_use(owner, &legacy), "shop_orders_b");
+    }
+
+    #[test]
+    fn markers_are_read_back() {
+        let marker = Marker {
+            uid: "3f2a".into(),
+            service: "shop/orders".into(),
+            server: "infra/pg".into(),
+            adopt_unmarked: false,
+        };
+        let text = marker.text();
+        assert!(
+            text.starts_with("servicedb:{") && text.contains("shop/orders"),
+            "{text}"
+        );
+        assert_eq!(marker.read(Some(&text)), Mark::Ours);
+        assert_eq!(marker.read(None), Mark::Unmarked);
+        assert_eq!(marker.read(Some("made by the DBA")), Mark::Unmarked);
+        assert_eq!(marker.read(Some("servicedb:not json")), Mark::Unmarked);
+        let other = Marker {
+            uid: "9b1c".into(),
+            service: "shop/orders-b".into(),
+            ..marker.clone()
+        };
+        assert_eq!(
+            marker.read(Some(&other.text())),
+            Mark::Foreign("shop/orders-b".into())
+        );
     }
 
     #[test]

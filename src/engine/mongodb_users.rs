@@ -12,6 +12,14 @@
 //!
 //! No password appears in an error, a log or a `Debug` output: server
 //! messages are scrubbed of the password that was sent before they are kept.
+//!
+//! On a shared server the service's database is claimed by a document in
+//! servicedb's own database, `servicedb.claims` (`_id`: the database name,
+//! `uid`: the ServiceDatabase's), inserted once: a unique `_id` makes the
+//! claim atomic, and no service may write there. Not `customData` on the
+//! users: FerretDB (the MongoDB wire protocol the tests run against)
+//! refuses a non-empty `customData`. A database that exists or has users
+//! without our claim is refused ([`UserError::NotOurs`]) and never dropped.
 
 use std::time::Duration;
 
@@ -20,6 +28,7 @@ use mongodb::bson::{Bson, Document, doc};
 use mongodb::error::{CommandError, ErrorKind};
 use mongodb::options::{AuthMechanism, ClientOptions, Credential, ServerAddress};
 
+use super::logins::Marker;
 use super::mongodb::REPLICA_SET;
 use scram::StoredKey;
 
@@ -351,6 +360,21 @@ pub enum UserError {
         action: &'static str,
         reason: String,
     },
+    /// The service's database exists, or has users, and servicedb did not
+    /// make it for this ServiceDatabase.
+    #[error("database {database} exists and was not created by servicedb for {service}{}", held_by(.holder))]
+    NotOurs {
+        database: String,
+        service: String,
+        holder: Option<String>,
+    },
+}
+
+fn held_by(holder: &Option<String>) -> String {
+    holder
+        .as_ref()
+        .map(|h| format!(" (it is marked for the ServiceDatabase with uid {h})"))
+        .unwrap_or_default()
 }
 
 impl UserError {
@@ -374,6 +398,7 @@ impl UserError {
             UserError::Authentication { .. } => "authentication_failed",
             UserError::Connection { .. } => "connection",
             UserError::UnexpectedReply { .. } => "unexpected_reply",
+            UserError::NotOurs { .. } => "name_conflict",
         }
     }
 
@@ -653,16 +678,23 @@ pub async fn ensure_service_user(
 /// The service's two identities on its database (see
 /// [`crate::engine::logins`]): each one `logins` lists exists with its
 /// password and `readWrite` on `db`; the other is dropped (MongoDB users
-/// cannot be disabled; open sessions stay until they close).
+/// cannot be disabled; open sessions stay until they close). A twin of the
+/// old name (`logins::legacy_twin`) is a user of `db` like the others, so
+/// it is another service's login never: it is kept while a Secret names it.
 pub async fn ensure_service_logins(
     client: &Client,
     db: &str,
     owner: &str,
     logins: &crate::engine::logins::Logins,
+    marker: Option<&Marker>,
 ) -> Result<(), UserError> {
     validate_service_database(db)?;
+    if let Some(marker) = marker {
+        claim_database(client, db, marker).await?;
+    }
     let twin = crate::engine::logins::twin(owner);
-    for identity in [owner, twin.as_str()] {
+    let legacy = crate::engine::logins::legacy_twin(owner);
+    for identity in [owner, twin.as_str(), legacy.as_str()] {
         match logins.password_of(identity) {
             Some(password) => {
                 ensure_user(client, &UserSpec::service(db, identity, password)).await?;
@@ -673,6 +705,146 @@ pub async fn ensure_service_logins(
         }
     }
     Ok(())
+}
+
+/// servicedb's own database on a shared MongoDB server, and the collection
+/// of claims in it. No service database is named so: theirs are
+/// `<namespace>_<name>`.
+pub const CLAIMS_DATABASE: &str = "servicedb";
+const CLAIMS: &str = "claims";
+const DUPLICATE_KEY: i32 = 11000;
+
+/// Whose the service's database `db` is, as far as servicedb can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This service's claim is recorded.
+    Ours,
+    /// No claim, and neither data nor users (or unmarked, and the service
+    /// was given its logins before claims existed): free to claim.
+    Free,
+}
+
+/// Reads the claim on `db`: an error ([`UserError::NotOurs`]) when another
+/// service claimed it, or when it exists or has users without a claim.
+pub async fn check_claim(client: &Client, db: &str, marker: &Marker) -> Result<Claim, UserError> {
+    validate_database_name(db)?;
+    let refused = |holder: Option<String>| UserError::NotOurs {
+        database: db.to_owned(),
+        service: marker.service.clone(),
+        holder,
+    };
+    let found = run(
+        client,
+        CLAIMS_DATABASE,
+        "read the claim",
+        doc! { "find": CLAIMS, "filter": { "_id": db }, "limit": 1 },
+        "",
+    )
+    .await?;
+    let claim = found
+        .get_document("cursor")
+        .and_then(|cursor| cursor.get_array("firstBatch"))
+        .map_err(|error| UserError::UnexpectedReply {
+            action: "read the claim",
+            reason: error.to_string(),
+        })?
+        .iter()
+        .filter_map(Bson::as_document)
+        .next()
+        .map(|claim| claim.get_str("uid").unwrap_or_default().to_owned());
+    match claim {
+        Some(uid) if uid == marker.uid => return Ok(Claim::Ours),
+        Some(other) => return Err(refused(Some(other))),
+        None if marker.adopt_unmarked => return Ok(Claim::Free),
+        None => {}
+    }
+    let users = run(client, db, "usersInfo", doc! { "usersInfo": 1 }, "").await?;
+    let has_users = users
+        .get_array("users")
+        .map_err(|error| UserError::UnexpectedReply {
+            action: "usersInfo",
+            reason: error.to_string(),
+        })?
+        .iter()
+        .filter_map(Bson::as_document)
+        .any(|user| user.get_str("db") == Ok(db));
+    let listed = run(
+        client,
+        ADMIN_DATABASE,
+        "listDatabases",
+        doc! { "listDatabases": 1, "nameOnly": true },
+        "",
+    )
+    .await?;
+    let exists = listed
+        .get_array("databases")
+        .map_err(|error| UserError::UnexpectedReply {
+            action: "listDatabases",
+            reason: error.to_string(),
+        })?
+        .iter()
+        .filter_map(Bson::as_document)
+        .any(|found| found.get_str("name") == Ok(db));
+    if exists || has_users {
+        return Err(refused(None));
+    }
+    Ok(Claim::Free)
+}
+
+/// Claims `db` for the service, once: of two services claiming it in the
+/// same instant, the second insert fails on the unique `_id`.
+pub async fn claim_database(client: &Client, db: &str, marker: &Marker) -> Result<(), UserError> {
+    if check_claim(client, db, marker).await? == Claim::Ours {
+        return Ok(());
+    }
+    let claim = doc! {
+        "_id": db,
+        "uid": &marker.uid,
+        "serviceDatabase": &marker.service,
+        "server": &marker.server,
+    };
+    let reply = run(
+        client,
+        CLAIMS_DATABASE,
+        "record the claim",
+        doc! { "insert": CLAIMS, "documents": [claim] },
+        "",
+    )
+    .await?;
+    let write_error = reply
+        .get_array("writeErrors")
+        .ok()
+        .and_then(|errors| errors.iter().filter_map(Bson::as_document).next())
+        .map(|error| {
+            (
+                error.get_i32("code").unwrap_or_default(),
+                error.get_str("errmsg").unwrap_or_default().to_owned(),
+            )
+        });
+    match write_error {
+        None => Ok(()),
+        // Claimed by another in between: say whose.
+        Some((DUPLICATE_KEY, _)) => check_claim(client, db, marker).await.map(drop),
+        Some((code, message)) => Err(UserError::Refused {
+            action: "record the claim",
+            code,
+            code_name: String::new(),
+            message,
+        }),
+    }
+}
+
+/// Removes the service's claim on `db` (after its database was dropped).
+pub async fn release_claim(client: &Client, db: &str, marker: &Marker) -> Result<(), UserError> {
+    run(
+        client,
+        CLAIMS_DATABASE,
+        "remove the claim",
+        doc! { "delete": CLAIMS, "deletes": [ { "q": { "_id": db, "uid": &marker.uid }, "limit": 1 } ] },
+        "",
+    )
+    .await
+    .map(drop)
 }
 
 /// `createUser` as is, without looking first: the one command the

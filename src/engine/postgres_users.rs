@@ -7,6 +7,17 @@
 //! writes: a repeat on an unchanged server issues no DDL, which keeps the
 //! server log quiet and the catalog untouched.
 //!
+//! On a shared server every role, database and schema made here carries a
+//! marker, its comment (`COMMENT ON …`: `servicedb:{"uid":…}`, see
+//! [`Marker`]). A role is created together with its comment in one
+//! transaction, so the role itself is the claim on the server: of two
+//! services racing for a name, the second's CREATE ROLE fails. An object of
+//! one of the service's names without its marker, or with another's, is
+//! refused before anything is written ([`UserError::NotOurs`]) and never
+//! changed or dropped; a database or schema left unmarked but owned by the
+//! service's own marked role (CREATE DATABASE cannot share a transaction
+//! with its comment) is marked. Dedicated instances pass no marker.
+//!
 //! Passwords only ever travel as SCRAM-SHA-256 verifiers, so the cleartext
 //! never reaches the server, its logs or `pg_stat_activity`; whether a stored
 //! verifier still matches a password is decided client side
@@ -17,7 +28,7 @@ mod scram;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
 
-use super::logins::{self, Logins};
+use super::logins::{self, Logins, Mark, Marker};
 
 /// Role and database names longer than this are truncated by PostgreSQL
 /// (NAMEDATALEN - 1); we reject them instead of letting two names collide.
@@ -105,6 +116,17 @@ pub enum UserError {
         "database {database:?} already exists and belongs to role {owner:?}; it is not taken over"
     )]
     Taken { database: String, owner: String },
+    /// An object of one of the service's names that servicedb did not make
+    /// for it: never adopted, changed or dropped.
+    #[error("{object} exists and was not created by servicedb for {service}{}", held_by(.holder))]
+    NotOurs {
+        /// `role "x"`, `database "x"`, `schema "x"`.
+        object: String,
+        /// `namespace/name` of the ServiceDatabase asking.
+        service: String,
+        /// Whose marker it carries, if another ServiceDatabase's.
+        holder: Option<String>,
+    },
     #[error("{action} failed: {}", describe(error))]
     Database {
         action: &'static str,
@@ -121,7 +143,17 @@ impl UserError {
             UserError::OwnRole { .. } => "own_role",
             UserError::RoleMissing { .. } => "role_missing",
             UserError::Taken { .. } => "name_taken",
+            UserError::NotOurs { .. } => "name_conflict",
             UserError::Database { error, .. } => match error.code() {
+                // Another ServiceDatabase made the object in the same instant.
+                Some(code)
+                    if *code == SqlState::DUPLICATE_OBJECT
+                        || *code == SqlState::DUPLICATE_DATABASE
+                        || *code == SqlState::DUPLICATE_SCHEMA
+                        || *code == SqlState::UNIQUE_VIOLATION =>
+                {
+                    "name_conflict"
+                }
                 Some(code) if *code == SqlState::INSUFFICIENT_PRIVILEGE => "permission_denied",
                 Some(code) if *code == SqlState::DEPENDENT_OBJECTS_STILL_EXIST => {
                     "dependent_objects"
@@ -142,6 +174,13 @@ impl UserError {
                 | UserError::OwnRole { .. }
         )
     }
+}
+
+fn held_by(holder: &Option<String>) -> String {
+    holder
+        .as_ref()
+        .map(|h| format!(" (it is marked for ServiceDatabase {h})"))
+        .unwrap_or_default()
 }
 
 fn database_error(action: &'static str) -> impl Fn(tokio_postgres::Error) -> UserError + Copy {
@@ -259,27 +298,49 @@ pub async fn ensure_service_database(
     user: &ServiceUser,
 ) -> Result<Outcome, UserError> {
     validate_password(&user.password)?;
-    ensure_owner(client, &user.role, Some(&user.password), &user.database).await
+    ensure_owner(
+        client,
+        &user.role,
+        Some(&user.password),
+        &user.database,
+        None,
+    )
+    .await
 }
 
 /// Creates or repairs a service's owner role, its database and its twin
 /// login (see [`crate::engine::logins`]): each identity that `logins` lists
 /// can log in with its password, the other one cannot. Sessions of the twin
 /// run as the owner (`SET role`), so everything stays owned by one role.
+///
+/// With a `marker` (shared servers) every object is made with it, and an
+/// existing object without it is refused before anything is written
+/// ([`UserError::NotOurs`]). Without one (a dedicated instance, where
+/// servicedb made everything) existing objects are repaired as they are.
 pub async fn ensure_service_logins(
     client: &Client,
     owner: &str,
     database: &str,
     logins: &Logins,
+    marker: Option<&Marker>,
 ) -> Result<Outcome, UserError> {
     for login in logins.all() {
         validate_password(&login.password)?;
     }
-    let twin = logins::twin(owner);
+    let twin = logins::twin_in_use(owner, logins);
     validate_role_name(&twin)?;
-    let mut outcome = ensure_owner(client, owner, logins.password_of(owner), database).await?;
-    let twin_outcome = ensure_twin(client, owner, &twin, logins.password_of(&twin)).await?;
+    validate_role_name(owner)?;
+    validate_database_name(database)?;
+    if let Some(marker) = marker {
+        let owner_found = check_role(client, marker, owner).await?;
+        check_database(client, marker, database, owner, owner_found).await?;
+        check_role(client, marker, &twin).await?;
+    }
+    let mut outcome =
+        ensure_owner(client, owner, logins.password_of(owner), database, marker).await?;
+    let twin_outcome = ensure_twin(client, owner, &twin, logins.password_of(&twin), marker).await?;
     outcome.merge(twin_outcome);
+    outcome.merge(retire_legacy_twin(client, owner, &twin, marker).await?);
     Ok(outcome)
 }
 
@@ -290,6 +351,7 @@ async fn ensure_owner(
     owner: &str,
     password: Option<&str>,
     database_name: &str,
+    marker: Option<&Marker>,
 ) -> Result<Outcome, UserError> {
     validate_role_name(owner)?;
     validate_database_name(database_name)?;
@@ -299,9 +361,44 @@ async fn ensure_owner(
         password: String::new(),
         database: database_name.to_string(),
     };
-    let mut outcome = ensure_login_role(client, owner, password).await?;
+    let mut outcome = ensure_login_role(client, owner, password, marker).await?;
     let role = quote_ident(&user.role);
     let database = quote_ident(&user.database);
+    if let Some(marker) = marker {
+        // The role is ours by now: only a database of ours is used.
+        match check_database(
+            client,
+            marker,
+            database_name,
+            owner,
+            Found::Ours { marked: true },
+        )
+        .await?
+        {
+            Found::Missing => {
+                // CREATE DATABASE cannot share a transaction with the
+                // comment; a database left unmarked in between is owned by
+                // our own role and is marked on the next pass.
+                execute(
+                    client,
+                    "create database",
+                    &format!("CREATE DATABASE {database} OWNER {role}"),
+                )
+                .await?;
+                mark(client, "DATABASE", database_name, marker).await?;
+                outcome.database_created = true;
+            }
+            Found::Ours { marked: false } => {
+                mark(client, "DATABASE", database_name, marker).await?;
+                outcome.owner_changed = true;
+            }
+            Found::Ours { marked: true } => {}
+        }
+        if restrict_database(client, &user.database, &user.role).await? {
+            outcome.privileges_fixed = true;
+        }
+        return Ok(outcome);
+    }
     match database_owner(client, &user.database).await? {
         None => {
             execute(
@@ -395,9 +492,35 @@ pub async fn ensure_scratch_database(
     client: &Client,
     owner: &str,
     scratch: &str,
+    marker: Option<&Marker>,
 ) -> Result<bool, UserError> {
     validate_role_name(owner)?;
     validate_database_name(scratch)?;
+    if let Some(marker) = marker {
+        let owner_found = check_role(client, marker, owner).await?;
+        let changed = match check_database(client, marker, scratch, owner, owner_found).await? {
+            Found::Missing => {
+                execute(
+                    client,
+                    "create scratch database",
+                    &format!(
+                        "CREATE DATABASE {} OWNER {}",
+                        quote_ident(scratch),
+                        quote_ident(owner)
+                    ),
+                )
+                .await?;
+                mark(client, "DATABASE", scratch, marker).await?;
+                true
+            }
+            Found::Ours { marked: false } => {
+                mark(client, "DATABASE", scratch, marker).await?;
+                true
+            }
+            Found::Ours { marked: true } => false,
+        };
+        return Ok(restrict_database(client, scratch, owner).await? || changed);
+    }
     let changed = match database_owner(client, scratch).await? {
         None => {
             execute(
@@ -429,9 +552,15 @@ pub async fn drop_scratch_database(
     client: &Client,
     owner: &str,
     scratch: &str,
+    marker: Option<&Marker>,
 ) -> Result<bool, UserError> {
     validate_database_name(scratch)?;
-    if database_owner(client, scratch).await?.as_deref() != Some(owner) {
+    if let Some(marker) = marker {
+        let owner_found = ours(check_role(client, marker, owner).await)?;
+        if !ours(check_database(client, marker, scratch, owner, owner_found).await)?.is_ours() {
+            return Ok(false);
+        }
+    } else if database_owner(client, scratch).await?.as_deref() != Some(owner) {
         return Ok(false);
     }
     execute(
@@ -465,19 +594,48 @@ async fn ensure_login_role(
     client: &Client,
     role_name: &str,
     password: Option<&str>,
+    marker: Option<&Marker>,
 ) -> Result<Outcome, UserError> {
     let mut outcome = Outcome::default();
     let role = quote_ident(role_name);
     let attributes = attributes(password.is_some());
-    match fetch_role(client, role_name).await? {
+    // With a marker, whether to create is decided by the same read that
+    // checked the marker: a role that appears in between makes CREATE ROLE
+    // fail, never turns into one whose password we change.
+    let found = match marker {
+        Some(marker) => Some(check_role(client, marker, role_name).await?),
+        None => None,
+    };
+    if let Some(marker) = marker
+        && found == Some(Found::Ours { marked: false })
+    {
+        mark(client, "ROLE", role_name, marker).await?;
+        outcome.role_attributes_fixed = true;
+    }
+    let existing = match found {
+        Some(Found::Missing) => None,
+        Some(Found::Ours { .. }) => Some(fetch_role(client, role_name).await?.ok_or_else(
+            || UserError::RoleMissing {
+                role: role_name.to_owned(),
+            },
+        )?),
+        None => fetch_role(client, role_name).await?,
+    };
+    match existing {
         None => {
             let password = password
                 .map(|p| format!(" PASSWORD {}", scram_verifier(p)))
                 .unwrap_or_default();
+            // One statement string is one transaction: the role exists only
+            // with its marker, so it is the claim on the server itself, and
+            // a ServiceDatabase racing for the name fails here.
+            let comment = marker
+                .map(|m| format!("; COMMENT ON ROLE {role} IS {}", quote_literal(&m.text())))
+                .unwrap_or_default();
             execute(
                 client,
                 "create role",
-                &format!("CREATE ROLE {role} {attributes}{password}"),
+                &format!("CREATE ROLE {role} {attributes}{password}{comment}"),
             )
             .await?;
             outcome.role_created = true;
@@ -510,10 +668,15 @@ async fn ensure_twin(
     owner: &str,
     twin: &str,
     password: Option<&str>,
+    marker: Option<&Marker>,
 ) -> Result<Outcome, UserError> {
     if password.is_none() {
         let mut outcome = Outcome::default();
-        if fetch_role(client, twin).await?.is_some_and(|r| r.login) {
+        let ours = match marker {
+            Some(marker) => ours(check_role(client, marker, twin).await)?.is_ours(),
+            None => true,
+        };
+        if ours && fetch_role(client, twin).await?.is_some_and(|r| r.login) {
             execute(
                 client,
                 "disable the previous login",
@@ -524,7 +687,7 @@ async fn ensure_twin(
         }
         return Ok(outcome);
     }
-    let mut outcome = ensure_login_role(client, twin, password).await?;
+    let mut outcome = ensure_login_role(client, twin, password, marker).await?;
     let row = client
         .query_one(
             "SELECT pg_has_role($1::name, $2::name, 'MEMBER'), \
@@ -614,6 +777,7 @@ pub async fn ensure_service_schema(
     owner: &str,
     database: &str,
     logins: &Logins,
+    marker: Option<&Marker>,
 ) -> Result<Outcome, UserError> {
     validate_role_name(owner)?;
     validate_database_name(database)?;
@@ -621,10 +785,16 @@ pub async fn ensure_service_schema(
         validate_password(&login.password)?;
     }
     refuse_own_role(admin, owner).await?;
-    let twin = logins::twin(owner);
+    let twin = logins::twin_in_use(owner, logins);
     validate_role_name(&twin)?;
-    let mut outcome = ensure_login_role(admin, owner, logins.password_of(owner)).await?;
-    outcome.merge(ensure_twin(admin, owner, &twin, logins.password_of(&twin)).await?);
+    if let Some(marker) = marker {
+        let owner_found = check_role(admin, marker, owner).await?;
+        check_schema(shared, marker, owner, owner_found).await?;
+        check_role(admin, marker, &twin).await?;
+    }
+    let mut outcome = ensure_login_role(admin, owner, logins.password_of(owner), marker).await?;
+    outcome.merge(ensure_twin(admin, owner, &twin, logins.password_of(&twin), marker).await?);
+    outcome.merge(retire_legacy_twin(admin, owner, &twin, marker).await?);
     let role = quote_ident(owner);
     let can_connect: bool = admin
         .query_one(
@@ -666,6 +836,28 @@ pub async fn ensure_service_schema(
         .await?;
         outcome.privileges_fixed = true;
     }
+    if let Some(marker) = marker {
+        match check_schema(shared, marker, owner, Found::Ours { marked: true }).await? {
+            Found::Missing => {
+                execute(
+                    shared,
+                    "create schema",
+                    &format!(
+                        "CREATE SCHEMA {role} AUTHORIZATION {role}; COMMENT ON SCHEMA {role} IS {}",
+                        quote_literal(&marker.text())
+                    ),
+                )
+                .await?;
+                outcome.database_created = true;
+            }
+            Found::Ours { marked: false } => {
+                mark(shared, "SCHEMA", owner, marker).await?;
+                outcome.owner_changed = true;
+            }
+            Found::Ours { marked: true } => {}
+        }
+        return Ok(outcome);
+    }
     let schema_owner: Option<String> = shared
         .query_opt(
             "SELECT pg_get_userbyid(nspowner)::text FROM pg_namespace WHERE nspname = $1",
@@ -700,25 +892,36 @@ pub async fn ensure_service_schema(
     Ok(outcome)
 }
 
-/// Drops a service's schema with everything in it, and its roles.
+/// Drops a service's schema with everything in it, and its roles; with a
+/// `marker`, only those that carry it.
 pub async fn drop_service_schema(
     admin: &Client,
     shared: &Client,
     owner: &str,
+    marker: Option<&Marker>,
 ) -> Result<(), UserError> {
     validate_role_name(owner)?;
     refuse_own_role(admin, owner).await?;
     let role = quote_ident(owner);
-    execute(
-        shared,
-        "drop schema",
-        &format!("DROP SCHEMA IF EXISTS {role} CASCADE"),
-    )
-    .await?;
-    let twin = logins::twin(owner);
-    for name in [twin.as_str(), owner] {
-        if validate_role_name(name).is_ok() && fetch_role(admin, name).await?.is_some() {
-            let quoted = quote_ident(name);
+    let owner_found = match marker {
+        Some(marker) => ours(check_role(admin, marker, owner).await)?,
+        None => Found::Ours { marked: true },
+    };
+    let schema_ours = match marker {
+        Some(marker) => ours(check_schema(shared, marker, owner, owner_found).await)?.is_ours(),
+        None => true,
+    };
+    if schema_ours {
+        execute(
+            shared,
+            "drop schema",
+            &format!("DROP SCHEMA IF EXISTS {role} CASCADE"),
+        )
+        .await?;
+    }
+    for name in roles_to_drop(admin, owner, owner_found, marker).await? {
+        if fetch_role(admin, &name).await?.is_some() {
+            let quoted = quote_ident(&name);
             execute(shared, "drop owned", &format!("DROP OWNED BY {quoted}")).await?;
             execute(admin, "drop owned", &format!("DROP OWNED BY {quoted}")).await?;
             execute(admin, "drop role", &format!("DROP ROLE {quoted}")).await?;
@@ -745,33 +948,269 @@ pub async fn set_password(client: &Client, role: &str, password: &str) -> Result
     Ok(true)
 }
 
-/// Drops the service's database (disconnecting its sessions) and its role.
-/// Missing objects are not an error, so a retried deletion converges.
-pub async fn drop_service_database(client: &Client, user: &ServiceUser) -> Result<(), UserError> {
+/// Drops the service's database (disconnecting its sessions) and its roles;
+/// with a `marker`, only those that carry it (an object servicedb did not
+/// make for this service stays as it is). Missing objects are not an error,
+/// so a retried deletion converges.
+pub async fn drop_service_database(
+    client: &Client,
+    user: &ServiceUser,
+    marker: Option<&Marker>,
+) -> Result<(), UserError> {
     validate_role_name(&user.role)?;
     validate_database_name(&user.database)?;
     refuse_own_role(client, &user.role).await?;
-    let database = quote_ident(&user.database);
-    execute(
-        client,
-        "drop database",
-        &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
-    )
-    .await?;
-    let twin = logins::twin(&user.role);
-    if validate_role_name(&twin).is_ok() && fetch_role(client, &twin).await?.is_some() {
-        let twin = quote_ident(&twin);
-        execute(client, "drop owned", &format!("DROP OWNED BY {twin}")).await?;
-        execute(client, "drop role", &format!("DROP ROLE {twin}")).await?;
+    let owner_found = match marker {
+        Some(marker) => ours(check_role(client, marker, &user.role).await)?,
+        None => Found::Ours { marked: true },
+    };
+    let database_ours = match marker {
+        Some(marker) => {
+            ours(check_database(client, marker, &user.database, &user.role, owner_found).await)?
+                .is_ours()
+        }
+        None => true,
+    };
+    if database_ours {
+        let database = quote_ident(&user.database);
+        execute(
+            client,
+            "drop database",
+            &format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"),
+        )
+        .await?;
     }
-    if fetch_role(client, &user.role).await?.is_some() {
-        let role = quote_ident(&user.role);
-        // Grants the role holds in the database we are connected to would
-        // otherwise block DROP ROLE.
-        execute(client, "drop owned", &format!("DROP OWNED BY {role}")).await?;
-        execute(client, "drop role", &format!("DROP ROLE {role}")).await?;
+    // Twins first: the owner role is granted to them.
+    for name in roles_to_drop(client, &user.role, owner_found, marker).await? {
+        if fetch_role(client, &name).await?.is_some() {
+            let role = quote_ident(&name);
+            // Grants the role holds in the database we are connected to would
+            // otherwise block DROP ROLE.
+            execute(client, "drop owned", &format!("DROP OWNED BY {role}")).await?;
+            execute(client, "drop role", &format!("DROP ROLE {role}")).await?;
+        }
     }
     Ok(())
+}
+
+/// The service's roles that may be dropped, twins first: with a `marker`,
+/// those that carry it (a twin of the old name only when marked, as it may
+/// be another service's owner login); without, the ones servicedb names.
+async fn roles_to_drop(
+    client: &Client,
+    owner: &str,
+    owner_found: Found,
+    marker: Option<&Marker>,
+) -> Result<Vec<String>, UserError> {
+    let mut names = Vec::new();
+    for twin in [logins::twin(owner), logins::legacy_twin(owner)] {
+        if validate_role_name(&twin).is_err() {
+            continue;
+        }
+        let droppable = match marker {
+            None => true,
+            Some(marker) if twin == logins::legacy_twin(owner) => {
+                marker.read(role_comment(client, &twin).await?.flatten().as_deref()) == Mark::Ours
+            }
+            Some(marker) => ours(check_role(client, marker, &twin).await)?.is_ours(),
+        };
+        if droppable {
+            names.push(twin);
+        }
+    }
+    if owner_found.is_ours() {
+        names.push(owner.to_string());
+    }
+    Ok(names)
+}
+
+/// A twin of the old name ([`logins::legacy_twin`]) that the logins no longer
+/// use cannot log in any more, if it is this service's: marked for it (it
+/// was marked while in use), or any on a dedicated instance.
+async fn retire_legacy_twin(
+    client: &Client,
+    owner: &str,
+    twin_in_use: &str,
+    marker: Option<&Marker>,
+) -> Result<Outcome, UserError> {
+    let legacy = logins::legacy_twin(owner);
+    if legacy == twin_in_use || validate_role_name(&legacy).is_err() {
+        return Ok(Outcome::default());
+    }
+    let Some(comment) = role_comment(client, &legacy).await? else {
+        return Ok(Outcome::default());
+    };
+    if let Some(marker) = marker
+        && marker.read(comment.as_deref()) != Mark::Ours
+    {
+        return Ok(Outcome::default());
+    }
+    ensure_twin(client, owner, &legacy, None, None).await
+}
+
+/// What servicedb found under one of the service's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Missing,
+    /// The service's own: marked for it, or one it may adopt and mark.
+    Ours {
+        marked: bool,
+    },
+}
+
+impl Found {
+    fn is_ours(self) -> bool {
+        matches!(self, Found::Ours { .. })
+    }
+}
+
+/// For deletion: someone else's object counts as missing.
+fn ours(found: Result<Found, UserError>) -> Result<Found, UserError> {
+    match found {
+        Err(UserError::NotOurs { object, holder, .. }) => {
+            tracing::info!(%object, holder = ?holder, "not servicedb's for this service; left as it is");
+            Ok(Found::Missing)
+        }
+        other => other,
+    }
+}
+
+fn not_ours(kind: &str, name: &str, marker: &Marker, mark: Mark) -> UserError {
+    UserError::NotOurs {
+        object: format!("{kind} {name}"),
+        service: marker.service.clone(),
+        holder: match mark {
+            Mark::Foreign(holder) => Some(holder),
+            Mark::Ours | Mark::Unmarked => None,
+        },
+    }
+}
+
+/// A role is the service's when it carries its marker, or (a service given
+/// its logins before markers existed) carries none.
+async fn check_role(client: &Client, marker: &Marker, role: &str) -> Result<Found, UserError> {
+    let Some(comment) = role_comment(client, role).await? else {
+        return Ok(Found::Missing);
+    };
+    match marker.read(comment.as_deref()) {
+        Mark::Ours => Ok(Found::Ours { marked: true }),
+        Mark::Unmarked if marker.adopt_unmarked => Ok(Found::Ours { marked: false }),
+        mark => Err(not_ours("role", role, marker, mark)),
+    }
+}
+
+/// A database is the service's when it carries its marker, or carries none
+/// and is owned by the service's own role (`owner`, found as `owner_found`):
+/// only that role, or servicedb between CREATE DATABASE and its comment,
+/// could have made it so.
+async fn check_database(
+    client: &Client,
+    marker: &Marker,
+    database: &str,
+    owner: &str,
+    owner_found: Found,
+) -> Result<Found, UserError> {
+    let row = client
+        .query_opt(
+            "SELECT shobj_description(oid, 'pg_database'), pg_get_userbyid(datdba)::text \
+             FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .map_err(database_error("look up database"))?;
+    let Some(row) = row else {
+        return Ok(Found::Missing);
+    };
+    let read = database_error("read database");
+    let comment: Option<String> = row.try_get(0).map_err(read)?;
+    let found_owner: String = row.try_get(1).map_err(read)?;
+    owned(
+        marker,
+        "database",
+        database,
+        comment,
+        &found_owner,
+        owner,
+        owner_found,
+    )
+}
+
+/// [`check_database`] for the service's schema in the shared database.
+async fn check_schema(
+    shared: &Client,
+    marker: &Marker,
+    owner: &str,
+    owner_found: Found,
+) -> Result<Found, UserError> {
+    let row = shared
+        .query_opt(
+            "SELECT obj_description(oid, 'pg_namespace'), pg_get_userbyid(nspowner)::text \
+             FROM pg_namespace WHERE nspname = $1",
+            &[&owner],
+        )
+        .await
+        .map_err(database_error("look up schema"))?;
+    let Some(row) = row else {
+        return Ok(Found::Missing);
+    };
+    let read = database_error("read schema");
+    let comment: Option<String> = row.try_get(0).map_err(read)?;
+    let found_owner: String = row.try_get(1).map_err(read)?;
+    owned(
+        marker,
+        "schema",
+        owner,
+        comment,
+        &found_owner,
+        owner,
+        owner_found,
+    )
+}
+
+fn owned(
+    marker: &Marker,
+    kind: &str,
+    name: &str,
+    comment: Option<String>,
+    found_owner: &str,
+    owner: &str,
+    owner_found: Found,
+) -> Result<Found, UserError> {
+    match marker.read(comment.as_deref()) {
+        Mark::Ours => Ok(Found::Ours { marked: true }),
+        Mark::Unmarked if owner_found.is_ours() && found_owner == owner => {
+            Ok(Found::Ours { marked: false })
+        }
+        mark => Err(not_ours(kind, name, marker, mark)),
+    }
+}
+
+/// A role's comment: `None` when there is no such role.
+async fn role_comment(client: &Client, role: &str) -> Result<Option<Option<String>>, UserError> {
+    let row = client
+        .query_opt(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+            &[&role],
+        )
+        .await
+        .map_err(database_error("look up role"))?;
+    row.map(|row| row.try_get(0))
+        .transpose()
+        .map_err(database_error("read role"))
+}
+
+/// Writes the marker on an object (`kind`: ROLE, DATABASE, SCHEMA).
+async fn mark(client: &Client, kind: &str, name: &str, marker: &Marker) -> Result<(), UserError> {
+    execute(
+        client,
+        "mark",
+        &format!(
+            "COMMENT ON {kind} {} IS {}",
+            quote_ident(name),
+            quote_literal(&marker.text())
+        ),
+    )
+    .await
 }
 
 const LEAST_PRIVILEGE: &str =

@@ -38,6 +38,15 @@
 //!   is still held to `~<prefix>*`. The operator withdraws it once the
 //!   restore completed ([`ensure_user_logins`]'s `restoring`).
 //!
+//! - `&servicedb-owner:<uid>` on a shared server: the marker naming the
+//!   ServiceDatabase the user was made for ([`owner_rule`]), read back with
+//!   `ACL GETUSER`. A pub/sub channel holds nothing and nobody listens on
+//!   it, so the marker grants nothing of use. A user of the service's name
+//!   without it is never changed or deleted. Before a new user is made, the
+//!   name is claimed with `SET servicedb-claim:<user> <uid> NX` ([`claim`]):
+//!   of two services racing for one name only one can set it. No service's
+//!   key pattern reaches it (prefixes hold no `-`).
+//!
 //! Known limits, inherent to Redis ACLs: SCAN, RANDOMKEY, DBSIZE, PUBSUB
 //! CHANNELS and broadcast-mode CLIENT TRACKING reveal the *names* (never the
 //! values) of other keys and channels on the same server. On a dedicated
@@ -45,7 +54,7 @@
 
 use std::fmt::Write as _;
 
-use crate::engine::logins::{Login, Logins};
+use crate::engine::logins::{Login, Logins, Marker};
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 use sha2::{Digest, Sha256};
@@ -75,6 +84,13 @@ pub enum AclError {
     ReservedUser { name: String, reason: &'static str },
     #[error("user {name:?} appears more than once")]
     DuplicateUser { name: String },
+    /// A user of the service's name that servicedb did not make for it.
+    #[error("ACL user {name} exists and was not created by servicedb for {service}{}", held_by(.holder))]
+    NotOurs {
+        name: String,
+        service: String,
+        holder: Option<String>,
+    },
     #[error("{action} failed: {}", describe(source))]
     Server {
         action: &'static str,
@@ -91,6 +107,7 @@ impl AclError {
             AclError::InvalidPassword { .. } => "invalid_password",
             AclError::ReservedUser { .. } => "reserved_user",
             AclError::DuplicateUser { .. } => "duplicate_user",
+            AclError::NotOurs { .. } => "name_conflict",
             AclError::Server { source, .. } => match source.kind() {
                 ErrorKind::Server(ServerErrorKind::NoPerm) => "permission_denied",
                 ErrorKind::AuthenticationFailed => "authentication_failed",
@@ -105,6 +122,80 @@ impl AclError {
     /// Whether retrying with the same input cannot help.
     pub fn is_invalid_input(&self) -> bool {
         !matches!(self, AclError::Server { .. })
+    }
+}
+
+fn held_by(holder: &Option<String>) -> String {
+    holder
+        .as_ref()
+        .map(|h| format!(" (it is marked for the ServiceDatabase with uid {h})"))
+        .unwrap_or_default()
+}
+
+/// The channel pattern that marks a user as made for the ServiceDatabase
+/// with this uid.
+pub fn owner_rule(uid: &str) -> String {
+    format!("&{OWNER_CHANNEL}{uid}")
+}
+
+const OWNER_CHANNEL: &str = "servicedb-owner:";
+
+/// The uid a user's marker names, from the words of `ACL GETUSER`.
+fn marked_uid(getuser: &redis::Value) -> Option<String> {
+    fn words(value: &redis::Value, out: &mut Vec<String>) {
+        match value {
+            redis::Value::BulkString(bytes) => out.extend(
+                String::from_utf8_lossy(bytes)
+                    .split_whitespace()
+                    .map(str::to_owned),
+            ),
+            redis::Value::SimpleString(text) => {
+                out.extend(text.split_whitespace().map(str::to_owned))
+            }
+            redis::Value::Array(items) | redis::Value::Set(items) => {
+                items.iter().for_each(|item| words(item, out))
+            }
+            redis::Value::Map(pairs) => pairs.iter().for_each(|(k, v)| {
+                words(k, out);
+                words(v, out);
+            }),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    words(getuser, &mut all);
+    all.iter().find_map(|word| {
+        word.trim_start_matches('&')
+            .strip_prefix(OWNER_CHANNEL)
+            .map(str::to_owned)
+    })
+}
+
+/// Whether `username` is this service's: `None` when there is no such user;
+/// an error when it exists without the service's marker (and the service
+/// was not given its logins before markers existed).
+async fn check_user(
+    conn: &mut impl ConnectionLike,
+    username: &str,
+    marker: &Marker,
+) -> Result<Option<()>, AclError> {
+    let found: redis::Value = redis::cmd("ACL")
+        .arg("GETUSER")
+        .arg(username)
+        .query_async(conn)
+        .await
+        .map_err(server_error("ACL GETUSER"))?;
+    if matches!(found, redis::Value::Nil) {
+        return Ok(None);
+    }
+    match marked_uid(&found) {
+        Some(uid) if uid == marker.uid => Ok(Some(())),
+        None if marker.adopt_unmarked => Ok(Some(())),
+        holder => Err(AclError::NotOurs {
+            name: username.to_owned(),
+            service: marker.service.clone(),
+            holder,
+        }),
     }
 }
 
@@ -353,18 +444,23 @@ pub async fn ensure_user(
     prefix: &str,
 ) -> Result<(), AclError> {
     let logins = Logins::single(Login::new(username, password));
-    ensure_user_logins(conn, username, &logins, prefix, false).await
+    ensure_user_logins(conn, username, &logins, prefix, false, None).await
 }
 
 /// Like [`ensure_user`], with every password the service's logins list
 /// (one user; a rotation adds a password, its grace period's end removes one)
 /// and, while `restoring`, RESTORE on its own keys.
+///
+/// With a `marker` (shared servers) the user carries it ([`owner_rule`]),
+/// and an existing user without it is refused unchanged
+/// ([`AclError::NotOurs`]).
 pub async fn ensure_user_logins(
     conn: &mut impl ConnectionLike,
     username: &str,
     logins: &Logins,
     prefix: &str,
     restoring: bool,
+    marker: Option<&Marker>,
 ) -> Result<(), AclError> {
     let prefix = KeyPrefix::new(prefix)?;
     let mut user =
@@ -373,7 +469,87 @@ pub async fn ensure_user_logins(
         user.rules.push(RESTORE_RULE.to_owned());
     }
     refuse_own_user(conn, username).await?;
+    if let Some(marker) = marker {
+        if check_user(conn, username, marker).await?.is_none() {
+            claim(conn, username, marker).await?;
+        }
+        user.rules.push(owner_rule(&marker.uid));
+    }
     user.apply(conn).await
+}
+
+/// The key that records which ServiceDatabase holds a username.
+pub fn claim_key(username: &str) -> String {
+    format!("servicedb-claim:{username}")
+}
+
+/// Claims `username` for the service, once (`SET … NX`): a name another
+/// service claimed first is refused, naming its uid.
+async fn claim(
+    conn: &mut impl ConnectionLike,
+    username: &str,
+    marker: &Marker,
+) -> Result<(), AclError> {
+    let key = claim_key(username);
+    let _: Option<String> = redis::cmd("SET")
+        .arg(&key)
+        .arg(&marker.uid)
+        .arg("NX")
+        .query_async(conn)
+        .await
+        .map_err(server_error("SET claim"))?;
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .map_err(server_error("GET claim"))?;
+    match holder {
+        Some(uid) if uid == marker.uid => Ok(()),
+        holder => Err(AclError::NotOurs {
+            name: username.to_owned(),
+            service: marker.service.clone(),
+            holder,
+        }),
+    }
+}
+
+/// Deletes the service's user if it is the service's (marked for it); a
+/// user of that name made by anyone else stays as it is. `Ok(true)` when
+/// the name is free of it now (deleted, or there was none), so the keys
+/// under the service's prefix are its own to delete.
+pub async fn remove_marked_user(
+    conn: &mut impl ConnectionLike,
+    username: &str,
+    marker: &Marker,
+) -> Result<bool, AclError> {
+    validate_username(username)?;
+    let key = claim_key(username);
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .map_err(server_error("GET claim"))?;
+    let released = match check_user(conn, username, marker).await {
+        Ok(Some(())) => remove_user(conn, username).await.map(|_| true),
+        // No user: the name is ours to clean up unless another claimed it.
+        Ok(None) => Ok(holder.as_ref().is_none_or(|uid| *uid == marker.uid)),
+        Err(AclError::NotOurs { holder, .. }) => {
+            tracing::info!(user = %username, holder = ?holder, "ACL user not servicedb's for this service; left as it is");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }?;
+    if released {
+        // Our claim goes with our user; another's stays.
+        if holder.as_deref() == Some(marker.uid.as_str()) {
+            redis::cmd("DEL")
+                .arg(&key)
+                .query_async::<()>(conn)
+                .await
+                .map_err(server_error("DEL claim"))?;
+        }
+    }
+    Ok(released)
 }
 
 /// Sets the administrator's password and full permissions.
@@ -447,6 +623,25 @@ mod tests {
 
     fn prefix(text: &str) -> KeyPrefix {
         KeyPrefix::new(text).expect("valid prefix")
+    }
+
+    #[test]
+    fn the_owner_marker_is_read_back_from_getuser() {
+        use redis::Value;
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        // Redis 7: channels are one string of patterns.
+        let getuser = Value::Array(vec![
+            text("flags"),
+            Value::Array(vec![text("on")]),
+            text("keys"),
+            text("~cart:*"),
+            text("channels"),
+            text("&cart:* &servicedb-owner:3f2a-9c"),
+        ]);
+        assert_eq!(marked_uid(&getuser).as_deref(), Some("3f2a-9c"));
+        assert_eq!(owner_rule("3f2a-9c"), "&servicedb-owner:3f2a-9c");
+        let unmarked = Value::Array(vec![text("channels"), text("&theirs:*")]);
+        assert_eq!(marked_uid(&unmarked), None);
     }
 
     #[test]

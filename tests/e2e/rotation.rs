@@ -19,7 +19,7 @@ use crate::shared::{connect, redis_as, server, server_of};
 
 use servicedb::controller::servicedatabase::rotation::{ISSUED_AT, ROTATE_ANNOTATION as ROTATE};
 
-async fn place(
+pub(crate) async fn place(
     client: &kube::Client,
     ns: &str,
     name: &str,
@@ -42,7 +42,7 @@ async fn place(
     api
 }
 
-async fn request_rotation(api: &Api<ServiceDatabase>, name: &str, value: &str) {
+pub(crate) async fn request_rotation(api: &Api<ServiceDatabase>, name: &str, value: &str) {
     api.patch(
         name,
         &PatchParams::default(),
@@ -55,6 +55,11 @@ async fn request_rotation(api: &Api<ServiceDatabase>, name: &str, value: &str) {
 /// How many reconciles of `name` in the test's namespace ended well, from
 /// the operator's JSON log (the e2e operator logs `reconciled` at debug).
 fn reconciled(env: &Env, name: &str) -> usize {
+    reconciled_in(env, &env.ns, name)
+}
+
+/// [`reconciled`] for `name` in `namespace`.
+pub(crate) fn reconciled_in(env: &Env, namespace: &str, name: &str) -> usize {
     env.operator
         .logs()
         .lines()
@@ -62,14 +67,14 @@ fn reconciled(env: &Env, name: &str) -> usize {
         .filter(|entry| {
             entry["message"] == "reconciled"
                 && entry["controller"] == "servicedatabase"
-                && entry["namespace"] == env.ns.as_str()
+                && entry["namespace"] == namespace
                 && entry["object"] == name
         })
         .count()
 }
 
 /// The Secret once `check` holds for it.
-async fn secret_when(
+pub(crate) async fn secret_when(
     api: &Api<Secret>,
     name: &str,
     what: &str,
@@ -176,7 +181,7 @@ async fn postgres_and_redis_logins_rotate_without_an_outage() {
     .await;
     seen.extend(passwords(&s1));
     let (twin, pw1) = (secret_value(&s1, "username"), secret_value(&s1, "password"));
-    assert_eq!(twin, format!("{owner}_b"));
+    assert_eq!(twin, format!("{owner}-b"));
     assert_ne!(pw1, pw0);
     assert_eq!(secret_value(&s1, "previous-username"), owner);
     assert!(

@@ -281,7 +281,28 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         // Secret says so. Until a requested restore completed, the login
         // the restore Job uses may load its keys (Redis: RESTORE).
         let restoring = db.restore_from.is_some() && !restore::restored(sdb);
-        if let Err(e) = provision::ensure(&db, server, &plan.logins, restoring).await {
+        let Some(marker) = provision::marker(sdb, server) else {
+            return Err(Error::Invalid(Invalid {
+                field: "metadata",
+                reason: "NoUid",
+                message: "object has no uid".into(),
+            }));
+        };
+        let provisioned = provision::ensure(&db, server, &marker, &plan.logins, restoring).await;
+        if let Err(conflict @ provision::Error::Conflict { .. }) = &provisioned {
+            // A role, database, schema or ACL user of this service's names
+            // that servicedb did not make for it: never adopted. Nothing was
+            // changed and no Secret is written; retried with backoff.
+            let e = Invalid {
+                field: "metadata.name",
+                reason: "NameConflict",
+                message: conflict.to_string(),
+            };
+            let status = status::compute(sdb, &status::Outcome::Invalid(&e), now);
+            status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&e)).await?;
+            return Err(Error::Waiting(e));
+        }
+        if let Err(e) = provisioned {
             let outcome = status::Outcome::ServerUnavailable {
                 db: &db,
                 message: e.to_string(),
@@ -478,7 +499,10 @@ async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Erro
         return Ok(());
     };
     if let Some(server) = &db.server {
-        provision::remove(&db, server).await?;
+        let Some(marker) = provision::marker(sdb, server) else {
+            return Ok(());
+        };
+        provision::remove(&db, server, &marker).await?;
         tracing::info!(server = %server.name, database = %db.database, "dropped the database and its login");
     }
     Ok(())

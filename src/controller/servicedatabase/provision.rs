@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::dereference::ServerFacts;
 use super::validate::ValidatedDatabase;
 use crate::api::Engine;
-use crate::engine::logins::{Login, Logins};
+use crate::api::ServiceDatabase;
+use crate::engine::logins::{Login, Logins, Marker};
 use crate::engine::mongodb_users;
 use crate::engine::postgres_users::{self, ServiceUser};
 use crate::engine::redis_acl;
@@ -23,6 +24,10 @@ pub enum Error {
     /// The server does not answer or refuses the admin login.
     #[error("DatabaseServer {server}: {message}")]
     Connect { server: String, message: String },
+    /// One of the service's names on the server is held by an object
+    /// servicedb did not make for this ServiceDatabase: nothing was changed.
+    #[error("DatabaseServer {server}: {message}")]
+    Conflict { server: String, message: String },
     /// The server answered but the database or login could not be made.
     #[error("DatabaseServer {server}: {message}")]
     Provision {
@@ -36,24 +41,44 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Error::Connect { .. } => "server-unreachable",
+            Error::Conflict { .. } => "name-conflict",
             Error::Provision { category, .. } => category,
         }
     }
 }
 
+/// What servicedb writes on every object it makes on `server` for `sdb`
+/// (see [`Marker`]). A ServiceDatabase whose status says it was given its
+/// logins already got them from a servicedb that did not mark objects yet:
+/// its unmarked objects are its own. `None` without a uid, which the API
+/// server always gives.
+pub fn marker(sdb: &ServiceDatabase, server: &ServerFacts) -> Option<Marker> {
+    use kube::ResourceExt;
+    Some(Marker {
+        uid: sdb.uid().filter(|uid| !uid.is_empty())?,
+        service: format!("{}/{}", sdb.namespace().unwrap_or_default(), sdb.name_any()),
+        server: format!("{}/{}", server.namespace, server.name),
+        adopt_unmarked: sdb
+            .status
+            .as_ref()
+            .is_some_and(|s| s.credentials_rotated_at.is_some()),
+    })
+}
+
 /// Makes sure the service's database exists and exactly the listed logins
-/// work (the service's other identity cannot log in).
+/// work (the service's other identity cannot log in). Objects of its names
+/// that servicedb did not make for it are refused ([`Error::Conflict`]).
 pub async fn ensure(
     db: &ValidatedDatabase,
     server: &ServerFacts,
+    marker: &Marker,
     logins: &Logins,
     restoring: bool,
 ) -> Result<(), Error> {
     match db.engine {
         Engine::Postgres => {
             let client = postgres(server, "postgres").await?;
-            let fail =
-                |e: postgres_users::UserError| provision(server, e.category(), e.to_string());
+            let fail = |e: postgres_users::UserError| postgres_error(server, e);
             if db.schema.is_some() {
                 postgres_users::ensure_schema_database(&client, &db.database)
                     .await
@@ -65,30 +90,50 @@ pub async fn ensure(
                     &db.username,
                     &db.database,
                     logins,
+                    Some(marker),
                 )
                 .await
                 .map_err(fail)?;
             } else {
-                postgres_users::ensure_service_logins(&client, &db.username, &db.database, logins)
-                    .await
-                    .map_err(fail)?;
+                postgres_users::ensure_service_logins(
+                    &client,
+                    &db.username,
+                    &db.database,
+                    logins,
+                    Some(marker),
+                )
+                .await
+                .map_err(fail)?;
             }
-            verify_scratch(&client, db).await.map_err(fail)
+            verify_scratch(&client, db, marker).await.map_err(fail)
         }
         Engine::Redis => {
             let mut conn = redis(server).await?;
             let prefix = crate::engine::redis::key_prefix(&db.username);
-            redis_acl::ensure_user_logins(&mut conn, &db.username, logins, &prefix, restoring)
-                .await
-                .map_err(|e| provision(server, e.category(), e.to_string()))?;
+            redis_acl::ensure_user_logins(
+                &mut conn,
+                &db.username,
+                logins,
+                &prefix,
+                restoring,
+                Some(marker),
+            )
+            .await
+            .map_err(|e| conflict_or(server, e.category(), e.to_string()))?;
             save_acl(&mut conn).await;
             Ok(())
         }
         Engine::MongoDB => {
             let client = mongodb(server)?;
-            mongodb_users::ensure_service_logins(&client, &db.database, &db.username, logins)
-                .await
-                .map_err(|e| mongodb_error(server, e))
+            mongodb_users::ensure_service_logins(
+                &client,
+                &db.database,
+                &db.username,
+                logins,
+                Some(marker),
+            )
+            .await
+            .map_err(|e| mongodb_error(server, e))
         }
     }
 }
@@ -100,6 +145,7 @@ pub async fn ensure(
 async fn verify_scratch(
     client: &tokio_postgres::Client,
     db: &ValidatedDatabase,
+    marker: &Marker,
 ) -> Result<(), postgres_users::UserError> {
     let scratch = postgres_users::scratch_name(&db.username);
     let verify = db
@@ -107,9 +153,10 @@ async fn verify_scratch(
         .as_ref()
         .is_some_and(|b| b.verify_schedule.is_some());
     if verify {
-        postgres_users::ensure_scratch_database(client, &db.username, &scratch).await?;
+        postgres_users::ensure_scratch_database(client, &db.username, &scratch, Some(marker))
+            .await?;
     } else {
-        postgres_users::drop_scratch_database(client, &db.username, &scratch).await?;
+        postgres_users::drop_scratch_database(client, &db.username, &scratch, Some(marker)).await?;
     }
     Ok(())
 }
@@ -203,35 +250,45 @@ pub async fn login_works(db: &ValidatedDatabase, login: &Login) -> bool {
     }
 }
 
-/// Removes the service's login and data (`deletionPolicy: Delete`).
-pub async fn remove(db: &ValidatedDatabase, server: &ServerFacts) -> Result<(), Error> {
+/// Removes the service's login and data (`deletionPolicy: Delete`): only
+/// what servicedb made for this ServiceDatabase (its marker says so).
+pub async fn remove(
+    db: &ValidatedDatabase,
+    server: &ServerFacts,
+    marker: &Marker,
+) -> Result<(), Error> {
     match db.engine {
         Engine::Postgres if db.schema.is_some() => {
             let client = postgres(server, "postgres").await?;
-            drop_scratch(&client, db, server).await?;
+            drop_scratch(&client, db, server, marker).await?;
             let shared = postgres(server, &db.database).await?;
-            postgres_users::drop_service_schema(&client, &shared, &db.username)
+            postgres_users::drop_service_schema(&client, &shared, &db.username, Some(marker))
                 .await
                 .map_err(|e| provision(server, e.category(), e.to_string()))
         }
         Engine::Postgres => {
             let client = postgres(server, "postgres").await?;
             // Before the role: DROP ROLE fails while it owns a database.
-            drop_scratch(&client, db, server).await?;
+            drop_scratch(&client, db, server, marker).await?;
             let user = ServiceUser {
                 role: db.username.clone(),
                 password: String::new(),
                 database: db.database.clone(),
             };
-            postgres_users::drop_service_database(&client, &user)
+            postgres_users::drop_service_database(&client, &user, Some(marker))
                 .await
                 .map_err(|e| provision(server, e.category(), e.to_string()))
         }
         Engine::Redis => {
             let mut conn = redis(server).await?;
-            redis_acl::remove_user(&mut conn, &db.username)
+            let ours = redis_acl::remove_marked_user(&mut conn, &db.username, marker)
                 .await
                 .map_err(|e| provision(server, e.category(), e.to_string()))?;
+            if !ours {
+                // The user, and so the keys under its prefix, are someone
+                // else's.
+                return Ok(());
+            }
             save_acl(&mut conn).await;
             let prefix = crate::engine::redis::key_prefix(&db.username);
             delete_keys(&mut conn, &prefix)
@@ -240,8 +297,17 @@ pub async fn remove(db: &ValidatedDatabase, server: &ServerFacts) -> Result<(), 
         }
         Engine::MongoDB => {
             let client = mongodb(server)?;
+            match mongodb_users::check_claim(&client, &db.database, marker).await {
+                Ok(_) => {}
+                Err(e) if e.category() == "name_conflict" => {
+                    tracing::info!(database = %db.database, "not servicedb's for this service; left as it is");
+                    return Ok(());
+                }
+                Err(e) => return Err(mongodb_error(server, e)),
+            }
             let twin = crate::engine::logins::twin(&db.username);
-            for user in [db.username.as_str(), twin.as_str()] {
+            let legacy = crate::engine::logins::legacy_twin(&db.username);
+            for user in [db.username.as_str(), twin.as_str(), legacy.as_str()] {
                 mongodb_users::drop_user(&client, &db.database, user)
                     .await
                     .map_err(|e| mongodb_error(server, e))?;
@@ -250,7 +316,10 @@ pub async fn remove(db: &ValidatedDatabase, server: &ServerFacts) -> Result<(), 
                 .database(&db.database)
                 .drop()
                 .await
-                .map_err(|e| provision(server, "drop-database", e.to_string()))
+                .map_err(|e| provision(server, "drop-database", e.to_string()))?;
+            mongodb_users::release_claim(&client, &db.database, marker)
+                .await
+                .map_err(|e| mongodb_error(server, e))
         }
     }
 }
@@ -303,9 +372,10 @@ async fn drop_scratch(
     client: &tokio_postgres::Client,
     db: &ValidatedDatabase,
     server: &ServerFacts,
+    marker: &Marker,
 ) -> Result<(), Error> {
     let scratch = postgres_users::scratch_name(&db.username);
-    postgres_users::drop_scratch_database(client, &db.username, &scratch)
+    postgres_users::drop_scratch_database(client, &db.username, &scratch, Some(marker))
         .await
         .map(drop)
         .map_err(|e| provision(server, e.category(), e.to_string()))
@@ -326,7 +396,9 @@ fn mongodb(server: &ServerFacts) -> Result<mongodb::Client, Error> {
 /// A refused login or no answer is the server's state; anything else is
 /// about this database.
 fn mongodb_error(server: &ServerFacts, error: mongodb_users::UserError) -> Error {
-    if error.is_login_refused() || error.category() == "connection" {
+    if error.category() == "name_conflict" {
+        conflict_or(server, error.category(), error.to_string())
+    } else if error.is_login_refused() || error.category() == "connection" {
         connect_error(server, &error.to_string())
     } else {
         provision(server, error.category(), error.to_string())
@@ -414,6 +486,23 @@ fn connect_error(server: &ServerFacts, message: &str) -> Error {
     Error::Connect {
         server: display(server),
         message: scrub(message, &server.admin_password),
+    }
+}
+
+/// A name held by an object that is not ours is a conflict to report, not
+/// a failure to retry soon.
+fn postgres_error(server: &ServerFacts, error: postgres_users::UserError) -> Error {
+    conflict_or(server, error.category(), error.to_string())
+}
+
+fn conflict_or(server: &ServerFacts, category: &'static str, message: String) -> Error {
+    if category == "name_conflict" {
+        Error::Conflict {
+            server: display(server),
+            message: scrub(&message, &server.admin_password),
+        }
+    } else {
+        provision(server, category, message)
     }
 }
 

@@ -264,13 +264,13 @@ mod tests {
         let t1 = t("2026-01-02T00:00:00Z");
         let step1 = plan(&recorded(&start), &p, t1, &mut gen_);
         assert_eq!(step1.logins.current, Login::new("shop_orders", "pw1"));
-        assert_eq!(step1.logins.next, Some(Login::new("shop_orders_b", "pw2")));
+        assert_eq!(step1.logins.next, Some(Login::new("shop_orders-b", "pw2")));
         assert_eq!(step1.handled_request.as_deref(), Some("1"));
         // Planning again before the switch changes nothing.
         assert_eq!(plan(&recorded(&step1), &p, t1, &mut gen_), step1);
         // Step 2: both work for the grace period.
         let step2 = promote(step1, &p, t1);
-        assert_eq!(step2.logins.current, Login::new("shop_orders_b", "pw2"));
+        assert_eq!(step2.logins.current, Login::new("shop_orders-b", "pw2"));
         assert_eq!(
             step2.logins.previous,
             Some(Login::new("shop_orders", "pw1"))
@@ -289,12 +289,30 @@ mod tests {
         let step3 = plan(&recorded(&step2), &p, t3, &mut gen_);
         assert_eq!(
             step3.logins,
-            Logins::single(Login::new("shop_orders_b", "pw2"))
+            Logins::single(Login::new("shop_orders-b", "pw2"))
         );
         assert_eq!(step3.previous_valid_until, None);
         // A second request goes back to the owner identity, fresh password.
         let step4 = plan(&recorded(&step3), &policy(Some("2"), None), t3, &mut gen_);
         assert_eq!(step4.logins.next, Some(Login::new("shop_orders", "pw3")));
+    }
+
+    #[test]
+    fn a_secret_on_a_twin_of_the_old_name_keeps_it_until_rotated_back() {
+        let mut gen_ = counter();
+        let t0 = t("2026-01-01T00:00:00Z");
+        let old = Recorded {
+            current: Some(Login::new("shop_orders_b", "pw0")),
+            issued_at: Some(t0),
+            ..Recorded::default()
+        };
+        let kept = plan(&old, &policy(None, None), t0, &mut gen_);
+        assert_eq!(
+            kept.logins,
+            Logins::single(Login::new("shop_orders_b", "pw0"))
+        );
+        let rotated = plan(&old, &policy(Some("1"), None), t0, &mut gen_);
+        assert_eq!(rotated.logins.next, Some(Login::new("shop_orders", "pw1")));
     }
 
     #[test]
@@ -334,7 +352,7 @@ mod tests {
             t("2026-01-01T01:00:00Z"),
             &mut gen_,
         );
-        assert_eq!(due.logins.next, Some(Login::new("shop_orders_b", "pw2")));
+        assert_eq!(due.logins.next, Some(Login::new("shop_orders-b", "pw2")));
     }
 
     #[test]

@@ -262,7 +262,7 @@ impl Syncer {
         let (user, logins) = app;
         // The Secret's login is the owner or its rotation twin.
         let owner = self.settings.service_owner.as_deref().unwrap_or(&user.role);
-        users::ensure_service_logins(&root.client, &user.database, owner, logins)
+        users::ensure_service_logins(&root.client, &user.database, owner, logins, None)
             .await
             .map_err(SyncError::Service)?;
         debug!(user = %logins.current.username, database = %user.database, "service logins in step");

@@ -121,9 +121,10 @@ impl UserSync for Syncer {
         }
         if self.applied_app.as_ref() != Some(&app) {
             let (owner, database, logins) = &app;
-            let outcome = postgres_users::ensure_service_logins(client, owner, database, logins)
-                .await
-                .map_err(SyncError::Service)?;
+            let outcome =
+                postgres_users::ensure_service_logins(client, owner, database, logins, None)
+                    .await
+                    .map_err(SyncError::Service)?;
             if outcome.changed() {
                 info!(role = %logins.current.username, %database, ?outcome, "service logins updated");
             } else {

@@ -1075,6 +1075,17 @@ fn ours(found: Result<Found, UserError>) -> Result<Found, UserError> {
     }
 }
 
+/// Whether `role` exists and is this service's (marked for it, or a legacy
+/// one it may adopt): what may be switched off for it. A foreign or
+/// unmarked role is not an error here: it is simply not the service's.
+pub async fn role_is_ours(client: &Client, marker: &Marker, role: &str) -> Result<bool, UserError> {
+    match check_role(client, marker, role).await {
+        Ok(found) => Ok(matches!(found, Found::Ours { .. })),
+        Err(UserError::NotOurs { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn not_ours(kind: &str, name: &str, marker: &Marker, mark: Mark) -> UserError {
     UserError::NotOurs {
         object: format!("{kind} {name}"),

@@ -171,6 +171,20 @@ fn marked_uid(getuser: &redis::Value) -> Option<String> {
     })
 }
 
+/// Whether `username` exists and is this service's: what may be switched
+/// off for it. A foreign or unmarked user is simply not the service's.
+pub async fn user_is_ours(
+    conn: &mut impl ConnectionLike,
+    username: &str,
+    marker: &Marker,
+) -> Result<bool, AclError> {
+    match check_user(conn, username, marker).await {
+        Ok(found) => Ok(found.is_some()),
+        Err(AclError::NotOurs { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether `username` is this service's: `None` when there is no such user;
 /// an error when it exists without the service's marker (and the service
 /// was not given its logins before markers existed).

@@ -73,17 +73,25 @@ async fn suspend(sdb: &ServiceDatabase, ctx: &Context) -> Result<Vec<String>, Er
     let Some(server) = &db.server else {
         return Ok(Vec::new());
     };
-    let twin = crate::engine::logins::twin(&db.username);
+    let Some(marker) = provision::marker(sdb, server) else {
+        return Ok(Vec::new());
+    };
+    // The own login, and the twin (of the old or the new form) while the
+    // Secret lists it. Other names a Secret may have been edited to list
+    // are not the service's and are never touched.
+    use crate::engine::logins::{legacy_twin, twin};
     let recorded = &found.recorded;
-    let listed = [&recorded.current, &recorded.next, &recorded.previous]
+    let own = [twin(&db.username), legacy_twin(&db.username)];
+    let mut logins = vec![db.username.clone()];
+    for login in [&recorded.current, &recorded.next, &recorded.previous]
         .into_iter()
         .flatten()
-        .any(|login| login.username == twin);
-    let mut logins = vec![db.username.clone()];
-    if listed && twin != db.username {
-        logins.push(twin);
+    {
+        if own.contains(&login.username) && !logins.contains(&login.username) {
+            logins.push(login.username.clone());
+        }
     }
-    Ok(provision::suspend(&db, server, &logins).await?)
+    Ok(provision::suspend(&db, server, &marker, &logins).await?)
 }
 
 /// What deletion reads: a ServiceDatabase that was given its login on the

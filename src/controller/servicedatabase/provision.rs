@@ -330,16 +330,22 @@ pub async fn remove(
 pub async fn suspend(
     db: &ValidatedDatabase,
     server: &ServerFacts,
+    marker: &Marker,
     logins: &[String],
 ) -> Result<Vec<String>, Error> {
     use crate::engine::suspend;
     let fail = |e: suspend::Error| provision(server, "suspend", e.to_string());
     let mut found = Vec::new();
+    // Only what servicedb made for this ServiceDatabase is switched off: a
+    // login of the same name that is not its own is left as it is.
     match db.engine {
         Engine::Postgres => {
             let client = postgres(server, "postgres").await?;
             for login in logins {
-                if suspend::postgres(&client, login).await.map_err(fail)? {
+                let ours = postgres_users::role_is_ours(&client, marker, login)
+                    .await
+                    .map_err(|e| provision(server, "suspend", e.to_string()))?;
+                if ours && suspend::postgres(&client, login).await.map_err(fail)? {
                     found.push(login.clone());
                 }
             }
@@ -347,7 +353,10 @@ pub async fn suspend(
         Engine::Redis => {
             let mut conn = redis(server).await?;
             for login in logins {
-                if suspend::redis(&mut conn, login).await.map_err(fail)? {
+                let ours = redis_acl::user_is_ours(&mut conn, login, marker)
+                    .await
+                    .map_err(|e| provision(server, "suspend", e.to_string()))?;
+                if ours && suspend::redis(&mut conn, login).await.map_err(fail)? {
                     found.push(login.clone());
                 }
             }
@@ -355,6 +364,10 @@ pub async fn suspend(
         }
         Engine::MongoDB => {
             let client = mongodb(server)?;
+            let claim = mongodb_users::check_claim(&client, &db.database, marker).await;
+            if !matches!(claim, Ok(mongodb_users::Claim::Ours)) {
+                return Ok(found);
+            }
             for login in logins {
                 if suspend::mongodb(&client, &db.database, login)
                     .await

@@ -78,8 +78,10 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("listening for SIGTERM")?;
     tokio::spawn(signal_on(terminate, shutdown.clone()));
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
+    let client = Client::try_from(config.clone())
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
     let metrics = Arc::new(Metrics::default());
     let http = HttpState::new(metrics.clone());
@@ -126,6 +128,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         binary_path: args.binary_path.clone(),
         namespace: args.namespace.clone(),
         pod_labels: parse_labels(&args.pod_labels)?,
+    };
+    // The controllers' requests go out only while the Lease is surely ours
+    // (see leader::Fence); the Lease itself is renewed on the plain client.
+    let client = match &leader {
+        Some(guard) => kube::client::ClientBuilder::try_from(config)
+            .context("building the Kubernetes API client")?
+            .with_layer(&guard.fence().layer())
+            .build(),
+        None => client,
     };
     let per_server = args
         .per_server_concurrency

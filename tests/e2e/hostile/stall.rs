@@ -155,3 +155,176 @@ async fn a_stalled_server_does_not_hold_back_a_healthy_ones_tenants() {
         );
     }
 }
+
+/// Connections a [`silent_listener`] accepted so far.
+async fn counting_silent_listener() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (port, accepted)
+}
+
+/// Every object the operator writes, in every namespace (earlier tests'
+/// objects are reconciled too), and the Events it records, by kind,
+/// namespace and name, with its resourceVersion.
+async fn written(client: &kube::Client) -> std::collections::BTreeMap<String, String> {
+    use k8s_openapi::api::core::v1::{Event, Secret};
+    use kube::ResourceExt;
+    use servicedb::api::DatabaseServer;
+    async fn versions<K>(
+        client: &kube::Client,
+        all: &mut std::collections::BTreeMap<String, String>,
+    ) where
+        K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    {
+        let list = Api::<K>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .expect("list");
+        for o in list.items {
+            all.insert(
+                format!(
+                    "{}/{}/{}",
+                    K::kind(&()),
+                    o.namespace().unwrap_or_default(),
+                    o.name_any()
+                ),
+                o.resource_version().unwrap_or_default(),
+            );
+        }
+    }
+    let mut all = std::collections::BTreeMap::new();
+    versions::<ServiceDatabase>(client, &mut all).await;
+    versions::<DatabaseServer>(client, &mut all).await;
+    versions::<Secret>(client, &mut all).await;
+    versions::<Event>(client, &mut all).await;
+    all
+}
+
+/// The exit code of a child process that ended, read from its zombie's
+/// `/proc/PID/stat` (not reaped: the harness does that, so the pid cannot
+/// be reused meanwhile), or None while it runs.
+fn exited(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses: the state is
+    // field 3, the wait status field 52 (proc(5)).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() != Some(&"Z") {
+        return None;
+    }
+    let status: i32 = fields.get(52 - 3)?.parse().ok()?;
+    Some(if status & 0x7f == 0 {
+        (status >> 8) & 0xff
+    } else {
+        128 + (status & 0x7f)
+    })
+}
+
+/// A leader frozen (SIGSTOP) until a standby took its Lease, with work in
+/// flight, exits non-zero as soon as it wakes (SIGCONT) and writes nothing
+/// more: the standby is stopped once it took over, so any change after the
+/// wake-up could only come from the old leader.
+#[tokio::test]
+async fn a_frozen_leader_exits_on_waking_without_writing_again() {
+    use nix::sys::signal::{Signal, kill};
+    use std::sync::atomic::Ordering;
+    let mut env = Env::new("leader").await;
+    let leader = env.operator.pid().expect("operator runs");
+    wait_for(
+        "the first operator to lead",
+        Duration::from_secs(60),
+        || async { (env.operator.metric("servicedb_leader").await == Some(1.0)).then_some(()) },
+    )
+    .await;
+    let mut standby = crate::harness::Operator::start("leader-b");
+
+    // Work in flight when the leader freezes: the first probe of a new
+    // server that never answers, whose outcome (the first status) the
+    // leader writes when the probe's deadline has passed.
+    let (port, accepted) = counting_silent_listener().await;
+    server_of(
+        &env,
+        "fresh",
+        "Postgres",
+        port,
+        "postgres",
+        "never-sent",
+        json!({"from": "Same"}),
+    )
+    .await;
+    wait_for(
+        "the leader's probe of the new server",
+        Duration::from_secs(10),
+        || async { (accepted.load(Ordering::SeqCst) >= 1).then_some(()) },
+    )
+    .await;
+    let pid = nix::unistd::Pid::from_raw(leader as i32);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+
+    // The standby takes over, then stops too, before its own probe of the
+    // server ends (SIGKILL: its Lease stays held), so that nothing else
+    // writes.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), crate::harness::OPERATOR_NS);
+    wait_for(
+        "the standby to take the Lease",
+        Duration::from_secs(60),
+        || async {
+            let lease = leases.get("servicedb-operator").await.ok()?;
+            (lease.spec?.holder_identity.as_deref() == Some("e2e-leader-b-1")).then_some(())
+        },
+    )
+    .await;
+    standby.kill();
+    // Whatever the standby had sent has landed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = written(&env.client).await;
+    let log_before = std::fs::read_to_string(&env.operator.log)
+        .unwrap_or_default()
+        .len();
+
+    let woke = Instant::now();
+    kill(pid, Signal::SIGCONT).expect("SIGCONT");
+    let status = wait_for(
+        "the old leader to exit",
+        Duration::from_secs(30),
+        || async { exited(leader) },
+    )
+    .await;
+    let took = woke.elapsed();
+    let log = std::fs::read_to_string(&env.operator.log).unwrap_or_default();
+    let after_wake = log.get(log_before..).unwrap_or_default().to_owned();
+    assert_ne!(
+        status, 0,
+        "the old leader exited successfully; log:\n{after_wake}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the old leader took {took:?} to exit after waking; log:\n{after_wake}"
+    );
+    assert!(after_wake.contains("leadership lost"), "{after_wake}");
+    // Anything it had sent would have landed by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = written(&env.client).await;
+    let changed: Vec<_> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .collect();
+    assert!(
+        changed.is_empty(),
+        "the old leader wrote after the standby took over: {changed:?}; log:\n{after_wake}"
+    );
+    // Reaps the exited leader.
+    env.operator.kill();
+}

@@ -4,7 +4,10 @@
 //!
 //! `Require` encrypts without checking the certificate (libpq's
 //! `sslmode=require`); `VerifyFull` checks the chain against the CA the
-//! DatabaseServer names (or the system's roots) and the host name.
+//! DatabaseServer names (or the system's roots) and the host name. Over TLS,
+//! PostgreSQL logins require SCRAM with channel binding
+//! (`channel_binding=require`), so even under `Require` an impostor never
+//! receives a PostgreSQL password.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,6 +119,12 @@ pub async fn postgres(
             None => spawned(config.connect(tokio_postgres::NoTls).await),
             Some(rustls) => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                // SCRAM bound to this TLS channel, nothing else: a server
+                // that asks for the password in clear text or as MD5, or
+                // that cannot bind (an impostor relaying to the real server
+                // under another certificate), gets no password, whatever
+                // `Require` accepted as a certificate.
+                config.channel_binding(tokio_postgres::config::ChannelBinding::Require);
                 let connector = tokio_postgres_rustls::MakeRustlsConnect::new(rustls);
                 spawned(config.connect(connector).await)
             }

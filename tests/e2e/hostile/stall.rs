@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 
@@ -36,7 +36,7 @@ async fn silent_listener() -> u16 {
 async fn place(api: &Api<ServiceDatabase>, name: &str, server: &str) {
     let sdb = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase", "metadata": {"name": name},
         "spec": {"engine": "Postgres", "isolation": "Database", "serverRef": {"name": server},
-                 "owner": {"podSelector": {"matchLabels": {"app": name}}}, "deletionPolicy": "Delete"}});
+                 "owner": {"podSelector": {"matchLabels": {"app": name}}}, "deletionPolicy": "Retain"}});
     api.patch(
         name,
         &PatchParams::apply("servicedb-e2e"),
@@ -44,6 +44,26 @@ async fn place(api: &Api<ServiceDatabase>, name: &str, server: &str) {
     )
     .await
     .expect("service database");
+}
+
+/// Deletes the test's ServiceDatabases (`Retain`: nothing to drop) and
+/// DatabaseServers while the operator runs, so that the operators of later
+/// tests do not reconcile forty tenants of servers that are gone.
+async fn remove_all(env: &Env) {
+    use servicedb::api::DatabaseServer;
+    let (dp, lp) = (DeleteParams::default(), ListParams::default());
+    let api: Api<ServiceDatabase> = env.api();
+    api.delete_collection(&dp, &lp).await.expect("delete");
+    wait_for(
+        "the test's ServiceDatabases to go",
+        Duration::from_secs(120),
+        || async { api.list(&lp).await.ok()?.items.is_empty().then_some(()) },
+    )
+    .await;
+    env.api::<DatabaseServer>()
+        .delete_collection(&dp, &lp)
+        .await
+        .expect("delete");
 }
 
 /// Names `{prefix}-0` … of the tenants that are Ready, from one list call.
@@ -154,6 +174,7 @@ async fn a_stalled_server_does_not_hold_back_a_healthy_ones_tenants() {
             condition.message
         );
     }
+    remove_all(&env).await;
 }
 
 /// Connections a [`silent_listener`] accepted so far.
@@ -325,6 +346,11 @@ async fn a_frozen_leader_exits_on_waking_without_writing_again() {
         changed.is_empty(),
         "the old leader wrote after the standby took over: {changed:?}; log:\n{after_wake}"
     );
-    // Reaps the exited leader.
+    // Reaps the exited leader; no operator runs now, and the server has
+    // no finalizer.
     env.operator.kill();
+    env.api::<servicedb::api::DatabaseServer>()
+        .delete("fresh", &DeleteParams::default())
+        .await
+        .expect("delete");
 }

@@ -524,9 +524,7 @@ fn enter_server(
         Err(Closed::Busy) => Err(Error::ServerBusy),
         Err(Closed::Down(message)) => Err(Error::Provision(provision::Error::Connect {
             server: server_display(server),
-            message: format!(
-                "not tried again yet, the server did not answer a moment ago: {message}"
-            ),
+            message: format!("not tried again yet, the server failed a moment ago: {message}"),
         })),
     }
 }

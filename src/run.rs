@@ -26,6 +26,11 @@ pub struct OperatorArgs {
     /// Reconciles that may run at once.
     #[arg(long, env = "SERVICEDB_CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
+    /// Reconciles that may work on one shared DatabaseServer at a time
+    /// (default: half of --concurrency), so that a server that does not
+    /// answer cannot hold every reconcile slot.
+    #[arg(long, env = "SERVICEDB_PER_SERVER_CONCURRENCY")]
+    pub per_server_concurrency: Option<u16>,
     /// Elect a leader on a Lease so that several replicas are safe.
     #[arg(long, env = "SERVICEDB_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
@@ -73,8 +78,10 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("listening for SIGTERM")?;
     tokio::spawn(signal_on(terminate, shutdown.clone()));
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
+        .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
+    let client = Client::try_from(config.clone())
         .context("connecting to the Kubernetes API (KUBECONFIG or in-cluster config)")?;
     let metrics = Arc::new(Metrics::default());
     let http = HttpState::new(metrics.clone());
@@ -122,17 +129,33 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         pod_labels: parse_labels(&args.pod_labels)?,
     };
-    let ctx = Arc::new(Context::new(client, facts, metrics, Some(identity)));
+    // The controllers' requests go out only while the Lease is surely ours
+    // (see leader::Fence); the Lease itself is renewed on the plain client.
+    let client = match &leader {
+        Some(guard) => kube::client::ClientBuilder::try_from(config)
+            .context("building the Kubernetes API client")?
+            .with_layer(&guard.fence().layer())
+            .build(),
+        None => client,
+    };
+    let per_server = args
+        .per_server_concurrency
+        .unwrap_or(args.concurrency / 2)
+        .max(1);
+    let ctx = Arc::new(
+        Context::new(client, facts, metrics, Some(identity))
+            .with_per_server_limit(usize::from(per_server)),
+    );
     let stop = shutdown.clone();
-    let lost = leader.as_ref().map(|g| g.lost());
-    let leadership_lost = CancellationToken::new();
-    if let Some(lost) = lost {
-        let (stop, flag) = (stop.clone(), leadership_lost.clone());
+    if let Some(lost) = leader.as_ref().map(|g| g.lost()) {
+        // As client-go's leader election: a replica that lost the Lease
+        // exits at once, with no drain. A reconcile still running could
+        // otherwise write to a server or the API while the new leader
+        // works on the same objects.
         tokio::spawn(async move {
             lost.await;
-            tracing::error!("leadership lost; stopping so that a standby takes over");
-            flag.cancel();
-            stop.cancel();
+            tracing::error!("leadership lost; exiting at once so that the new leader works alone");
+            std::process::exit(1);
         });
     }
     tracing::info!("controllers starting");
@@ -172,16 +195,12 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     }
 
     if let Some(guard) = leader
-        && !leadership_lost.is_cancelled()
         && let Err(e) = guard.release().await
     {
         tracing::warn!(error = %e, "releasing the Lease failed; a standby takes over when it expires");
     }
     stop_http.cancel();
     let _ = server.await;
-    if leadership_lost.is_cancelled() {
-        anyhow::bail!("leadership lost");
-    }
     Ok(())
 }
 

@@ -80,21 +80,31 @@ pub struct ExternalServer {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TlsSpec {
-    /// `Disable`, `Require` (encrypt, don't verify) or `VerifyFull`.
-    #[serde(default)]
-    pub mode: TlsMode,
+    /// `Disable`, `Require` or `VerifyFull`. Unset: `VerifyFull` when
+    /// `caSecretRef` is given, else `Disable`. `Require` encrypts but does
+    /// not authenticate the server: whoever can intercept the connection can
+    /// pose as the server with any certificate. PostgreSQL logins then
+    /// still require SCRAM with channel binding, so an impostor gets no
+    /// password; a Redis impostor receives the administrator's password
+    /// (AUTH); a MongoDB impostor gets a SCRAM proof it can try to guess
+    /// offline. Use `VerifyFull` with the server's CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TlsMode>,
     /// Secret (same namespace) whose `ca.crt` verifies the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_secret_ref: Option<LocalObjectRef>,
 }
 
-/// TLS mode.
+// TLS mode. (No doc comment: the CRD would show it instead of the
+// field's, which says what each mode protects.)
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum TlsMode {
     /// Plain TCP.
     #[default]
     Disable,
-    /// Encrypted, the certificate is not verified.
+    /// Encrypted, but the server is not authenticated: the certificate is
+    /// not verified, so it protects against eavesdroppers, not against an
+    /// impostor on the path.
     Require,
     /// Encrypted and verified against the CA and the host name.
     VerifyFull,

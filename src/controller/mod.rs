@@ -4,6 +4,7 @@
 pub mod databasebackup;
 pub mod databaseserver;
 pub mod jobs;
+pub mod server_gate;
 pub mod servicedatabase;
 
 use std::sync::Arc;
@@ -26,6 +27,9 @@ pub struct Context {
     /// The ServiceDatabase controller's cache, once it started: which
     /// ServiceDatabase holds a name on a shared server is decided from it.
     pub service_databases: std::sync::OnceLock<Store<crate::api::ServiceDatabase>>,
+    /// How many reconciles may work on one shared server at a time, and
+    /// which servers do not answer (see [`server_gate`]).
+    pub servers: server_gate::ServerGate,
 }
 
 impl Context {
@@ -46,9 +50,20 @@ impl Context {
             metrics,
             backoff: Default::default(),
             service_databases: std::sync::OnceLock::new(),
+            servers: server_gate::ServerGate::new(DEFAULT_PER_SERVER),
         }
     }
+
+    /// Lets at most `limit` reconciles work on one shared server at a time.
+    pub fn with_per_server_limit(mut self, limit: usize) -> Self {
+        self.servers = server_gate::ServerGate::new(limit);
+        self
+    }
 }
+
+/// Reconciles that may work on one shared server at a time unless the
+/// operator says otherwise: half of the e2e operator's slots.
+const DEFAULT_PER_SERVER: usize = 2;
 
 /// Writes `status` with server-side apply when it differs from `previous`;
 /// an unchanged status costs no request. Returns whether it wrote.

@@ -4,7 +4,10 @@
 //!
 //! `Require` encrypts without checking the certificate (libpq's
 //! `sslmode=require`); `VerifyFull` checks the chain against the CA the
-//! DatabaseServer names (or the system's roots) and the host name.
+//! DatabaseServer names (or the system's roots) and the host name. Over TLS,
+//! PostgreSQL logins require SCRAM with channel binding
+//! (`channel_binding=require`), so even under `Require` an impostor never
+//! receives a PostgreSQL password.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,21 +96,65 @@ pub fn ca_certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, TlsErr
     Ok(certs)
 }
 
+/// How long a Postgres connection may take, TCP, TLS and login together,
+/// when the config names no `connect_timeout` (which tokio-postgres applies
+/// to the TCP connect alone: a server that accepts and never answers would
+/// hold the connection forever).
+pub const POSTGRES_CONNECT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A Postgres connection, plain or TLS (the server must then accept TLS:
-/// `sslmode=require` semantics, no fallback to plain text).
+/// `sslmode=require` semantics, no fallback to plain text). The whole
+/// handshake ends within the config's `connect_timeout`
+/// ([`POSTGRES_CONNECT_DEADLINE`] without one).
 pub async fn postgres(
     config: &mut tokio_postgres::Config,
     tls: &TlsSettings,
 ) -> Result<tokio_postgres::Client, PostgresConnectError> {
-    let connected = match tls.client_config().map_err(PostgresConnectError::Tls)? {
-        None => spawned(config.connect(tokio_postgres::NoTls).await),
-        Some(rustls) => {
-            config.ssl_mode(tokio_postgres::config::SslMode::Require);
-            let connector = tokio_postgres_rustls::MakeRustlsConnect::new(rustls);
-            spawned(config.connect(connector).await)
+    let deadline = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(POSTGRES_CONNECT_DEADLINE);
+    let connect = async {
+        match tls.client_config().map_err(PostgresConnectError::Tls)? {
+            None => spawned(config.connect(tokio_postgres::NoTls).await),
+            Some(rustls) => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Require);
+                // SCRAM bound to this TLS channel, nothing else: a server
+                // that asks for the password in clear text or as MD5, or
+                // that cannot bind (an impostor relaying to the real server
+                // under another certificate), gets no password, whatever
+                // `Require` accepted as a certificate.
+                config.channel_binding(tokio_postgres::config::ChannelBinding::Require);
+                let connector = tokio_postgres_rustls::MakeRustlsConnect::new(rustls);
+                spawned(config.connect(connector).await)
+            }
         }
+        .map_err(PostgresConnectError::Postgres)
     };
-    connected.map_err(PostgresConnectError::Postgres)
+    tokio::time::timeout(deadline, connect)
+        .await
+        .map_err(|_| PostgresConnectError::Timeout(deadline))?
+}
+
+/// Server-side limits for the operator's own sessions: a statement that
+/// runs longer than `statement` or waits for a lock longer than `lock` is
+/// cancelled by the server (`statement_timeout`, `lock_timeout`), so a
+/// neighbour's long transaction cannot hold a reconcile.
+pub fn bound_statements(
+    config: &mut tokio_postgres::Config,
+    statement: std::time::Duration,
+    lock: std::time::Duration,
+) {
+    let options = format!(
+        "-c statement_timeout={} -c lock_timeout={}",
+        statement.as_millis(),
+        lock.as_millis()
+    );
+    let options = match config.get_options() {
+        Some(existing) if !existing.is_empty() => format!("{existing} {options}"),
+        _ => options,
+    };
+    config.options(&options);
 }
 
 /// The client of a new connection, whose connection task runs until the
@@ -133,6 +180,9 @@ pub enum PostgresConnectError {
     Tls(TlsError),
     #[error("{}", crate::engine::postgres_users::describe(.0))]
     Postgres(tokio_postgres::Error),
+    /// No complete handshake (TCP, TLS, login) within the deadline.
+    #[error("no answer within {}s (connect, TLS and login)", .0.as_secs())]
+    Timeout(std::time::Duration),
 }
 
 /// A Redis connection logged in as `username`, plain or TLS.
@@ -307,5 +357,41 @@ mod tests {
             ca_pem: None,
         };
         assert!(require.client_config().expect("require").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_server_that_accepts_and_never_answers_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _hold = tokio::spawn(async move {
+            let mut held = vec![];
+            while let Ok((s, _)) = listener.accept().await {
+                held.push(s);
+            }
+        });
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("127.0.0.1")
+            .port(port)
+            .user("postgres")
+            .password("never-sent")
+            .connect_timeout(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let err = postgres(&mut config, &TlsSettings::default())
+            .await
+            .expect_err("no answer");
+        assert!(matches!(err, PostgresConnectError::Timeout(_)), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn statements_are_bounded_by_the_server() {
+        let mut config = tokio_postgres::Config::new();
+        config.options("-c search_path=app");
+        bound_statements(&mut config, Duration::from_secs(20), Duration::from_secs(5));
+        assert_eq!(
+            config.get_options(),
+            Some("-c search_path=app -c statement_timeout=20000 -c lock_timeout=5000")
+        );
     }
 }

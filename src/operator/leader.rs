@@ -19,6 +19,12 @@
 //!   Lease names another holder. [`LeaderGuard::lost`] then resolves and the
 //!   operator must stop acting and exit. Because `renew_deadline <
 //!   lease_duration`, the old leader has stopped before anyone may take over.
+//! - **Fence** every API request: the controllers' client carries
+//!   [`LeaderGuard::fence`], which refuses to send a request once
+//!   `renew_deadline` has passed since the last successful renewal began. A
+//!   replica that was frozen (SIGSTOP, a paused VM) and wakes after a
+//!   standby took over therefore sends nothing, even in the instant before
+//!   its renewal loop notices the loss and the process exits.
 //! - **Release** on graceful shutdown ([`LeaderGuard::release`]) clears
 //!   `holderIdentity`, so a standby takes over at its next poll instead of
 //!   waiting a lease duration.
@@ -192,7 +198,95 @@ pub struct LeaderGuard {
     metrics: Arc<Metrics>,
     lost: CancellationToken,
     stop: CancellationToken,
+    fence: Fence,
     renewer: Option<JoinHandle<()>>,
+}
+
+/// Whether this replica may still act as the leader: until `renew_deadline`
+/// after the start of its last successful renewal, on the monotonic clock
+/// (which keeps counting while the process is stopped). Standbys wait a
+/// longer `lease_duration` before they take over.
+#[derive(Clone, Debug)]
+pub struct Fence(Arc<std::sync::Mutex<Instant>>);
+
+impl Fence {
+    fn until(until: Instant) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(until)))
+    }
+
+    fn extend(&self, until: Instant) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = until;
+    }
+
+    fn close(&self) {
+        self.extend(Instant::now());
+    }
+
+    /// Whether the Lease is surely still ours.
+    pub fn holds(&self) -> bool {
+        Instant::now() < *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A layer for [`kube::client::ClientBuilder::with_layer`]: requests
+    /// fail without being sent once the fence no longer holds.
+    pub fn layer(&self) -> FenceLayer {
+        FenceLayer(self.clone())
+    }
+}
+
+/// See [`Fence::layer`].
+#[derive(Clone, Debug)]
+pub struct FenceLayer(Fence);
+
+impl<S> tower::Layer<S> for FenceLayer {
+    type Service = Fenced<S>;
+
+    fn layer(&self, inner: S) -> Fenced<S> {
+        Fenced {
+            inner,
+            fence: self.0.clone(),
+        }
+    }
+}
+
+/// A client service that sends a request only while the [`Fence`] holds.
+#[derive(Clone, Debug)]
+pub struct Fenced<S> {
+    inner: S,
+    fence: Fence,
+}
+
+/// The error of a request the fence kept back.
+#[derive(Debug, thiserror::Error)]
+#[error("not sent: this replica may no longer hold the leader Lease")]
+pub struct FencedOff;
+
+impl<S, R> tower::Service<R> for Fenced<S>
+where
+    S: tower::Service<R>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<S::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        if !self.fence.holds() {
+            return Box::pin(std::future::ready(Err(FencedOff.into())));
+        }
+        let response = self.inner.call(request);
+        Box::pin(async move { response.await.map_err(Into::into) })
+    }
 }
 
 impl LeaderGuard {
@@ -201,14 +295,18 @@ impl LeaderGuard {
         metrics.set_leader(true);
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
+        let fence = Fence::until(renewed_at + elector.cfg.renew_deadline);
         let api = elector.api.clone();
         let cfg = elector.cfg.clone();
         let renewer = tokio::spawn(renew_loop(
             elector,
             renewed_at,
             metrics.clone(),
-            lost.clone(),
-            stop.clone(),
+            Signals {
+                lost: lost.clone(),
+                stop: stop.clone(),
+                fence: fence.clone(),
+            },
         ));
         Self {
             api,
@@ -216,8 +314,14 @@ impl LeaderGuard {
             metrics,
             lost,
             stop,
+            fence,
             renewer: Some(renewer),
         }
+    }
+
+    /// The fence of this leadership, for the controllers' API client.
+    pub fn fence(&self) -> Fence {
+        self.fence.clone()
     }
 
     /// This replica's identity, as written to `holderIdentity`.
@@ -243,6 +347,7 @@ impl LeaderGuard {
     /// error (API unreachable) needs no handling beyond a log line: the
     /// Lease then expires as if we had crashed.
     pub async fn release(mut self) -> Result<(), LeaderError> {
+        self.fence.close();
         self.stop.cancel();
         if let Some(renewer) = self.renewer.take() {
             // An error only says the task panicked; it renews no more either way.
@@ -308,13 +413,20 @@ impl Drop for LeaderGuard {
 
 /// Renews every `retry_period` until `stop`, or until leadership is lost,
 /// which it signals through `lost`.
+/// What the renewal loop is told and tells.
+struct Signals {
+    lost: CancellationToken,
+    stop: CancellationToken,
+    fence: Fence,
+}
+
 async fn renew_loop(
     mut elector: Elector,
     mut renewed_at: Instant,
     metrics: Arc<Metrics>,
-    lost: CancellationToken,
-    stop: CancellationToken,
+    signals: Signals,
 ) {
+    let Signals { lost, stop, fence } = signals;
     let cfg = elector.cfg.clone();
     loop {
         tokio::select! {
@@ -332,6 +444,7 @@ async fn renew_loop(
         match attempt {
             Ok(Ok(Attempt::Leading)) => {
                 renewed_at = attempt_started;
+                fence.extend(renewed_at + cfg.renew_deadline);
                 continue;
             }
             Ok(Ok(Attempt::Standby { holder })) => {
@@ -354,6 +467,7 @@ async fn renew_loop(
             break;
         }
     }
+    fence.close();
     metrics.set_leader(false);
     lost.cancel();
 }
@@ -515,6 +629,37 @@ mod tests {
             renew_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
             ..LeaseSpec::default()
         }
+    }
+
+    #[tokio::test]
+    async fn the_fence_holds_until_its_deadline_or_until_closed() {
+        use tower::{Layer, Service};
+        let fence = Fence::until(Instant::now() + Duration::from_secs(60));
+        assert!(fence.holds());
+        /// Answers n + 1.
+        struct Next;
+        impl Service<u32> for Next {
+            type Response = u32;
+            type Error = std::convert::Infallible;
+            type Future = std::future::Ready<Result<u32, Self::Error>>;
+            fn poll_ready(
+                &mut self,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Result<(), Self::Error>> {
+                std::task::Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, n: u32) -> Self::Future {
+                std::future::ready(Ok(n + 1))
+            }
+        }
+        let mut service = fence.layer().layer(Next);
+        assert_eq!(service.call(1).await.expect("sent while it holds"), 2);
+        fence.close();
+        assert!(!fence.holds());
+        let refused = service.call(1).await.expect_err("kept back once closed");
+        assert!(refused.to_string().contains("leader Lease"), "{refused}");
+        fence.extend(Instant::now() - Duration::from_millis(1));
+        assert!(!fence.holds(), "a deadline in the past does not hold");
     }
 
     #[test]

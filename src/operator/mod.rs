@@ -10,9 +10,10 @@
 //! 3. the controllers' watches; once they have synced,
 //!    [`HttpState::set_ready`]`(true)` — standbys are ready too;
 //! 4. if leader election is on, [`leader::acquire`] before the controllers
-//!    start reconciling, then run them until shutdown or
-//!    [`LeaderGuard::lost`] (exit non-zero then, so the pod restarts as a
-//!    standby);
+//!    start reconciling, on an API client fenced by
+//!    [`LeaderGuard::fence`], then run them until shutdown or
+//!    [`LeaderGuard::lost`] (exit non-zero at once then, with no drain, so
+//!    the pod restarts as a standby);
 //! 5. on graceful shutdown, stop the controllers, then
 //!    [`LeaderGuard::release`], then cancel the HTTP server.
 

@@ -318,3 +318,160 @@ async fn external_servers_are_reached_over_tls() {
     })
     .await;
 }
+
+/// A server posing as PostgreSQL on the path to the real one: it accepts
+/// TLS with a certificate of its own CA, asks for the password in clear
+/// text, and keeps every byte the client sends after the handshake.
+struct Impostor {
+    port: u16,
+    /// Handshakes that completed (the client accepted the certificate).
+    handshakes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    received: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    _ca: TestCa,
+    _dir: tempfile::TempDir,
+}
+
+impl Impostor {
+    fn start() -> Impostor {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().expect("dir");
+        let ca = TestCa::owned_by_me(dir.path());
+        let certs = CertificateDer::pem_file_iter(&ca.cert)
+            .expect("cert")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("cert");
+        let key = PrivateKeyDer::from_pem_file(&ca.key).expect("key");
+        let config = Arc::new(
+            rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config"),
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (h, r) = (handshakes.clone(), received.clone());
+        std::thread::spawn(move || {
+            for tcp in listener.incoming() {
+                let Ok(tcp) = tcp else { return };
+                let (config, h, r) = (config.clone(), h.clone(), r.clone());
+                std::thread::spawn(move || {
+                    let _ = Impostor::serve(tcp, config, &h, &r);
+                });
+            }
+        });
+        Impostor {
+            port,
+            handshakes,
+            received,
+            _ca: ca,
+            _dir: dir,
+        }
+    }
+
+    fn serve(
+        mut tcp: std::net::TcpStream,
+        config: std::sync::Arc<rustls::ServerConfig>,
+        handshakes: &std::sync::atomic::AtomicUsize,
+        received: &std::sync::Mutex<Vec<u8>>,
+    ) -> std::io::Result<()> {
+        use std::io::{Read, Write};
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // SSLRequest: length 8, code 80877103; say yes.
+        let mut request = [0u8; 8];
+        tcp.read_exact(&mut request)?;
+        if request[4..] != 80877103u32.to_be_bytes() {
+            return Ok(());
+        }
+        tcp.write_all(b"S")?;
+        let connection = rustls::ServerConnection::new(config).map_err(std::io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(connection, tcp);
+        // The startup message; reading it completes the handshake.
+        let mut length = [0u8; 4];
+        tls.read_exact(&mut length)?;
+        handshakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut startup = vec![0u8; (u32::from_be_bytes(length) as usize).saturating_sub(4)];
+        tls.read_exact(&mut startup)?;
+        // AuthenticationCleartextPassword.
+        tls.write_all(&[b'R', 0, 0, 0, 8, 0, 0, 0, 3])?;
+        tls.flush()?;
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tls.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            received
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn received(&self) -> Vec<u8> {
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The administrator's password never reaches a server that cannot prove
+/// who it is: with a CA given and no mode, the server is verified
+/// (`VerifyFull`), so an impostor fails the handshake; with `Require`
+/// (encrypted, not verified) an impostor completes the handshake but gets
+/// no password, because PostgreSQL logins require channel binding, which
+/// an impostor cannot fake.
+#[tokio::test]
+async fn the_admin_password_never_reaches_an_impostor() {
+    let env = Env::new("mitm").await;
+    let pg = Postgres::start_new_tls();
+    let ca = &pg.tls.as_ref().expect("tls").ca_pem;
+    let impostor = Impostor::start();
+    secret(
+        &env,
+        "postgres-admin",
+        json!({"username": pg.admin_user, "password": pg.admin_password}),
+    )
+    .await;
+    secret(&env, "pg-ca", json!({"ca.crt": ca})).await;
+
+    // A CA and no mode: verified, and the real server passes.
+    let ca_only = json!({"caSecretRef": {"name": "pg-ca"}});
+    server(&env, "real", "Postgres", pg.port, ca_only.clone()).await;
+    server(&env, "posed", "Postgres", impostor.port, ca_only).await;
+    server(
+        &env,
+        "posed-require",
+        "Postgres",
+        impostor.port,
+        json!({"mode": "Require"}),
+    )
+    .await;
+    let (reason, message) = reachable(&env, "posed-require", "False").await;
+    // Wait for a second try of each probe: anything sent has arrived.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        impostor
+            .handshakes
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1,
+        "the Require probe reached the login step ({reason}: {message})"
+    );
+    let received = impostor.received();
+    let password = pg.admin_password.as_bytes();
+    assert!(
+        !received.windows(password.len()).any(|w| w == password),
+        "the impostor received the administrator's password ({reason}: {message})"
+    );
+    reachable(&env, "real", "True").await;
+    let (_, message) = reachable(&env, "posed", "False").await;
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+}

@@ -268,6 +268,13 @@ async fn pipeline(
         Err(e) => return Err(Error::Managed(e)),
     };
     let probed = state.probe(obj, &target).await;
+    // The server's tenants are turned away at once while it does not
+    // answer, and let through again as soon as it does.
+    let key = super::server_gate::key(&target.host, target.port);
+    match &probed {
+        Ok(_) => ctx.servers.up(&key),
+        Err(e) => ctx.servers.down(&key, &e.to_string()),
+    }
     let status = status::compute(
         server,
         &status::Outcome::Probed(&probed),

@@ -129,6 +129,9 @@ async fn postgres(target: &Target) -> Result<String, ProbeError> {
         .map_err(|e| match e {
             crate::engine::tls::PostgresConnectError::Postgres(e) => classify(e),
             crate::engine::tls::PostgresConnectError::Tls(e) => ProbeError::new("TlsFailed", e.0),
+            e @ crate::engine::tls::PostgresConnectError::Timeout(_) => {
+                ProbeError::new("Timeout", e.to_string())
+            }
         })?;
     let rows = client.simple_query("SHOW server_version").await;
     drop(client);

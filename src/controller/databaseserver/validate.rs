@@ -140,17 +140,20 @@ pub fn tls_settings(
             Some(pem)
         }
     };
-    if spec.mode == TlsMode::Disable && ca_pem.is_some() {
+    if spec.mode == Some(TlsMode::Disable) && ca_pem.is_some() {
         return Err(invalid(
             "spec.external.tls.mode",
             "TlsDisabled",
             "a CA is given but mode is Disable; set mode VerifyFull or Require",
         ));
     }
-    Ok(TlsSettings {
-        mode: spec.mode,
-        ca_pem,
-    })
+    // A CA is given to be checked against: unset, the mode verifies.
+    let mode = spec.mode.unwrap_or(if ca_pem.is_some() {
+        TlsMode::VerifyFull
+    } else {
+        TlsMode::Disable
+    });
+    Ok(TlsSettings { mode, ca_pem })
 }
 
 fn invalid(field: &'static str, reason: &'static str, message: impl Into<String>) -> Invalid {
@@ -255,5 +258,21 @@ mod tests {
         let t = validate(&require, &login, &None).unwrap();
         assert_eq!(t.tls.mode, TlsMode::Require);
         assert_eq!(t.tls.ca_pem, None);
+    }
+
+    #[test]
+    fn a_ca_without_a_mode_verifies_the_server() {
+        // Checked as PEM only; the handshake checks the certificate.
+        let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        let spec: TlsSpec =
+            serde_json::from_value(json!({"caSecretRef": {"name": "db-ca"}})).unwrap();
+        assert_eq!(spec.mode, None);
+        let t = tls_settings(Some(&spec), &secret(&[("ca.crt", pem)])).unwrap();
+        assert_eq!(t.mode, TlsMode::VerifyFull);
+        let none: TlsSpec = serde_json::from_value(json!({})).unwrap();
+        assert_eq!(
+            tls_settings(Some(&none), &None).unwrap().mode,
+            TlsMode::Disable
+        );
     }
 }

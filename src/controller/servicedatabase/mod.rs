@@ -77,6 +77,10 @@ pub enum Error {
     /// Deletion waits for the final backup; the status says why.
     #[error("waiting for the final backup: {0}")]
     FinalBackupPending(String),
+    /// As many reconciles as allowed work on the shared server; tried again
+    /// in a moment.
+    #[error("the shared server is busy with other databases; trying again shortly")]
+    ServerBusy,
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -91,7 +95,11 @@ impl super::ReconcileError for Error {
     fn is_reported(&self) -> bool {
         // An invalid spec, a missing object and the wait for a final
         // backup are a condition and an Event already.
-        self.is_invalid_input() || matches!(self, Error::Waiting(_) | Error::FinalBackupPending(_))
+        self.is_invalid_input()
+            || matches!(
+                self,
+                Error::Waiting(_) | Error::FinalBackupPending(_) | Error::ServerBusy
+            )
     }
 }
 
@@ -113,6 +121,7 @@ impl Error {
             Error::Restore(_) => "restore",
             Error::FinalBackup(_) => "final-backup",
             Error::FinalBackupPending(_) => "final-backup-pending",
+            Error::ServerBusy => "server-busy",
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.category(),
                 F::AddFinalizer(_) | F::RemoveFinalizer(_) => "finalizer",
@@ -133,6 +142,7 @@ impl Error {
             "read" => "ReadFailed",
             "apply" => "ApplyFailed",
             "server-unreachable" => "ServerUnreachable",
+            "server-busy" => "ServerBusy",
             "waiting" => "Waiting",
             "status" => "StatusFailed",
             "backups" => "BackupsFailed",
@@ -276,6 +286,9 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         now.0,
         &mut crate::password::generate,
     );
+    // Held while this reconcile works on the shared server (login checks
+    // included), so that one server's tenants cannot take every slot.
+    let mut pass = None;
     if let Some(server) = &db.server {
         // Every login must work (and a retired one must not) before the
         // Secret says so. Until a requested restore completed, the login
@@ -288,8 +301,19 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
                 message: "object has no uid".into(),
             }));
         };
-        let provisioned = provision::ensure(&db, server, &marker, &plan.logins, restoring).await;
-        if let Err(conflict @ provision::Error::Conflict { .. }) = &provisioned {
+        let provisioned = match enter_server(server, ctx) {
+            Ok(entered) => {
+                pass = Some(entered);
+                on_server(
+                    server,
+                    ctx,
+                    provision::ensure(&db, server, &marker, &plan.logins, restoring),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(Error::Provision(conflict @ provision::Error::Conflict { .. })) = &provisioned {
             // A role, database, schema or ACL user of this service's names
             // that servicedb did not make for it: never adopted. Nothing was
             // changed and no Secret is written; retried with backoff.
@@ -303,6 +327,9 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             return Err(Error::Waiting(e));
         }
         if let Err(e) = provisioned {
+            let Error::Provision(e) = e else {
+                return Err(e);
+            };
             let outcome = status::Outcome::ServerUnavailable {
                 db: &db,
                 message: e.to_string(),
@@ -315,7 +342,8 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
     if let Some(next) = &plan.logins.next {
         // On a dedicated instance the instance manager makes the new login
         // from the Secret; switch only once it works.
-        if provision::login_works(&db, next).await {
+        let works = tokio::time::timeout(SERVER_WORK_DEADLINE, provision::login_works(&db, next));
+        if works.await.unwrap_or(false) {
             plan = rotation::promote(plan, &policy, now.0);
             announce_rotation(sdb, &plan, ctx).await;
         } else {
@@ -324,6 +352,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
     } else if plan.deferred {
         tracing::info!("a credential rotation waits for the previous grace period to end");
     }
+    drop(pass);
     let credentials = Credentials {
         admin_password: found.admin_password.clone(),
         logins: plan.logins.clone(),
@@ -502,14 +531,78 @@ async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Erro
         let Some(marker) = provision::marker(sdb, server) else {
             return Ok(());
         };
-        provision::remove(&db, server, &marker).await?;
+        let _pass = enter_server(server, ctx)?;
+        on_server(server, ctx, provision::remove(&db, server, &marker)).await?;
         tracing::info!(server = %server.name, database = %db.database, "dropped the database and its login");
     }
     Ok(())
 }
 
+/// How long one reconcile may work on a shared server, every connection
+/// and statement together; each connection has its own shorter deadline.
+const SERVER_WORK_DEADLINE: Duration = Duration::from_secs(30);
+/// When a reconcile turned away by a busy server tries again.
+const SERVER_BUSY_RETRY: Duration = Duration::from_secs(1);
+
+/// The gate's pass to work on `server`: refused while the server is known
+/// not to answer (the status says so) or while as many reconciles as the
+/// limit allows work on it (tried again in a moment).
+fn enter_server(
+    server: &dereference::ServerFacts,
+    ctx: &Context,
+) -> Result<super::server_gate::Pass, Error> {
+    use super::server_gate::{Closed, key};
+    match ctx.servers.enter(&key(&server.host, server.port)) {
+        Ok(pass) => Ok(pass),
+        Err(Closed::Busy) => Err(Error::ServerBusy),
+        Err(Closed::Down(message)) => Err(Error::Provision(provision::Error::Connect {
+            server: server_display(server),
+            message: format!("not tried again yet, the server failed a moment ago: {message}"),
+        })),
+    }
+}
+
+/// Runs `work` on `server` within [`SERVER_WORK_DEADLINE`] and tells the
+/// gate whether the server answered.
+async fn on_server<T>(
+    server: &dereference::ServerFacts,
+    ctx: &Context,
+    work: impl std::future::Future<Output = Result<T, provision::Error>>,
+) -> Result<T, Error> {
+    let key = super::server_gate::key(&server.host, server.port);
+    let result = tokio::time::timeout(SERVER_WORK_DEADLINE, work)
+        .await
+        .unwrap_or_else(|_| {
+            Err(provision::Error::Connect {
+                server: server_display(server),
+                message: format!(
+                    "the server did not finish within {}s",
+                    SERVER_WORK_DEADLINE.as_secs()
+                ),
+            })
+        });
+    match &result {
+        Err(provision::Error::Connect { message, .. }) => ctx.servers.down(&key, message),
+        _ => ctx.servers.up(&key),
+    }
+    Ok(result?)
+}
+
+/// `namespace/name (host:port)`, as provisioning errors name a server.
+fn server_display(server: &dereference::ServerFacts) -> String {
+    format!(
+        "{}/{} ({}:{})",
+        server.namespace, server.name, server.host, server.port
+    )
+}
+
 fn error_policy(sdb: Arc<ServiceDatabase>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(CONTROLLER, error.category());
+    if matches!(error, Error::ServerBusy) {
+        // Not a failure of this database: no backoff, a moment's wait.
+        let jitter = SERVER_BUSY_RETRY.mul_f64(rand::random_range(0.0..1.0));
+        return Action::requeue(SERVER_BUSY_RETRY + jitter);
+    }
     if matches!(error, Error::FinalBackupPending(_)) {
         // The DatabaseBackup watch brings the change; this guards a miss.
         return Action::requeue(FINAL_BACKUP_RECHECK);

@@ -17,6 +17,10 @@ use crate::engine::redis_acl;
 
 /// How long a connection to a shared server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one statement of the administrator's session may run, and wait
+/// for a lock, before the server cancels it.
+const STATEMENT_TIMEOUT: Duration = Duration::from_secs(20);
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a shared server could not be used. Messages never carry a password.
 #[derive(Debug, thiserror::Error)]
@@ -477,6 +481,7 @@ async fn postgres(server: &ServerFacts, database: &str) -> Result<tokio_postgres
         .dbname(database)
         .application_name("servicedb")
         .connect_timeout(CONNECT_TIMEOUT);
+    crate::engine::tls::bound_statements(&mut config, STATEMENT_TIMEOUT, LOCK_TIMEOUT);
     crate::engine::tls::postgres(&mut config, &server.tls)
         .await
         .map_err(|e| connect_error(server, &e.to_string()))

@@ -1,0 +1,151 @@
+//! Keeps one shared server from stalling the operator: before a reconcile
+//! talks to a `DatabaseServer` it passes this gate, which
+//!
+//! - lets at most `limit` reconciles work on one server at a time (a server
+//!   is its `host:port`, however many DatabaseServers name it); the others
+//!   are told the server is busy and retry a moment later, without holding a
+//!   reconcile slot while they wait;
+//! - turns them away at once while the server is known not to answer (its
+//!   probe failed, or a tenant's connection did), so that its tenants say so
+//!   in their status instead of each waiting out a connection deadline.
+//!
+//! A server is known down for [`DOWN_FOR`] after the last failure, or until
+//! a probe or a connection succeeds. Nothing here waits: the gate is a map
+//! under a short lock, never held across an await.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// How long a failure keeps a server's tenants from trying it again, unless
+/// a probe or a connection says it answers earlier.
+pub const DOWN_FOR: Duration = Duration::from_secs(20);
+
+/// Why the gate turned a reconcile away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Closed {
+    /// The server did not answer a moment ago; the message says how.
+    Down(String),
+    /// `limit` reconciles already work on this server.
+    Busy,
+}
+
+/// The per-server limits and what is known about each server.
+pub struct ServerGate {
+    limit: usize,
+    servers: Mutex<HashMap<String, Server>>,
+}
+
+struct Server {
+    permits: Arc<Semaphore>,
+    down: Option<(Instant, String)>,
+}
+
+/// Held while a reconcile works on a server; dropping it lets the next in.
+#[derive(Debug)]
+pub struct Pass {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The key of a server: host names are case-insensitive.
+pub fn key(host: &str, port: impl std::fmt::Display) -> String {
+    format!("{}:{port}", host.to_ascii_lowercase())
+}
+
+impl ServerGate {
+    /// A gate that lets `limit` (at least one) reconciles work on a server
+    /// at a time.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            servers: Mutex::default(),
+        }
+    }
+
+    /// At most how many reconciles work on one server at a time.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Lets the caller work on `server` (a [`key`]), or says why not.
+    pub fn enter(&self, server: &str) -> Result<Pass, Closed> {
+        let mut servers = self.lock();
+        let entry = servers.entry(server.to_owned()).or_insert_with(|| Server {
+            permits: Arc::new(Semaphore::new(self.limit)),
+            down: None,
+        });
+        if let Some((since, message)) = &entry.down {
+            if since.elapsed() < DOWN_FOR {
+                return Err(Closed::Down(message.clone()));
+            }
+            entry.down = None;
+        }
+        entry
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map(|permit| Pass { _permit: permit })
+            .map_err(|_| Closed::Busy)
+    }
+
+    /// `server` did not answer; `message` (no secret in it) says how.
+    pub fn down(&self, server: &str, message: &str) {
+        let mut servers = self.lock();
+        let entry = servers.entry(server.to_owned()).or_insert_with(|| Server {
+            permits: Arc::new(Semaphore::new(self.limit)),
+            down: None,
+        });
+        entry.down = Some((Instant::now(), message.to_owned()));
+    }
+
+    /// `server` answered.
+    pub fn up(&self, server: &str) {
+        if let Some(entry) = self.lock().get_mut(server) {
+            entry.down = None;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Server>> {
+        self.servers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_limit_reconciles_work_on_one_server() {
+        let gate = ServerGate::new(2);
+        let a = gate.enter("pg:5432").expect("first");
+        let _b = gate.enter("pg:5432").expect("second");
+        assert_eq!(gate.enter("pg:5432").unwrap_err(), Closed::Busy);
+        // Another server is not held back.
+        let _c = gate.enter("other:5432").expect("another server");
+        drop(a);
+        assert!(
+            gate.enter("pg:5432").is_ok(),
+            "a pass dropped lets the next in"
+        );
+    }
+
+    #[test]
+    fn a_server_known_down_turns_its_tenants_away_until_it_answers() {
+        let gate = ServerGate::new(2);
+        gate.down("pg:5432", "no answer within 5s");
+        assert_eq!(
+            gate.enter("pg:5432").unwrap_err(),
+            Closed::Down("no answer within 5s".into())
+        );
+        assert!(gate.enter("other:5432").is_ok());
+        gate.up("pg:5432");
+        assert!(gate.enter("pg:5432").is_ok());
+    }
+
+    #[test]
+    fn keys_ignore_the_case_of_host_names() {
+        assert_eq!(key("PG.example.com", 5432), key("pg.example.com", 5432));
+    }
+}

@@ -10,8 +10,12 @@
 //!   in their status instead of each waiting out a connection deadline.
 //!
 //! A server is known down for [`DOWN_FOR`] after the last failure, or until
-//! a probe or a connection succeeds. Nothing here waits: the gate is a map
-//! under a short lock, never held across an await.
+//! a probe or a connection succeeds. What is known down is one
+//! DatabaseServer (its `namespace/name`), not the `host:port` it names: a
+//! failure may be its own settings' (a wrong CA, a wrong password), and must
+//! not turn away the tenants of another DatabaseServer naming the same
+//! server. Nothing here waits: the gate is a map under a short lock, never
+//! held across an await.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,12 +39,10 @@ pub enum Closed {
 /// The per-server limits and what is known about each server.
 pub struct ServerGate {
     limit: usize,
-    servers: Mutex<HashMap<String, Server>>,
-}
-
-struct Server {
-    permits: Arc<Semaphore>,
-    down: Option<(Instant, String)>,
+    /// Permits by server [`key`].
+    servers: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Failures by DatabaseServer `namespace/name`.
+    down: Mutex<HashMap<String, (Instant, String)>>,
 }
 
 /// Held while a reconcile works on a server; dropping it lets the next in.
@@ -61,6 +63,7 @@ impl ServerGate {
         Self {
             limit: limit.max(1),
             servers: Mutex::default(),
+            down: Mutex::default(),
         }
     }
 
@@ -69,47 +72,41 @@ impl ServerGate {
         self.limit
     }
 
-    /// Lets the caller work on `server` (a [`key`]), or says why not.
-    pub fn enter(&self, server: &str) -> Result<Pass, Closed> {
-        let mut servers = self.lock();
-        let entry = servers.entry(server.to_owned()).or_insert_with(|| Server {
-            permits: Arc::new(Semaphore::new(self.limit)),
-            down: None,
-        });
-        if let Some((since, message)) = &entry.down {
-            if since.elapsed() < DOWN_FOR {
-                return Err(Closed::Down(message.clone()));
+    /// Lets the caller work on the server `server` (a [`key`]) through the
+    /// DatabaseServer `via` (`namespace/name`), or says why not.
+    pub fn enter(&self, server: &str, via: &str) -> Result<Pass, Closed> {
+        {
+            let mut down = lock(&self.down);
+            if let Some((since, message)) = down.get(via) {
+                if since.elapsed() < DOWN_FOR {
+                    return Err(Closed::Down(message.clone()));
+                }
+                down.remove(via);
             }
-            entry.down = None;
         }
-        entry
-            .permits
+        lock(&self.servers)
+            .entry(server.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
             .clone()
             .try_acquire_owned()
             .map(|permit| Pass { _permit: permit })
             .map_err(|_| Closed::Busy)
     }
 
-    /// `server` did not answer; `message` (no secret in it) says how.
-    pub fn down(&self, server: &str, message: &str) {
-        let mut servers = self.lock();
-        let entry = servers.entry(server.to_owned()).or_insert_with(|| Server {
-            permits: Arc::new(Semaphore::new(self.limit)),
-            down: None,
-        });
-        entry.down = Some((Instant::now(), message.to_owned()));
+    /// The DatabaseServer `via` did not answer; `message` (no secret in it)
+    /// says how.
+    pub fn down(&self, via: &str, message: &str) {
+        lock(&self.down).insert(via.to_owned(), (Instant::now(), message.to_owned()));
     }
 
-    /// `server` answered.
-    pub fn up(&self, server: &str) {
-        if let Some(entry) = self.lock().get_mut(server) {
-            entry.down = None;
-        }
+    /// The DatabaseServer `via` answered.
+    pub fn up(&self, via: &str) {
+        lock(&self.down).remove(via);
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Server>> {
-        self.servers.lock().unwrap_or_else(|p| p.into_inner())
-    }
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
@@ -119,14 +116,18 @@ mod tests {
     #[test]
     fn at_most_limit_reconciles_work_on_one_server() {
         let gate = ServerGate::new(2);
-        let a = gate.enter("pg:5432").expect("first");
-        let _b = gate.enter("pg:5432").expect("second");
-        assert_eq!(gate.enter("pg:5432").unwrap_err(), Closed::Busy);
+        let a = gate.enter("pg:5432", "db/one").expect("first");
+        let _b = gate.enter("pg:5432", "db/one").expect("second");
+        assert_eq!(gate.enter("pg:5432", "db/one").unwrap_err(), Closed::Busy);
+        // Two DatabaseServers naming one server share its limit.
+        assert_eq!(gate.enter("pg:5432", "db/two").unwrap_err(), Closed::Busy);
         // Another server is not held back.
-        let _c = gate.enter("other:5432").expect("another server");
+        let _c = gate
+            .enter("other:5432", "db/other")
+            .expect("another server");
         drop(a);
         assert!(
-            gate.enter("pg:5432").is_ok(),
+            gate.enter("pg:5432", "db/two").is_ok(),
             "a pass dropped lets the next in"
         );
     }
@@ -134,14 +135,17 @@ mod tests {
     #[test]
     fn a_server_known_down_turns_its_tenants_away_until_it_answers() {
         let gate = ServerGate::new(2);
-        gate.down("pg:5432", "no answer within 5s");
+        gate.down("db/one", "no answer within 5s");
         assert_eq!(
-            gate.enter("pg:5432").unwrap_err(),
+            gate.enter("pg:5432", "db/one").unwrap_err(),
             Closed::Down("no answer within 5s".into())
         );
-        assert!(gate.enter("other:5432").is_ok());
-        gate.up("pg:5432");
-        assert!(gate.enter("pg:5432").is_ok());
+        assert!(gate.enter("other:5432", "db/other").is_ok());
+        // Another DatabaseServer naming the same server, with settings of
+        // its own (a CA, a password), is not turned away by that failure.
+        assert!(gate.enter("pg:5432", "db/two").is_ok());
+        gate.up("db/one");
+        assert!(gate.enter("pg:5432", "db/one").is_ok());
     }
 
     #[test]

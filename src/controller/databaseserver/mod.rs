@@ -270,10 +270,14 @@ async fn pipeline(
     let probed = state.probe(obj, &target).await;
     // The server's tenants are turned away at once while it does not
     // answer, and let through again as soon as it does.
-    let key = super::server_gate::key(&target.host, target.port);
+    let via = format!(
+        "{}/{}",
+        server.namespace().unwrap_or_default(),
+        server.name_any()
+    );
     match &probed {
-        Ok(_) => ctx.servers.up(&key),
-        Err(e) => ctx.servers.down(&key, &e.to_string()),
+        Ok(_) => ctx.servers.up(&via),
+        Err(e) => ctx.servers.down(&via, &e.to_string()),
     }
     let status = status::compute(
         server,

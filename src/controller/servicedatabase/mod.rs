@@ -552,7 +552,10 @@ fn enter_server(
     ctx: &Context,
 ) -> Result<super::server_gate::Pass, Error> {
     use super::server_gate::{Closed, key};
-    match ctx.servers.enter(&key(&server.host, server.port)) {
+    match ctx
+        .servers
+        .enter(&key(&server.host, server.port), &server_via(server))
+    {
         Ok(pass) => Ok(pass),
         Err(Closed::Busy) => Err(Error::ServerBusy),
         Err(Closed::Down(message)) => Err(Error::Provision(provision::Error::Connect {
@@ -569,7 +572,7 @@ async fn on_server<T>(
     ctx: &Context,
     work: impl std::future::Future<Output = Result<T, provision::Error>>,
 ) -> Result<T, Error> {
-    let key = super::server_gate::key(&server.host, server.port);
+    let via = server_via(server);
     let result = tokio::time::timeout(SERVER_WORK_DEADLINE, work)
         .await
         .unwrap_or_else(|_| {
@@ -582,10 +585,15 @@ async fn on_server<T>(
             })
         });
     match &result {
-        Err(provision::Error::Connect { message, .. }) => ctx.servers.down(&key, message),
-        _ => ctx.servers.up(&key),
+        Err(provision::Error::Connect { message, .. }) => ctx.servers.down(&via, message),
+        _ => ctx.servers.up(&via),
     }
     Ok(result?)
+}
+
+/// The DatabaseServer's `namespace/name`: what the gate knows down.
+fn server_via(server: &dereference::ServerFacts) -> String {
+    format!("{}/{}", server.namespace, server.name)
 }
 
 /// `namespace/name (host:port)`, as provisioning errors name a server.
@@ -606,6 +614,16 @@ fn error_policy(sdb: Arc<ServiceDatabase>, error: &Error, ctx: Arc<Context>) -> 
     if matches!(error, Error::FinalBackupPending(_)) {
         // The DatabaseBackup watch brings the change; this guards a miss.
         return Action::requeue(FINAL_BACKUP_RECHECK);
+    }
+    if matches!(error, Error::Provision(provision::Error::Connect { .. })) {
+        // The server did not answer (or the gate turned this one away while
+        // it is known down): retried with backoff, but never waiting longer
+        // than the gate keeps a failed server closed, so its tenants follow
+        // within moments once its probe or a connection succeeds.
+        let backoff = ctx.backoff.next(&ObjectRef::from_obj(sdb.as_ref()));
+        let cap = super::server_gate::DOWN_FOR
+            + super::server_gate::DOWN_FOR.mul_f64(rand::random_range(0.0..0.5));
+        return Action::requeue(backoff.min(cap));
     }
     if error.is_invalid_input() {
         // The status says what to change; a class created later still

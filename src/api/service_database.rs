@@ -34,6 +34,7 @@ use super::common::{
 #[x_kube(
     validation = Rule::new("self.isolation == 'Dedicated' ? !has(self.serverRef) : has(self.serverRef)").message("serverRef is required when isolation is Database or Schema, and not allowed when it is Dedicated").field_path(".serverRef"),
     validation = Rule::new("self.isolation != 'Schema' || self.engine == 'Postgres'").message("isolation Schema is only available for engine Postgres").field_path(".isolation"),
+    validation = Rule::new("self.engine == 'Postgres' || !has(self.credentials) || !has(self.credentials.format) || !('Pgpass' in self.credentials.format)").message("format Pgpass is only available for engine Postgres").field_path(".credentials.format"),
     validation = Rule::new("self.deletionPolicy != 'Snapshot' || has(self.backup)").message("deletionPolicy Snapshot needs backup to be configured").field_path(".deletionPolicy"),
 )]
 #[serde(rename_all = "camelCase")]

@@ -20,6 +20,7 @@ mod backup;
 mod chart;
 mod database_server;
 mod dedicated;
+mod formats;
 mod hostile;
 mod lifecycle;
 mod rotation;

@@ -27,7 +27,9 @@ use super::common::{
     printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
     printcolumn(name = "Isolation", type_ = "string", json_path = ".spec.isolation"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.credentialsSecret"),
+    printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.lastBackup.completedAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters: it names the database, its user, its StatefulSet and its Services"),
 )]

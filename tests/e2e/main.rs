@@ -22,6 +22,7 @@ mod database_server;
 mod dedicated;
 mod formats;
 mod hostile;
+mod kubectl_get;
 mod lifecycle;
 mod rotation;
 mod shared;

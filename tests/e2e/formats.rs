@@ -215,6 +215,28 @@ async fn clients_connect_with_only_the_keys_of_each_format() {
         .as_deref(),
         Ok("spring")
     );
+    // The servicebinding.io entries name the same login and server.
+    assert_eq!(
+        client(
+            "redis-cli",
+            &[
+                "--no-auth-warning",
+                "-h",
+                &cart["host"],
+                "-p",
+                &cart["port"],
+                "--user",
+                &cart["username"],
+                "--pass",
+                &cart["password"],
+                "GET",
+                &key
+            ],
+            &[]
+        )
+        .as_deref(),
+        Ok("spring")
+    );
     // The same key read by the admin: it really is on the server.
     let admin_url = format!(
         "redis://{}:{}@127.0.0.1:{}/0",

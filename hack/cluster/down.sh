@@ -43,7 +43,7 @@ container_pids() {
 shim_pids() {
   local p
   for p in $(ps -eo pid=,comm= | awk '$2 ~ /^containerd-shim/ {print $1}'); do
-    tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -qF -- "-address $SOCKET " && echo "$p"
+    tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -F -- "-address $SOCKET " >/dev/null && echo "$p"
   done
 }
 
@@ -71,8 +71,10 @@ if [ -n "$BIN" ] && [ -x "$BIN/kube-router" ]; then
 fi
 for tool in iptables ip6tables; do
   command -v "$tool-save" >/dev/null || continue
-  if "$tool-save" 2>/dev/null | grep -qE '(^:|-[AIj] )(KUBE-|CNI-)'; then
-    "$tool-save" | awk '
+  # Saved first: `save | grep -q` fails under pipefail when grep stops early.
+  rules=$("$tool-save" 2>/dev/null)
+  if echo "$rules" | grep -E '(^:| -[jg] )(KUBE-|CNI-)' >/dev/null; then
+    echo "$rules" | awk '
       /^\*/ { print; next }
       /^:(KUBE-|CNI-)/ { next }
       /^-A (KUBE-|CNI-)/ { next }

@@ -129,7 +129,7 @@ image "$PAUSE_IMAGE" "$(sha "$BIN/pause")" pause_image
 
 helper_image() {
   local root busybox; root=$(mktemp -d)
-  busybox=$(command -v busybox) && file -L "$busybox" | grep -q 'statically linked' ||
+  busybox=$(command -v busybox) && file -L "$busybox" | grep 'statically linked' >/dev/null ||
     { echo "images.sh: a static busybox is needed (apt-get install busybox-static)" >&2; exit 1; }
   mkdir -p "$root/bin" "$root/tmp"
   chmod 1777 "$root/tmp"
@@ -146,7 +146,7 @@ image "$HELPER_IMAGE" "$(sha "$(command -v busybox 2>/dev/null || echo /dev/null
 # the nonroot user 65532, entrypoint the binary, command `operator`.
 operator_image() {
   local root; root=$(mktemp -d)
-  if readelf -l "$operator" | grep -q INTERP || readelf -d "$operator" | grep -q NEEDED; then
+  if readelf -l "$operator" | grep INTERP >/dev/null || readelf -d "$operator" | grep NEEDED >/dev/null; then
     echo "images.sh: $operator is not statically linked (make static)" >&2; exit 1
   fi
   mkdir -p "$root/usr/local/bin" "$root/etc/ssl/certs" "$root/tmp" "$root/home/nonroot"

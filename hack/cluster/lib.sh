@@ -62,7 +62,7 @@ node_ready() {
   [ "$(kubectl_admin get node "$NODE" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]
 }
 dns_answers() {
-  busybox nslookup kubernetes.default.svc.cluster.local "$(cat "$DIR/node-ip" 2>/dev/null || echo "$NODE_IP")" 2>/dev/null | grep -q "$API_SERVICE_IP"
+  busybox nslookup kubernetes.default.svc.cluster.local "$(cat "$DIR/node-ip" 2>/dev/null || echo "$NODE_IP")" 2>/dev/null | grep "$API_SERVICE_IP" >/dev/null
 }
 
 # wait_for NAME SECONDS COMMAND...: until COMMAND succeeds; fails with NAME's

@@ -45,7 +45,7 @@ packages=(containerd runc containernetworking-plugins iptables ipset conntrack s
   mmdebstrap busybox-static openssl gcc libc6-dev iproute2 kmod file binutils)
 missing=()
 for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them with"
@@ -67,7 +67,7 @@ iptables -w -L -n >/dev/null 2>&1 || die "iptables does not work here: $(iptable
 NODE_IP=$(ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p')
 [ -n "$NODE_IP" ] || die "no IPv4 default route: the API server and pods need this machine's own address"
 for port in $NODE_IP:6443 127.0.0.1:2379 127.0.0.1:2380 127.0.0.1:10257 127.0.0.1:10259 :10250 $NODE_IP:53; do
-  if ss -Hltn "sport = :${port##*:}" | awk '{print $4}' | grep -qE "^(\*|0\.0\.0\.0|\[::\]|${port%:*}):${port##*:}$"; then
+  if ss -Hltn "sport = :${port##*:}" | awk '{print $4}' | grep -E "^(\*|0\.0\.0\.0|\[::\]|${port%:*}):${port##*:}$" >/dev/null; then
     die "port $port is already in use on this machine (another cluster?)"
   fi
 done
@@ -284,7 +284,10 @@ volumePluginDir: $DIR/volume-plugins
 serializeImagePulls: false
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
-evictionHard: {memory.available: 100Mi, nodefs.available: 1%, nodefs.inodesFree: 1%, imagefs.available: 1%}
+# No eviction for disk space ("0%" turns a signal off): this machine's disk
+# is shared with builds that fill and free gigabytes in minutes, and a
+# momentary low evicted database pods and tainted the node (disk-pressure).
+evictionHard: {memory.available: 100Mi, nodefs.available: "0%", nodefs.inodesFree: "0%", imagefs.available: "0%", imagefs.inodesFree: "0%"}
 EOF
 start kubelet "$BIN/kubelet" --config="$DIR/kubelet.yaml" --kubeconfig="$KC/node.kubeconfig" \
   --root-dir="$DIR/kubelet" --hostname-override="$NODE" --node-ip="$NODE_IP"

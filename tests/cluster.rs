@@ -2,7 +2,8 @@
 //! pods (`hack/cluster`, `make cluster-e2e`). Nothing here plays a
 //! controller: the database pods start from the operator's StatefulSet, are
 //! `Ready` by their own readiness probes, and the NetworkPolicy is enforced
-//! by kube-router.
+//! by kube-router: a pod without the owner's label, or with it in another
+//! namespace, is refused even with the password.
 //!
 //! The tests need `SERVICEDB_CLUSTER_KUBECONFIG`, the admin kubeconfig of
 //! such a cluster with the images of `hack/cluster/images.sh` imported
@@ -21,7 +22,7 @@ use harness::{
     OPERATOR_NS, Operator, apply_manifest, ensure_namespace, example, install_crds, wait_for,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use kube::api::{DeleteParams, LogParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
@@ -55,6 +56,8 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 struct World {
     client: Client,
     ns: String,
+    /// Other namespaces the test made (deleted with `ns`).
+    others: Vec<String>,
     operator: Operator,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
@@ -69,22 +72,13 @@ impl World {
         ensure_namespace(&client, OPERATOR_NS).await;
         let suffix = format!("{:x}", std::process::id() ^ (clock_bits() & 0xffff));
         let ns = format!("cluster-{test}-{suffix}");
-        let namespace: Namespace = serde_json::from_value(json!({
-            "metadata": {
-                "name": ns,
-                "labels": {"pod-security.kubernetes.io/enforce": "restricted"}
-            }
-        }))
-        .expect("namespace");
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
+        create_restricted_namespace(&client, &ns).await;
         apply_manifest(&client, &ns, &example("00-databaseclasses.yaml")).await;
         let operator = Operator::start_with_env(test, &[("KUBECONFIG", &kubeconfig_path())]);
         World {
             client,
             ns,
+            others: vec![],
             operator,
             _serial: serial,
         }
@@ -97,13 +91,56 @@ impl World {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    /// Stops the operator and deletes the namespace (not waiting for it).
+    /// Another namespace holding a copy of the Secret `secret`: a neighbour
+    /// that knows the password.
+    async fn neighbour_with_secret(&mut self, secret: &str) -> String {
+        let other = format!("{}-neighbour", self.ns);
+        create_restricted_namespace(&self.client, &other).await;
+        let data = self
+            .api::<Secret>()
+            .get(secret)
+            .await
+            .expect("reading the credentials Secret")
+            .data;
+        let copy = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(secret.to_string()),
+                ..Default::default()
+            },
+            data,
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(self.client.clone(), &other)
+            .create(&PostParams::default(), &copy)
+            .await
+            .expect("copying the Secret to the neighbour");
+        self.others.push(other.clone());
+        other
+    }
+
+    /// Stops the operator and deletes the namespaces (not waiting for it).
     async fn finish(mut self) {
         self.operator.stop();
-        let _ = Api::<Namespace>::all(self.client.clone())
-            .delete(&self.ns, &DeleteParams::default())
-            .await;
+        for ns in std::iter::once(&self.ns).chain(&self.others) {
+            let _ = Api::<Namespace>::all(self.client.clone())
+                .delete(ns, &DeleteParams::default())
+                .await;
+        }
     }
+}
+
+async fn create_restricted_namespace(client: &Client, ns: &str) {
+    let namespace: Namespace = serde_json::from_value(json!({
+        "metadata": {
+            "name": ns,
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"}
+        }
+    }))
+    .expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
 }
 
 fn clock_bits() -> u32 {
@@ -211,6 +248,7 @@ async fn assert_pod_ready(world: &World, sdb_name: &str) {
 /// Standard. Returns its exit code and log once it has ended.
 async fn run_client(
     world: &World,
+    ns: &str,
     name: &str,
     labels: BTreeMap<&str, &str>,
     image: &str,
@@ -244,7 +282,7 @@ async fn run_client(
         }
     }))
     .expect("client pod");
-    let pods = world.api::<Pod>();
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), ns);
     pods.create(&PostParams::default(), &pod)
         .await
         .unwrap_or_else(|e| panic!("creating pod {name}: {e}"));
@@ -280,7 +318,7 @@ const INTRUDER_TRIES: u32 = 12;
 
 #[tokio::test]
 async fn dedicated_postgres_runs_and_admits_only_its_owner() {
-    let world = World::new("postgres").await;
+    let mut world = World::new("postgres").await;
     create_database(
         &world,
         "orders",
@@ -318,6 +356,7 @@ psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At \
     );
     let (code, log) = run_client(
         &world,
+        &world.ns,
         "owner",
         BTreeMap::from([("app", "orders")]),
         "docker.io/library/postgres:17",
@@ -343,6 +382,7 @@ echo REFUSED; exit 3"#
     );
     let (code, log) = run_client(
         &world,
+        &world.ns,
         "intruder",
         BTreeMap::from([("app", "not-orders")]),
         "docker.io/library/postgres:17",
@@ -355,12 +395,30 @@ echo REFUSED; exit 3"#
         (3, "REFUSED"),
         "a pod without the owner label must not reach the database"
     );
+
+    // Another namespace, the owner's label and the password: refused too.
+    let neighbour = world.neighbour_with_secret(&secret).await;
+    let (code, log) = run_client(
+        &world,
+        &neighbour,
+        "intruder",
+        BTreeMap::from([("app", "orders")]),
+        "docker.io/library/postgres:17",
+        &secret,
+        &intruder_script,
+    )
+    .await;
+    assert_eq!(
+        (code, log.trim()),
+        (3, "REFUSED"),
+        "a pod in another namespace must not reach the database, whatever its labels"
+    );
     world.finish().await;
 }
 
 #[tokio::test]
 async fn dedicated_redis_runs_and_admits_only_its_owner() {
-    let world = World::new("redis").await;
+    let mut world = World::new("redis").await;
     create_database(
         &world,
         "cart",
@@ -395,6 +453,7 @@ cli GET "${{keyPrefix}}basket""#
     );
     let (code, log) = run_client(
         &world,
+        &world.ns,
         "owner",
         BTreeMap::from([("app", "cart")]),
         "docker.io/library/redis:8.0",
@@ -419,6 +478,7 @@ echo REFUSED; exit 3"#
     );
     let (code, log) = run_client(
         &world,
+        &world.ns,
         "intruder",
         BTreeMap::from([("app", "not-cart")]),
         "docker.io/library/redis:8.0",
@@ -430,6 +490,24 @@ echo REFUSED; exit 3"#
         (code, log.trim()),
         (3, "REFUSED"),
         "a pod without the owner label must not reach the database"
+    );
+
+    // Another namespace, the owner's label and the password: refused too.
+    let neighbour = world.neighbour_with_secret(&secret).await;
+    let (code, log) = run_client(
+        &world,
+        &neighbour,
+        "intruder",
+        BTreeMap::from([("app", "cart")]),
+        "docker.io/library/redis:8.0",
+        &secret,
+        &intruder_script,
+    )
+    .await;
+    assert_eq!(
+        (code, log.trim()),
+        (3, "REFUSED"),
+        "a pod in another namespace must not reach the database, whatever its labels"
     );
     world.finish().await;
 }

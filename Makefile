@@ -140,8 +140,13 @@ cluster-build:
 cluster-images: static
 	hack/cluster/images.sh --operator $(STATIC_BIN)
 
+## cluster-up: prints the kubeconfig; the operator image is imported too, so
+## that servicedb's database pods can start there.
 cluster-up:
-	@hack/cluster/up.sh $(CLUSTER_DIR)
+	@$(MAKE) -s static >&2
+	@kc=$$(hack/cluster/up.sh $(CLUSTER_DIR)) && \
+	hack/cluster/images.sh --operator $(abspath $(STATIC_BIN)) --import $(CLUSTER_DIR)/containerd/containerd.sock >/dev/null && \
+	echo "$$kc"
 
 cluster-down:
 	@hack/cluster/down.sh $(CLUSTER_DIR)

@@ -127,3 +127,30 @@ chart:
 	$$helm template servicedb $(CHART) -n servicedb-system -f $(CHART)/ci/all-on-values.yaml \
 	  --api-versions monitoring.coreos.com/v1 | grep -q '^kind: ServiceMonitor$$'; \
 	echo "chart ok"
+
+## The real single-node cluster (hack/cluster; root): kubelet, containerd,
+## kube-proxy, CoreDNS, kube-router (NetworkPolicy), local-path volumes,
+## images built here. cluster-e2e: build, up, images, tests/cluster.rs, down.
+CLUSTER_DIR ?= $(HOME)/.cache/servicedb/cluster
+.PHONY: cluster-build cluster-images cluster-up cluster-down cluster-e2e
+cluster-build:
+	hack/prereqs.sh go
+	hack/cluster/build.sh >/dev/null
+
+cluster-images: static
+	hack/cluster/images.sh --operator $(STATIC_BIN)
+
+## cluster-up: prints the kubeconfig; the operator image is imported too, so
+## that servicedb's database pods can start there.
+cluster-up:
+	@$(MAKE) -s static >&2
+	@kc=$$(hack/cluster/up.sh $(CLUSTER_DIR)) && \
+	hack/cluster/images.sh --operator $(abspath $(STATIC_BIN)) --import $(CLUSTER_DIR)/containerd/containerd.sock >/dev/null && \
+	echo "$$kc"
+
+cluster-down:
+	@hack/cluster/down.sh $(CLUSTER_DIR)
+
+cluster-e2e: static
+	hack/prereqs.sh go
+	CLUSTER_DIR=$(CLUSTER_DIR) hack/cluster/e2e.sh $(abspath $(STATIC_BIN))

@@ -128,6 +128,30 @@ pub struct CredentialsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub secret_name: Option<String>,
+    /// The key sets the Secret holds, for the clients that read it:
+    ///
+    /// - `Default` (always included): the keys above; on Postgres also
+    ///   `jdbc-url` (`jdbc:postgresql://host:5432/orders`, no credentials in
+    ///   it: JDBC takes `username` and `password` separately).
+    /// - `Spring`: Spring Boot's environment variables. Postgres:
+    ///   `SPRING_DATASOURCE_URL` (the JDBC URL), `SPRING_DATASOURCE_USERNAME`,
+    ///   `SPRING_DATASOURCE_PASSWORD`; Redis: `SPRING_DATA_REDIS_URL`;
+    ///   MongoDB: `SPRING_DATA_MONGODB_URI`.
+    /// - `ServiceBinding`: the servicebinding.io well-known entries: `type`
+    ///   (`postgresql`, `redis` or `mongodb`) and `provider` (`servicedb`)
+    ///   next to `host`, `port`, `database`, `username`, `password` and
+    ///   `uri`; over TLS also `sslmode` (Postgres) or `ssl` (Redis). Mount
+    ///   the Secret under `$SERVICE_BINDING_ROOT/<name>`.
+    /// - `Pgpass` (Postgres only): `pgpass`, one line
+    ///   `host:port:database:username:password` for libpq's `PGPASSFILE`
+    ///   (the file must be private to its reader: mode 0600 or less).
+    ///
+    /// Every format follows the current login: a rotation moves them all at
+    /// once, and only `previous-*` and `next-*` name the other login.
+    #[serde(default = "default_formats")]
+    #[schemars(length(min = 1, max = 4), extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("'Default' in self").message("must include Default: the backup agent and rotation read its keys"))]
+    pub format: Vec<CredentialFormat>,
     /// Rotate the password this often (a Go duration such as `720h`, at
     /// least `1h`). No scheduled rotation when unset; the annotation
     /// `servicedb.dev/rotate-credentials` (any new value) rotates on demand.
@@ -145,6 +169,25 @@ pub struct CredentialsSpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1s') && duration(self) <= duration('168h')").message("must be a duration between 1s and 168h, such as 1h"))]
     pub grace_period: Option<String>,
+}
+
+fn default_formats() -> Vec<CredentialFormat> {
+    vec![CredentialFormat::Default]
+}
+
+/// A key set of the credentials Secret; see `credentials.format`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum CredentialFormat {
+    /// `engine`, `host`, `port`, `database`, `username`, `password`, `uri`,
+    /// the engine's variable, and `jdbc-url` on Postgres.
+    Default,
+    /// Spring Boot's `SPRING_DATASOURCE_*`, `SPRING_DATA_REDIS_URL` or
+    /// `SPRING_DATA_MONGODB_URI`.
+    Spring,
+    /// servicebinding.io's `type` and `provider`.
+    ServiceBinding,
+    /// A libpq password file line under `pgpass` (Postgres only).
+    Pgpass,
 }
 
 /// Monitoring of the database.

@@ -18,6 +18,7 @@ use super::common::{BackupDestination, Engine, LocalObjectRef, conditions_schema
     version = "v1alpha1",
     kind = "DatabaseBackup",
     namespaced,
+    shortname = "dbb",
     category = "servicedb",
     status = "DatabaseBackupStatus",
     printcolumn(
@@ -25,9 +26,17 @@ use super::common::{BackupDestination, Engine, LocalObjectRef, conditions_schema
         type_ = "string",
         json_path = ".spec.serviceDatabaseRef.name"
     ),
+    printcolumn(name = "Trigger", type_ = "string", json_path = ".spec.trigger"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Size", type_ = "integer", json_path = ".status.sizeBytes"),
+    printcolumn(name = "Size", type_ = "string", json_path = ".status.size"),
     printcolumn(name = "Verified", type_ = "boolean", json_path = ".status.verified"),
+    printcolumn(name = "Completed", type_ = "date", json_path = ".status.completedAt"),
+    printcolumn(
+        name = "Bytes",
+        type_ = "integer",
+        priority = 1,
+        json_path = ".status.sizeBytes"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -94,6 +103,9 @@ pub struct DatabaseBackupStatus {
     /// Size of the archive in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<i64>,
+    /// `sizeBytes` for humans (`5.5 MiB`), for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
     /// `sha256:` checksum of the archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
@@ -115,4 +127,39 @@ pub struct DatabaseBackupStatus {
     /// The Job that takes the backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_name: Option<String>,
+}
+
+/// A byte count in binary units with one decimal: `512 B`, `1.5 KiB`,
+/// `5.5 MiB`.
+pub fn human_size(bytes: i64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1023.95 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_as_a_human_writes_them() {
+        for (bytes, text) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (5_767_168, "5.5 MiB"),
+            (1_048_575, "1.0 MiB"),
+            (3 * 1024 * 1024 * 1024, "3.0 GiB"),
+            (i64::MAX, "8.0 EiB"),
+        ] {
+            assert_eq!(super::human_size(bytes), text, "{bytes}");
+        }
+    }
 }

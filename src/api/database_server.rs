@@ -18,15 +18,28 @@ use super::common::{Engine, LocalObjectRef, Resources, StorageSpec, conditions_s
     version = "v1alpha1",
     kind = "DatabaseServer",
     namespaced,
+    shortname = "dbs",
     category = "servicedb",
     status = "DatabaseServerStatus",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".status.mode"),
     printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
+    printcolumn(
+        name = "Version",
+        type_ = "string",
+        json_path = ".status.serverVersion"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Databases", type_ = "integer", json_path = ".status.databases"),
     printcolumn(
         name = "Reachable",
         type_ = "string",
+        priority = 1,
         json_path = ".status.conditions[?(@.type==\"Reachable\")].status"
     ),
-    printcolumn(name = "Databases", type_ = "integer", json_path = ".status.databases"),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -169,4 +182,27 @@ pub struct DatabaseServerStatus {
     /// Number of `ServiceDatabase`s placed on this server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub databases: Option<i32>,
+    /// `External` or `Managed`, as the spec says (for `kubectl get`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<ServerMode>,
+}
+
+/// Whether servicedb reaches a server or runs it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ServerMode {
+    /// `spec.external`: an existing server reached over the network.
+    External,
+    /// `spec.managed`: a server servicedb runs.
+    Managed,
+}
+
+impl ServerMode {
+    /// The mode a spec asks for.
+    pub fn of(spec: &DatabaseServerSpec) -> ServerMode {
+        if spec.managed.is_some() {
+            ServerMode::Managed
+        } else {
+            ServerMode::External
+        }
+    }
 }

@@ -27,13 +27,16 @@ use super::common::{
     printcolumn(name = "Version", type_ = "string", json_path = ".status.version"),
     printcolumn(name = "Isolation", type_ = "string", json_path = ".spec.isolation"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Secret", type_ = "string", json_path = ".status.credentialsSecret"),
+    printcolumn(name = "Last Backup", type_ = "date", json_path = ".status.lastBackup.completedAt"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("size(self.metadata.name) <= 40").message("metadata.name must be at most 40 characters: it names the database, its user, its StatefulSet and its Services"),
 )]
 #[x_kube(
     validation = Rule::new("self.isolation == 'Dedicated' ? !has(self.serverRef) : has(self.serverRef)").message("serverRef is required when isolation is Database or Schema, and not allowed when it is Dedicated").field_path(".serverRef"),
     validation = Rule::new("self.isolation != 'Schema' || self.engine == 'Postgres'").message("isolation Schema is only available for engine Postgres").field_path(".isolation"),
+    validation = Rule::new("self.engine == 'Postgres' || !has(self.credentials) || !has(self.credentials.format) || !('Pgpass' in self.credentials.format)").message("format Pgpass is only available for engine Postgres").field_path(".credentials.format"),
     validation = Rule::new("self.deletionPolicy != 'Snapshot' || has(self.backup)").message("deletionPolicy Snapshot needs backup to be configured").field_path(".deletionPolicy"),
 )]
 #[serde(rename_all = "camelCase")]

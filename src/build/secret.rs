@@ -7,8 +7,12 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use super::{Credentials, object_meta};
+use crate::api::Engine;
+use crate::api::common::CredentialFormat;
 use crate::controller::servicedatabase::validate::ValidatedDatabase;
 use crate::engine::Connection;
+use crate::engine::logins::Login;
+use crate::engine::tls::TlsMode;
 
 /// Component label of the service's credentials Secret.
 pub const COMPONENT_CREDENTIALS: &str = "credentials";
@@ -39,13 +43,14 @@ pub fn credentials(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerRef
     let port = db.port();
     let current = &creds.logins.current;
     let tls = db.server.as_ref().map(|server| &server.tls);
+    let tls_mode = tls.map(|t| t.mode).unwrap_or_default();
     let uri = db.engine_spec.uri(&Connection {
         host: &host,
         port,
         database: &db.database,
         username: &current.username,
         password: &current.password,
-        tls: tls.map(|t| t.mode).unwrap_or_default(),
+        tls: tls_mode,
     });
     let mut values = data([
         ("engine", db.engine.as_str().to_string()),
@@ -55,8 +60,9 @@ pub fn credentials(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerRef
         ("username", current.username.clone()),
         ("password", current.password.clone()),
         (db.engine_spec.customary_variable(), uri.clone()),
-        ("uri", uri),
+        ("uri", uri.clone()),
     ]);
+    values.extend(format_keys(db, current, tls_mode, &uri));
     for (key, value) in db.engine_spec.extra_secret_keys(&db.username) {
         values.insert(key.to_string(), ByteString(value.into_bytes()));
     }
@@ -95,6 +101,90 @@ pub fn credentials(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerRef
         data: Some(values),
         ..Default::default()
     }
+}
+
+/// The keys of `spec.credentials.format` beyond the common ones, all for the
+/// current login (`uri` is its connection URI): `jdbc-url` (Postgres, always),
+/// then those of each format asked for.
+fn format_keys(
+    db: &ValidatedDatabase,
+    current: &Login,
+    tls: TlsMode,
+    uri: &str,
+) -> BTreeMap<String, ByteString> {
+    let jdbc_url = || {
+        let sslmode = match tls {
+            TlsMode::Disable => "",
+            TlsMode::Require => "?sslmode=require",
+            TlsMode::VerifyFull => "?sslmode=verify-full",
+        };
+        format!(
+            "jdbc:postgresql://{}:{}/{}{sslmode}",
+            db.host(),
+            db.port(),
+            crate::engine::encode_userinfo(&db.database)
+        )
+    };
+    let mut keys: Vec<(&str, String)> = Vec::new();
+    if db.engine == Engine::Postgres {
+        keys.push(("jdbc-url", jdbc_url()));
+    }
+    for format in &db.credential_formats {
+        match (format, db.engine) {
+            (CredentialFormat::Default, _) => {}
+            (CredentialFormat::Spring, Engine::Postgres) => keys.extend([
+                ("SPRING_DATASOURCE_URL", jdbc_url()),
+                ("SPRING_DATASOURCE_USERNAME", current.username.clone()),
+                ("SPRING_DATASOURCE_PASSWORD", current.password.clone()),
+            ]),
+            (CredentialFormat::Spring, Engine::Redis) => {
+                keys.push(("SPRING_DATA_REDIS_URL", uri.to_string()))
+            }
+            (CredentialFormat::Spring, Engine::MongoDB) => {
+                keys.push(("SPRING_DATA_MONGODB_URI", uri.to_string()))
+            }
+            (CredentialFormat::ServiceBinding, engine) => {
+                let kind = match engine {
+                    Engine::Postgres => "postgresql",
+                    Engine::Redis => "redis",
+                    Engine::MongoDB => "mongodb",
+                };
+                keys.extend([("type", kind.to_string()), ("provider", "servicedb".into())]);
+                match (engine, tls) {
+                    (_, TlsMode::Disable) => {}
+                    (Engine::Postgres, TlsMode::Require) => {
+                        keys.push(("sslmode", "require".into()))
+                    }
+                    (Engine::Postgres, TlsMode::VerifyFull) => {
+                        keys.push(("sslmode", "verify-full".into()))
+                    }
+                    (Engine::Redis, _) => keys.push(("ssl", "true".into())),
+                    (Engine::MongoDB, _) => {}
+                }
+            }
+            // Refused by the CRD's schema for other engines.
+            (CredentialFormat::Pgpass, Engine::Postgres) => keys.push((
+                "pgpass",
+                format!(
+                    "{}:{}:{}:{}:{}\n",
+                    pgpass_field(&db.host()),
+                    db.port(),
+                    pgpass_field(&db.database),
+                    pgpass_field(&current.username),
+                    pgpass_field(&current.password),
+                ),
+            )),
+            (CredentialFormat::Pgpass, _) => {}
+        }
+    }
+    keys.into_iter()
+        .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+        .collect()
+}
+
+/// A field of a libpq password file line: `:` and `\` are escaped.
+fn pgpass_field(value: &str) -> String {
+    value.replace('\\', "\\\\").replace(':', "\\:")
 }
 
 fn data<const N: usize>(items: [(&str, String); N]) -> BTreeMap<String, ByteString> {

@@ -350,6 +350,7 @@ fn the_credentials_secret_has_every_key_and_an_encoded_uri() {
             "database",
             "engine",
             "host",
+            "jdbc-url",
             "password",
             "port",
             "uri",
@@ -596,6 +597,265 @@ fn a_server_reached_over_tls_gives_its_ca_to_the_service_and_to_the_backup_agent
         (items[0].key.as_str(), items[0].path.as_str()),
         ("ca.crt", "ca.crt")
     );
+}
+
+mod formats {
+    //! `spec.credentials.format`: every engine × format, on a dedicated
+    //! instance and on a shared server, always for the current login.
+    use super::*;
+    use crate::api::Engine;
+    use crate::controller::servicedatabase::dereference::ServerFacts;
+    use crate::engine::logins::{Login, Logins};
+    use crate::engine::tls::{TlsMode, TlsSettings};
+
+    fn fixture_of(engine: Engine) -> &'static str {
+        match engine {
+            Engine::Postgres => "sdb-orders.yaml",
+            Engine::Redis => "sdb-cart-redis.yaml",
+            Engine::MongoDB => "sdb-catalog-mongodb.yaml",
+        }
+    }
+
+    /// The credentials Secret of the engine's fixture with these formats;
+    /// on `server` (isolation `Database`) when given.
+    fn secret_with(
+        engine: Engine,
+        formats: &[&str],
+        server: Option<ServerFacts>,
+        logins: Option<Logins>,
+    ) -> Secret {
+        let mut sdb: ServiceDatabase = fixture(fixture_of(engine));
+        let mut spec = serde_json::to_value(&sdb.spec).unwrap();
+        spec["credentials"]["format"] = serde_json::json!(formats);
+        if server.is_some() {
+            spec["isolation"] = "Database".into();
+            spec["serverRef"] = serde_json::json!({"name": "shared"});
+            spec.as_object_mut().unwrap().remove("storage");
+        }
+        sdb.spec = serde_json::from_value(spec).unwrap();
+        let mut class = bare_class(engine);
+        class.spec.allowed_isolations = None;
+        let server = server.map(|s| ServerFacts { engine, ..s });
+        let db = validate(&sdb, &class, server.as_ref()).unwrap();
+        let mut creds = Credentials::single(&db, "admin", "pw:1\\x");
+        if let Some(logins) = logins {
+            creds.logins = logins;
+        }
+        let owner = sdb.controller_owner_ref(&()).unwrap();
+        children(&db, &creds, &facts(), &owner, None).credentials_secret
+    }
+
+    fn keys(s: &Secret) -> Vec<String> {
+        s.data.as_ref().unwrap().keys().cloned().collect()
+    }
+
+    const COMMON: [&str; 7] = [
+        "engine", "host", "port", "database", "username", "password", "uri",
+    ];
+
+    /// Keys beyond the common ones and the engine's own.
+    fn extra(s: &Secret) -> Vec<String> {
+        let own = ["DATABASE_URL", "REDIS_URL", "MONGODB_URI", "keyPrefix"];
+        let mut extra: Vec<String> = keys(s)
+            .into_iter()
+            .filter(|k| !COMMON.contains(&k.as_str()) && !own.contains(&k.as_str()))
+            .collect();
+        extra.sort();
+        extra
+    }
+
+    #[test]
+    fn the_format_defaults_to_default_when_unset() {
+        let spec: crate::api::common::CredentialsSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.format, [crate::api::common::CredentialFormat::Default]);
+    }
+
+    #[test]
+    fn every_engine_and_format_gives_its_keys_dedicated_and_shared() {
+        let shared = || ServerFacts {
+            host: "db.example.com".into(),
+            port: 7000,
+            ..ServerFacts::example()
+        };
+        for placement in [None, Some(shared())] {
+            let on = if placement.is_some() {
+                "shared"
+            } else {
+                "dedicated"
+            };
+            for engine in [Engine::Postgres, Engine::Redis, Engine::MongoDB] {
+                let default = secret_with(engine, &["Default"], placement.clone(), None);
+                for key in COMMON {
+                    assert!(
+                        keys(&default).contains(&key.to_string()),
+                        "{on} {engine:?}: {key}"
+                    );
+                }
+                let expected_default: &[&str] = match engine {
+                    Engine::Postgres => &["jdbc-url"],
+                    _ => &[],
+                };
+                assert_eq!(extra(&default), expected_default, "{on} {engine:?} Default");
+                let uri = secret(&default, "uri");
+                let host = secret(&default, "host");
+                let port = secret(&default, "port");
+                let database = secret(&default, "database");
+                if placement.is_some() {
+                    assert_eq!((host.as_str(), port.as_str()), ("db.example.com", "7000"));
+                }
+
+                let spring = secret_with(engine, &["Default", "Spring"], placement.clone(), None);
+                match engine {
+                    Engine::Postgres => {
+                        let jdbc = format!("jdbc:postgresql://{host}:{port}/{database}");
+                        assert_eq!(secret(&spring, "jdbc-url"), jdbc, "{on}");
+                        assert_eq!(secret(&spring, "SPRING_DATASOURCE_URL"), jdbc, "{on}");
+                        assert_eq!(
+                            secret(&spring, "SPRING_DATASOURCE_USERNAME"),
+                            secret(&spring, "username")
+                        );
+                        assert_eq!(secret(&spring, "SPRING_DATASOURCE_PASSWORD"), "pw:1\\x");
+                        assert_eq!(
+                            extra(&spring),
+                            [
+                                "SPRING_DATASOURCE_PASSWORD",
+                                "SPRING_DATASOURCE_URL",
+                                "SPRING_DATASOURCE_USERNAME",
+                                "jdbc-url"
+                            ]
+                        );
+                    }
+                    Engine::Redis => {
+                        assert_eq!(secret(&spring, "SPRING_DATA_REDIS_URL"), uri, "{on}");
+                        assert_eq!(extra(&spring), ["SPRING_DATA_REDIS_URL"]);
+                    }
+                    Engine::MongoDB => {
+                        assert_eq!(secret(&spring, "SPRING_DATA_MONGODB_URI"), uri, "{on}");
+                        assert_eq!(extra(&spring), ["SPRING_DATA_MONGODB_URI"]);
+                    }
+                }
+
+                let binding = secret_with(
+                    engine,
+                    &["Default", "ServiceBinding"],
+                    placement.clone(),
+                    None,
+                );
+                let kind = match engine {
+                    Engine::Postgres => "postgresql",
+                    Engine::Redis => "redis",
+                    Engine::MongoDB => "mongodb",
+                };
+                assert_eq!(secret(&binding, "type"), kind, "{on}");
+                assert_eq!(secret(&binding, "provider"), "servicedb");
+                for key in ["host", "port", "database", "username", "password", "uri"] {
+                    assert_eq!(secret(&binding, key), secret(&default, key), "{on} {key}");
+                }
+                let mut with_binding = expected_default.to_vec();
+                with_binding.extend(["provider", "type"]);
+                with_binding.sort();
+                assert_eq!(extra(&binding), with_binding, "{on} {engine:?}");
+
+                if engine == Engine::Postgres {
+                    let all = secret_with(
+                        engine,
+                        &["Default", "Spring", "ServiceBinding", "Pgpass"],
+                        placement.clone(),
+                        None,
+                    );
+                    assert_eq!(
+                        secret(&all, "pgpass"),
+                        format!(
+                            "{host}:{port}:{database}:{}:pw\\:1\\\\x\n",
+                            secret(&all, "username")
+                        ),
+                        "{on}: ':' and '\\' are escaped"
+                    );
+                    assert_eq!(extra(&all).len(), 7, "{:?}", extra(&all));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn formats_follow_the_current_login_while_a_rotation_keeps_the_other_one_apart() {
+        let logins = Logins {
+            current: Login::new("orders_b", "new-pw"),
+            next: None,
+            previous: Some(Login::new("orders", "old-pw")),
+        };
+        let s = secret_with(
+            Engine::Postgres,
+            &["Default", "Spring", "ServiceBinding", "Pgpass"],
+            None,
+            Some(logins),
+        );
+        assert_eq!(secret(&s, "username"), "orders_b");
+        assert_eq!(secret(&s, "SPRING_DATASOURCE_USERNAME"), "orders_b");
+        assert_eq!(secret(&s, "SPRING_DATASOURCE_PASSWORD"), "new-pw");
+        assert_eq!(
+            secret(&s, "pgpass"),
+            "orders-db.shop.svc:5432:orders:orders_b:new-pw\n"
+        );
+        assert_eq!(secret(&s, "previous-username"), "orders");
+        assert_eq!(secret(&s, "previous-password"), "old-pw");
+        let values: Vec<String> = s
+            .data
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !k.starts_with("previous-"))
+            .map(|(_, v)| String::from_utf8(v.0.clone()).unwrap())
+            .collect();
+        assert!(
+            values.iter().all(|v| !v.contains("old-pw")),
+            "only previous-* carries the replaced login"
+        );
+
+        let next = Logins {
+            current: Login::new("cart", "now"),
+            next: Some(Login::new("cart", "soon")),
+            previous: None,
+        };
+        let s = secret_with(Engine::Redis, &["Default", "Spring"], None, Some(next));
+        assert!(secret(&s, "SPRING_DATA_REDIS_URL").contains(":now@"));
+        assert_eq!(secret(&s, "next-password"), "soon");
+    }
+
+    #[test]
+    fn over_tls_the_jdbc_url_and_the_binding_ask_for_it() {
+        let tls = |mode| ServerFacts {
+            tls: TlsSettings { mode, ca_pem: None },
+            ..ServerFacts::example()
+        };
+        let pg = secret_with(
+            Engine::Postgres,
+            &["Default", "Spring", "ServiceBinding"],
+            Some(tls(TlsMode::VerifyFull)),
+            None,
+        );
+        assert!(secret(&pg, "jdbc-url").ends_with("?sslmode=verify-full"));
+        assert_eq!(
+            secret(&pg, "SPRING_DATASOURCE_URL"),
+            secret(&pg, "jdbc-url")
+        );
+        assert_eq!(secret(&pg, "sslmode"), "verify-full");
+        let pg = secret_with(
+            Engine::Postgres,
+            &["Default", "ServiceBinding"],
+            Some(tls(TlsMode::Require)),
+            None,
+        );
+        assert_eq!(secret(&pg, "sslmode"), "require");
+        let redis = secret_with(
+            Engine::Redis,
+            &["Default", "Spring", "ServiceBinding"],
+            Some(tls(TlsMode::Require)),
+            None,
+        );
+        assert_eq!(secret(&redis, "ssl"), "true");
+        assert!(secret(&redis, "SPRING_DATA_REDIS_URL").starts_with("rediss://"));
+    }
 }
 
 mod backups {

@@ -95,6 +95,9 @@ pub fn compute(backup: &DatabaseBackup, input: &Input<'_>, now: &Time) -> Databa
                 .or_else(|| input.target.map(|t| format!("{}/{name}", t.url)))
                 .or(status.location.clone());
             status.size_bytes = report.size_bytes;
+            status.size = report
+                .size_bytes
+                .map(crate::api::database_backup::human_size);
             status.checksum = report.checksum.clone();
             let message = match (&status.location, report.size_bytes) {
                 (Some(location), Some(size)) => format!("{size} bytes stored at {location}"),

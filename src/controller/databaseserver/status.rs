@@ -90,6 +90,7 @@ pub fn compute(
         conditions: merge(&previous.conditions, &observed, generation, now),
         server_version,
         databases: Some(databases),
+        mode: Some(crate::api::database_server::ServerMode::of(&server.spec)),
     }
 }
 

@@ -66,6 +66,8 @@ pub struct ValidatedDatabase {
     pub rotate_every: Option<std::time::Duration>,
     /// How long a replaced login keeps working.
     pub grace_period: std::time::Duration,
+    /// `spec.credentials.format`: the key sets of the credentials Secret.
+    pub credential_formats: Vec<crate::api::common::CredentialFormat>,
     /// Scheduled backups; `None` when `spec.backup` is unset.
     pub backup: Option<ValidatedBackup>,
     /// The `DatabaseBackup` to restore into a new database.
@@ -424,6 +426,7 @@ pub fn validate(
         server: shared,
         rotate_every,
         grace_period,
+        credential_formats: credentials.format.clone(),
         backup,
         restore_from: spec
             .bootstrap

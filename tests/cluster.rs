@@ -1,0 +1,602 @@
+//! The real-cluster tier: servicedb on a Kubernetes whose kubelet runs the
+//! pods (`hack/cluster`, `make cluster-e2e`). Nothing here plays a
+//! controller: the database pods start from the operator's StatefulSet, are
+//! `Ready` by their own readiness probes, and the NetworkPolicy is enforced
+//! by kube-router: a pod without the owner's label, or with it in another
+//! namespace, is refused even with the password.
+//!
+//! The tests need `SERVICEDB_CLUSTER_KUBECONFIG`, the admin kubeconfig of
+//! such a cluster with the images of `hack/cluster/images.sh` imported
+//! (`postgres:17`, `redis:8.0` and the operator image the database pods copy
+//! the instance manager from). The operator itself runs from the host (this
+//! build's binary), as `make run` does against a cluster.
+
+#[path = "e2e/harness.rs"]
+#[allow(dead_code)] // shared with tests/e2e, which uses all of it
+mod harness;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use harness::{
+    OPERATOR_NS, Operator, apply_manifest, ensure_namespace, example, install_crds, wait_for,
+};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use kube::api::{DeleteParams, LogParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+use serde_json::json;
+use servicedb::api::ServiceDatabase;
+
+const KUBECONFIG_VAR: &str = "SERVICEDB_CLUSTER_KUBECONFIG";
+
+fn kubeconfig_path() -> String {
+    std::env::var(KUBECONFIG_VAR).unwrap_or_else(|_| {
+        panic!(
+            "the real-cluster tests need {KUBECONFIG_VAR}: the kubeconfig of a cluster that runs pods \
+             (make cluster-e2e brings one up with hack/cluster/up.sh)"
+        )
+    })
+}
+
+async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    Client::try_from(config).expect("building a client")
+}
+
+/// One operator at a time: each test starts its own.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One test's namespace (Pod Security `restricted` enforced) and operator.
+struct World {
+    client: Client,
+    ns: String,
+    /// Other namespaces the test made (deleted with `ns`).
+    others: Vec<String>,
+    operator: Operator,
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl World {
+    // Each #[tokio::test] has its own runtime: the guard serialises whole tests.
+    #[allow(clippy::await_holding_lock)]
+    async fn new(test: &str) -> World {
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let client = client().await;
+        install_crds(&client).await;
+        ensure_namespace(&client, OPERATOR_NS).await;
+        let suffix = format!("{:x}", std::process::id() ^ (clock_bits() & 0xffff));
+        let ns = format!("cluster-{test}-{suffix}");
+        create_restricted_namespace(&client, &ns).await;
+        apply_manifest(&client, &ns, &example("00-databaseclasses.yaml")).await;
+        let operator = Operator::start_with_env(test, &[("KUBECONFIG", &kubeconfig_path())]);
+        World {
+            client,
+            ns,
+            others: vec![],
+            operator,
+            _serial: serial,
+        }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Another namespace holding a copy of the Secret `secret`: a neighbour
+    /// that knows the password.
+    async fn neighbour_with_secret(&mut self, secret: &str) -> String {
+        let other = format!("{}-neighbour", self.ns);
+        create_restricted_namespace(&self.client, &other).await;
+        let data = self
+            .api::<Secret>()
+            .get(secret)
+            .await
+            .expect("reading the credentials Secret")
+            .data;
+        let copy = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(secret.to_string()),
+                ..Default::default()
+            },
+            data,
+            ..Default::default()
+        };
+        Api::<Secret>::namespaced(self.client.clone(), &other)
+            .create(&PostParams::default(), &copy)
+            .await
+            .expect("copying the Secret to the neighbour");
+        self.others.push(other.clone());
+        other
+    }
+
+    /// Stops the operator and deletes the namespaces (not waiting for it).
+    async fn finish(mut self) {
+        self.operator.stop();
+        for ns in std::iter::once(&self.ns).chain(&self.others) {
+            let _ = Api::<Namespace>::all(self.client.clone())
+                .delete(ns, &DeleteParams::default())
+                .await;
+        }
+    }
+}
+
+async fn create_restricted_namespace(client: &Client, ns: &str) {
+    let namespace: Namespace = serde_json::from_value(json!({
+        "metadata": {
+            "name": ns,
+            "labels": {"pod-security.kubernetes.io/enforce": "restricted"}
+        }
+    }))
+    .expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
+}
+
+fn clock_bits() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+        .unwrap_or(0)
+}
+
+/// Creates a ServiceDatabase owned by the pods labelled `app: <owner>`.
+async fn create_database(world: &World, name: &str, spec: serde_json::Value) {
+    let sdb: ServiceDatabase = serde_json::from_value(json!({
+        "apiVersion": "servicedb.dev/v1alpha1",
+        "kind": "ServiceDatabase",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("ServiceDatabase");
+    world
+        .api::<ServiceDatabase>()
+        .create(&PostParams::default(), &sdb)
+        .await
+        .unwrap_or_else(|e| panic!("creating ServiceDatabase {name}: {e}"));
+}
+
+fn condition(sdb: &ServiceDatabase, type_: &str) -> Option<(String, String, String)> {
+    sdb.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until the ServiceDatabase is `Ready`; on time-out, says what its
+/// status and its database pod last showed.
+async fn wait_ready(world: &World, name: &str) -> ServiceDatabase {
+    let api = world.api::<ServiceDatabase>();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let sdb = api.get(name).await.expect("reading the ServiceDatabase");
+        if condition(&sdb, "Ready").is_some_and(|(status, _, _)| status == "True") {
+            return sdb;
+        }
+        if tokio::time::Instant::now() > deadline {
+            let pods = world.api::<Pod>().list(&Default::default()).await.ok();
+            let pod_states: Vec<String> = pods
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}: {:?}",
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.status
+                    )
+                })
+                .collect();
+            panic!(
+                "ServiceDatabase {name} not Ready after 240s; status: {:?}\npods: {pod_states:#?}\noperator log: {}",
+                sdb.status,
+                world.operator.log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The database pod is really running and ready: the kubelet's probes say so.
+async fn assert_pod_ready(world: &World, sdb_name: &str) {
+    let sts: Vec<StatefulSet> = world
+        .api::<StatefulSet>()
+        .list(&Default::default())
+        .await
+        .expect("listing StatefulSets")
+        .items;
+    assert_eq!(sts.len(), 1, "one StatefulSet for {sdb_name}");
+    let sts_name = sts[0].metadata.name.clone().unwrap_or_default();
+    let pod = world
+        .api::<Pod>()
+        .get(&format!("{sts_name}-0"))
+        .await
+        .expect("the database pod");
+    let status = pod.status.unwrap_or_default();
+    assert_eq!(
+        status.phase.as_deref(),
+        Some("Running"),
+        "database pod phase"
+    );
+    let database = status
+        .container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == "database")
+        .expect("the database container's status");
+    assert!(database.ready, "the database container is ready");
+    assert!(
+        database.state.and_then(|s| s.running).is_some(),
+        "the database container runs"
+    );
+}
+
+/// A client pod: `image` runs `script` (sh) with the Secret `secret` as its
+/// environment and nothing else, under the `restricted` Pod Security
+/// Standard. Returns its exit code and log once it has ended.
+async fn run_client(
+    world: &World,
+    ns: &str,
+    name: &str,
+    labels: BTreeMap<&str, &str>,
+    image: &str,
+    secret: &str,
+    script: &str,
+) -> (i32, String) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": false,
+            "securityContext": {
+                "runAsNonRoot": true, "runAsUser": 999, "runAsGroup": 999,
+                "seccompProfile": {"type": "RuntimeDefault"}
+            },
+            "containers": [{
+                "name": "client",
+                "image": image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", script],
+                "envFrom": [{"secretRef": {"name": secret}}],
+                "env": [{"name": "HOME", "value": "/tmp"}],
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                    "readOnlyRootFilesystem": true
+                },
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]
+            }],
+            "volumes": [{"name": "tmp", "emptyDir": {}}]
+        }
+    }))
+    .expect("client pod");
+    let pods: Api<Pod> = Api::namespaced(world.client.clone(), ns);
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("creating pod {name}: {e}"));
+    let ended = wait_for(
+        &format!("client pod {name} to end"),
+        Duration::from_secs(120),
+        || async {
+            let pod = pods.get(name).await.ok()?;
+            let status = pod.status?;
+            let terminated = status
+                .container_statuses?
+                .into_iter()
+                .find(|c| c.name == "client")?
+                .state?
+                .terminated?;
+            matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")).then_some(terminated)
+        },
+    )
+    .await;
+    let log = pods
+        .logs(name, &LogParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("reading the log of pod {name}: {e}"));
+    (ended.exit_code, log)
+}
+
+/// The first connection of a new owner pod is retried for a while:
+/// kube-router admits a pod's address a second or two after it starts.
+const OWNER_RETRIES: u32 = 20;
+/// A pod that is not the owner tries for longer than that, so that a policy
+/// that let it in would be seen.
+const INTRUDER_TRIES: u32 = 12;
+
+#[tokio::test]
+async fn dedicated_postgres_runs_and_admits_only_its_owner() {
+    let mut world = World::new("postgres").await;
+    create_database(
+        &world,
+        "orders",
+        json!({
+            "engine": "Postgres",
+            "version": "17",
+            "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
+            "storage": {"size": "1Gi"},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    let sdb = wait_ready(&world, "orders").await;
+    assert_eq!(
+        sdb.status.as_ref().and_then(|s| s.version.as_deref()),
+        Some("17")
+    );
+    assert_pod_ready(&world, "orders").await;
+    let secret = sdb
+        .status
+        .and_then(|s| s.credentials_secret)
+        .expect("the status names the credentials Secret");
+
+    // The owner: psql with the Secret's DATABASE_URL only.
+    let owner_script = format!(
+        r#"export PGCONNECT_TIMEOUT=3
+for i in $(seq {OWNER_RETRIES}); do
+  psql "$DATABASE_URL" -c 'select 1' >/dev/null 2>&1 && break
+  sleep 1
+done
+psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At \
+  -c "create table orders (id int primary key, item text)" \
+  -c "insert into orders values (1, 'written by the owner')" \
+  -c "select item from orders where id = 1""#
+    );
+    let (code, log) = run_client(
+        &world,
+        &world.ns,
+        "owner",
+        BTreeMap::from([("app", "orders")]),
+        "docker.io/library/postgres:17",
+        &secret,
+        &owner_script,
+    )
+    .await;
+    assert_eq!(code, 0, "the owner's pod wrote and read; its log:\n{log}");
+    assert!(
+        log.lines().any(|l| l == "written by the owner"),
+        "the owner read its row back; its log:\n{log}"
+    );
+
+    // Same namespace, same Secret, another label: refused by the network.
+    let intruder_script = format!(
+        r#"export PGCONNECT_TIMEOUT=3
+getent hosts "$host" >/dev/null || {{ echo "no DNS for $host"; exit 2; }}
+for i in $(seq {INTRUDER_TRIES}); do
+  if psql "$DATABASE_URL" -At -c 'select 1' >/dev/null 2>&1; then echo CONNECTED; exit 0; fi
+  sleep 1
+done
+echo REFUSED; exit 3"#
+    );
+    let (code, log) = run_client(
+        &world,
+        &world.ns,
+        "intruder",
+        BTreeMap::from([("app", "not-orders")]),
+        "docker.io/library/postgres:17",
+        &secret,
+        &intruder_script,
+    )
+    .await;
+    assert_eq!(
+        (code, log.trim()),
+        (3, "REFUSED"),
+        "a pod without the owner label must not reach the database"
+    );
+
+    // Another namespace, the owner's label and the password: refused too.
+    let neighbour = world.neighbour_with_secret(&secret).await;
+    let (code, log) = run_client(
+        &world,
+        &neighbour,
+        "intruder",
+        BTreeMap::from([("app", "orders")]),
+        "docker.io/library/postgres:17",
+        &secret,
+        &intruder_script,
+    )
+    .await;
+    assert_eq!(
+        (code, log.trim()),
+        (3, "REFUSED"),
+        "a pod in another namespace must not reach the database, whatever its labels"
+    );
+    world.finish().await;
+}
+
+#[tokio::test]
+async fn dedicated_redis_runs_and_admits_only_its_owner() {
+    let mut world = World::new("redis").await;
+    create_database(
+        &world,
+        "cart",
+        json!({
+            "engine": "Redis",
+            "version": "8.0",
+            "owner": {"podSelector": {"matchLabels": {"app": "cart"}}},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    let sdb = wait_ready(&world, "cart").await;
+    assert_eq!(
+        sdb.status.as_ref().and_then(|s| s.version.as_deref()),
+        Some("8.0")
+    );
+    assert_pod_ready(&world, "cart").await;
+    let secret = sdb
+        .status
+        .and_then(|s| s.credentials_secret)
+        .expect("the status names the credentials Secret");
+
+    // The owner: redis-cli with the Secret's REDIS_URL and keyPrefix only.
+    let owner_script = format!(
+        r#"cli() {{ timeout 5 redis-cli --no-auth-warning -u "$REDIS_URL" "$@"; }}
+for i in $(seq {OWNER_RETRIES}); do
+  [ "$(cli PING 2>/dev/null)" = PONG ] && break
+  sleep 1
+done
+cli SET "${{keyPrefix}}basket" 'written by the owner'
+cli GET "${{keyPrefix}}basket""#
+    );
+    let (code, log) = run_client(
+        &world,
+        &world.ns,
+        "owner",
+        BTreeMap::from([("app", "cart")]),
+        "docker.io/library/redis:8.0",
+        &secret,
+        &owner_script,
+    )
+    .await;
+    assert_eq!(code, 0, "the owner's pod ran; its log:\n{log}");
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        ["OK", "written by the owner"],
+        "the owner wrote and read its key; its log:\n{log}"
+    );
+
+    let intruder_script = format!(
+        r#"getent hosts "$host" >/dev/null || {{ echo "no DNS for $host"; exit 2; }}
+for i in $(seq {INTRUDER_TRIES}); do
+  if [ "$(timeout 3 redis-cli --no-auth-warning -u "$REDIS_URL" PING 2>/dev/null)" = PONG ]; then echo CONNECTED; exit 0; fi
+  sleep 1
+done
+echo REFUSED; exit 3"#
+    );
+    let (code, log) = run_client(
+        &world,
+        &world.ns,
+        "intruder",
+        BTreeMap::from([("app", "not-cart")]),
+        "docker.io/library/redis:8.0",
+        &secret,
+        &intruder_script,
+    )
+    .await;
+    assert_eq!(
+        (code, log.trim()),
+        (3, "REFUSED"),
+        "a pod without the owner label must not reach the database"
+    );
+
+    // Another namespace, the owner's label and the password: refused too.
+    let neighbour = world.neighbour_with_secret(&secret).await;
+    let (code, log) = run_client(
+        &world,
+        &neighbour,
+        "intruder",
+        BTreeMap::from([("app", "cart")]),
+        "docker.io/library/redis:8.0",
+        &secret,
+        &intruder_script,
+    )
+    .await;
+    assert_eq!(
+        (code, log.trim()),
+        (3, "REFUSED"),
+        "a pod in another namespace must not reach the database, whatever its labels"
+    );
+    world.finish().await;
+}
+
+/// Runs `sh -c script` on the host and returns its stdout.
+fn sh(script: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .expect("running sh");
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// The value of the last `INSTRUCTION ...` line of the Dockerfile.
+fn dockerfile_last(dockerfile: &str, instruction: &str) -> String {
+    dockerfile
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{instruction} ")))
+        .unwrap_or_else(|| panic!("the Dockerfile has no {instruction}"))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn the_operator_image_is_what_the_dockerfile_describes() {
+    // The archive `hack/cluster/images.sh --operator` built (make cluster-e2e sets it).
+    let archive = std::env::var("SERVICEDB_OPERATOR_IMAGE_ARCHIVE").unwrap_or_else(|_| {
+        panic!("SERVICEDB_OPERATOR_IMAGE_ARCHIVE: the operator image archive of hack/cluster/images.sh (make cluster-e2e)")
+    });
+    let dockerfile = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Dockerfile"))
+        .expect("reading the Dockerfile");
+    let blob = |digest: &str| -> serde_json::Value {
+        let digest = digest.trim_start_matches("sha256:");
+        serde_json::from_str(&sh(&format!("tar -xOf '{archive}' blobs/sha256/{digest}")))
+            .expect("an OCI JSON blob")
+    };
+    let index: serde_json::Value =
+        serde_json::from_str(&sh(&format!("tar -xOf '{archive}' index.json"))).expect("index.json");
+    assert_eq!(
+        index["manifests"][0]["annotations"]["io.containerd.image.name"],
+        "ghcr.io/servicedb/servicedb:0.1.0",
+        "the image carries the name the operator's --image defaults to"
+    );
+    let manifest = blob(
+        index["manifests"][0]["digest"]
+            .as_str()
+            .expect("manifest digest"),
+    );
+    let config = blob(
+        manifest["config"]["digest"]
+            .as_str()
+            .expect("config digest"),
+    );
+    let config = &config["config"];
+
+    // USER, ENTRYPOINT and CMD of the Dockerfile's final stage.
+    assert_eq!(config["User"], dockerfile_last(&dockerfile, "USER"));
+    let entrypoint: serde_json::Value =
+        serde_json::from_str(&dockerfile_last(&dockerfile, "ENTRYPOINT")).expect("ENTRYPOINT");
+    assert_eq!(config["Entrypoint"], entrypoint);
+    let cmd: serde_json::Value =
+        serde_json::from_str(&dockerfile_last(&dockerfile, "CMD")).expect("CMD");
+    assert_eq!(config["Cmd"], cmd);
+
+    // The binary where the final COPY puts it, with its mode.
+    let copy = dockerfile_last(&dockerfile, "COPY");
+    let target = copy.split_whitespace().last().expect("COPY target");
+    let mode = copy
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("--chmod="))
+        .expect("COPY --chmod");
+    assert_eq!(mode, "0555");
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer digest")
+        .trim_start_matches("sha256:");
+    let listing = sh(&format!(
+        "tar -xOf '{archive}' blobs/sha256/{layer} | tar -tvf - .{target}"
+    ));
+    assert!(
+        listing.starts_with("-r-xr-xr-x "),
+        "{target} in the image is mode 0555: {listing}"
+    );
+    // ENTRYPOINT runs the binary the COPY put there.
+    assert_eq!(entrypoint[0], target);
+}

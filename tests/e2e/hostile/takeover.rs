@@ -487,3 +487,79 @@ async fn an_existing_mongodb_database_is_never_adopted_or_dropped() {
     delete_and_wait(&env.api(), "admin").await;
     untouched().await;
 }
+
+/// The names of the databases on the server.
+async fn mongo_databases(root: &mongodb::Client) -> Vec<String> {
+    root.list_database_names().await.expect("listDatabases")
+}
+
+/// A fresh MongoDB service claims its database in `servicedb.claims` under
+/// its UID, and its `deletionPolicy: Delete` drops that database, with what
+/// was written in it, and releases the claim. FerretDB refuses the
+/// `readWrite` grant servicedb gives the service's user (v1 has no roles),
+/// so the service is never Ready here: its Secret's URI is checked against
+/// FerretDB by the engine tests (tests/instance_mongodb.rs) only.
+#[tokio::test]
+async fn a_mongodb_claim_is_recorded_and_released_with_the_database() {
+    let env = Env::new("takeover-mongo-claim").await;
+    let mongo = FerretDb::start();
+    server_of(
+        &env,
+        "docs",
+        "MongoDB",
+        mongo.port,
+        "root",
+        &mongo.root_password,
+        json!({"from": "Same"}),
+    )
+    .await;
+    let name = login_of(&env.ns, "fresh");
+    let root = mongo_root(&mongo);
+    place(
+        &env.client,
+        &env.ns,
+        "fresh",
+        json!({"engine": "MongoDB", "isolation": "Database", "deletionPolicy": "Delete",
+               "serverRef": {"name": "docs"}}),
+    )
+    .await;
+    let api: Api<ServiceDatabase> = env.api();
+    let uid = api
+        .get("fresh")
+        .await
+        .expect("get")
+        .metadata
+        .uid
+        .expect("uid");
+    let claim = wait_for(
+        "the service's claim on its database",
+        Duration::from_secs(60),
+        || async { mongo_claim(&root, &name).await },
+    )
+    .await;
+    assert_eq!(claim.get_str("uid"), Ok(uid.as_str()), "{claim}");
+    assert_eq!(
+        claim.get_str("serviceDatabase"),
+        Ok(format!("{}/fresh", env.ns).as_str()),
+        "{claim}"
+    );
+    // The service's data (written by root: FerretDB gives the service no
+    // user).
+    root.database(&name)
+        .collection::<Document>("items")
+        .insert_one(doc! {"n": 1})
+        .await
+        .expect("insert");
+    assert!(mongo_databases(&root).await.contains(&name));
+
+    delete_and_wait(&api, "fresh").await;
+    assert!(
+        !mongo_databases(&root).await.contains(&name),
+        "the service's database was not dropped"
+    );
+    assert_eq!(
+        mongo_claim(&root, &name).await,
+        None,
+        "the claim was not released"
+    );
+}

@@ -9,6 +9,9 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../agent_common/ferretdb.rs"]
+#[allow(dead_code)] // shared with the agent tests, which use all of it
+mod ferretdb;
 mod harness;
 #[path = "../agent_common/s3.rs"]
 #[allow(dead_code)] // shared with the agent tests, which use all of it

@@ -7,10 +7,13 @@ use k8s_openapi::api::core::v1::{Event, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
+use mongodb::bson::{Document, doc};
 use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
+use servicedb::engine::mongodb_users::{self, CLAIMS_DATABASE, Login, UserSpec};
 
 use crate::dedicated::{get_when, secret_value, wait_phase};
+use crate::ferretdb::FerretDb;
 use crate::harness::{Env, ensure_namespace, wait_for};
 use crate::rotation::{place, reconciled_in, request_rotation, secret_when};
 use crate::servers::{Postgres, Redis};
@@ -377,4 +380,186 @@ async fn an_existing_redis_user_is_never_adopted_or_removed() {
         .await
         .expect("reads");
     assert_eq!(value, "v");
+}
+
+/// FerretDB's `root`, as the DatabaseServer's admin Secret names it.
+fn mongo_root(mongo: &FerretDb) -> mongodb::Client {
+    let login = Login {
+        source: "admin",
+        user: "root",
+        password: &mongo.root_password,
+    };
+    mongodb_users::direct_client("127.0.0.1", mongo.port, Some(login), Duration::from_secs(5))
+        .expect("client")
+}
+
+/// The documents of `collection` in `database`, read as `user` (a user of
+/// `database`, SCRAM-SHA-256 as servicedb's Secrets name it).
+async fn mongo_documents(
+    port: u16,
+    user: &str,
+    password: &str,
+    database: &str,
+    collection: &str,
+) -> Result<Vec<Document>, mongodb::error::Error> {
+    use futures::TryStreamExt;
+    let uri = format!(
+        "mongodb://{user}:{password}@127.0.0.1:{port}/{database}?authSource={database}\
+         &authMechanism=SCRAM-SHA-256&directConnection=true"
+    );
+    let client = mongodb::Client::with_uri_str(&uri).await?;
+    client
+        .database(database)
+        .collection::<Document>(collection)
+        .find(doc! {})
+        .await?
+        .try_collect()
+        .await
+}
+
+/// servicedb's claim on `database`, if any (its own `servicedb.claims`).
+async fn mongo_claim(root: &mongodb::Client, database: &str) -> Option<Document> {
+    root.database(CLAIMS_DATABASE)
+        .collection::<Document>("claims")
+        .find_one(doc! {"_id": database})
+        .await
+        .expect("read the claims")
+}
+
+/// A MongoDB database, with a document and a user of its own, that exists
+/// under the name servicedb would give `platform/admin` is refused,
+/// untouched, and untouched again after the ServiceDatabase's
+/// `deletionPolicy: Delete` (FerretDB stands in for mongod).
+#[tokio::test]
+async fn an_existing_mongodb_database_is_never_adopted_or_dropped() {
+    let env = Env::new("takeover-mongo").await;
+    let mongo = FerretDb::start();
+    server_of(
+        &env,
+        "docs",
+        "MongoDB",
+        mongo.port,
+        "root",
+        &mongo.root_password,
+        json!({"from": "Same"}),
+    )
+    .await;
+    let name = login_of(&env.ns, "admin");
+    let password = "theirs-Pw-1";
+    let root = mongo_root(&mongo);
+    root.database(&name)
+        .collection::<Document>("accounts")
+        .insert_one(doc! {"_id": 1, "owner": "theirs"})
+        .await
+        .expect("pre-create the database with a document");
+    // FerretDB v1 refuses roles: the user has none (it needs none there).
+    let theirs = UserSpec {
+        roles: Vec::new(),
+        ..UserSpec::service(&name, &name, password)
+    };
+    root.database(&name)
+        .run_command(theirs.create_command())
+        .await
+        .expect("pre-create the user");
+
+    place(
+        &env.client,
+        &env.ns,
+        "admin",
+        json!({"engine": "MongoDB", "isolation": "Database", "deletionPolicy": "Delete",
+               "serverRef": {"name": "docs"}}),
+    )
+    .await;
+    assert_refused(&env, "admin", &format!("database {name}")).await;
+    let untouched = async || {
+        let documents = mongo_documents(mongo.port, &name, password, &name, "accounts")
+            .await
+            .expect("the existing user still logs in with its own password and reads");
+        assert_eq!(documents, [doc! {"_id": 1, "owner": "theirs"}]);
+        assert_eq!(
+            mongo_claim(&root, &name).await,
+            None,
+            "servicedb claimed it"
+        );
+    };
+    untouched().await;
+
+    delete_and_wait(&env.api(), "admin").await;
+    untouched().await;
+}
+
+/// The names of the databases on the server.
+async fn mongo_databases(root: &mongodb::Client) -> Vec<String> {
+    root.list_database_names().await.expect("listDatabases")
+}
+
+/// A fresh MongoDB service claims its database in `servicedb.claims` under
+/// its UID, and its `deletionPolicy: Delete` drops that database, with what
+/// was written in it, and releases the claim. FerretDB refuses the
+/// `readWrite` grant servicedb gives the service's user (v1 has no roles),
+/// so the service is never Ready here: its Secret's URI is checked against
+/// FerretDB by the engine tests (tests/instance_mongodb.rs) only.
+#[tokio::test]
+async fn a_mongodb_claim_is_recorded_and_released_with_the_database() {
+    let env = Env::new("takeover-mongo-claim").await;
+    let mongo = FerretDb::start();
+    server_of(
+        &env,
+        "docs",
+        "MongoDB",
+        mongo.port,
+        "root",
+        &mongo.root_password,
+        json!({"from": "Same"}),
+    )
+    .await;
+    let name = login_of(&env.ns, "fresh");
+    let root = mongo_root(&mongo);
+    place(
+        &env.client,
+        &env.ns,
+        "fresh",
+        json!({"engine": "MongoDB", "isolation": "Database", "deletionPolicy": "Delete",
+               "serverRef": {"name": "docs"}}),
+    )
+    .await;
+    let api: Api<ServiceDatabase> = env.api();
+    let uid = api
+        .get("fresh")
+        .await
+        .expect("get")
+        .metadata
+        .uid
+        .expect("uid");
+    let claim = wait_for(
+        "the service's claim on its database",
+        Duration::from_secs(60),
+        || async { mongo_claim(&root, &name).await },
+    )
+    .await;
+    assert_eq!(claim.get_str("uid"), Ok(uid.as_str()), "{claim}");
+    assert_eq!(
+        claim.get_str("serviceDatabase"),
+        Ok(format!("{}/fresh", env.ns).as_str()),
+        "{claim}"
+    );
+    // The service's data (written by root: FerretDB gives the service no
+    // user).
+    root.database(&name)
+        .collection::<Document>("items")
+        .insert_one(doc! {"n": 1})
+        .await
+        .expect("insert");
+    assert!(mongo_databases(&root).await.contains(&name));
+
+    delete_and_wait(&api, "fresh").await;
+    assert!(
+        !mongo_databases(&root).await.contains(&name),
+        "the service's database was not dropped"
+    );
+    assert_eq!(
+        mongo_claim(&root, &name).await,
+        None,
+        "the claim was not released"
+    );
 }

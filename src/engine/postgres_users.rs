@@ -1121,29 +1121,15 @@ async fn check_database(
     owner: &str,
     owner_found: Found,
 ) -> Result<Found, UserError> {
-    let row = client
-        .query_opt(
-            "SELECT shobj_description(oid, 'pg_database'), pg_get_userbyid(datdba)::text \
-             FROM pg_database WHERE datname = $1",
-            &[&database],
-        )
-        .await
-        .map_err(database_error("look up database"))?;
-    let Some(row) = row else {
-        return Ok(Found::Missing);
+    const QUERY: &str = "SELECT shobj_description(oid, 'pg_database'), pg_get_userbyid(datdba)::text \
+                         FROM pg_database WHERE datname = $1";
+    let object = Object {
+        kind: "database",
+        query: QUERY,
+        look_up: "look up database",
+        read: "read database",
     };
-    let read = database_error("read database");
-    let comment: Option<String> = row.try_get(0).map_err(read)?;
-    let found_owner: String = row.try_get(1).map_err(read)?;
-    owned(
-        marker,
-        "database",
-        database,
-        comment,
-        &found_owner,
-        owner,
-        owner_found,
-    )
+    check_owned(client, marker, &object, database, owner, owner_found).await
 }
 
 /// [`check_database`] for the service's schema in the shared database.
@@ -1153,24 +1139,50 @@ async fn check_schema(
     owner: &str,
     owner_found: Found,
 ) -> Result<Found, UserError> {
-    let row = shared
-        .query_opt(
-            "SELECT obj_description(oid, 'pg_namespace'), pg_get_userbyid(nspowner)::text \
-             FROM pg_namespace WHERE nspname = $1",
-            &[&owner],
-        )
+    const QUERY: &str = "SELECT obj_description(oid, 'pg_namespace'), pg_get_userbyid(nspowner)::text \
+                         FROM pg_namespace WHERE nspname = $1";
+    let object = Object {
+        kind: "schema",
+        query: QUERY,
+        look_up: "look up schema",
+        read: "read schema",
+    };
+    check_owned(shared, marker, &object, owner, owner, owner_found).await
+}
+
+/// A kind of object that carries a marker and an owner: how to read both.
+struct Object {
+    kind: &'static str,
+    /// Returns the comment and the owner's name of the object named `$1`.
+    query: &'static str,
+    look_up: &'static str,
+    read: &'static str,
+}
+
+/// Reads the comment and the owner of the `object` named `name`, and says
+/// whether it is the service's ([`owned`]).
+async fn check_owned(
+    client: &Client,
+    marker: &Marker,
+    object: &Object,
+    name: &str,
+    owner: &str,
+    owner_found: Found,
+) -> Result<Found, UserError> {
+    let row = client
+        .query_opt(object.query, &[&name])
         .await
-        .map_err(database_error("look up schema"))?;
+        .map_err(database_error(object.look_up))?;
     let Some(row) = row else {
         return Ok(Found::Missing);
     };
-    let read = database_error("read schema");
+    let read = database_error(object.read);
     let comment: Option<String> = row.try_get(0).map_err(read)?;
     let found_owner: String = row.try_get(1).map_err(read)?;
     owned(
         marker,
-        "schema",
-        owner,
+        object.kind,
+        name,
         comment,
         &found_owner,
         owner,

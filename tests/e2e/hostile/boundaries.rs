@@ -447,28 +447,8 @@ async fn a_namespace_no_longer_admitted_loses_its_logins_and_its_delete_still_dr
         .expect("admin");
 
     // The server stops admitting the tenant's namespace.
-    let admit = |from: &str| {
-        json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer",
-        "metadata": {"name": "pg"}, "spec": {"allowedNamespaces": {"from": from}}})
-    };
-    env.api::<DatabaseServer>()
-        .patch(
-            "pg",
-            &PatchParams::apply("servicedb-e2e-admission").force(),
-            &Patch::Apply(&admit("Same")),
-        )
-        .await
-        .expect("narrow the server");
-    let refused = wait_for(
-        "the status to say the namespace is no longer admitted",
-        Duration::from_secs(120),
-        || async {
-            let sdb = sdbs.get("ledger").await.ok()?;
-            let (status, reason, message) = condition(&sdb, "SpecValid")?;
-            (status == "False" && reason == "NamespaceNotAllowed").then_some(message)
-        },
-    )
-    .await;
+    admit(&env, "pg", "Same").await;
+    let refused = not_admitted(&sdbs, "ledger").await;
     assert!(
         connect(pg.port, &user, &password, &database).await.is_err(),
         "its login no longer works ({refused})"
@@ -492,14 +472,7 @@ async fn a_namespace_no_longer_admitted_loses_its_logins_and_its_delete_still_dr
     assert_eq!(kept, 1);
 
     // Admitted again: the same login works again, with its data.
-    env.api::<DatabaseServer>()
-        .patch(
-            "pg",
-            &PatchParams::apply("servicedb-e2e-admission").force(),
-            &Patch::Apply(&admit("All")),
-        )
-        .await
-        .expect("widen the server");
+    admit(&env, "pg", "All").await;
     wait_phase(&sdbs, "ledger", Phase::Ready).await;
     let back = wait_for(
         "the login to work again",
@@ -516,14 +489,7 @@ async fn a_namespace_no_longer_admitted_loses_its_logins_and_its_delete_still_dr
 
     // Not admitted, then deleted with deletionPolicy Delete: what it owns
     // on the server is dropped all the same.
-    env.api::<DatabaseServer>()
-        .patch(
-            "pg",
-            &PatchParams::apply("servicedb-e2e-admission").force(),
-            &Patch::Apply(&admit("Same")),
-        )
-        .await
-        .expect("narrow the server");
+    admit(&env, "pg", "Same").await;
     wait_for(
         "the logins disabled again",
         Duration::from_secs(120),
@@ -570,10 +536,6 @@ async fn a_redis_namespace_no_longer_admitted_loses_its_acl_user_and_keeps_its_k
 
     let env = Env::new("bounds-admission-redis").await;
     let cache = Redis::start_new();
-    let admit = |from: &str| {
-        json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer",
-        "metadata": {"name": "cache"}, "spec": {"allowedNamespaces": {"from": from}}})
-    };
     server_of(
         &env,
         "cache",
@@ -607,24 +569,8 @@ async fn a_redis_namespace_no_longer_admitted_loses_its_acl_user_and_keeps_its_k
     let key = format!("{prefix}token");
     open.set::<_, _, ()>(&key, "v1").await.expect("writes");
 
-    env.api::<DatabaseServer>()
-        .patch(
-            "cache",
-            &PatchParams::apply("servicedb-e2e-admission").force(),
-            &Patch::Apply(&admit("Same")),
-        )
-        .await
-        .expect("narrow the server");
-    let refused = wait_for(
-        "the status to say the namespace is no longer admitted",
-        Duration::from_secs(120),
-        || async {
-            let sdb = sdbs.get("sessions").await.ok()?;
-            let (status, reason, message) = condition(&sdb, "SpecValid")?;
-            (status == "False" && reason == "NamespaceNotAllowed").then_some(message)
-        },
-    )
-    .await;
+    admit(&env, "cache", "Same").await;
+    let refused = not_admitted(&sdbs, "sessions").await;
     assert!(
         redis_as(cache.port, &user, &password).await.is_err(),
         "its ACL user no longer logs in ({refused})"
@@ -656,4 +602,34 @@ async fn a_redis_namespace_no_longer_admitted_loses_its_acl_user_and_keeps_its_k
     assert!(!users.contains(&user), "{users:?}");
     let gone: Option<String> = admin.get(&key).await.expect("admin reads");
     assert_eq!(gone, None, "its keys are deleted");
+}
+
+/// Server-side applies `allowedNamespaces.from` of the DatabaseServer
+/// `server` in the test's namespace.
+async fn admit(env: &Env, server: &str, from: &str) {
+    let body = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer",
+        "metadata": {"name": server}, "spec": {"allowedNamespaces": {"from": from}}});
+    env.api::<DatabaseServer>()
+        .patch(
+            server,
+            &PatchParams::apply("servicedb-e2e-admission").force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .expect("allowedNamespaces");
+}
+
+/// Waits until the ServiceDatabase `name` says its namespace is no longer
+/// admitted, and returns what it says.
+async fn not_admitted(sdbs: &Api<ServiceDatabase>, name: &str) -> String {
+    wait_for(
+        "the status to say the namespace is no longer admitted",
+        Duration::from_secs(120),
+        || async {
+            let sdb = sdbs.get(name).await.ok()?;
+            let (status, reason, message) = condition(&sdb, "SpecValid")?;
+            (status == "False" && reason == "NamespaceNotAllowed").then_some(message)
+        },
+    )
+    .await
 }

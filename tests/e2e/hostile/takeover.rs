@@ -433,17 +433,7 @@ async fn mongo_claim(root: &mongodb::Client, database: &str) -> Option<Document>
 #[tokio::test]
 async fn an_existing_mongodb_database_is_never_adopted_or_dropped() {
     let env = Env::new("takeover-mongo").await;
-    let mongo = FerretDb::start();
-    server_of(
-        &env,
-        "docs",
-        "MongoDB",
-        mongo.port,
-        "root",
-        &mongo.root_password,
-        json!({"from": "Same"}),
-    )
-    .await;
+    let mongo = mongodb_server(&env).await;
     let name = login_of(&env.ns, "admin");
     let password = "theirs-Pw-1";
     let root = mongo_root(&mongo);
@@ -502,17 +492,7 @@ async fn mongo_databases(root: &mongodb::Client) -> Vec<String> {
 #[tokio::test]
 async fn a_mongodb_claim_is_recorded_and_released_with_the_database() {
     let env = Env::new("takeover-mongo-claim").await;
-    let mongo = FerretDb::start();
-    server_of(
-        &env,
-        "docs",
-        "MongoDB",
-        mongo.port,
-        "root",
-        &mongo.root_password,
-        json!({"from": "Same"}),
-    )
-    .await;
+    let mongo = mongodb_server(&env).await;
     let name = login_of(&env.ns, "fresh");
     let root = mongo_root(&mongo);
     place(
@@ -562,4 +542,20 @@ async fn a_mongodb_claim_is_recorded_and_released_with_the_database() {
         None,
         "the claim was not released"
     );
+}
+
+/// FerretDB as the DatabaseServer `docs`, open to the test's namespace.
+async fn mongodb_server(env: &Env) -> FerretDb {
+    let mongo = FerretDb::start();
+    server_of(
+        env,
+        "docs",
+        "MongoDB",
+        mongo.port,
+        "root",
+        &mongo.root_password,
+        json!({"from": "Same"}),
+    )
+    .await;
+    mongo
 }

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ServiceDatabase;
 use crate::build::OperatorFacts;
-use crate::controller::{Context, databasebackup, databaseserver, servicedatabase};
+use crate::controller::{Context, databasebackup, databaseclass, databaseserver, servicedatabase};
 use crate::operator::{HttpState, LeaseConfig, LogFormat, Metrics};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -159,7 +159,8 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         });
     }
     tracing::info!("controllers starting");
-    let controllers = futures::future::join3(
+    let controllers = futures::future::join4(
+        databaseclass::run(ctx.clone(), stop.clone().cancelled_owned()),
         servicedatabase::run(
             ctx.clone(),
             args.concurrency,

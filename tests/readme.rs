@@ -122,3 +122,156 @@ fn every_servicedb_command_in_the_readme_parses() {
     }
     assert!(checked >= 4, "the README shows the agent's commands");
 }
+
+/// The backticked words of the README (inline code, not blocks).
+fn inline_code(text: &str) -> Vec<String> {
+    let mut out = vec![];
+    let prose: String = text.split("```").step_by(2).collect::<Vec<_>>().join("\n");
+    for (i, part) in prose.split('`').enumerate() {
+        if i % 2 == 1 && !part.contains(char::is_whitespace) {
+            out.push(part.to_string());
+        }
+    }
+    out
+}
+
+/// Whether `path` (dot-separated; `*` matches any key) leads somewhere in
+/// a YAML document.
+fn yaml_has(doc: &serde_yaml::Value, path: &[&str]) -> bool {
+    let Some((first, rest)) = path.split_first() else {
+        return true;
+    };
+    let Some(map) = doc.as_mapping() else {
+        return false;
+    };
+    if *first == "*" {
+        return !map.is_empty();
+    }
+    map.get(*first).is_some_and(|v| yaml_has(v, rest))
+}
+
+/// Whether a CRD's schema has the field path (`spec.credentials.format`).
+fn schema_has(schema: &serde_yaml::Value, path: &[&str]) -> bool {
+    let Some((first, rest)) = path.split_first() else {
+        return true;
+    };
+    let props = &schema["properties"];
+    let items = &schema["items"]["properties"];
+    [props, items]
+        .into_iter()
+        .filter_map(|p| p.get(*first))
+        .any(|field| schema_has(field, rest) || schema_has(&field["items"], rest))
+}
+
+fn crd_schemas() -> Vec<serde_yaml::Value> {
+    let text = std::fs::read_to_string(root().join("crds/servicedb.dev.yaml")).expect("crds");
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("a CRD"))
+        .flat_map(|crd: serde_yaml::Value| {
+            crd["spec"]["versions"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v["schema"]["openAPIV3Schema"].clone())
+        })
+        .collect()
+}
+
+#[test]
+fn every_field_and_chart_value_the_readme_names_exists() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let values: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(root().join("charts/servicedb/values.yaml")).expect("values"),
+    )
+    .expect("values.yaml");
+    let schemas = crd_schemas();
+    let top_spec = |key: &str| schemas.iter().any(|s| schema_has(s, &["spec", key]));
+    let mut checked = 0;
+    for word in inline_code(&readme) {
+        let word = word.trim_end_matches([',', '.']);
+        if !word.contains('.')
+            || !word
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '*')
+        {
+            continue;
+        }
+        let path: Vec<&str> = word.split('.').collect();
+        let ok = if values.get(path[0]).is_some() || word.ends_with(".*") {
+            // A chart value: `image.repository`, `databaseClasses.*`.
+            yaml_has(&values, &path)
+        } else if matches!(path[0], "spec" | "status") {
+            schemas.iter().any(|s| schema_has(s, &path))
+        } else if top_spec(path[0]) {
+            // A spec field named from its section: `credentials.format`.
+            schemas
+                .iter()
+                .any(|s| schema_has(s, &[&["spec"], path.as_slice()].concat()))
+        } else {
+            continue; // a file name, a key, a collection
+        };
+        assert!(
+            ok,
+            "the README names `{word}`, which neither values.yaml nor a CRD has"
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 15,
+        "the README names fields and values ({checked} checked)"
+    );
+}
+
+#[test]
+fn every_path_annotation_and_variable_the_readme_names_exists() {
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let mut sources = String::new();
+    let mut stack = vec![
+        root().join("src"),
+        root().join("hack"),
+        root().join("charts"),
+    ];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(text) = std::fs::read_to_string(&path) {
+                sources.push_str(&text);
+            }
+        }
+    }
+    sources.push_str(&std::fs::read_to_string(root().join("Makefile")).expect("Makefile"));
+    let dirs = [
+        "src/",
+        "hack/",
+        "examples/",
+        "charts/",
+        "tests/",
+        "docs/",
+        "contrib/",
+        "crds/",
+    ];
+    let mut checked = 0;
+    for word in inline_code(&readme) {
+        if dirs.iter().any(|d| word.starts_with(d)) {
+            assert!(
+                root().join(&word).exists(),
+                "the README names {word}, which does not exist"
+            );
+            checked += 1;
+        } else if word.starts_with("servicedb.dev/") || word.starts_with("SERVICEDB_") {
+            let name = word.split(['=', ':']).next().unwrap_or(&word);
+            assert!(
+                sources.contains(name),
+                "the README names {name}, which nothing in src/, hack/ or charts/ uses"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 10,
+        "the README names paths and annotations ({checked} checked)"
+    );
+}

@@ -112,8 +112,9 @@ pub struct StorageSpec {
 #[serde(rename_all = "camelCase")]
 pub struct OwnerSpec {
     /// Selects the pods of the owning service (in the resource's namespace).
-    /// Only these pods (plus the operator, backup jobs and the metrics
-    /// scraper) may open connections to the database.
+    /// On a dedicated instance only these pods, the operator and this
+    /// database's backup, verify and restore Jobs may open connections to
+    /// the database.
     pub pod_selector: LabelSelector,
 }
 
@@ -169,6 +170,15 @@ pub struct CredentialsSpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+(ns|us|ms|s|m|h))+$') && duration(self) >= duration('1s') && duration(self) <= duration('168h')").message("must be a duration between 1s and 168h, such as 1h"))]
     pub grace_period: Option<String>,
+    /// After a rotation, restart the owner's Deployments and StatefulSets
+    /// (those whose pod template matches `owner.podSelector`) that still run
+    /// pods started with the previous password, by setting the annotation
+    /// `servicedb.dev/password-issued-at` on their pod template (as
+    /// `kubectl rollout restart` does). Without it, the condition
+    /// `CredentialsRolledOut` and, near the end of the grace period, a
+    /// Warning Event name the workloads that still need a restart.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart_owners: bool,
 }
 
 fn default_formats() -> Vec<CredentialFormat> {

@@ -14,6 +14,9 @@ pub mod types {
     /// A NetworkPolicy admits only the owner's pods; `Unknown` on a shared
     /// server, which no NetworkPolicy of the namespace can fence.
     pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
+    /// After a rotation: no pod of the owner runs on the previous password
+    /// (observed only after a rotation; see `spec.credentials.restartOwners`).
+    pub const CREDENTIALS_ROLLED_OUT: &str = "CredentialsRolledOut";
     /// The spec (with its class) is valid.
     pub const SPEC_VALID: &str = "SpecValid";
     /// The last backup run and the last verification succeeded, and the

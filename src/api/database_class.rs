@@ -1,6 +1,7 @@
 //! `DatabaseClass`: a platform team's pre-approved engine configuration.
 
 use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{BackupSpec, Engine, Isolation, MonitoringSpec, Resources};
@@ -15,10 +16,17 @@ use super::common::{BackupSpec, Engine, Isolation, MonitoringSpec, Resources};
     group = "servicedb.dev",
     version = "v1alpha1",
     kind = "DatabaseClass",
+    shortname = "dbc",
     category = "servicedb",
     printcolumn(name = "Engine", type_ = "string", json_path = ".spec.engine"),
     printcolumn(name = "Default", type_ = "boolean", json_path = ".spec.default"),
-    printcolumn(name = "Versions", type_ = "string", json_path = ".spec.versions"),
+    status = "DatabaseClassStatus",
+    printcolumn(name = "Versions", type_ = "string", json_path = ".status.versions"),
+    printcolumn(
+        name = "Default Version",
+        type_ = "string",
+        json_path = ".status.defaultVersion"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",
@@ -83,4 +91,20 @@ pub struct DatabaseClassSpec {
     /// Default monitoring settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
+}
+
+/// What the class allows in effect, for `kubectl get databaseclasses`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseClassStatus {
+    /// The allowed versions, joined: `15, 16, 17` (every supported version
+    /// when `spec.versions` is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub versions: Option<String>,
+    /// The version a ServiceDatabase that names none gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_version: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
 }

@@ -2,6 +2,7 @@
 //! dereference → validate → build → apply → status.
 
 pub mod databasebackup;
+pub mod databaseclass;
 pub mod databaseserver;
 pub mod jobs;
 pub mod server_gate;

@@ -94,6 +94,30 @@ pub fn for_engine(engine: Engine) -> &'static dyn EngineSpec {
     }
 }
 
+/// The versions a class allows (every version servicedb supports for the
+/// engine when it lists none) and the one a ServiceDatabase that names none
+/// gets: the class's `defaultVersion`, else the engine's default when
+/// allowed, else the last allowed one.
+pub fn class_versions(
+    class: &crate::api::database_class::DatabaseClassSpec,
+) -> (Vec<String>, Option<String>) {
+    let engine = for_engine(class.engine);
+    let allowed: Vec<String> = if class.versions.is_empty() {
+        engine.versions().iter().map(|v| v.to_string()).collect()
+    } else {
+        class.versions.clone()
+    };
+    let default = class
+        .default_version
+        .clone()
+        .or_else(|| {
+            let engine_default = engine.default_version().to_string();
+            allowed.contains(&engine_default).then_some(engine_default)
+        })
+        .or_else(|| allowed.last().cloned());
+    (allowed, default)
+}
+
 /// Percent-encodes a URI user-info or path component.
 pub fn encode_userinfo(s: &str) -> String {
     // RFC 3986 unreserved characters stay as they are (`shop_orders`).

@@ -899,11 +899,19 @@ async fn refuses_what_is_not_needed(sa_client: &Client, env: &Env, sa: &str) {
             .await,
         "delete a namespace",
     );
+    // Deployments are listed and patched (restarts after a rotation), never
+    // read one by one, created or deleted.
     assert_forbidden(
         Api::<Deployment>::namespaced(sa_client.clone(), OPERATOR_NS)
-            .list(&ListParams::default())
+            .get("servicedb")
             .await,
-        "list Deployments",
+        "get a Deployment",
+    );
+    assert_forbidden(
+        Api::<Deployment>::namespaced(sa_client.clone(), OPERATOR_NS)
+            .delete("servicedb", &dry_delete)
+            .await,
+        "delete a Deployment",
     );
     assert_forbidden(
         Api::<Lease>::namespaced(sa_client.clone(), &env.ns)

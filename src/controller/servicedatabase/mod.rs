@@ -21,6 +21,7 @@ pub mod dereference;
 pub mod final_backup;
 pub mod provision;
 pub mod restore;
+pub mod rollout;
 pub mod rotation;
 pub mod status;
 pub mod validate;
@@ -395,6 +396,8 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             "children updated"
         );
     }
+    let rollout = rollout::ensure(sdb, &db, &plan, ctx, now.0).await;
+    let behind = rollout.as_ref().is_some_and(|c| !c.status);
     let mut status = status::compute(
         sdb,
         &status::Outcome::Applied {
@@ -402,6 +405,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             ready_replicas,
             backups: &backups,
             restore: &restore,
+            rollout,
         },
         now,
     );
@@ -415,10 +419,16 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         (false, true) => BACKUP_RESYNC,
         (false, false) => RESYNC,
     };
-    Ok(Action::requeue(
-        plan.next_event(&policy, now.0)
-            .map_or(resync, |due| due.min(resync)),
-    ))
+    let mut due = plan
+        .next_event(&policy, now.0)
+        .map_or(resync, |due| due.min(resync));
+    if behind {
+        due = due.min(rollout::RECHECK);
+    }
+    if let Some(wait) = rollout::until_warning(&plan, db.grace_period, now.0) {
+        due = due.min(wait);
+    }
+    Ok(Action::requeue(due))
 }
 
 /// A Normal Event when the Secret switched to a new login.

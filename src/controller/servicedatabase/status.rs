@@ -29,6 +29,8 @@ pub enum Outcome<'a> {
         ready_replicas: i32,
         backups: &'a BackupState,
         restore: &'a Restore,
+        /// `CredentialsRolledOut`, when it was looked at.
+        rollout: Option<Observed>,
     },
     /// Being deleted with `deletionPolicy: Snapshot`, waiting for the final
     /// backup (`failed`: it failed).
@@ -106,6 +108,7 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
             ready_replicas,
             backups,
             restore,
+            rollout,
         } => {
             let instance_ready = *ready_replicas > 0;
             let restored = match restore {
@@ -229,6 +232,7 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
             ];
             let mut observed = observed.to_vec();
             observed.extend(restored);
+            observed.extend(rollout.clone());
             observed.extend(backups.health.clone());
             let mut conditions = merge(&previous.conditions, &observed, generation, now);
             if db.backup.is_none() {
@@ -367,6 +371,7 @@ mod tests {
                 ready_replicas: 1,
                 backups: &backups,
                 restore: &running,
+                rollout: None,
             },
             &now,
         );
@@ -393,6 +398,7 @@ mod tests {
                 ready_replicas: 1,
                 backups: &backups,
                 restore: &done,
+                rollout: None,
             },
             &now,
         );

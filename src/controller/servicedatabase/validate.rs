@@ -66,6 +66,8 @@ pub struct ValidatedDatabase {
     pub rotate_every: Option<std::time::Duration>,
     /// How long a replaced login keeps working.
     pub grace_period: std::time::Duration,
+    /// `spec.credentials.restartOwners`.
+    pub restart_owners: bool,
     /// `spec.credentials.format`: the key sets of the credentials Secret.
     pub credential_formats: Vec<crate::api::common::CredentialFormat>,
     /// Scheduled backups; `None` when `spec.backup` is unset.
@@ -215,15 +217,7 @@ pub fn validate(
         ));
     }
     let engine_spec = for_engine(spec.engine);
-    let allowed: Vec<String> = if class.spec.versions.is_empty() {
-        engine_spec
-            .versions()
-            .iter()
-            .map(|v| v.to_string())
-            .collect()
-    } else {
-        class.spec.versions.clone()
-    };
+    let (allowed, default_version) = crate::engine::class_versions(&class.spec);
     let version = match &spec.version {
         Some(v) if allowed.contains(v) => v.clone(),
         Some(v) => {
@@ -236,22 +230,13 @@ pub fn validate(
                 ),
             ));
         }
-        None => class
-            .spec
-            .default_version
-            .clone()
-            .or_else(|| {
-                let engine_default = engine_spec.default_version().to_string();
-                allowed.contains(&engine_default).then_some(engine_default)
-            })
-            .or_else(|| allowed.last().cloned())
-            .ok_or_else(|| {
-                Invalid::new(
-                    "spec.version",
-                    "NoVersion",
-                    format!("DatabaseClass {class_name} allows no version"),
-                )
-            })?,
+        None => default_version.ok_or_else(|| {
+            Invalid::new(
+                "spec.version",
+                "NoVersion",
+                format!("DatabaseClass {class_name} allows no version"),
+            )
+        })?,
     };
     // Shared placement: a database (Postgres, MongoDB), a key space (Redis)
     // or a Postgres schema on a DatabaseServer.
@@ -426,6 +411,7 @@ pub fn validate(
         server: shared,
         rotate_every,
         grace_period,
+        restart_owners: credentials.restart_owners,
         credential_formats: credentials.format.clone(),
         backup,
         restore_from: spec

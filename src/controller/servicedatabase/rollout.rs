@@ -255,6 +255,22 @@ pub async fn observe(
         .list(&ListParams::default().labels(&pods_selector))
         .await?
         .into_iter()
+        // servicedb's own pods (the instance, agent Jobs) and pods that
+        // ended hold no connection.
+        .filter(|p| {
+            let ours = p
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_MANAGED_BY))
+                .is_some_and(|m| m == MANAGED_BY);
+            let ended = p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase.as_deref())
+                .is_some_and(|phase| matches!(phase, "Succeeded" | "Failed"));
+            !ours && !ended
+        })
         .map(|p| PodFacts {
             name: p.metadata.name.clone().unwrap_or_default(),
             labels: p.metadata.labels.clone().unwrap_or_default(),

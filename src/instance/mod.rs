@@ -93,6 +93,10 @@ pub struct Args {
     /// /usr/lib/postgresql/*/bin.
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// Redis: the service user may run Lua scripts and functions (EVAL,
+    /// FCALL, SCRIPT LOAD, FUNCTION LOAD…), still on its own keys only.
+    #[arg(long)]
+    pub redis_scripting: bool,
     /// How often the Secret files are re-read and the server's health is checked
     /// (`5s`, `500ms`, `1m`).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]

@@ -1409,3 +1409,22 @@ fn refuses_to_run_as_root() {
     );
     assert!(!root.path().join("data").exists(), "nothing was created");
 }
+
+#[test]
+fn redis_scripting_is_refused_for_another_engine() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(common::servicedb_binary())
+        .args(["instance", "--engine", "postgres", "--redis-scripting"])
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .args(["--status-port", &common::free_port().to_string()])
+        .output()
+        .expect("run servicedb instance");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--redis-scripting is for --engine redis only"),
+        "stderr: {stderr}"
+    );
+    assert!(!root.path().join("data").exists(), "nothing was created");
+}

@@ -110,6 +110,9 @@ pub struct Args {
 /// in a spawned task: the server is started with a parent-death signal,
 /// which Linux ties to the thread that forked it.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.redis_scripting && args.engine != EngineKind::Redis {
+        bail!("--redis-scripting is for --engine redis only");
+    }
     match args.engine {
         EngineKind::Postgres => supervise::<postgres::Postgres>(&args).await,
         EngineKind::Redis => supervise::<redis::Redis>(&args).await,

@@ -68,7 +68,7 @@ impl Engine for Redis {
         } else {
             Scripting::Refused
         };
-        info!(?scripting, "service user scripting");
+        info!(?scripting, "Lua scripts and functions for the service user");
 
         // The admin is needed to administer the server at all; the service's
         // user can follow once its Secret is readable.

@@ -125,7 +125,18 @@ impl Fixture {
         self.start_from(Path::new(REDIS_BIN_DIR))
     }
 
+    /// As the StatefulSet of a ServiceDatabase with `redis.scripting: true`.
+    fn start_with_scripting(&self) -> Manager {
+        let mut command = self.command(Path::new(REDIS_BIN_DIR));
+        command.arg("--redis-scripting");
+        Manager::spawn(command)
+    }
+
     fn start_from(&self, bin_dir: &Path) -> Manager {
+        Manager::spawn(self.command(bin_dir))
+    }
+
+    fn command(&self, bin_dir: &Path) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(common::servicedb_binary());
         command
             .args(["instance", "--engine", "redis"])
@@ -145,7 +156,7 @@ impl Fixture {
             .uid(self.redis_user.uid.as_raw())
             .gid(self.redis_user.gid.as_raw())
             .current_dir(self.root.path());
-        Manager::spawn(command)
+        command
     }
 
     async fn login(&self, user: &str, password: &str) -> RedisResult<MultiplexedConnection> {
@@ -395,6 +406,131 @@ async fn server_run_id(conn: &mut MultiplexedConnection) -> String {
         .to_owned()
 }
 
+/// What stock clients send when they connect, as `user`: ioredis (AUTH,
+/// CLIENT SETNAME, then INFO as its ready check, which waits for
+/// `loading:0`), node-redis, go-redis and redis-rs (HELLO 3 with AUTH,
+/// CLIENT SETINFO), and what they use to learn the server (PING, ECHO,
+/// COMMAND DOCS/INFO, CLIENT ID/INFO/GETNAME, SELECT 0). The server's
+/// controls stay closed to it.
+async fn assert_clients_connect(fixture: &Fixture, user: &str, password: &str) {
+    let mut conn = fixture.login(user, password).await.expect("AUTH");
+    run(&mut conn, &["CLIENT", "SETNAME", "checkout-7f9c"])
+        .await
+        .expect("CLIENT SETNAME");
+    let name: String = redis::cmd("CLIENT")
+        .arg("GETNAME")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT GETNAME");
+    assert_eq!(name, "checkout-7f9c");
+    // ioredis' ready check: INFO without a section, then `loading:0`.
+    let info: String = redis::cmd("INFO")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO, the ready check");
+    assert!(info.lines().any(|l| l.trim() == "loading:0"), "{info}");
+    assert!(info.contains("redis_version:"), "{info}");
+    // BullMQ reads the eviction policy from INFO.
+    let memory: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .expect("INFO memory");
+    assert!(memory.contains("maxmemory_policy:"), "{memory}");
+    let pong: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .expect("PING");
+    assert_eq!(pong, "PONG");
+    let echo: String = redis::cmd("ECHO")
+        .arg("hi")
+        .query_async(&mut conn)
+        .await
+        .expect("ECHO");
+    assert_eq!(echo, "hi");
+    for words in [
+        &["COMMAND", "DOCS", "GET"][..],
+        &["COMMAND", "INFO", "GET"],
+        &["COMMAND", "COUNT"],
+        &["CLIENT", "ID"],
+        &["SELECT", "0"],
+    ] {
+        let answer = run(&mut conn, words).await;
+        assert!(
+            matches!(&answer, Ok(v) if *v != Value::Nil),
+            "{words:?}: {answer:?}"
+        );
+    }
+    let client: String = redis::cmd("CLIENT")
+        .arg("INFO")
+        .query_async(&mut conn)
+        .await
+        .expect("CLIENT INFO");
+    assert!(client.contains(&format!("user={user} ")), "{client}");
+    // Redis 7.2 and later know CLIENT SETINFO; 7.0 does not. Never an ACL refusal.
+    if let Err(error) = run(&mut conn, &["CLIENT", "SETINFO", "LIB-NAME", "ioredis"]).await {
+        assert_ne!(error.code(), Some("NOPERM"), "{error}");
+    }
+    for words in [
+        &["CLIENT", "LIST"][..],
+        &["CLIENT", "KILL", "ID", "1"],
+        &["CLIENT", "NO-EVICT", "on"],
+        &["CLIENT", "PAUSE", "10"],
+        &["CONFIG", "GET", "maxmemory-policy"],
+        &["FLUSHALL"],
+        &["KEYS", "*"],
+        &["MONITOR"],
+        &["SLOWLOG", "GET"],
+        &["ROLE"],
+    ] {
+        assert_noperm(&mut conn, words).await;
+    }
+
+    // RESP3: the client opens with HELLO 3 AUTH <user> <password>.
+    let mut resp3 = fixture
+        .open(
+            RedisConnectionInfo::default()
+                .set_username(user)
+                .set_password(password)
+                .set_protocol(redis::ProtocolVersion::RESP3),
+        )
+        .await
+        .expect("HELLO 3 AUTH");
+    let hello = run(&mut resp3, &["HELLO", "3"]).await.expect("HELLO 3");
+    assert!(format!("{hello:?}").contains("proto"), "{hello:?}");
+    let info: String = redis::cmd("INFO")
+        .query_async(&mut resp3)
+        .await
+        .expect("INFO over RESP3");
+    assert!(info.contains("loading:0"));
+}
+
+const LUA_SET: &str = "return redis.call('SET', KEYS[1], ARGV[1])";
+/// Redlock's unlock: delete the lock only if it still holds our token.
+const LUA_UNLOCK: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+const LUA_LIBRARY: &str = "#!lua name=cartlib\nredis.register_function('cart_incr', function(keys, args) return redis.call('INCR', keys[1]) end)\nredis.register_function{function_name='cart_get', callback=function(keys, args) return redis.call('GET', keys[1]) end, flags={'no-writes'}}";
+
+/// No EVAL, FCALL, FUNCTION or SCRIPT at all.
+async fn assert_scripting_refused(conn: &mut MultiplexedConnection) {
+    for words in [
+        &["EVAL", LUA_SET, "1", "cart:lua", "x"][..],
+        &["EVAL_RO", "return 1", "0"],
+        &["EVALSHA", ANY_SHA, "1", "cart:lua", "x"],
+        &["SCRIPT", "LOAD", LUA_SET],
+        &["SCRIPT", "EXISTS", ANY_SHA],
+        &["FUNCTION", "LOAD", LUA_LIBRARY],
+        &["FUNCTION", "LIST"],
+        &["FUNCTION", "FLUSH"],
+        &["FCALL", "cart_incr", "1", "cart:n"],
+        &["FCALL_RO", "cart_get", "1", "cart:n"],
+    ] {
+        assert_noperm(conn, words).await;
+    }
+}
+
+/// A script digest; the ACL refuses before the script is looked up.
+const ANY_SHA: &str = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db";
+
 /// Every key of the service's that SCAN MATCH finds.
 async fn scan_own_keys(conn: &mut MultiplexedConnection) -> Vec<String> {
     let mut cursor = 0u64;
@@ -542,15 +678,15 @@ async fn the_service_user_owns_its_prefix_and_nothing_else() {
         &["SHUTDOWN", "NOSAVE"],
         &["MONITOR"],
         &["CLIENT", "LIST"],
-        &["INFO"],
+        &["CLIENT", "KILL", "ID", "1"],
         &["SAVE"],
         &["REPLICAOF", "127.0.0.1", "1"],
-        &["EVAL", "return redis.call('GET', KEYS[1])", "1", "cart:1"],
-        &["FUNCTION", "FLUSH"],
         &["SORT", "cart:l", "ALPHA"],
     ] {
         assert_noperm(&mut cart, words).await;
     }
+    assert_clients_connect(&fixture, SERVICE, &app_pw).await;
+    assert_scripting_refused(&mut cart).await;
     // DEBUG is switched off for everyone (enable-debug-command no), which
     // Redis checks before the ACL; the ACL denies it as well.
     assert!(run(&mut cart, &["DEBUG", "SLEEP", "0"]).await.is_err());
@@ -600,6 +736,202 @@ async fn the_service_user_owns_its_prefix_and_nothing_else() {
     assert!(!conf.contains(&admin_pw) && !conf.contains(&app_pw));
     manager.assert_log_free_of(&[&admin_pw, &app_pw]);
     assert_eq!(manager.terminate().await.code(), Some(0));
+}
+
+/// `--redis-scripting`, as the StatefulSet of a ServiceDatabase with
+/// `spec.redis.scripting: true` runs it: the service runs Lua scripts and
+/// functions as BullMQ (EVALSHA, NOSCRIPT, EVAL; SCRIPT LOAD in pipelines)
+/// and Redlock (its unlock script) do, on its own keys only, and a script
+/// reaches no server control. A user made the shared servers' way on the
+/// same server gets no scripting, and a restart without the flag takes it
+/// away again.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_scripting_the_service_runs_lua_and_functions_on_its_own_keys_only() {
+    let (admin_pw, app_pw) = (random(24), random(24));
+    let fixture = Fixture::new(&admin_pw, &app_pw);
+    let mut manager = fixture.start_with_scripting();
+    manager.wait_ready(&fixture).await;
+    let mut admin = fixture.login(ADMIN, &admin_pw).await.expect("admin");
+    run(&mut admin, &["SET", "orders:1", "secret order"])
+        .await
+        .expect("SET");
+    let mut cart = fixture.login(SERVICE, &app_pw).await.expect("service");
+    assert_clients_connect(&fixture, SERVICE, &app_pw).await;
+
+    // ioredis' defineCommand: EVALSHA first and, on NOSCRIPT, EVAL.
+    let sha: String = redis::cmd("EVAL")
+        .arg("return redis.sha1hex(ARGV[1])")
+        .arg(0)
+        .arg(LUA_SET)
+        .query_async(&mut cart)
+        .await
+        .expect("EVAL");
+    let missing = run(&mut cart, &["EVALSHA", &sha, "1", "cart:lua", "one"])
+        .await
+        .expect_err("not cached yet");
+    assert_eq!(missing.code(), Some("NOSCRIPT"), "{missing}");
+    run(&mut cart, &["EVAL", LUA_SET, "1", "cart:lua", "one"])
+        .await
+        .expect("EVAL on its own key");
+    run(&mut cart, &["EVALSHA", &sha, "1", "cart:lua", "two"])
+        .await
+        .expect("EVALSHA once cached");
+    let read: String = redis::cmd("EVAL_RO")
+        .arg("return redis.call('GET', KEYS[1])")
+        .arg(1)
+        .arg("cart:lua")
+        .query_async(&mut cart)
+        .await
+        .expect("EVAL_RO");
+    assert_eq!(read, "two");
+
+    // Redlock: SET NX PX, then the unlock script, loaded as a pipeline would.
+    let unlock: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(LUA_UNLOCK)
+        .query_async(&mut cart)
+        .await
+        .expect("SCRIPT LOAD");
+    let exists: Vec<i64> = redis::cmd("SCRIPT")
+        .arg("EXISTS")
+        .arg(&unlock)
+        .arg(&sha)
+        .arg(ANY_SHA)
+        .query_async(&mut cart)
+        .await
+        .expect("SCRIPT EXISTS");
+    assert_eq!(exists, [1, 1, 0]);
+    run(
+        &mut cart,
+        &["SET", "cart:lock", "token-1", "NX", "PX", "30000"],
+    )
+    .await
+    .expect("lock");
+    for (token, deleted) in [("token-2", 0), ("token-1", 1)] {
+        let got: i64 = redis::cmd("EVALSHA")
+            .arg(&unlock)
+            .arg(1)
+            .arg("cart:lock")
+            .arg(token)
+            .query_async(&mut cart)
+            .await
+            .expect("unlock");
+        assert_eq!(got, deleted, "unlock with {token}");
+    }
+
+    // Functions: the library namespace is this instance's, the service's alone.
+    let library: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(LUA_LIBRARY)
+        .query_async(&mut cart)
+        .await
+        .expect("FUNCTION LOAD");
+    assert_eq!(library, "cartlib");
+    let counted: i64 = redis::cmd("FCALL")
+        .arg("cart_incr")
+        .arg(1)
+        .arg("cart:n")
+        .query_async(&mut cart)
+        .await
+        .expect("FCALL");
+    assert_eq!(counted, 1);
+    let read: String = redis::cmd("FCALL_RO")
+        .arg("cart_get")
+        .arg(1)
+        .arg("cart:n")
+        .query_async(&mut cart)
+        .await
+        .expect("FCALL_RO");
+    assert_eq!(read, "1");
+    run(&mut cart, &["FUNCTION", "LIST"])
+        .await
+        .expect("FUNCTION LIST");
+
+    // Its own keys only, named as arguments or not; no control from a script.
+    for (words, what) in [
+        (
+            &["EVAL", LUA_SET, "1", "orders:1", "stolen"][..],
+            "another's key as argument",
+        ),
+        (
+            &["EVAL", "return redis.call('GET', 'orders:1')", "0"],
+            "another's key inside the script",
+        ),
+        (
+            &["EVAL", "return redis.call('SET', 'orders:2', 'x')", "0"],
+            "a write outside the prefix",
+        ),
+        (
+            &["EVAL", "return redis.call('FLUSHALL')", "0"],
+            "FLUSHALL from Lua",
+        ),
+        (
+            &["EVAL", "return redis.call('FLUSHDB')", "0"],
+            "FLUSHDB from Lua",
+        ),
+        (
+            &["EVAL", "return redis.call('KEYS', '*')", "0"],
+            "KEYS from Lua",
+        ),
+        (
+            &["EVAL", "return redis.call('SWAPDB', '0', '1')", "0"],
+            "SWAPDB from Lua",
+        ),
+        (
+            &["FCALL", "cart_incr", "1", "orders:n"],
+            "a function on another's key",
+        ),
+        (
+            &["FCALL_RO", "cart_get", "1", "orders:1"],
+            "a read-only function on another's key",
+        ),
+    ] {
+        let error = run(&mut cart, words).await.expect_err(what);
+        let text = error.to_string();
+        assert!(
+            error.code() == Some("NOPERM")
+                || text.contains("can't access")
+                || text.contains("can't run"),
+            "{what}: {text}"
+        );
+    }
+    assert_noperm(&mut cart, &["SCRIPT", "DEBUG", "YES"]).await;
+    let untouched: String = redis::cmd("GET")
+        .arg("orders:1")
+        .query_async(&mut admin)
+        .await
+        .expect("GET as admin");
+    assert_eq!(untouched, "secret order");
+    let absent: i64 = redis::cmd("EXISTS")
+        .arg("orders:2")
+        .arg("orders:n")
+        .query_async(&mut admin)
+        .await
+        .expect("EXISTS as admin");
+    assert_eq!(absent, 0);
+
+    // A shared server's user never gets scripting, even on this server.
+    redis_acl::ensure_user(&mut admin, "orders", "orders-pw", "orders:")
+        .await
+        .expect("a user the shared servers' way");
+    let mut orders = fixture.login("orders", "orders-pw").await.expect("orders");
+    assert_clients_connect(&fixture, "orders", "orders-pw").await;
+    assert_scripting_refused(&mut orders).await;
+
+    // Without the flag, no scripting again; the data stays.
+    assert_eq!(manager.terminate().await.code(), Some(0));
+    let mut restarted = fixture.start();
+    restarted.wait_ready(&fixture).await;
+    let mut cart = fixture.login(SERVICE, &app_pw).await.expect("service");
+    assert_scripting_refused(&mut cart).await;
+    let kept: String = redis::cmd("GET")
+        .arg("cart:lua")
+        .query_async(&mut cart)
+        .await
+        .expect("GET");
+    assert_eq!(kept, "two");
+    restarted.assert_log_free_of(&[&admin_pw, &app_pw]);
+    assert_eq!(restarted.terminate().await.code(), Some(0));
 }
 
 /// A redis-server that takes two seconds to start, as a big AOF would.
@@ -1073,6 +1405,25 @@ fn refuses_to_run_as_root() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("refusing to run as root"),
+        "stderr: {stderr}"
+    );
+    assert!(!root.path().join("data").exists(), "nothing was created");
+}
+
+#[test]
+fn redis_scripting_is_refused_for_another_engine() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let output = std::process::Command::new(common::servicedb_binary())
+        .args(["instance", "--engine", "postgres", "--redis-scripting"])
+        .arg("--data-dir")
+        .arg(root.path().join("data"))
+        .args(["--status-port", &common::free_port().to_string()])
+        .output()
+        .expect("run servicedb instance");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--redis-scripting is for --engine redis only"),
         "stderr: {stderr}"
     );
     assert!(!root.path().join("data").exists(), "nothing was created");

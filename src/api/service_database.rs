@@ -38,6 +38,8 @@ use super::common::{
     validation = Rule::new("self.isolation != 'Schema' || self.engine == 'Postgres'").message("isolation Schema is only available for engine Postgres").field_path(".isolation"),
     validation = Rule::new("self.engine == 'Postgres' || !has(self.credentials) || !has(self.credentials.format) || !('Pgpass' in self.credentials.format)").message("format Pgpass is only available for engine Postgres").field_path(".credentials.format"),
     validation = Rule::new("self.deletionPolicy != 'Snapshot' || has(self.backup)").message("deletionPolicy Snapshot needs backup to be configured").field_path(".deletionPolicy"),
+    validation = Rule::new("self.engine == 'Redis' || !has(self.redis)").message("redis is only available for engine Redis").field_path(".redis"),
+    validation = Rule::new("!has(self.redis) || !has(self.redis.scripting) || !self.redis.scripting || self.isolation == 'Dedicated'").message("redis.scripting is only available with isolation Dedicated: on a shared DatabaseServer, Lua scripts and functions are refused (all services share the server's Lua engine and function libraries)").field_path(".redis.scripting"),
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceDatabaseSpec {
@@ -109,6 +111,23 @@ pub struct ServiceDatabaseSpec {
     /// `<name>-db-restore`, before the database turns Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapSpec>,
+
+    /// Redis only: what the service's user may do beyond its own keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSpec>,
+}
+
+/// What a Redis service user may do besides reading and writing its keys
+/// (which it always may, and only under its key prefix).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// Lua scripts and functions: EVAL, EVALSHA, EVAL_RO, SCRIPT LOAD,
+    /// FCALL, FUNCTION LOAD… (BullMQ, Redlock). Scripts still reach only the
+    /// service's own keys. Isolation `Dedicated` only; `false` by default.
+    /// Changing it restarts the instance.
+    #[serde(default)]
+    pub scripting: bool,
 }
 
 /// Where a new database's initial contents come from.

@@ -47,23 +47,7 @@ pub fn build(db: &ValidatedDatabase, facts: &OperatorFacts, owner: &OwnerReferen
         name: "database".into(),
         image: Some(db.image.clone()),
         command: Some(vec![binary]),
-        args: Some(vec![
-            "instance".into(),
-            "--engine".into(),
-            db.engine.as_str().into(),
-            "--data-dir".into(),
-            DATA_DIR.into(),
-            "--admin-secret-dir".into(),
-            ADMIN_SECRET_DIR.into(),
-            "--app-secret-dir".into(),
-            APP_SECRET_DIR.into(),
-            "--port".into(),
-            db.engine_spec.port().to_string(),
-            "--service-owner".into(),
-            db.username.clone(),
-            "--status-port".into(),
-            STATUS_PORT.to_string(),
-        ]),
+        args: Some(instance_args(db)),
         ports: Some(vec![
             ContainerPort {
                 name: Some(db.engine_spec.port_name().into()),
@@ -225,6 +209,32 @@ pub fn restricted_container() -> SecurityContext {
         }),
         ..Default::default()
     }
+}
+
+/// The instance manager's command line. `--redis-scripting` only when asked
+/// for, so that the StatefulSets of everyone else stay as they were.
+fn instance_args(db: &ValidatedDatabase) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "instance".into(),
+        "--engine".into(),
+        db.engine.as_str().into(),
+        "--data-dir".into(),
+        DATA_DIR.into(),
+        "--admin-secret-dir".into(),
+        ADMIN_SECRET_DIR.into(),
+        "--app-secret-dir".into(),
+        APP_SECRET_DIR.into(),
+        "--port".into(),
+        db.engine_spec.port().to_string(),
+        "--service-owner".into(),
+        db.username.clone(),
+        "--status-port".into(),
+        STATUS_PORT.to_string(),
+    ];
+    if db.redis_scripting {
+        args.push("--redis-scripting".into());
+    }
+    args
 }
 
 fn probe(path: &str, period: i32, failures: i32) -> Probe {

@@ -383,6 +383,41 @@ fn bare_class(engine: crate::api::Engine) -> DatabaseClass {
 }
 
 #[test]
+fn redis_scripting_reaches_the_instance_manager_only_when_asked_for() {
+    let instance_args = |yaml: Option<&str>| {
+        let mut sdb: ServiceDatabase = fixture("sdb-cart-redis.yaml");
+        if let Some(yaml) = yaml {
+            sdb.spec.redis = Some(serde_yaml::from_str(yaml).unwrap());
+        }
+        let db = validate(&sdb, &bare_class(sdb.spec.engine), None).unwrap();
+        let owner = sdb.controller_owner_ref(&()).unwrap();
+        let creds = Credentials::single(&db, "a", "b");
+        let c = flat(children(&db, &creds, &facts(), &owner, None));
+        let container = &c
+            .statefulset
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers[0];
+        let mut argv = container.command.clone().unwrap();
+        argv.extend(container.args.clone().unwrap());
+        let Cmd::Instance(args) = Cli::try_parse_from(&argv).expect("accepted").cmd else {
+            panic!("not the instance manager: {argv:?}")
+        };
+        (argv, args)
+    };
+    let (argv, args) = instance_args(None);
+    assert!(!args.redis_scripting);
+    assert!(!argv.contains(&"--redis-scripting".to_owned()), "{argv:?}");
+    let (_, args) = instance_args(Some("{scripting: false}"));
+    assert!(!args.redis_scripting);
+    let (_, args) = instance_args(Some("{scripting: true}"));
+    assert!(args.redis_scripting);
+}
+
+#[test]
 fn redis_and_mongodb_instances_get_their_image_port_and_secret_keys() {
     for (fixture_name, image, port, variable, uri_prefix, admin) in [
         (

@@ -16,21 +16,40 @@
 //!   and channel *arguments* only, so a prefix must end in its one `:` (see
 //!   [`KeyPrefix`]): `cart:*` can then never match `cart_items:1`.
 //! - `+@all -@admin -@dangerous`: every data command (strings, hashes,
-//!   lists, sets, sorted sets, streams, MULTI/EXEC, SCAN, EXPIRE, pub/sub),
-//!   but none of the server's controls: FLUSHALL, FLUSHDB, CONFIG, DEBUG,
-//!   SHUTDOWN, ACL, MONITOR, CLIENT LIST/KILL, SAVE, REPLICAOF, MODULE,
-//!   MIGRATE, RESTORE, SWAPDB, INFO, SLOWLOG. `@dangerous` also removes KEYS
-//!   and SORT: KEYS walks the whole keyspace whatever its pattern (SCAN with
-//!   MATCH is the supported way to list keys) and SORT's BY/GET read keys
-//!   named by patterns. Both categories are named although Redis 7 makes
-//!   `@admin` a subset of `@dangerous`: other versions and Valkey may not.
-//! - `-@scripting`: no EVAL, FCALL, FUNCTION or SCRIPT. Scripts do not
-//!   escape key permissions, but every recent critical Redis vulnerability
-//!   (CVE-2025-49844 and its siblings: use-after-free and sandbox escapes in
-//!   the Lua engine) needs nothing more than an authenticated user allowed
-//!   to run Lua, and FUNCTION LOAD/FLUSH change a library namespace that all
-//!   users of a server share. Clients that need Lua (BullMQ, Redlock-style
-//!   unlock scripts) need an explicit opt-in, which does not exist yet.
+//!   lists, sets, sorted sets, streams, MULTI/EXEC, SCAN, EXPIRE, pub/sub)
+//!   and the connection commands clients send on connect (HELLO, PING,
+//!   ECHO, SELECT, COMMAND and COMMAND DOCS/INFO, CLIENT SETNAME/GETNAME/
+//!   ID/INFO and, from Redis 7.2, CLIENT SETINFO: none of them is in either
+//!   category), but none of the server's controls: FLUSHALL, FLUSHDB,
+//!   CONFIG, DEBUG, SHUTDOWN, ACL, MONITOR, CLIENT LIST/KILL/PAUSE/NO-EVICT,
+//!   SAVE, REPLICAOF, MODULE, MIGRATE, RESTORE, SWAPDB, SLOWLOG, ROLE.
+//!   `@dangerous` also removes KEYS and SORT: KEYS walks the whole keyspace
+//!   whatever its pattern (SCAN with MATCH is the supported way to list
+//!   keys) and SORT's BY/GET read keys named by patterns. Both categories
+//!   are named although Redis 7 makes `@admin` a subset of `@dangerous`:
+//!   other versions and Valkey may not.
+//! - `+info` ([`READ_ONLY_SERVER_COMMANDS`]): INFO is `@dangerous`, yet
+//!   clients need it: ioredis' ready check and BullMQ's version and
+//!   eviction-policy checks send it on every connect. It reads and changes
+//!   nothing of anyone's data, but on a shared server it shows server-wide
+//!   figures: the version, memory and CPU use, the number of clients and of
+//!   keys per database, and per-command call counts, so a service sees how
+//!   busy its neighbours are in aggregate (never a key, value, user name or
+//!   password). DBSIZE already told the key count; that trade is taken so
+//!   that stock clients work on shared servers too.
+//! - Scripting ([`Scripting`]): without it, `-@scripting` (no EVAL, FCALL,
+//!   FUNCTION or SCRIPT). Scripts do not escape key permissions (a
+//!   `redis.call` on another service's key fails as the command would), but
+//!   every recent critical Redis vulnerability (CVE-2025-49844 and its
+//!   siblings: use-after-free and sandbox escapes in the Lua engine) needs
+//!   nothing more than an authenticated user allowed to run Lua, and
+//!   FUNCTION LOAD/FLUSH change a library namespace that all users of a
+//!   server share. So shared servers never allow it; a dedicated instance,
+//!   whose server and library namespace are its one service's, allows it
+//!   when asked (`spec.redis.scripting`, for BullMQ or Redlock-style unlock
+//!   scripts): all of `@scripting`, FUNCTION LOAD/DELETE/FLUSH included,
+//!   except `-script|debug` (the Lua debugger, whose SYNC mode blocks the
+//!   server: a developer's tool, not a client's).
 //!
 //! - `+restore`, only while the operator restores a backup into the prefix
 //!   (`spec.bootstrap.fromBackup` on a shared server, where the restore Job
@@ -67,7 +86,22 @@ pub const MAX_NAME_BYTES: usize = 128;
 pub const PREFIX_SEPARATOR: char = ':';
 
 /// Categories a service user never gets; see the module documentation.
-const DENIED_CATEGORIES: [&str; 3] = ["admin", "dangerous", "scripting"];
+const DENIED_CATEGORIES: [&str; 2] = ["admin", "dangerous"];
+
+/// Commands of the denied categories given back: they read server-wide
+/// figures and change nothing, and common clients fail without them.
+pub const READ_ONLY_SERVER_COMMANDS: [&str; 1] = ["info"];
+
+/// Whether a service user may run Lua scripts and functions: only on a
+/// dedicated instance, and only when the ServiceDatabase asks for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Scripting {
+    /// `-@scripting`: no EVAL, FCALL, FUNCTION or SCRIPT.
+    #[default]
+    Refused,
+    /// Every `@scripting` command but the Lua debugger.
+    Allowed,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
@@ -305,8 +339,9 @@ pub fn password_hash(password: &str) -> String {
 }
 
 /// A service user's permissions (everything but its password): its keys
-/// and channels, and every command except the denied categories.
-pub fn service_user_rules(prefix: &KeyPrefix) -> Vec<String> {
+/// and channels, every command except the denied categories, the read-only
+/// server commands clients need, and scripting if allowed.
+pub fn service_user_rules(prefix: &KeyPrefix, scripting: Scripting) -> Vec<String> {
     let mut rules = vec![
         format!("~{}*", prefix.as_str()),
         format!("&{}*", prefix.as_str()),
@@ -316,6 +351,18 @@ pub fn service_user_rules(prefix: &KeyPrefix) -> Vec<String> {
         DENIED_CATEGORIES
             .iter()
             .map(|category| format!("-@{category}")),
+    );
+    rules.extend(
+        READ_ONLY_SERVER_COMMANDS
+            .iter()
+            .map(|command| format!("+{command}")),
+    );
+    rules.push(
+        match scripting {
+            Scripting::Refused => "-@scripting",
+            Scripting::Allowed => "-script|debug",
+        }
+        .to_owned(),
     );
     rules
 }
@@ -359,8 +406,13 @@ impl AclUser {
         AclUser::admin_one(name, password)
     }
 
-    pub fn service(name: &str, password: &str, prefix: &KeyPrefix) -> Result<AclUser, AclError> {
-        AclUser::enabled(name, &[password], service_user_rules(prefix))
+    pub fn service(
+        name: &str,
+        password: &str,
+        prefix: &KeyPrefix,
+        scripting: Scripting,
+    ) -> Result<AclUser, AclError> {
+        AclUser::enabled(name, &[password], service_user_rules(prefix, scripting))
     }
 
     /// A service user that accepts each of `passwords` (a rotation's grace
@@ -369,8 +421,9 @@ impl AclUser {
         name: &str,
         passwords: &[&str],
         prefix: &KeyPrefix,
+        scripting: Scripting,
     ) -> Result<AclUser, AclError> {
-        AclUser::enabled(name, passwords, service_user_rules(prefix))
+        AclUser::enabled(name, passwords, service_user_rules(prefix, scripting))
     }
 
     fn admin_one(name: &str, password: &str) -> Result<AclUser, AclError> {
@@ -467,7 +520,8 @@ pub async fn ensure_user(
 ///
 /// With a `marker` (shared servers) the user carries it ([`owner_rule`]),
 /// and an existing user without it is refused unchanged
-/// ([`AclError::NotOurs`]).
+/// ([`AclError::NotOurs`]). Users made here never get scripting: this is
+/// the shared servers' path.
 pub async fn ensure_user_logins(
     conn: &mut impl ConnectionLike,
     username: &str,
@@ -477,8 +531,12 @@ pub async fn ensure_user_logins(
     marker: Option<&Marker>,
 ) -> Result<(), AclError> {
     let prefix = KeyPrefix::new(prefix)?;
-    let mut user =
-        AclUser::service_with_passwords(username, &logins.passwords_of(username), &prefix)?;
+    let mut user = AclUser::service_with_passwords(
+        username,
+        &logins.passwords_of(username),
+        &prefix,
+        Scripting::Refused,
+    )?;
     if restoring {
         user.rules.push(RESTORE_RULE.to_owned());
     }
@@ -673,16 +731,31 @@ mod tests {
     #[test]
     fn service_rules_confine_keys_and_channels_and_deny_server_controls() {
         assert_eq!(
-            service_user_rules(&prefix("cart:")),
+            service_user_rules(&prefix("cart:"), Scripting::Refused),
             [
                 "~cart:*",
                 "&cart:*",
                 "+@all",
                 "-@admin",
                 "-@dangerous",
+                "+info",
                 "-@scripting"
             ]
         );
+        // Scripting adds no key or channel: scripts stay inside the prefix.
+        assert_eq!(
+            service_user_rules(&prefix("cart:"), Scripting::Allowed),
+            [
+                "~cart:*",
+                "&cart:*",
+                "+@all",
+                "-@admin",
+                "-@dangerous",
+                "+info",
+                "-script|debug"
+            ]
+        );
+        assert_eq!(Scripting::default(), Scripting::Refused);
     }
 
     #[test]
@@ -735,18 +808,23 @@ mod tests {
 
     #[test]
     fn users_reset_then_carry_only_a_hash() {
-        let service = AclUser::service("cart", "s3cret pw", &prefix("cart:")).expect("user");
+        let service = AclUser::service("cart", "s3cret pw", &prefix("cart:"), Scripting::Refused)
+            .expect("user");
         assert_eq!(service.name(), "cart");
         assert_eq!(
             &service.rules()[..3],
             ["reset", "on", &format!("#{}", password_hash("s3cret pw"))]
         );
-        assert_eq!(&service.rules()[3..], service_user_rules(&prefix("cart:")));
+        assert_eq!(
+            &service.rules()[3..],
+            service_user_rules(&prefix("cart:"), Scripting::Refused)
+        );
         let admin = AclUser::admin("admin", "adm").expect("admin");
         assert_eq!(&admin.rules()[3..], ["~*", "&*", "+@all"]);
         assert_eq!(AclUser::disabled_default().rules(), ["reset"]);
 
-        let refused = AclUser::service("default", "pw", &prefix("cart:")).expect_err("default");
+        let refused = AclUser::service("default", "pw", &prefix("cart:"), Scripting::Allowed)
+            .expect_err("default");
         assert_eq!(refused.category(), "reserved_user");
         let refused = AclUser::admin("admin", "").expect_err("empty password");
         assert_eq!(refused.category(), "invalid_password");
@@ -758,7 +836,8 @@ mod tests {
         let users = [
             AclUser::disabled_default(),
             AclUser::admin("admin", "admin-secret").expect("admin"),
-            AclUser::service("cart", "cart-secret", &prefix("cart:")).expect("service"),
+            AclUser::service("cart", "cart-secret", &prefix("cart:"), Scripting::Refused)
+                .expect("service"),
         ];
         let file = render_acl_file(&users).expect("rendered");
         let lines: Vec<&str> = file.lines().collect();
@@ -774,7 +853,7 @@ mod tests {
         assert_eq!(
             lines[2],
             format!(
-                "user cart reset on #{} ~cart:* &cart:* +@all -@admin -@dangerous -@scripting",
+                "user cart reset on #{} ~cart:* &cart:* +@all -@admin -@dangerous +info -@scripting",
                 password_hash("cart-secret")
             )
         );

@@ -93,6 +93,10 @@ pub struct Args {
     /// /usr/lib/postgresql/*/bin.
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// Redis: the service user may run Lua scripts and functions (EVAL,
+    /// FCALL, SCRIPT LOAD, FUNCTION LOAD…), still on its own keys only.
+    #[arg(long)]
+    pub redis_scripting: bool,
     /// How often the Secret files are re-read and the server's health is checked
     /// (`5s`, `500ms`, `1m`).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
@@ -106,6 +110,9 @@ pub struct Args {
 /// in a spawned task: the server is started with a parent-death signal,
 /// which Linux ties to the thread that forked it.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    if args.redis_scripting && args.engine != EngineKind::Redis {
+        bail!("--redis-scripting is for --engine redis only");
+    }
     match args.engine {
         EngineKind::Postgres => supervise::<postgres::Postgres>(&args).await,
         EngineKind::Redis => supervise::<redis::Redis>(&args).await,

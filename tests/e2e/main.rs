@@ -27,6 +27,7 @@ mod formats;
 mod hostile;
 mod kubectl_get;
 mod lifecycle;
+mod redis_clients;
 mod rollout;
 mod rotation;
 mod shared;

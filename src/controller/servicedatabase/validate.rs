@@ -74,6 +74,9 @@ pub struct ValidatedDatabase {
     pub backup: Option<ValidatedBackup>,
     /// The `DatabaseBackup` to restore into a new database.
     pub restore_from: Option<String>,
+    /// `spec.redis.scripting`: the service user of a dedicated Redis may run
+    /// Lua scripts and functions.
+    pub redis_scripting: bool,
 }
 
 /// `spec.backup`, checked.
@@ -350,6 +353,25 @@ pub fn validate(
     if spec.monitoring.as_ref().and_then(|m| m.enabled) == Some(true) {
         return not_yet("spec.monitoring", "monitoring");
     }
+    // The CRD's rules refuse both; this holds should the CRD be older.
+    let redis_scripting = spec.redis.as_ref().is_some_and(|r| r.scripting);
+    if spec.redis.is_some() && spec.engine != Engine::Redis {
+        return Err(Invalid::new(
+            "spec.redis",
+            "Unsupported",
+            format!(
+                "spec.redis is only available for engine Redis, not {}",
+                spec.engine
+            ),
+        ));
+    }
+    if redis_scripting && shared.is_some() {
+        return Err(Invalid::new(
+            "spec.redis.scripting",
+            "ScriptingNotAllowed",
+            "spec.redis.scripting is only available with isolation Dedicated: on a shared DatabaseServer, Lua scripts and functions are refused",
+        ));
+    }
 
     let secret_name = spec
         .credentials
@@ -419,6 +441,7 @@ pub fn validate(
             .as_ref()
             .and_then(|b| b.from_backup.as_ref())
             .map(|b| b.name.clone()),
+        redis_scripting,
         name,
         namespace,
     })
@@ -631,6 +654,44 @@ mod tests {
             validate(&sdb, &class, Some(&server)).is_ok(),
             "the agent reaches servers over TLS too"
         );
+    }
+
+    #[test]
+    fn redis_scripting_is_for_a_dedicated_redis_only() {
+        use crate::controller::servicedatabase::dereference::ServerFacts;
+        let mut class: DatabaseClass = fixture("class-postgres.yaml");
+        class.spec.engine = Engine::Redis;
+        class.spec.allowed_isolations = None;
+        class.spec.versions.clear();
+        class.spec.default_version = None;
+        let mut cart: ServiceDatabase = fixture("sdb-cart-redis.yaml");
+        let db = validate(&cart, &class, None).expect("no redis block");
+        assert!(!db.redis_scripting, "off by default");
+        edit(&mut cart, "{redis: {scripting: true}}");
+        let db = validate(&cart, &class, None).expect("dedicated");
+        assert!(db.redis_scripting);
+
+        let mut server = ServerFacts::example();
+        server.engine = Engine::Redis;
+        edit(
+            &mut cart,
+            "{isolation: Database, serverRef: {name: shared}, redis: {scripting: true}}",
+        );
+        let err = validate(&cart, &class, Some(&server)).unwrap_err();
+        assert_eq!(
+            (err.field, err.reason),
+            ("spec.redis.scripting", "ScriptingNotAllowed")
+        );
+        edit(&mut cart, "{redis: {scripting: false}}");
+        let db = validate(&cart, &class, Some(&server)).expect("shared, no scripting");
+        assert!(!db.redis_scripting);
+
+        let mut class: DatabaseClass = fixture("class-postgres.yaml");
+        class.spec.allowed_isolations = None;
+        let mut orders: ServiceDatabase = fixture("sdb-orders.yaml");
+        edit(&mut orders, "{redis: {scripting: false}}");
+        let err = validate(&orders, &class, None).unwrap_err();
+        assert_eq!((err.field, err.reason), ("spec.redis", "Unsupported"));
     }
 
     #[test]

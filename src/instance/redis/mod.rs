@@ -5,7 +5,9 @@
 //! Under `--data-dir`: `redis/` is Redis's `dir` (redis.conf, users.acl,
 //! the AOF directory and dump.rdb), `run/redis.sock` the socket the instance
 //! manager administers through. The app Secret carries `username`,
-//! `password` and `keyPrefix`; its other keys are ignored.
+//! `password` and `keyPrefix`; its other keys are ignored. With
+//! `--redis-scripting` the service user may run Lua scripts and functions
+//! (see `engine::redis_acl`).
 
 mod binary;
 mod config;
@@ -25,7 +27,7 @@ use super::process::Stop;
 use super::secrets::AdminCredentials;
 use super::status::Health;
 use super::{Args, Engine};
-use crate::engine::redis_acl::AclUser;
+use crate::engine::redis_acl::{AclUser, Scripting};
 
 pub(super) struct Redis {
     binary: PathBuf,
@@ -33,6 +35,8 @@ pub(super) struct Redis {
     settings: config::Settings,
     /// The ACL file's users.
     acl: Vec<AclUser>,
+    /// Whether the service user may run Lua (`--redis-scripting`).
+    scripting: Scripting,
 }
 
 impl Engine for Redis {
@@ -59,6 +63,12 @@ impl Engine for Redis {
         let binary = binary::find(args.bin_dir.as_deref())?;
         info!(server = %binary.display(), "using the Redis server binary");
         let layout = config::Layout::new(&args.data_dir)?;
+        let scripting = if args.redis_scripting {
+            Scripting::Allowed
+        } else {
+            Scripting::Refused
+        };
+        info!(?scripting, "Lua scripts and functions for the service user");
 
         // The admin is needed to administer the server at all; the service's
         // user can follow once its Secret is readable.
@@ -67,7 +77,7 @@ impl Engine for Redis {
             users::admin_user(&admin).context("invalid admin Secret")?,
         ];
         match users::read_app(&args.app_secret_dir).await {
-            Ok(app) => match users::service_user(&admin, &app) {
+            Ok(app) => match users::service_user(&admin, &app, scripting) {
                 Ok(user) => acl.push(user),
                 Err(error) => {
                     warn!(category = error.category(), %error, "starting without the service user")
@@ -82,6 +92,7 @@ impl Engine for Redis {
             layout,
             settings,
             acl,
+            scripting,
         })
     }
 
@@ -100,6 +111,7 @@ impl Engine for Redis {
             socket: self.layout.socket.clone(),
             admin_secret_dir: args.admin_secret_dir.clone(),
             app_secret_dir: args.app_secret_dir.clone(),
+            scripting: self.scripting,
         });
         super::sync::run(Self::SERVER, syncer, health, args.sync_interval)
     }

@@ -15,7 +15,7 @@ use redis::{RedisConnectionInfo, ServerErrorKind};
 use tracing::{debug, info, warn};
 
 use super::users::{self, AppCredentials, UsersError};
-use crate::engine::redis_acl::{self, AclError, AclUser};
+use crate::engine::redis_acl::{self, AclError, AclUser, Scripting};
 use crate::instance::secrets::{self, AdminCredentials, SecretError};
 use crate::instance::status::Health;
 use crate::instance::sync::{Progress, Server, SyncFailure, UserSync};
@@ -29,6 +29,7 @@ pub(super) struct Settings {
     pub socket: PathBuf,
     pub admin_secret_dir: PathBuf,
     pub app_secret_dir: PathBuf,
+    pub scripting: Scripting,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +123,7 @@ impl Syncer {
         let admin = secrets::read_admin(&self.settings.admin_secret_dir).await?;
         let app = users::read_app(&self.settings.app_secret_dir).await?;
         let admin_user = users::admin_user(&admin)?;
-        let service_user = users::service_user(&admin, &app)?;
+        let service_user = users::service_user(&admin, &app, self.settings.scripting)?;
         let mut conn = self.connect(&admin).await?;
         let conn = &mut conn;
         let acl = acl_list(conn).await?;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use crate::engine::logins::Logins;
-use crate::engine::redis_acl::{AclError, AclUser, KeyPrefix};
+use crate::engine::redis_acl::{AclError, AclUser, KeyPrefix, Scripting};
 use crate::instance::secrets::{self, AdminCredentials, SecretError};
 
 /// The service's credentials: `username`, `password` and `keyPrefix` of the
@@ -65,6 +65,7 @@ pub(super) fn admin_user(admin: &AdminCredentials) -> Result<AclUser, UsersError
 pub(super) fn service_user(
     admin: &AdminCredentials,
     app: &AppCredentials,
+    scripting: Scripting,
 ) -> Result<AclUser, UsersError> {
     if app.username == admin.username {
         return Err(UsersError::ServiceIsAdmin(app.username.clone()));
@@ -74,6 +75,7 @@ pub(super) fn service_user(
         &app.username,
         &app.logins.passwords_of(&app.username),
         &prefix,
+        scripting,
     )
     .map_err(UsersError::Service)
 }
@@ -100,20 +102,37 @@ mod tests {
 
     #[test]
     fn the_service_gets_its_own_confined_user() {
-        let user = service_user(&admin(), &app("cart", "cart:")).expect("user");
+        let user = service_user(&admin(), &app("cart", "cart:"), Scripting::Refused).expect("user");
         assert_eq!(user.name(), "cart");
         assert!(user.rules().contains(&"~cart:*".to_owned()));
+        assert!(user.rules().contains(&"-@scripting".to_owned()));
+        let scripted =
+            service_user(&admin(), &app("cart", "cart:"), Scripting::Allowed).expect("user");
+        assert!(!scripted.rules().contains(&"-@scripting".to_owned()));
+        assert!(scripted.rules().contains(&"~cart:*".to_owned()));
         let category = |result: Result<AclUser, UsersError>| result.map_err(|e| e.category()).err();
         assert_eq!(
-            category(service_user(&admin(), &app("admin", "cart:"))),
+            category(service_user(
+                &admin(),
+                &app("admin", "cart:"),
+                Scripting::Refused
+            )),
             Some("service_is_admin")
         );
         assert_eq!(
-            category(service_user(&admin(), &app("default", "cart:"))),
+            category(service_user(
+                &admin(),
+                &app("default", "cart:"),
+                Scripting::Refused
+            )),
             Some("reserved_user")
         );
         assert_eq!(
-            category(service_user(&admin(), &app("cart", "*"))),
+            category(service_user(
+                &admin(),
+                &app("cart", "*"),
+                Scripting::Refused
+            )),
             Some("invalid_key_prefix")
         );
         assert_eq!(category(admin_user(&admin())), None);

@@ -219,17 +219,28 @@ fn help_lists_every_command_and_describes_every_flag() {
                 "{cmd} --help does not mention {w}: {help}"
             );
         }
-        // Every option line carries a description after the flag.
-        for line in help.lines().filter(|l| l.trim_start().starts_with('-')) {
-            let flag_end = line
-                .find("  ")
-                .filter(|_| line.starts_with("  "))
-                .map(|_| line.trim_start())
-                .unwrap_or(line);
-            let described = flag_end
+        // Every option carries a description, on its line or the next
+        // (clap's long help), "- value:" lines of a value list aside.
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            let is_flag = t.starts_with("--")
+                || (t.starts_with('-')
+                    && t.chars().nth(1).is_some_and(|c| c.is_ascii_alphabetic()));
+            if !is_flag {
+                continue;
+            }
+            let same_line = t
                 .split_once("  ")
                 .is_some_and(|(_, d)| !d.trim().is_empty());
-            assert!(described, "{cmd}: flag without a description: {line}");
+            let next_line = lines
+                .get(i + 1)
+                .map(|n| n.trim())
+                .is_some_and(|n| !n.is_empty() && !n.starts_with('-'));
+            assert!(
+                same_line || next_line,
+                "{cmd}: flag without a description: {line}"
+            );
         }
     }
 }
@@ -320,6 +331,51 @@ async fn the_plugin_lists_describes_inventories_rotates_backs_up_and_restores() 
             .any(|r| r["NAMESPACE"] == env.ns && r["NAME"] == "orders"),
         "{all}"
     );
+
+    // kubectl's cluster flags: --kubeconfig and --context instead of
+    // KUBECONFIG, the context's namespace when -n is not given, and a
+    // context that does not exist named in the error.
+    let kubeconfig = kube::config::Kubeconfig::read().expect("the kubeconfig");
+    let context = kubeconfig
+        .current_context
+        .clone()
+        .expect("a current context");
+    let default_ns = kubeconfig
+        .contexts
+        .iter()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref()?.namespace.clone())
+        .unwrap_or_else(|| "default".into());
+    if let Ok(path) = std::env::var("KUBECONFIG").map(std::path::PathBuf::from)
+        && path.is_file()
+    {
+        let out = plugin(d)
+            .env_remove("KUBECONFIG")
+            .env("HOME", d)
+            .arg("--kubeconfig")
+            .arg(&path)
+            .args(["--context", &context, "list", "-n", &env.ns])
+            .output()
+            .expect("list --kubeconfig --context");
+        assert_eq!(
+            table(&ok(out, "list --kubeconfig --context"))[0]["NAME"],
+            "orders"
+        );
+    }
+    let out = plugin(d)
+        .args(["--context", "no-such-context", "list"])
+        .output()
+        .expect("list");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("no-such-context"), "{}", text(&out));
+    if default_ns != env.ns {
+        let out = plugin(d).arg("list").output().expect("list");
+        assert!(
+            text(&out).contains(&format!("in {default_ns} namespace")),
+            "{}",
+            text(&out)
+        );
+    }
 
     // status: where it runs, the credentials, conditions and Events.
     let status = ok(run(d, &env.ns, &["status", "orders"]), "status");

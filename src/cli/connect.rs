@@ -28,7 +28,7 @@ const MAX_SESSION_SECONDS: i64 = 4 * 3600;
     after_help = "The pod runs the engine's official image at the database's version \
 (postgres, redis, mongo), as a non-root user under the restricted Pod Security profile, with the owner's \
 pod labels, and takes host, port, database, username and password from the credentials Secret by \
-secretKeyRef. Needs kubectl on PATH (the terminal is attached with `kubectl attach -it`). mongosh takes \
+secretKeyRef. Needs kubectl on PATH, or $KUBECTL (the terminal is attached with `kubectl attach -it`). mongosh takes \
 its login as a URI argument, so on MongoDB the password is in that pod's process list (never in the pod \
 spec or in any output). The pod is deleted when the session ends, when it does not start within \
 --pod-timeout, and on Ctrl-C; it is stopped after 4 hours in any case."

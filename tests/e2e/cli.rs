@@ -705,6 +705,47 @@ async fn connect_runs_a_restricted_pod_of_the_owner_with_the_login_from_the_secr
     })
     .await;
 
+    // Once the pod runs (the test plays the kubelet), the plugin attaches
+    // with the real kubectl; with no kubelet to attach to, kubectl fails,
+    // the plugin exits with its status and still deletes the pod.
+    let session = kubectl_plugin(dir.path())
+        .args(["connect", "cart", "--pod-timeout", "30s", "-n", &env.ns])
+        .env("KUBECTL", kubectl())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("connect");
+    let pod = wait_for("the second session pod", Duration::from_secs(10), || async {
+        pods.list(&ListParams::default().labels("servicedb.dev/connect=cart"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    let name = pod.metadata.name.clone().expect("name");
+    pods.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"status": {"phase": "Running", "containerStatuses": [{
+            "name": "client", "image": "docker.io/library/redis:8.0", "imageID": "", "ready": true,
+            "restartCount": 0, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}})),
+    )
+    .await
+    .expect("the pod runs");
+    let out = session.wait_with_output().expect("connect output");
+    let said = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(!said.contains("did not start"), "{said}");
+    // kubectl attach's own error names the session pod.
+    assert!(said.contains(&format!("pod {name} ")), "{said}");
+    assert!(said.contains(&format!("pod/{name} deleted")), "{said}");
+    wait_for("the second session pod gone", Duration::from_secs(10), || async {
+        pods.get_opt(&name).await.ok()?.is_none().then_some(())
+    })
+    .await;
+
     // --dry-run prints the pod and creates nothing.
     let dry = ok(
         run(dir.path(), &env.ns, &["connect", "cart", "--dry-run"]),

@@ -16,10 +16,13 @@ use kube::{Api, ResourceExt};
 use serde_json::json;
 
 use super::{Kube, KubeArgs, get_database, parse_duration};
-use crate::api::{Engine, ServiceDatabase};
+use crate::api::database_server::{TlsMode, TlsSpec};
+use crate::api::{DatabaseServer, Engine, Isolation, ServiceDatabase};
 
 /// The label that marks the plugin's pods, with the database's name.
 pub const LABEL_CONNECT: &str = "servicedb.dev/connect";
+/// Where the server's CA (`ca.crt` of the credentials Secret) is mounted.
+const CA_DIR: &str = "/etc/servicedb-tls";
 /// The longest a session pod lives, even if the plugin is killed.
 const MAX_SESSION_SECONDS: i64 = 4 * 3600;
 
@@ -49,7 +52,8 @@ pub struct Args {
 
 pub async fn run(kube: &Kube, kube_args: &KubeArgs, args: Args) -> anyhow::Result<i32> {
     let sdb = get_database(kube, &args.name).await?;
-    let pod = session_pod(&sdb, &kube.namespace, args.image.as_deref())?;
+    let tls = server_tls(kube, &sdb).await;
+    let pod = session_pod(&sdb, &kube.namespace, args.image.as_deref(), tls.as_ref())?;
     if args.dry_run {
         print!("{}", serde_yaml::to_string(&pod)?);
         return Ok(0);
@@ -81,6 +85,46 @@ pub async fn run(kube: &Kube, kube_args: &KubeArgs, args: Args) -> anyhow::Resul
     }
     let code = code?;
     Ok(if deleted.is_err() { code.max(1) } else { code })
+}
+
+/// The TLS settings of the shared server the database lives on; none for a
+/// dedicated instance (plain TCP inside the cluster).
+async fn server_tls(kube: &Kube, sdb: &ServiceDatabase) -> Option<TlsSpec> {
+    let server = sdb.spec.server_ref.as_ref()?;
+    if sdb.spec.isolation == Isolation::Dedicated {
+        return None;
+    }
+    let ns = server
+        .namespace
+        .clone()
+        .unwrap_or_else(|| kube.namespace.clone());
+    match Api::<DatabaseServer>::namespaced(kube.client.clone(), &ns)
+        .get(&server.name)
+        .await
+    {
+        Ok(found) => found.spec.external.and_then(|e| e.tls),
+        Err(e) => {
+            eprintln!(
+                "warning: reading DatabaseServer {ns}/{}: {e}; connecting without TLS options",
+                server.name
+            );
+            None
+        }
+    }
+}
+
+/// The effective TLS mode and whether the Secret carries the CA.
+fn tls_mode(tls: Option<&TlsSpec>) -> (TlsMode, bool) {
+    let Some(tls) = tls else {
+        return (TlsMode::Disable, false);
+    };
+    let ca = tls.ca_secret_ref.is_some();
+    let mode = tls.mode.unwrap_or(if ca {
+        TlsMode::VerifyFull
+    } else {
+        TlsMode::Disable
+    });
+    (mode, ca && mode != TlsMode::Disable)
 }
 
 /// Waits until the client container runs; says why not on a timeout.
@@ -189,11 +233,13 @@ pub fn owner_labels(sdb: &ServiceDatabase) -> BTreeMap<String, String> {
     labels
 }
 
-/// The session pod: restricted, the owner's labels, the login by secretKeyRef.
+/// The session pod: restricted, the owner's labels, the login by
+/// secretKeyRef, TLS as the shared server asks (its CA from the Secret).
 pub fn session_pod(
     sdb: &ServiceDatabase,
     namespace: &str,
     image: Option<&str>,
+    tls: Option<&TlsSpec>,
 ) -> anyhow::Result<Pod> {
     let name = sdb.name_any();
     let status = sdb.status.clone().unwrap_or_default();
@@ -218,7 +264,9 @@ pub fn session_pod(
         }
     };
     let from_secret = |var: &str, key: &str| json!({"name": var, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}});
-    let (command, env): (Vec<&str>, Vec<serde_json::Value>) = match sdb.spec.engine {
+    let (mode, ca) = tls_mode(tls);
+    let ca_file = format!("{CA_DIR}/ca.crt");
+    let (mut command, mut env): (Vec<&str>, Vec<serde_json::Value>) = match sdb.spec.engine {
         Engine::Postgres => (
             vec!["psql"],
             vec![
@@ -255,10 +303,44 @@ pub fn session_pod(
             vec![from_secret("MONGODB_URI", "uri")],
         ),
     };
+    match (sdb.spec.engine, mode) {
+        (_, TlsMode::Disable) => {}
+        (Engine::Postgres, _) => {
+            let sslmode = if mode == TlsMode::Require {
+                "require"
+            } else {
+                "verify-full"
+            };
+            env.push(json!({"name": "PGSSLMODE", "value": sslmode}));
+            if ca {
+                env.push(json!({"name": "PGSSLROOTCERT", "value": ca_file}));
+            }
+        }
+        (Engine::Redis, _) => {
+            command.push("--tls");
+            if mode == TlsMode::Require {
+                command.push("--insecure");
+            } else if ca {
+                command.extend(["--cacert", ca_file.as_str()]);
+            }
+        }
+        // The URI carries tls=true (and, for Require, no verification).
+        (Engine::MongoDB, _) => {
+            if ca && mode == TlsMode::VerifyFull {
+                command.extend(["--tlsCAFile", ca_file.as_str()]);
+            }
+        }
+    }
+    let mut mounts = vec![json!({"name": "tmp", "mountPath": "/tmp"})];
+    let mut volumes = vec![json!({"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}})];
+    if ca {
+        mounts.push(json!({"name": "ca", "mountPath": CA_DIR, "readOnly": true}));
+        volumes.push(json!({"name": "ca", "secret": {"secretName": secret,
+            "items": [{"key": crate::build::secret::CA_KEY, "path": "ca.crt"}]}}));
+    }
     let mut labels = owner_labels(sdb);
     labels.insert(LABEL_CONNECT.into(), name.clone());
     let uid = engine.run_as_user();
-    let mut env = env;
     env.push(json!({"name": "HOME", "value": "/tmp"}));
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -281,9 +363,9 @@ pub fn session_pod(
                     "capabilities": {"drop": ["ALL"]}
                 },
                 "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
-                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]
+                "volumeMounts": mounts
             }],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+            "volumes": volumes
         }
     });
     serde_json::from_value(pod).context("building the session pod")
@@ -309,6 +391,7 @@ mod tests {
             let pod = session_pod(
                 &sdb(engine, json!({"matchLabels": {"app": "orders"}})),
                 "shop",
+                None,
                 None,
             )
             .unwrap();
@@ -350,10 +433,70 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_server_is_reached_over_tls_with_the_ca_from_the_secret() {
+        let verify: TlsSpec =
+            serde_json::from_value(json!({"caSecretRef": {"name": "pg-ca"}})).unwrap();
+        let require: TlsSpec = serde_json::from_value(json!({"mode": "Require"})).unwrap();
+        let s = sdb("Postgres", json!({"matchLabels": {"app": "orders"}}));
+        let pod =
+            serde_json::to_value(session_pod(&s, "shop", None, Some(&verify)).unwrap()).unwrap();
+        let env = &pod["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .contains(&json!({"name": "PGSSLMODE", "value": "verify-full"}))
+        );
+        assert!(
+            env.as_array()
+                .unwrap()
+                .contains(&json!({"name": "PGSSLROOTCERT", "value": "/etc/servicedb-tls/ca.crt"}))
+        );
+        assert_eq!(
+            pod["spec"]["volumes"][1]["secret"]["secretName"],
+            "orders-db"
+        );
+        assert_eq!(
+            pod["spec"]["volumes"][1]["secret"]["items"][0]["key"],
+            "ca.crt"
+        );
+
+        let r = sdb("Redis", json!({"matchLabels": {"app": "orders"}}));
+        let pod =
+            serde_json::to_value(session_pod(&r, "shop", None, Some(&verify)).unwrap()).unwrap();
+        let cmd: Vec<&str> = pod["spec"]["containers"][0]["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(
+            cmd.ends_with(&["--tls", "--cacert", "/etc/servicedb-tls/ca.crt"]),
+            "{cmd:?}"
+        );
+        let pod =
+            serde_json::to_value(session_pod(&r, "shop", None, Some(&require)).unwrap()).unwrap();
+        let cmd: Vec<&str> = pod["spec"]["containers"][0]["command"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(cmd.ends_with(&["--tls", "--insecure"]), "{cmd:?}");
+        assert_eq!(
+            pod["spec"]["volumes"].as_array().unwrap().len(),
+            1,
+            "no CA to mount"
+        );
+
+        let plain = serde_json::to_value(session_pod(&r, "shop", None, None).unwrap()).unwrap();
+        assert!(!plain.to_string().contains("--tls"));
+    }
+
+    #[test]
     fn no_secret_yet_is_a_clear_error() {
         let mut s = sdb("Redis", json!({"matchLabels": {"app": "orders"}}));
         s.status = None;
-        let e = session_pod(&s, "shop", None).unwrap_err().to_string();
+        let e = session_pod(&s, "shop", None, None).unwrap_err().to_string();
         assert!(e.contains("no credentials Secret yet"), "{e}");
     }
 }

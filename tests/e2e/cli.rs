@@ -715,22 +715,28 @@ async fn connect_runs_a_restricted_pod_of_the_owner_with_the_login_from_the_secr
         .stderr(Stdio::piped())
         .spawn()
         .expect("connect");
-    let pod = wait_for("the second session pod", Duration::from_secs(10), || async {
-        pods.list(&ListParams::default().labels("servicedb.dev/connect=cart"))
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .next()
-    })
+    let pod = wait_for(
+        "the second session pod",
+        Duration::from_secs(10),
+        || async {
+            pods.list(&ListParams::default().labels("servicedb.dev/connect=cart"))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .next()
+        },
+    )
     .await;
     let name = pod.metadata.name.clone().expect("name");
     pods.patch_status(
         &name,
         &PatchParams::default(),
-        &Patch::Merge(&json!({"status": {"phase": "Running", "containerStatuses": [{
+        &Patch::Merge(
+            &json!({"status": {"phase": "Running", "containerStatuses": [{
             "name": "client", "image": "docker.io/library/redis:8.0", "imageID": "", "ready": true,
-            "restartCount": 0, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}})),
+            "restartCount": 0, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}}),
+        ),
     )
     .await
     .expect("the pod runs");
@@ -741,9 +747,11 @@ async fn connect_runs_a_restricted_pod_of_the_owner_with_the_login_from_the_secr
     // kubectl attach's own error names the session pod.
     assert!(said.contains(&format!("pod {name} ")), "{said}");
     assert!(said.contains(&format!("pod/{name} deleted")), "{said}");
-    wait_for("the second session pod gone", Duration::from_secs(10), || async {
-        pods.get_opt(&name).await.ok()?.is_none().then_some(())
-    })
+    wait_for(
+        "the second session pod gone",
+        Duration::from_secs(10),
+        || async { pods.get_opt(&name).await.ok()?.is_none().then_some(()) },
+    )
     .await;
 
     // --dry-run prints the pod and creates nothing.
@@ -758,4 +766,89 @@ async fn connect_runs_a_restricted_pod_of_the_owner_with_the_login_from_the_secr
         .await
         .expect("pods");
     assert!(left.items.is_empty(), "{:?}", left.items);
+}
+
+/// On a shared server reached over TLS, the session follows the server's
+/// TLS settings: redis-cli with --tls and the CA the credentials Secret
+/// carries, mounted from that Secret.
+#[tokio::test]
+async fn connect_follows_the_tls_settings_of_a_shared_server() {
+    let env = Env::new("cli-tls").await;
+    let redis = crate::servers::Redis::start_new_tls();
+    let ca = redis.tls.as_ref().expect("tls").ca_pem.clone();
+    let secrets: Api<Secret> = env.api();
+    for (name, data) in [
+        (
+            "redis-admin",
+            json!({"username": redis.admin_user, "password": redis.admin_password}),
+        ),
+        ("redis-ca", json!({"ca.crt": ca})),
+    ] {
+        let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data});
+        secrets
+            .patch(
+                name,
+                &PatchParams::apply("servicedb-e2e"),
+                &Patch::Apply(&body),
+            )
+            .await
+            .expect("secret");
+    }
+    let server = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer", "metadata": {"name": "shared-redis"},
+        "spec": {"engine": "Redis", "external": {"host": "127.0.0.1", "port": redis.tls_port.expect("the TLS port"),
+                 "adminSecretRef": {"name": "redis-admin"},
+                 "tls": {"mode": "VerifyFull", "caSecretRef": {"name": "redis-ca"}}}}});
+    env.api::<servicedb::api::DatabaseServer>()
+        .patch(
+            "shared-redis",
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&server),
+        )
+        .await
+        .expect("server");
+    let cart = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+        "metadata": {"name": "cart"},
+        "spec": {"engine": "Redis", "isolation": "Database",
+                 "serverRef": {"name": "shared-redis", "namespace": env.ns},
+                 "owner": {"podSelector": {"matchLabels": {"app": "cart"}}}}});
+    let sdbs: Api<ServiceDatabase> = env.api();
+    sdbs.patch(
+        "cart",
+        &PatchParams::apply("servicedb-e2e"),
+        &Patch::Apply(&cart),
+    )
+    .await
+    .expect("cart");
+    wait_phase(&sdbs, "cart", Phase::Ready).await;
+    let creds = secrets.get("cart-db").await.expect("cart-db");
+    assert_eq!(
+        secret_value(&creds, "ca.crt"),
+        ca,
+        "the Secret carries the CA"
+    );
+
+    let dir = plugin_dir();
+    let dry = ok(
+        run(dir.path(), &env.ns, &["connect", "cart", "--dry-run"]),
+        "connect --dry-run",
+    );
+    let pod: Pod = serde_yaml::from_str(&dry).expect("a Pod");
+    let spec = pod.spec.expect("spec");
+    let command = spec.containers[0].command.clone().expect("command");
+    assert!(
+        command.ends_with(&[
+            "--tls".into(),
+            "--cacert".into(),
+            "/etc/servicedb-tls/ca.crt".into()
+        ]),
+        "{command:?}"
+    );
+    let ca_volume = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find_map(|v| v.secret.clone())
+        .expect("the CA volume");
+    assert_eq!(ca_volume.secret_name.as_deref(), Some("cart-db"));
+    assert_eq!(ca_volume.items.expect("items")[0].key, "ca.crt");
 }

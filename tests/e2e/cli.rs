@@ -575,6 +575,44 @@ async fn the_plugin_lists_describes_inventories_rotates_backs_up_and_restores() 
         "{}",
         text(&refused)
     );
+    let failed = run(
+        d,
+        &env.ns,
+        &["restore", "orders-copy", "--from", "orders-bad"],
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        text(&failed).contains(
+            "DatabaseBackup orders-bad is Failed; only a Completed backup can be restored"
+        ),
+        "{}",
+        text(&failed)
+    );
+    let dry = ok(
+        run(
+            d,
+            &env.ns,
+            &[
+                "restore",
+                "orders-copy",
+                "--from",
+                &now,
+                "--owner",
+                "app=orders-copy",
+                "--dry-run",
+            ],
+        ),
+        "restore --dry-run",
+    );
+    let planned: ServiceDatabase = serde_yaml::from_str(&dry).expect("a ServiceDatabase");
+    assert_eq!(
+        serde_json::to_value(&planned.spec.owner).expect("owner")["podSelector"],
+        json!({"matchLabels": {"app": "orders-copy"}})
+    );
+    assert!(
+        sdbs.get_opt("orders-copy").await.expect("get").is_none(),
+        "--dry-run creates nothing"
+    );
     let restore = start(d, &env.ns, &["restore", "orders-copy", "--from", &now]);
     let copy = get_when(&sdbs, "orders-copy").await;
     assert_eq!(

@@ -466,7 +466,7 @@ async fn the_plugin_lists_describes_inventories_rotates_backs_up_and_restores() 
         "{rotated}"
     );
     let (new_user, new_password) = login(&env).await;
-    assert_ne!(new_password, password, "the password changed");
+    assert!(new_password != password, "the password changed");
     let database = secret_value(&secret, "database");
     connect(pg.port, &new_user, &new_password, &database)
         .await

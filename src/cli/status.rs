@@ -122,9 +122,13 @@ pub fn describe(sdb: &ServiceDatabase, backups: &[DatabaseBackup], events: &[Eve
     field(
         "Credentials",
         format!(
-            "Secret {}, issued {} ago{}",
+            "Secret {}{}{}",
             or_none(status.credentials_secret.clone()),
-            age(status.credentials_rotated_at.as_ref()),
+            status
+                .credentials_rotated_at
+                .as_ref()
+                .map(|t| format!(", issued {} ago", age(Some(t))))
+                .unwrap_or_default(),
             rotate_every
                 .map(|every| format!(", rotated every {every}"))
                 .unwrap_or_default()

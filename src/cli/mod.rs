@@ -1,9 +1,10 @@
 //! `kubectl servicedb`: the kubectl plugin for on-call and app teams. The
 //! same binary runs it when invoked as `kubectl-servicedb` (a link or copy on
-//! PATH) or as `servicedb kubectl …`. One file per command; every command
-//! reads and writes only the servicedb API (ServiceDatabase, DatabaseBackup)
-//! and the objects the operator already reads, and never prints a secret
-//! value.
+//! PATH) or as `servicedb kubectl …`. One file per command. The commands
+//! act through the existing API only (a DatabaseBackup, the rotation
+//! annotation, `spec.bootstrap.fromBackup`), besides reading Events and the
+//! credentials Secret's name keys and running `connect`'s pod; none prints
+//! a secret value.
 
 mod backup;
 mod connect;

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod build;
+pub mod cli;
 pub mod controller;
 pub mod engine;
 pub mod instance;

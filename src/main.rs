@@ -25,6 +25,8 @@ enum Command {
     Instance(servicedb::instance::Args),
     /// Backup, restore, verify and delete, inside a Kubernetes Job.
     Agent(servicedb::agent::Args),
+    /// The kubectl plugin (`kubectl servicedb`); see `servicedb kubectl --help`.
+    Kubectl(servicedb::cli::Plugin),
     /// Copy this executable to a path (the init container of database pods).
     CopyBinary {
         /// Destination file.
@@ -33,6 +35,16 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // kubectl runs a plugin by its file name: `kubectl servicedb` execs
+    // `kubectl-servicedb`, a link to (or copy of) this binary.
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if invoked_as.as_deref() == Some(servicedb::cli::PLUGIN_BINARY) {
+        use clap::Parser as _;
+        std::process::exit(servicedb::cli::main(servicedb::cli::Plugin::parse()));
+    }
     match Cli::parse().command {
         Command::Operator(args) => runtime()?.block_on(servicedb::run::run(args)),
         Command::Crd => {
@@ -50,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(servicedb::instance::run(args))
         }
         Command::Agent(args) => std::process::exit(servicedb::agent::main(args)),
+        Command::Kubectl(plugin) => std::process::exit(servicedb::cli::main(plugin)),
         Command::CopyBinary { dest } => copy_self(&dest),
     }
 }

@@ -83,6 +83,32 @@ fn every_make_target_the_readme_names_exists() {
 }
 
 #[test]
+fn every_kubectl_servicedb_command_in_the_readme_parses() {
+    use clap::Parser;
+    let readme = std::fs::read_to_string(root().join("README.md")).expect("README.md");
+    let mut checked = 0;
+    for block in blocks(&readme, "sh") {
+        for line in block.lines() {
+            let Some(command) = line.trim().strip_prefix("kubectl servicedb ") else {
+                continue;
+            };
+            let command = command.split('#').next().unwrap_or_default();
+            let argv: Vec<&str> = std::iter::once("kubectl-servicedb")
+                .chain(command.split_whitespace())
+                .collect();
+            if argv.contains(&"--help") {
+                continue;
+            }
+            if let Err(e) = servicedb::cli::Plugin::try_parse_from(&argv) {
+                panic!("README: {line}\n{e}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 7, "the README shows every plugin command");
+}
+
+#[test]
 fn every_servicedb_command_in_the_readme_parses() {
     use clap::Parser;
     /// The subcommands of src/main.rs that take flags.

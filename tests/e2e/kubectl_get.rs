@@ -20,7 +20,7 @@ use crate::shared::server;
 
 /// kubectl from the test control plane's bin directory (as
 /// `hack/testenv/build.sh` prints it), or `$KUBECTL`.
-fn kubectl() -> PathBuf {
+pub(crate) fn kubectl() -> PathBuf {
     if let Ok(path) = std::env::var("KUBECTL") {
         return PathBuf::from(path);
     }

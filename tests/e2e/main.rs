@@ -21,6 +21,7 @@ mod servers;
 mod agent_jobs;
 mod backup;
 mod chart;
+mod cli;
 mod database_server;
 mod dedicated;
 mod formats;

@@ -180,6 +180,8 @@ pub fn new_database(
         credentials: None,
         backup: None,
         monitoring: None,
+        // Scripting is the service's choice for its data: kept.
+        redis: source.redis.clone(),
         deletion_policy: Default::default(),
         bootstrap: Some(BootstrapSpec {
             from_backup: Some(crate::api::common::LocalObjectRef {

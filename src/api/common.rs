@@ -98,9 +98,15 @@ pub struct LocalObjectRef {
 pub struct StorageSpec {
     /// Size of the data volume, as a Kubernetes quantity (`10Gi`).
     /// Defaults to the class's size, or `1Gi`.
+    /// Growing it expands the existing volume when its StorageClass allows
+    /// expansion (`allowVolumeExpansion: true`; the condition
+    /// `StorageResized` says when it does not); it cannot shrink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 32))]
-    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("must be a positive quantity such as 10Gi"))]
+    #[x_kube(
+        validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("must be a positive quantity such as 10Gi"),
+        validation = Rule::new("!isQuantity(self) || !isQuantity(oldSelf) || !quantity(self).isLessThan(quantity(oldSelf))").message("cannot shrink: a volume can only grow")
+    )]
     pub size: Option<String>,
     /// StorageClass of the data volume; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -277,29 +283,56 @@ pub struct VerifySpec {
     pub schedule: String,
 }
 
-/// Backups of the service's data.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+/// Backups of the service's data. Each field the `ServiceDatabase` leaves
+/// unset comes from its class's `backup`; `enabled: false` turns backups off
+/// (refused when the class has `backup.required`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct BackupSpec {
+    /// `false` turns backups off, class defaults included. On when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
     /// Cron schedule of the backups (five fields such as `0 2 * * *`, or
-    /// `@daily`), in UTC.
+    /// `@daily`), in UTC; the class's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 128))]
     #[x_kube(validation = Rule::new(CRON_RULE).message(CRON_MESSAGE))]
-    pub schedule: String,
-    /// How many backups to keep.
+    pub schedule: Option<String>,
+    /// How many backups to keep; the class's when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionSpec>,
-    /// Where the backups are written.
-    pub destination: BackupDestination,
-    /// Restore-and-check runs of the latest backup.
+    /// Where the backups are written; the class's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<BackupDestination>,
+    /// Restore-and-check runs of the latest backup; the class's when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<VerifySpec>,
+    /// Whether deleting a `DatabaseBackup` by hand keeps its archive in the
+    /// destination (`true`, the default: only the record goes) or deletes it
+    /// too (`false`). Retention always deletes the archives it prunes, and a
+    /// namespace being deleted never deletes archives. The class's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_archives_on_delete: Option<bool>,
+}
+
+/// How a node drain may treat a dedicated instance (its
+/// PodDisruptionBudget).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Disruption {
+    /// `minAvailable: 1`: a drain waits until the pod is deleted by hand (or
+    /// the policy is changed), so the database never goes down unannounced.
+    #[default]
+    Protect,
+    /// `maxUnavailable: 1`: a drain evicts the pod and the database is down
+    /// until it runs again on another node.
+    Allow,
 }
 
 /// A cron schedule as the API server can check it: a macro, or five fields
 /// made of digits, names, `*`, `,`, `-`, `/` and `?`. The controller parses it
 /// fully and reports anything subtler as a condition.
 pub const CRON_RULE: &str = r"self.matches('^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|[0-9A-Za-z*?,/-]+( +[0-9A-Za-z*?,/-]+){4})$')";
-const CRON_MESSAGE: &str =
+pub const CRON_MESSAGE: &str =
     "must be a cron schedule with five fields such as '0 2 * * *', or a macro such as @daily";
 
 /// Resource requests and limits of the database container.

@@ -51,6 +51,15 @@ pub struct DatabaseBackupSpec {
     /// Why this backup exists.
     #[serde(default)]
     pub trigger: BackupTrigger,
+    /// Deleting this `DatabaseBackup` keeps its archive (`true`) or deletes
+    /// it too (`false`). When unset, the `ServiceDatabase`'s
+    /// `backup.retainArchivesOnDelete` decides, and keeps it when that is
+    /// unset or the `ServiceDatabase` is gone. Scheduled and final backups
+    /// get it from the `ServiceDatabase` when they are recorded; retention
+    /// sets it to `false` before it prunes a backup. While the namespace is
+    /// being deleted the archive is always kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_archive_on_delete: Option<bool>,
 }
 
 /// Why a backup was taken.

@@ -4,7 +4,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{BackupSpec, Engine, Isolation, MonitoringSpec, Resources};
+use super::common::{
+    BackupDestination, CRON_MESSAGE, CRON_RULE, Disruption, Engine, Isolation, MonitoringSpec,
+    Resources, RetentionSpec, VerifySpec,
+};
 
 /// A pre-approved database engine with its allowed versions and the defaults
 /// every `ServiceDatabase` of this class gets, like a StorageClass. Exactly
@@ -84,13 +87,53 @@ pub struct DatabaseClassSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
 
-    /// Default backup settings.
+    /// Backup settings every `ServiceDatabase` of this class gets, field by
+    /// field, unless it sets that field in its own `spec.backup`; and
+    /// whether backups are required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub backup: Option<BackupSpec>,
+    pub backup: Option<ClassBackupSpec>,
 
-    /// Default monitoring settings.
+    /// Default monitoring settings. Not available in this release:
+    /// `enabled: true` here is refused, as on a `ServiceDatabase`, with
+    /// reason `Unsupported` on every `ServiceDatabase` of the class that does
+    /// not set `monitoring.enabled: false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
+
+    /// Default `disruption` of the class's dedicated instances (`Protect`
+    /// when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<Disruption>,
+}
+
+/// A class's backup defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassBackupSpec {
+    /// A `ServiceDatabase` of this class must have backups: one with
+    /// `backup.enabled: false`, or with no schedule or destination of its
+    /// own or from this class, is refused naming this class.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    /// Default cron schedule of the backups, in UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new(CRON_RULE).message(CRON_MESSAGE))]
+    pub schedule: Option<String>,
+    /// Default retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionSpec>,
+    /// Default destination. An S3 `credentialsSecret` is looked up in each
+    /// `ServiceDatabase`'s namespace; the default prefix
+    /// `<namespace>/<name>/` keeps databases apart in a shared bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<BackupDestination>,
+    /// Default verification runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+    /// Default `backup.retainArchivesOnDelete` (`true` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_archives_on_delete: Option<bool>,
 }
 
 /// What the class allows in effect, for `kubectl get databaseclasses`.

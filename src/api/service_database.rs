@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    BackupSpec, CredentialsSpec, DeletionPolicy, Engine, Isolation, MonitoringSpec, ObjectRef,
-    OwnerSpec, Resources, StorageSpec, conditions_schema,
+    BackupSpec, CredentialsSpec, DeletionPolicy, Disruption, Engine, Isolation, MonitoringSpec,
+    ObjectRef, OwnerSpec, Resources, StorageSpec, conditions_schema,
 };
 
 /// One service's private database: the engine, how it is isolated from other
@@ -37,7 +37,7 @@ use super::common::{
     validation = Rule::new("self.isolation == 'Dedicated' ? !has(self.serverRef) : has(self.serverRef)").message("serverRef is required when isolation is Database or Schema, and not allowed when it is Dedicated").field_path(".serverRef"),
     validation = Rule::new("self.isolation != 'Schema' || self.engine == 'Postgres'").message("isolation Schema is only available for engine Postgres").field_path(".isolation"),
     validation = Rule::new("self.engine == 'Postgres' || !has(self.credentials) || !has(self.credentials.format) || !('Pgpass' in self.credentials.format)").message("format Pgpass is only available for engine Postgres").field_path(".credentials.format"),
-    validation = Rule::new("self.deletionPolicy != 'Snapshot' || has(self.backup)").message("deletionPolicy Snapshot needs backup to be configured").field_path(".deletionPolicy"),
+    validation = Rule::new("self.deletionPolicy != 'Snapshot' || !has(self.backup) || !has(self.backup.enabled) || self.backup.enabled").message("deletionPolicy Snapshot needs backup: it cannot be combined with backup.enabled false").field_path(".deletionPolicy"),
     validation = Rule::new("self.engine == 'Redis' || !has(self.redis)").message("redis is only available for engine Redis").field_path(".redis"),
     validation = Rule::new("!has(self.redis) || !has(self.redis.scripting) || !self.redis.scripting || self.isolation == 'Dedicated'").message("redis.scripting is only available with isolation Dedicated: on a shared DatabaseServer, Lua scripts and functions are refused (all services share the server's Lua engine and function libraries)").field_path(".redis.scripting"),
 )]
@@ -90,10 +90,19 @@ pub struct ServiceDatabaseSpec {
     pub credentials: Option<CredentialsSpec>,
 
     /// Scheduled backups (a CronJob `<name>-db-backup`; each run is recorded
-    /// as a `DatabaseBackup`), retention and verification; none when unset.
-    /// Backups outlive the database: deleting it never deletes them.
+    /// as a `DatabaseBackup`), retention and verification. Fields left unset
+    /// come from the class's `backup`; no backups when neither sets them, or
+    /// with `enabled: false`. Backups outlive the database: deleting it
+    /// never deletes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+
+    /// How a node drain may treat a dedicated instance: `Protect` (the
+    /// default: its PodDisruptionBudget has `minAvailable: 1`, a drain waits)
+    /// or `Allow` (`maxUnavailable: 1`: a drain evicts the pod, the database
+    /// is down until it runs elsewhere). The class's when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<Disruption>,
 
     /// Prometheus monitoring; defaults from the class. Not available in this
     /// release (`enabled: true` is refused with reason `Unsupported`).

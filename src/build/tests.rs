@@ -1371,3 +1371,41 @@ mod backups {
         );
     }
 }
+
+#[test]
+fn the_disruption_policy_protects_by_default_and_allow_lets_a_drain_evict() {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let pdb_of = |sdb: &ServiceDatabase, class: &DatabaseClass| {
+        let db = validate(sdb, class, None).unwrap();
+        let owner = sdb.controller_owner_ref(&()).unwrap();
+        let creds = Credentials::single(&db, "admin-pw", "app/pw@1");
+        flat(children(&db, &creds, &facts(), &owner, None))
+            .pdb
+            .spec
+            .unwrap()
+    };
+    let class: DatabaseClass = fixture("class-postgres.yaml");
+    let sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+    let protect = pdb_of(&sdb, &class);
+    assert_eq!(protect.min_available, Some(IntOrString::Int(1)));
+    assert_eq!(protect.max_unavailable, None);
+
+    let mut allowing_class = class.clone();
+    allowing_class.spec.disruption = Some(crate::api::common::Disruption::Allow);
+    let allow = pdb_of(&sdb, &allowing_class);
+    assert_eq!(
+        allow.max_unavailable,
+        Some(IntOrString::Int(1)),
+        "the class's default"
+    );
+    assert_eq!(allow.min_available, None);
+
+    let mut protected = sdb.clone();
+    protected.spec.disruption = Some(crate::api::common::Disruption::Protect);
+    let own = pdb_of(&protected, &allowing_class);
+    assert_eq!(
+        own.min_available,
+        Some(IntOrString::Int(1)),
+        "the ServiceDatabase wins"
+    );
+}

@@ -227,7 +227,7 @@ pub fn row(sdb: &ServiceDatabase, names: &Names) -> Row {
             .spec
             .backup
             .as_ref()
-            .map(|b| b.schedule.clone())
+            .and_then(|b| b.schedule.clone())
             .unwrap_or_default(),
         last_backup: status
             .last_backup

@@ -180,6 +180,7 @@ pub fn new_database(
         credentials: None,
         backup: None,
         monitoring: None,
+        disruption: source.disruption,
         // Scripting is the service's choice for its data: kept.
         redis: source.redis.clone(),
         deletion_policy: Default::default(),

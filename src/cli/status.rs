@@ -138,7 +138,8 @@ pub fn describe(sdb: &ServiceDatabase, backups: &[DatabaseBackup], events: &[Eve
         "Backups",
         spec.backup
             .as_ref()
-            .map(|b| format!("schedule {}", b.schedule))
+            .and_then(|b| b.schedule.as_ref())
+            .map(|schedule| format!("schedule {schedule}"))
             .unwrap_or_else(|| "not configured".into()),
     );
     field(

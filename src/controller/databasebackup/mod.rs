@@ -7,9 +7,12 @@
 //!    the CronJob's Job, named like the backup);
 //! 3. [`status`] — phase, times, location, size, checksum (pure), Events.
 //!
-//! Deletion runs through a finalizer: a stored archive is deleted first by a
-//! `servicedb agent delete` Job, and the DatabaseBackup goes once that Job
-//! completed.
+//! Deletion runs through a finalizer. The archive is kept unless
+//! `retainArchiveOnDelete` (or the ServiceDatabase's
+//! `backup.retainArchivesOnDelete`) is `false`: then a `servicedb agent
+//! delete` Job deletes it first, and the DatabaseBackup goes once that Job
+//! completed. While the namespace is being deleted the archive is always
+//! kept and nothing waits: no Job can be created there any more.
 
 pub mod status;
 
@@ -312,7 +315,32 @@ async fn run(backup: &DatabaseBackup, ctx: &Context) -> Result<Action, Error> {
     })
 }
 
-/// Deletion: a stored archive goes first, by a `servicedb agent delete` Job.
+/// Whether a deleted backup's archive stays, and why.
+async fn keeps_archive(backup: &DatabaseBackup, ctx: &Context) -> Result<Option<String>, Error> {
+    let namespace = backup.namespace().unwrap_or_default();
+    let terminating = Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.client.clone())
+        .get_opt(&namespace)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "Namespace",
+            source,
+        })?
+        .is_none_or(|ns| ns.metadata.deletion_timestamp.is_some());
+    if terminating {
+        return Ok(Some(format!("namespace {namespace} is being deleted")));
+    }
+    let retain = match backup.spec.retain_archive_on_delete {
+        Some(retain) => retain,
+        None => match database_of(ctx, backup).await? {
+            Ok(source) => source.backup.retain_archives_on_delete,
+            Err(_) => true,
+        },
+    };
+    Ok(retain.then(|| "retainArchiveOnDelete is true (the default)".to_string()))
+}
+
+/// Deletion: a stored archive goes first, by a `servicedb agent delete` Job,
+/// unless it is kept.
 async fn delete_archive(backup: &DatabaseBackup, ctx: &Context) -> Result<Action, Error> {
     let status = backup.status.clone().unwrap_or_default();
     let (BackupPhase::Completed, Some(location), Some(destination)) =
@@ -321,6 +349,10 @@ async fn delete_archive(backup: &DatabaseBackup, ctx: &Context) -> Result<Action
         // Nothing was stored (or nothing is known about it).
         return Ok(Action::await_change());
     };
+    if let Some(why) = keeps_archive(backup, ctx).await? {
+        tracing::info!(%location, "archive kept: {why}");
+        return Ok(Action::await_change());
+    }
     let namespace = backup.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let name = delete_job_name(&backup.name_any());

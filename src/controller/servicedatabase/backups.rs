@@ -112,6 +112,27 @@ pub async fn observe(
     }
 
     for name in expired(&backups, backup, now) {
+        // Pruning is what retention is for: the archive goes with the
+        // record, whatever retainArchivesOnDelete says about deletions by
+        // hand.
+        let delete_archive = serde_json::json!({"spec": {"retainArchiveOnDelete": false}});
+        match api
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(&delete_archive),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(source) => {
+                return Err(Error::Expire {
+                    name: name.clone(),
+                    source,
+                });
+            }
+        }
         crate::controller::servicedatabase::apply::delete(&api, &name)
             .await
             .map_err(|source| Error::Expire {
@@ -214,6 +235,7 @@ async fn record(
                 name: db.name.clone(),
             },
             trigger: BackupTrigger::Scheduled,
+            retain_archive_on_delete: db.backup.as_ref().map(|b| b.retain_archives_on_delete),
         },
         status: None,
     };
@@ -420,6 +442,7 @@ mod tests {
             keep_last,
             max_age: max_age.map(|h| Duration::from_secs(h * 3600)),
             verify_schedule: None,
+            retain_archives_on_delete: true,
         }
     }
 

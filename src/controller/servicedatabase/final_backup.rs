@@ -27,6 +27,12 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    #[error("reading {kind} for the final backup: {source}")]
+    Dereference {
+        kind: &'static str,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Where the final backup is.
@@ -47,11 +53,21 @@ pub fn name(sdb: &ServiceDatabase) -> String {
 }
 
 pub async fn ensure(client: &Client, sdb: &ServiceDatabase) -> Result<Final, Error> {
-    if sdb.spec.backup.is_none() {
+    // The backups it gets, its class's defaults included.
+    let backup = match super::dereference::dereference_ignoring_admission(client, sdb).await {
+        Ok(found) => super::validate::validate(sdb, &found.class, found.server.as_ref())
+            .ok()
+            .and_then(|db| db.backup),
+        Err(super::dereference::Error::Read { kind, source }) => {
+            return Err(Error::Dereference { kind, source });
+        }
+        Err(_) => None,
+    };
+    let Some(backup) = backup else {
         return Ok(Final::Unavailable(
-            "deletionPolicy Snapshot needs spec.backup; no final backup can be taken".into(),
+            "deletionPolicy Snapshot needs backups (spec.backup or the class's); no final backup can be taken".into(),
         ));
-    }
+    };
     let namespace = sdb.namespace().unwrap_or_default();
     let name = name(sdb);
     let api: Api<DatabaseBackup> = Api::namespaced(client.clone(), &namespace);
@@ -78,6 +94,9 @@ pub async fn ensure(client: &Client, sdb: &ServiceDatabase) -> Result<Final, Err
                     name: sdb.name_any(),
                 },
                 trigger: BackupTrigger::Final,
+                // Copied now: the ServiceDatabase will be gone when this
+                // backup is deleted.
+                retain_archive_on_delete: Some(backup.retain_archives_on_delete),
             },
             status: None,
         };

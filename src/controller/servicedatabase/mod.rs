@@ -24,6 +24,7 @@ pub mod restore;
 pub mod rollout;
 pub mod rotation;
 pub mod status;
+pub mod storage;
 pub mod validate;
 
 use std::collections::HashMap;
@@ -75,6 +76,8 @@ pub enum Error {
     Restore(restore::Error),
     #[error(transparent)]
     FinalBackup(#[from] final_backup::Error),
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
     /// Deletion waits for the final backup; the status says why.
     #[error("waiting for the final backup: {0}")]
     FinalBackupPending(String),
@@ -121,6 +124,7 @@ impl Error {
             Error::Restore(restore::Error::Invalid(_)) => "invalid-spec",
             Error::Restore(_) => "restore",
             Error::FinalBackup(_) => "final-backup",
+            Error::Storage(_) => "storage",
             Error::FinalBackupPending(_) => "final-backup-pending",
             Error::ServerBusy => "server-busy",
             Error::Finalizer(f) => match f.as_ref() {
@@ -149,6 +153,7 @@ impl Error {
             "backups" => "BackupsFailed",
             "restore" => "RestoreFailed",
             "final-backup" | "final-backup-pending" => "FinalBackupPending",
+            "storage" => "StorageFailed",
             _ => "FinalizerFailed",
         }
     }
@@ -396,6 +401,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             "children updated"
         );
     }
+    let storage = storage::grow(&ctx.client, &db).await?;
     let rollout = rollout::ensure(sdb, &db, &plan, ctx, now.0).await;
     let behind = rollout.as_ref().is_some_and(|c| !c.status);
     let mut status = status::compute(
@@ -410,6 +416,15 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         now,
     );
     status.credentials_rotated_at = Some(Time(plan.issued_at));
+    if let Some(storage) = &storage {
+        let generation = sdb.metadata.generation;
+        status.conditions = crate::api::conditions::merge(
+            &status.conditions,
+            std::slice::from_ref(storage),
+            generation,
+            now,
+        );
+    }
     status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
     // A shared server is re-checked often: a login changed or dropped by
     // hand there is repaired within a minute.
@@ -424,6 +439,9 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         .map_or(resync, |due| due.min(resync));
     if behind {
         due = due.min(rollout::RECHECK);
+    }
+    if storage.as_ref().is_some_and(|c| c.reason == "Resizing") {
+        due = due.min(storage::RECHECK);
     }
     if let Some(wait) = rollout::until_warning(&plan, db.grace_period, now.0) {
         due = due.min(wait);

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use super::dereference::ServerFacts;
-use crate::api::common::{BackupDestination, StorageSpec};
+use crate::api::common::{BackupDestination, Disruption, StorageSpec};
 use crate::api::{DatabaseClass, DeletionPolicy, Engine, Isolation, ServiceDatabase};
 use crate::engine::{EngineSpec, for_engine};
 
@@ -60,6 +60,8 @@ pub struct ValidatedDatabase {
     /// named after (and owned by) its owner role.
     pub schema: Option<String>,
     pub deletion_policy: DeletionPolicy,
+    /// `spec.disruption`, or the class's: the PodDisruptionBudget's policy.
+    pub disruption: Disruption,
     /// The shared server hosting the database; `None` for a dedicated instance.
     pub server: Option<ServerFacts>,
     /// Scheduled rotation of the service's password.
@@ -90,6 +92,90 @@ pub struct ValidatedBackup {
     pub keep_last: Option<usize>,
     pub max_age: Option<std::time::Duration>,
     pub verify_schedule: Option<String>,
+    /// Deleting a `DatabaseBackup` by hand keeps its archive.
+    pub retain_archives_on_delete: bool,
+}
+
+/// `spec.backup` over the class's `backup`, field by field, before checks.
+#[derive(Clone, Debug, PartialEq)]
+struct EffectiveBackup {
+    schedule: String,
+    destination: BackupDestination,
+    retention: Option<crate::api::common::RetentionSpec>,
+    verify: Option<crate::api::common::VerifySpec>,
+    retain_archives_on_delete: bool,
+}
+
+/// The backups a ServiceDatabase gets: each field it sets wins over the
+/// class's; `enabled: false` turns them off (unless the class requires
+/// them); none when neither sets anything.
+fn effective_backup(
+    own: Option<&crate::api::common::BackupSpec>,
+    class: &DatabaseClass,
+    class_name: &str,
+) -> Result<Option<EffectiveBackup>, Invalid> {
+    let defaults = class.spec.backup.clone().unwrap_or_default();
+    let required = defaults.required;
+    if own.and_then(|b| b.enabled) == Some(false) {
+        if required {
+            return Err(Invalid::new(
+                "spec.backup.enabled",
+                "BackupRequired",
+                format!(
+                    "DatabaseClass {class_name} requires backups (backup.required); remove spec.backup.enabled: false"
+                ),
+            ));
+        }
+        return Ok(None);
+    }
+    let own = own.cloned().unwrap_or_default();
+    let schedule = own.schedule.or(defaults.schedule);
+    let destination = own.destination.or(defaults.destination);
+    let (schedule, destination) = match (schedule, destination) {
+        (Some(schedule), Some(destination)) => (schedule, destination),
+        (None, None)
+            if !required
+                && own.enabled.is_none()
+                && own.retention.is_none()
+                && own.verify.is_none()
+                && own.retain_archives_on_delete.is_none() =>
+        {
+            return Ok(None);
+        }
+        (schedule, _) => {
+            let (field, what) = if schedule.is_none() {
+                ("spec.backup.schedule", "a schedule")
+            } else {
+                ("spec.backup.destination", "a destination")
+            };
+            let why = if required {
+                format!("DatabaseClass {class_name} requires backups (backup.required)")
+            } else {
+                "backups are configured".to_string()
+            };
+            return Err(Invalid::new(
+                field,
+                if required {
+                    "BackupRequired"
+                } else {
+                    "BackupIncomplete"
+                },
+                format!(
+                    "{why}, and neither spec.backup nor DatabaseClass {class_name} sets {what}: set {field}"
+                ),
+            ));
+        }
+    };
+    Ok(Some(EffectiveBackup {
+        schedule,
+        destination,
+        retention: own.retention.or(defaults.retention),
+        verify: own.verify.or(defaults.verify),
+        retain_archives_on_delete: own
+            .retain_archives_on_delete
+            .or(defaults.retain_archives_on_delete)
+            .unwrap_or(true),
+    }))
 }
 
 /// Where the destination's volume is mounted in agent pods.
@@ -279,9 +365,10 @@ pub fn validate(
             "a backup cannot be restored into isolation Schema: pg_restore recreates a schema under the name it was dumped with, not this service's; restore into isolation Database or a Dedicated instance",
         ));
     }
-    let backup = match &spec.backup {
+    let backup = match effective_backup(spec.backup.as_ref(), class, &class_name)? {
         Some(backup) => {
-            check_cron("spec.backup.schedule", &backup.schedule)?;
+            let schedule = backup.schedule;
+            check_cron("spec.backup.schedule", &schedule)?;
             if let Some(verify) = &backup.verify {
                 check_cron("spec.backup.verify.schedule", &verify.schedule)?;
             }
@@ -309,19 +396,29 @@ pub fn validate(
                 None => None,
             };
             Some(ValidatedBackup {
-                schedule: backup.schedule.clone(),
+                schedule,
                 url: destination_url(&backup.destination, &namespace, &name),
-                destination: backup.destination.clone(),
+                destination: backup.destination,
                 keep_last: retention
                     .keep_last
                     .and_then(|n| usize::try_from(n).ok())
                     .filter(|n| *n > 0),
                 max_age,
                 verify_schedule: backup.verify.as_ref().map(|v| v.schedule.clone()),
+                retain_archives_on_delete: backup.retain_archives_on_delete,
             })
         }
         None => None,
     };
+    if spec.deletion_policy == DeletionPolicy::Snapshot && backup.is_none() {
+        return Err(Invalid::new(
+            "spec.deletionPolicy",
+            "SnapshotNeedsBackup",
+            format!(
+                "deletionPolicy Snapshot needs backups: set spec.backup.schedule and spec.backup.destination (DatabaseClass {class_name} provides none)"
+            ),
+        ));
+    }
 
     let not_yet = |field: &'static str, what: &str| {
         Err(Invalid::new(
@@ -350,8 +447,21 @@ pub fn validate(
         credentials.grace_period.as_ref(),
     )?
     .unwrap_or(super::rotation::DEFAULT_GRACE);
-    if spec.monitoring.as_ref().and_then(|m| m.enabled) == Some(true) {
-        return not_yet("spec.monitoring", "monitoring");
+    match (
+        spec.monitoring.as_ref().and_then(|m| m.enabled),
+        class.spec.monitoring.as_ref().and_then(|m| m.enabled),
+    ) {
+        (Some(true), _) => return not_yet("spec.monitoring", "monitoring"),
+        (None, Some(true)) => {
+            return Err(Invalid::new(
+                "spec.monitoring",
+                "Unsupported",
+                format!(
+                    "monitoring is not available in this servicedb release yet; DatabaseClass {class_name} turns it on (monitoring.enabled: true): set spec.monitoring.enabled: false or change the class"
+                ),
+            ));
+        }
+        _ => {}
     }
     // The CRD's rules refuse both; this holds should the CRD be older.
     let redis_scripting = spec.redis.as_ref().is_some_and(|r| r.scripting);
@@ -430,6 +540,10 @@ pub fn validate(
         schema: (spec.isolation == Isolation::Schema).then(|| identifier.clone()),
         username: identifier,
         deletion_policy: spec.deletion_policy,
+        disruption: spec
+            .disruption
+            .or(class.spec.disruption)
+            .unwrap_or_default(),
         server: shared,
         rotate_every,
         grace_period,
@@ -795,5 +909,138 @@ mod tests {
         edit(&mut sdb, "{credentials: {secretName: orders-db-admin}}");
         let err = validate(&sdb, &class, None).unwrap_err();
         assert_eq!(err.field, "spec.credentials.secretName");
+    }
+
+    fn class_with(yaml: &str) -> DatabaseClass {
+        let mut class: DatabaseClass = fixture("class-postgres.yaml");
+        let mut value = serde_json::to_value(&class.spec).unwrap();
+        let patch: serde_json::Value = serde_yaml::from_str(yaml).unwrap();
+        for (k, v) in patch.as_object().unwrap() {
+            value[k] = v.clone();
+        }
+        class.spec = serde_json::from_value(value).unwrap();
+        class
+    }
+
+    #[test]
+    fn class_backup_defaults_apply_field_by_field_under_the_databases_own() {
+        let class = class_with(
+            "{backup: {schedule: '0 3 * * *', destination: {s3: {bucket: platform, credentialsSecret: s3}}, retention: {keepLast: 7}, verify: {schedule: '@weekly'}, retainArchivesOnDelete: false}}",
+        );
+        let from_class = validate(&fixture("sdb-minimal.yaml"), &class, None)
+            .unwrap()
+            .backup
+            .expect("the class's backups");
+        assert_eq!(from_class.schedule, "0 3 * * *");
+        assert_eq!(from_class.url, "s3://platform/shop/cart-items");
+        assert_eq!(from_class.keep_last, Some(7));
+        assert_eq!(from_class.verify_schedule.as_deref(), Some("@weekly"));
+        assert!(!from_class.retain_archives_on_delete);
+
+        let mut sdb: ServiceDatabase = fixture("sdb-minimal.yaml");
+        edit(
+            &mut sdb,
+            "{backup: {schedule: '@hourly', retention: {keepLast: 2}, retainArchivesOnDelete: true}}",
+        );
+        let mixed = validate(&sdb, &class, None).unwrap().backup.unwrap();
+        assert_eq!(mixed.schedule, "@hourly", "the database's schedule wins");
+        assert_eq!(mixed.keep_last, Some(2), "the database's retention wins");
+        assert_eq!(
+            mixed.url, "s3://platform/shop/cart-items",
+            "the class's destination"
+        );
+        assert_eq!(mixed.verify_schedule.as_deref(), Some("@weekly"));
+        assert!(mixed.retain_archives_on_delete);
+
+        edit(&mut sdb, "{backup: {enabled: false}}");
+        assert_eq!(
+            validate(&sdb, &class, None).unwrap().backup,
+            None,
+            "turned off"
+        );
+
+        let plain: DatabaseClass = fixture("class-postgres.yaml");
+        let none = validate(&fixture("sdb-minimal.yaml"), &plain, None).unwrap();
+        assert_eq!(none.backup, None, "neither sets backups");
+        edit(&mut sdb, "{backup: {schedule: '@daily'}}");
+        let err = validate(&sdb, &plain, None).unwrap_err();
+        assert_eq!(
+            (err.field, err.reason),
+            ("spec.backup.destination", "BackupIncomplete")
+        );
+        edit(
+            &mut sdb,
+            "{backup: {schedule: '@daily', destination: {volume: {claimName: b}}}}",
+        );
+        let own = validate(&sdb, &plain, None).unwrap().backup.unwrap();
+        assert!(
+            own.retain_archives_on_delete,
+            "archives are kept by default"
+        );
+    }
+
+    #[test]
+    fn a_class_that_requires_backups_refuses_a_database_without_them_naming_the_class() {
+        let class = class_with(
+            "{backup: {required: true, schedule: '@daily', destination: {volume: {claimName: b}}}}",
+        );
+        let mut sdb: ServiceDatabase = fixture("sdb-minimal.yaml");
+        assert!(validate(&sdb, &class, None).unwrap().backup.is_some());
+        edit(&mut sdb, "{backup: {enabled: false}}");
+        let err = validate(&sdb, &class, None).unwrap_err();
+        assert_eq!(
+            (err.field, err.reason),
+            ("spec.backup.enabled", "BackupRequired")
+        );
+        assert!(
+            err.message.contains("DatabaseClass postgres"),
+            "{}",
+            err.message
+        );
+
+        let bare = class_with("{backup: {required: true}}");
+        let err = validate(&fixture("sdb-minimal.yaml"), &bare, None).unwrap_err();
+        assert_eq!(
+            (err.field, err.reason),
+            ("spec.backup.schedule", "BackupRequired")
+        );
+        assert!(
+            err.message.contains("DatabaseClass postgres"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn snapshot_needs_backups_from_the_database_or_its_class() {
+        let mut sdb: ServiceDatabase = fixture("sdb-minimal.yaml");
+        edit(&mut sdb, "{deletionPolicy: Snapshot}");
+        let plain: DatabaseClass = fixture("class-postgres.yaml");
+        let err = validate(&sdb, &plain, None).unwrap_err();
+        assert_eq!(
+            (err.field, err.reason),
+            ("spec.deletionPolicy", "SnapshotNeedsBackup")
+        );
+        let class =
+            class_with("{backup: {schedule: '@daily', destination: {volume: {claimName: b}}}}");
+        assert!(
+            validate(&sdb, &class, None).is_ok(),
+            "the class's backups do"
+        );
+    }
+
+    #[test]
+    fn class_monitoring_is_refused_like_the_databases_own_and_can_be_turned_off() {
+        let class = class_with("{monitoring: {enabled: true}}");
+        let mut sdb: ServiceDatabase = fixture("sdb-minimal.yaml");
+        let err = validate(&sdb, &class, None).unwrap_err();
+        assert_eq!((err.field, err.reason), ("spec.monitoring", "Unsupported"));
+        assert!(
+            err.message.contains("DatabaseClass postgres"),
+            "{}",
+            err.message
+        );
+        edit(&mut sdb, "{monitoring: {enabled: false}}");
+        assert!(validate(&sdb, &class, None).is_ok());
     }
 }

@@ -504,19 +504,26 @@ async fn scheduled_backups_are_a_restricted_cronjob_and_each_run_is_recorded() {
     .await;
 
     // A recorded run deleted by hand stays deleted, though the CronJob still
-    // keeps its Job.
+    // keeps its Job; its archive is kept (retainArchivesOnDelete defaults
+    // to true): no deletion Job.
     let backups: Api<DatabaseBackup> = env.api();
     backups
         .delete(run, &DeleteParams::default())
         .await
         .expect("deleting the recorded backup");
-    succeed(&env, &format!("{run}-delete"), json!({})).await;
     wait_for(
         "the recorded backup to go",
         Duration::from_secs(30),
         || async { backups.get_opt(run).await.ok()?.is_none().then_some(()) },
     )
     .await;
+    assert!(
+        jobs.get_opt(&format!("{run}-delete"))
+            .await
+            .expect("get")
+            .is_none(),
+        "the archive is kept: no deletion Job"
+    );
     // Any change to the database makes it look at its Jobs again.
     let mut spec = orders(json!({}));
     spec["spec"]["backup"]["retention"] = json!({"keepLast": 5});

@@ -798,7 +798,8 @@ async fn backups(env: &Env) {
         "apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
         "metadata": {"name": "ledger"},
         "spec": {"engine": "Postgres", "owner": {"podSelector": {"matchLabels": {"app": "ledger"}}},
-            "backup": {"schedule": "@daily", "destination": {"volume": {"claimName": "backups"}}},
+            "backup": {"schedule": "@daily", "destination": {"volume": {"claimName": "backups"}},
+                "retainArchivesOnDelete": false},
             "deletionPolicy": "Snapshot"}
     });
     let sdb = sdbs

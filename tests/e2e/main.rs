@@ -19,8 +19,10 @@ mod s3;
 mod servers;
 
 mod agent_jobs;
+mod archives;
 mod backup;
 mod chart;
+mod class_defaults;
 mod cli;
 mod database_server;
 mod dedicated;
@@ -32,5 +34,6 @@ mod redis_clients;
 mod rollout;
 mod rotation;
 mod shared;
+mod storage;
 mod tls;
 mod validation;

@@ -110,8 +110,11 @@ async fn the_api_server_rejects_invalid_manifests_naming_the_field() {
             &["spec.backup.destination", "exactly one of s3 or volume"],
         ),
         (
-            "snapshot-without-backup",
-            with(base(), json!({"deletionPolicy": "Snapshot"})),
+            "snapshot-with-backups-off",
+            with(
+                base(),
+                json!({"deletionPolicy": "Snapshot", "backup": {"enabled": false}}),
+            ),
             &["spec.deletionPolicy", "needs backup"],
         ),
         (

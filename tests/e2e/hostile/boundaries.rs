@@ -82,7 +82,7 @@ async fn the_longest_name_gets_scheduled_backups_whose_every_job_the_api_server_
     let sdb = |name: &str| {
         json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase", "metadata": {"name": name},
             "spec": {"engine": "Postgres", "owner": {"podSelector": {"matchLabels": {"app": "payments"}}},
-                "backup": {"schedule": "0 2 * * *", "destination": {"s3": {"bucket": "backups",
+                "backup": {"schedule": "0 2 * * *", "retainArchivesOnDelete": false, "destination": {"s3": {"bucket": "backups",
                     "endpoint": "http://minio.storage:9000", "region": "eu-1", "credentialsSecret": "s3-creds"}}}}})
     };
     let refused = apply(&env.client, &env.ns, sdb(&too_long))
@@ -118,8 +118,8 @@ async fn the_longest_name_gets_scheduled_backups_whose_every_job_the_api_server_
     wait_backup(&env, &run, BackupPhase::Completed).await;
 
     let backups: Api<DatabaseBackup> = env.api();
-    // Deleting the scheduled backup deletes its archive first, by a Job the
-    // API server accepts.
+    // Deleting the scheduled backup (retainArchivesOnDelete: false) deletes
+    // its archive first, by a Job the API server accepts.
     backups
         .delete(&run, &DeleteParams::default())
         .await

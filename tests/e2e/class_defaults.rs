@@ -1,0 +1,220 @@
+//! What a DatabaseClass sets is what its ServiceDatabases get, under their
+//! own settings: backups field by field (and required backups), the
+//! disruption policy of the PodDisruptionBudget, and monitoring (refused,
+//! as it is not available yet).
+
+use std::time::Duration;
+
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use servicedb::api::{DatabaseClass, Phase, ServiceDatabase};
+
+use crate::dedicated::{get_when, wait_phase};
+use crate::harness::{Env, wait_for};
+
+async fn class(env: &Env, name: &str, extra: Value) {
+    let mut spec = json!({"engine": "Postgres", "versions": ["17"]});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let class = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseClass",
+        "metadata": {"name": name}, "spec": spec});
+    Api::<DatabaseClass>::all(env.client.clone())
+        .patch(
+            name,
+            &PatchParams::apply("servicedb-e2e").force(),
+            &Patch::Apply(&class),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying class {name}: {e}"));
+}
+
+async fn database(env: &Env, name: &str, extra: Value) {
+    let mut spec =
+        json!({"engine": "Postgres", "owner": {"podSelector": {"matchLabels": {"app": name}}}});
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    let sdb = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+        "metadata": {"name": name}, "spec": spec});
+    env.api::<ServiceDatabase>()
+        .patch(
+            name,
+            &PatchParams::apply("servicedb-e2e").force(),
+            &Patch::Apply(&sdb),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+}
+
+fn spec_valid(sdb: &ServiceDatabase) -> (String, String, String) {
+    sdb.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "SpecValid"))
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
+
+async fn pdb_policy(env: &Env, name: &str) -> (Option<IntOrString>, Option<IntOrString>) {
+    let pdb = get_when(&env.api::<PodDisruptionBudget>(), &format!("{name}-db")).await;
+    let spec = pdb.spec.expect("spec");
+    (spec.min_available, spec.max_unavailable)
+}
+
+#[tokio::test]
+async fn a_class_gives_its_backups_and_disruption_policy_and_the_database_overrides_them() {
+    let env = Env::new("class-defaults").await;
+    let backed = format!("{}-backed", env.ns);
+    let monitored = format!("{}-monitored", env.ns);
+    class(
+        &env,
+        &backed,
+        json!({"disruption": "Allow", "backup": {"required": true, "schedule": "0 3 * * *",
+            "destination": {"volume": {"claimName": "backups"}}, "retention": {"keepLast": 3}}}),
+    )
+    .await;
+    class(&env, &monitored, json!({"monitoring": {"enabled": true}})).await;
+
+    // The class's backups and policy, nothing of its own.
+    database(&env, "inherits", json!({"className": backed})).await;
+    // Its own schedule and policy over the class's; the class's destination.
+    database(
+        &env,
+        "overrides",
+        json!({"className": backed, "backup": {"schedule": "@hourly"}, "disruption": "Protect"}),
+    )
+    .await;
+    // The default class has no backups and protects.
+    database(&env, "plain", json!({})).await;
+    // Snapshot is accepted with the class's backups.
+    database(
+        &env,
+        "snapshot",
+        json!({"className": backed, "deletionPolicy": "Snapshot"}),
+    )
+    .await;
+
+    let cronjobs: Api<CronJob> = env.api();
+    let schedule = |c: CronJob| c.spec.expect("spec").schedule;
+    assert_eq!(
+        schedule(get_when(&cronjobs, "inherits-db-backup").await),
+        "0 3 * * *",
+        "the class's schedule"
+    );
+    let overrides = get_when(&cronjobs, "overrides-db-backup").await;
+    let args = overrides
+        .spec
+        .clone()
+        .and_then(|s| s.job_template.spec)
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers[0].args.clone())
+        .unwrap_or_default();
+    assert_eq!(schedule(overrides), "@hourly", "its own schedule");
+    assert!(
+        args.iter()
+            .any(|a| a.contains(&format!("file:///backup/{}/overrides", env.ns))),
+        "the class's volume destination: {args:?}"
+    );
+    get_when(&cronjobs, "snapshot-db-backup").await;
+
+    assert_eq!(
+        pdb_policy(&env, "inherits").await,
+        (None, Some(IntOrString::Int(1))),
+        "Allow from the class: maxUnavailable 1"
+    );
+    assert_eq!(
+        pdb_policy(&env, "overrides").await,
+        (Some(IntOrString::Int(1)), None),
+        "its own Protect"
+    );
+    assert_eq!(
+        pdb_policy(&env, "plain").await,
+        (Some(IntOrString::Int(1)), None),
+        "Protect by default"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        cronjobs
+            .get_opt("plain-db-backup")
+            .await
+            .expect("get")
+            .is_none(),
+        "no backups without any backup settings"
+    );
+
+    // Switching its own policy to Allow changes the PDB in place.
+    database(&env, "plain", json!({"disruption": "Allow"})).await;
+    let pdbs: Api<PodDisruptionBudget> = env.api();
+    wait_for(
+        "plain's PDB to allow a drain",
+        Duration::from_secs(30),
+        || async {
+            let spec = pdbs.get("plain-db").await.ok()?.spec?;
+            (spec.max_unavailable == Some(IntOrString::Int(1)) && spec.min_available.is_none())
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Turning off the backups a class requires is refused, naming the class.
+    database(
+        &env,
+        "opts-out",
+        json!({"className": backed, "backup": {"enabled": false}}),
+    )
+    .await;
+    let sdbs: Api<ServiceDatabase> = env.api();
+    let refused = wait_phase(&sdbs, "opts-out", Phase::Failed).await;
+    let (status, reason, message) = spec_valid(&refused);
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("False", "BackupRequired")
+    );
+    assert!(
+        message.contains(&backed) && message.contains("spec.backup.enabled"),
+        "{message}"
+    );
+    // …and it was not built.
+    assert!(
+        cronjobs
+            .get_opt("opts-out-db-backup")
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    // A class that turns monitoring on is refused like the database's own.
+    database(&env, "watched", json!({"className": monitored})).await;
+    let refused = wait_phase(&sdbs, "watched", Phase::Failed).await;
+    let (_, reason, message) = spec_valid(&refused);
+    assert_eq!(reason, "Unsupported");
+    assert!(message.contains(&monitored), "{message}");
+    database(
+        &env,
+        "watched",
+        json!({"className": monitored, "monitoring": {"enabled": false}}),
+    )
+    .await;
+    wait_for(
+        "watched to be accepted with monitoring off",
+        Duration::from_secs(30),
+        || async {
+            let sdb = sdbs.get("watched").await.ok()?;
+            (spec_valid(&sdb).0 == "True").then_some(())
+        },
+    )
+    .await;
+
+    for sdb in ["inherits", "overrides", "opts-out", "watched"] {
+        let _ = sdbs.delete(sdb, &DeleteParams::default()).await;
+    }
+    for name in [&backed, &monitored] {
+        let _ = Api::<DatabaseClass>::all(env.client.clone())
+            .delete(name, &DeleteParams::default())
+            .await;
+    }
+}

@@ -725,6 +725,7 @@ async fn operate(env: &Env, deploy: &Deployment, identity: &str) {
     assert_eq!(env.operator.metric("servicedb_leader").await, Some(1.0));
 
     backups(env).await;
+    crate::storage::grows(env, "ledger-store").await;
 
     // Deletion: Retain orphans the Secrets, Delete removes them and the volume.
     make_pvc(env, "orders").await;

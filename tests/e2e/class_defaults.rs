@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use servicedb::api::{DatabaseClass, Phase, ServiceDatabase};
 
 use crate::dedicated::{get_when, wait_phase};
-use crate::harness::{Env, wait_for};
+use crate::harness::{Env, apply_manifest, backup_example, wait_for};
 
 async fn class(env: &Env, name: &str, extra: Value) {
     let mut spec = json!({"engine": "Postgres", "versions": ["17"]});
@@ -209,10 +209,36 @@ async fn a_class_gives_its_backups_and_disruption_policy_and_the_database_overri
     )
     .await;
 
-    for sdb in ["inherits", "overrides", "opts-out", "watched"] {
+    // The README's class: its databases get its nightly backups to S3.
+    apply_manifest(
+        &env.client,
+        &env.ns,
+        &backup_example("class-backed-up.yaml"),
+    )
+    .await;
+    database(&env, "readme", json!({"className": "postgres-backed-up"})).await;
+    let cron = get_when(&cronjobs, "readme-db-backup").await;
+    assert_eq!(cron.spec.expect("spec").schedule, "0 2 * * *");
+    database(
+        &env,
+        "readme-off",
+        json!({"className": "postgres-backed-up", "backup": {"enabled": false}}),
+    )
+    .await;
+    let refused = wait_phase(&sdbs, "readme-off", Phase::Failed).await;
+    assert!(spec_valid(&refused).2.contains("postgres-backed-up"));
+
+    for sdb in [
+        "inherits",
+        "overrides",
+        "opts-out",
+        "watched",
+        "readme",
+        "readme-off",
+    ] {
         let _ = sdbs.delete(sdb, &DeleteParams::default()).await;
     }
-    for name in [&backed, &monitored] {
+    for name in [backed.as_str(), monitored.as_str(), "postgres-backed-up"] {
         let _ = Api::<DatabaseClass>::all(env.client.clone())
             .delete(name, &DeleteParams::default())
             .await;

@@ -118,6 +118,27 @@ async fn wait_storage_condition(
     .await
 }
 
+/// One database grown on an expandable class (the chart's RBAC test runs it
+/// under the chart's ServiceAccount: it reads the StorageClass).
+pub async fn grows(env: &Env, name: &str) {
+    storage_class(env, EXPANDABLE, true).await;
+    apply(env, &database(name, "1Gi", EXPANDABLE))
+        .await
+        .expect("applying");
+    get_when(&env.api::<StatefulSet>(), &format!("{name}-db")).await;
+    bound_claim(env, name, EXPANDABLE).await;
+    apply(env, &database(name, "3Gi", EXPANDABLE))
+        .await
+        .expect("growing");
+    wait_storage_condition(env, name, "False", "Resizing").await;
+    let claim = env
+        .api::<PersistentVolumeClaim>()
+        .get(&format!("data-{name}-db-0"))
+        .await
+        .expect("claim");
+    assert_eq!(requested(&claim), "3Gi");
+}
+
 #[tokio::test]
 async fn a_larger_size_expands_the_claim_where_the_storage_class_allows_it_and_never_shrinks() {
     let env = Env::new("storage-grow").await;

@@ -180,7 +180,7 @@ pub async fn apply(
 
 /// A StatefulSet's claim templates cannot change once it exists: keep the
 /// live ones so that an edit of `storage` does not make every apply fail.
-/// (Growing existing volumes is not implemented yet.)
+/// A larger size grows the live claim instead ([`super::storage`]).
 async fn keep_claim_templates(
     client: &Client,
     namespace: &str,
@@ -198,7 +198,7 @@ async fn keep_claim_templates(
     {
         tracing::info!(
             name,
-            "claim templates of an existing StatefulSet are kept; storage changes apply to new instances"
+            "claim templates of an existing StatefulSet are kept; a larger size expands the live claim"
         );
         spec.volume_claim_templates = existing.volume_claim_templates;
     }

@@ -31,11 +31,41 @@ pub struct Args {
     pub wait: WaitArgs,
 }
 
+/// Whether the database has backups, its class's included. A class that
+/// cannot be read (the user may not read DatabaseClasses) leaves the
+/// answer to the operator.
+async fn has_backups(kube: &Kube, sdb: &crate::api::ServiceDatabase) -> bool {
+    match &sdb.spec.backup {
+        Some(b) if b.enabled == Some(false) => false,
+        Some(_) => true,
+        None => {
+            let Some(class) = sdb
+                .status
+                .as_ref()
+                .and_then(|s| s.class_name.clone())
+                .or_else(|| sdb.spec.class_name.clone())
+            else {
+                return true;
+            };
+            match Api::<crate::api::DatabaseClass>::all(kube.client.clone())
+                .get(&class)
+                .await
+            {
+                Ok(class) => class
+                    .spec
+                    .backup
+                    .is_some_and(|b| b.destination.is_some() && b.schedule.is_some()),
+                Err(_) => true,
+            }
+        }
+    }
+}
+
 pub async fn run(kube: &Kube, args: Args) -> anyhow::Result<i32> {
     let sdb = get_database(kube, &args.name).await?;
-    if sdb.spec.backup.is_none() {
+    if !has_backups(kube, &sdb).await {
         anyhow::bail!(
-            "ServiceDatabase {} has no spec.backup: set spec.backup.destination (where backups go) first",
+            "ServiceDatabase {} has no backups (no spec.backup, none from its class, or backup.enabled false): set spec.backup.destination (where backups go) first",
             args.name
         );
     }

@@ -228,6 +228,29 @@ async fn a_class_gives_its_backups_and_disruption_policy_and_the_database_overri
     let refused = wait_phase(&sdbs, "readme-off", Phase::Failed).await;
     assert!(spec_valid(&refused).2.contains("postgres-backed-up"));
 
+    // `kubectl servicedb backup` knows the class's backups too.
+    let plugin = crate::cli::plugin_dir();
+    let now = crate::cli::run(
+        plugin.path(),
+        &env.ns,
+        &[
+            "backup",
+            "readme",
+            "--backup-name",
+            "readme-now",
+            "--wait=false",
+        ],
+    );
+    assert!(now.status.success(), "{}", crate::cli::text(&now));
+    get_when(&env.api::<servicedb::api::DatabaseBackup>(), "readme-now").await;
+    let plain = crate::cli::run(plugin.path(), &env.ns, &["backup", "plain"]);
+    assert!(!plain.status.success());
+    assert!(
+        crate::cli::text(&plain).contains("has no backups"),
+        "{}",
+        crate::cli::text(&plain)
+    );
+
     for sdb in [
         "inherits",
         "overrides",

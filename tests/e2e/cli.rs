@@ -37,7 +37,7 @@ const COMMANDS: [&str; 7] = [
 
 /// A directory holding `kubectl-servicedb`, a link to the servicedb binary,
 /// as the README's install step makes it.
-fn plugin_dir() -> tempfile::TempDir {
+pub fn plugin_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     std::os::unix::fs::symlink(
         env!("CARGO_BIN_EXE_servicedb"),
@@ -65,7 +65,7 @@ fn kubectl_plugin(dir: &Path) -> Command {
 }
 
 /// Runs `kubectl servicedb ARGS -n NS` to the end.
-fn run(dir: &Path, ns: &str, args: &[&str]) -> Output {
+pub fn run(dir: &Path, ns: &str, args: &[&str]) -> Output {
     kubectl_plugin(dir)
         .args(args)
         .args(["-n", ns])
@@ -84,7 +84,7 @@ fn start(dir: &Path, ns: &str, args: &[&str]) -> std::process::Child {
         .expect("starting kubectl servicedb")
 }
 
-fn text(out: &Output) -> String {
+pub fn text(out: &Output) -> String {
     format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -24,6 +24,10 @@ pub mod types {
     pub const BACKUP_HEALTHY: &str = "BackupHealthy";
     /// `spec.bootstrap.fromBackup` was restored into the database.
     pub const RESTORED: &str = "Restored";
+    /// The data volume has the size `spec.storage.size` asks for (dedicated
+    /// instances, once the claim exists); `False` while it is expanded or
+    /// when its StorageClass does not allow expansion.
+    pub const STORAGE_RESIZED: &str = "StorageResized";
     /// The final backup of `deletionPolicy: Snapshot` completed.
     pub const FINAL_BACKUP: &str = "FinalBackup";
     /// A `DatabaseBackup`'s archive is stored (its condition).

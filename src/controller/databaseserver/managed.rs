@@ -92,8 +92,13 @@ pub async fn ensure(
         Err(dereference::Error::Invalid(e)) => return Err(Error::Invalid(managed_field(e))),
         Err(e) => return Err(Error::Dereference(e)),
     };
-    let db = validate::validate(&sdb, &found.class, None)
-        .map_err(|e| Error::Invalid(managed_field(e)))?;
+    // The class's backups and monitoring are a service's; a managed server's
+    // instance never took them (and backs up no single service's data).
+    let mut class = found.class.clone();
+    class.spec.backup = None;
+    class.spec.monitoring = None;
+    let db =
+        validate::validate(&sdb, &class, None).map_err(|e| Error::Invalid(managed_field(e)))?;
     let Some(owner) = server.controller_owner_ref(&()) else {
         return Err(Error::Invalid(Invalid {
             field: "metadata",

@@ -420,7 +420,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         let generation = sdb.metadata.generation;
         status.conditions = crate::api::conditions::merge(
             &status.conditions,
-            std::slice::from_ref(storage),
+            std::slice::from_ref(&storage.condition),
             generation,
             now,
         );
@@ -440,7 +440,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
     if behind {
         due = due.min(rollout::RECHECK);
     }
-    if storage.as_ref().is_some_and(|c| c.reason == "Resizing") {
+    if storage.as_ref().is_some_and(|v| v.resizing) {
         due = due.min(storage::RECHECK);
     }
     if let Some(wait) = rollout::until_warning(&plan, db.grace_period, now.0) {

@@ -15,10 +15,9 @@ use kube::{Api, Client};
 
 use super::validate::ValidatedDatabase;
 use crate::api::conditions::Observed;
+use crate::api::conditions::types::STORAGE_RESIZED;
 use crate::build::statefulset::DATA_VOLUME;
 
-/// The condition type on the ServiceDatabase.
-pub const STORAGE_RESIZED: &str = "StorageResized";
 /// How often a volume that is being expanded is looked at again.
 pub const RECHECK: Duration = Duration::from_secs(30);
 
@@ -44,10 +43,27 @@ pub fn claim_name(db: &ValidatedDatabase) -> String {
     format!("{DATA_VOLUME}-{}-0", db.instance_name())
 }
 
+/// What [`grow`] found.
+pub struct Volume {
+    /// `StorageResized`.
+    pub condition: Observed,
+    /// The volume is being expanded: look again in [`RECHECK`].
+    pub resizing: bool,
+}
+
+impl Volume {
+    fn settled(condition: Observed) -> Option<Self> {
+        Some(Self {
+            condition,
+            resizing: false,
+        })
+    }
+}
+
 /// Expands the data volume to `spec.storage.size` where it is smaller and
 /// its StorageClass allows it. `None` on a shared server and before the
 /// StatefulSet controller made the claim.
-pub async fn grow(client: &Client, db: &ValidatedDatabase) -> Result<Option<Observed>, Error> {
+pub async fn grow(client: &Client, db: &ValidatedDatabase) -> Result<Option<Volume>, Error> {
     if db.server.is_some() {
         return Ok(None);
     }
@@ -80,7 +96,7 @@ pub async fn grow(client: &Client, db: &ValidatedDatabase) -> Result<Option<Obse
         return Ok(None);
     };
     if wanted_bytes < requested_bytes {
-        return Ok(Some(Observed::new(
+        return Ok(Volume::settled(Observed::new(
             STORAGE_RESIZED,
             false,
             "CannotShrink",
@@ -116,7 +132,7 @@ pub async fn grow(client: &Client, db: &ValidatedDatabase) -> Result<Option<Obse
                     )
                 },
             );
-            return Ok(Some(Observed::new(
+            return Ok(Volume::settled(Observed::new(
                 STORAGE_RESIZED,
                 false,
                 "ExpansionNotSupported",
@@ -138,7 +154,7 @@ pub async fn grow(client: &Client, db: &ValidatedDatabase) -> Result<Option<Obse
     }
     match capacity.as_deref().and_then(bytes) {
         Some(now) if now < wanted_bytes => Ok(Some(resizing(&name, wanted, capacity.as_deref()))),
-        _ => Ok(Some(Observed::new(
+        _ => Ok(Volume::settled(Observed::new(
             STORAGE_RESIZED,
             true,
             "AsRequested",
@@ -147,16 +163,19 @@ pub async fn grow(client: &Client, db: &ValidatedDatabase) -> Result<Option<Obse
     }
 }
 
-fn resizing(name: &str, wanted: &str, capacity: Option<&str>) -> Observed {
-    Observed::new(
-        STORAGE_RESIZED,
-        false,
-        "Resizing",
-        format!(
-            "PersistentVolumeClaim {name} is being expanded to {wanted} (capacity now {})",
-            capacity.unwrap_or("unknown")
+fn resizing(name: &str, wanted: &str, capacity: Option<&str>) -> Volume {
+    Volume {
+        condition: Observed::new(
+            STORAGE_RESIZED,
+            false,
+            "Resizing",
+            format!(
+                "PersistentVolumeClaim {name} is being expanded to {wanted} (capacity now {})",
+                capacity.unwrap_or("unknown")
+            ),
         ),
-    )
+        resizing: true,
+    }
 }
 
 /// A Kubernetes quantity in bytes (`10Gi`, `500M`, `1.5Ti`, `1e9`); `None`

@@ -126,6 +126,23 @@ async fn deleting_a_backup_keeps_its_archive_unless_asked_and_a_namespace_deleti
     // namespace controller, so the test deletes the backup itself, as that
     // controller would.
     completed_backup(&env, "last").await;
+    let mut ledger = orders(json!({}));
+    ledger["metadata"]["name"] = json!("ledger");
+    ledger["spec"]["deletionPolicy"] = json!("Snapshot");
+    env.api::<ServiceDatabase>()
+        .patch(
+            "ledger",
+            &PatchParams::apply("servicedb-e2e").force(),
+            &Patch::Apply(&ledger),
+        )
+        .await
+        .expect("applying ledger");
+    let sdbs: Api<ServiceDatabase> = env.api();
+    wait_for("ledger's finalizer", Duration::from_secs(30), || async {
+        let sdb = sdbs.get("ledger").await.ok()?;
+        (!sdb.finalizers().is_empty()).then_some(())
+    })
+    .await;
     Api::<Namespace>::all(env.client.clone())
         .delete(&env.ns, &DeleteParams::default())
         .await
@@ -147,6 +164,24 @@ async fn deleting_a_backup_keeps_its_archive_unless_asked_and_a_namespace_deleti
     assert!(
         jobs.get_opt("last-delete").await.expect("get").is_none(),
         "no archive deletion Job in a namespace being deleted"
+    );
+    // A Snapshot database takes no final backup there and does not wait.
+    sdbs.delete("ledger", &DeleteParams::default())
+        .await
+        .expect("delete ledger");
+    wait_for("ledger to be gone", Duration::from_secs(30), || async {
+        sdbs.get_opt("ledger").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        backups
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+            .iter()
+            .all(|b| !b.name_any().starts_with("ledger-final")),
+        "no final backup in a namespace being deleted"
     );
     let logs = env.operator.logs();
     assert!(

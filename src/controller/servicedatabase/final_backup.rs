@@ -2,7 +2,8 @@
 //! `DatabaseBackup` `<name>-final-<uid>` (trigger `Final`) must complete. It
 //! has no owner, so it outlives the ServiceDatabase, and retention never
 //! deletes it. If it fails, deletion keeps waiting (and says so); deleting
-//! the failed backup makes a new attempt.
+//! the failed backup makes a new attempt. In a namespace being deleted no
+//! final backup is taken (none could be created) and nothing waits.
 
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -76,6 +77,21 @@ pub async fn ensure(client: &Client, sdb: &ServiceDatabase) -> Result<Final, Err
         source,
     })?;
     let Some(backup) = existing else {
+        // Nothing can be created in a namespace being deleted: waiting for
+        // a final backup there would hold the namespace up for ever.
+        let terminating = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .get_opt(&namespace)
+            .await
+            .map_err(|source| Error::Dereference {
+                kind: "Namespace",
+                source,
+            })?
+            .is_none_or(|ns| ns.metadata.deletion_timestamp.is_some());
+        if terminating {
+            return Ok(Final::Unavailable(format!(
+                "namespace {namespace} is being deleted: no final backup can be created there"
+            )));
+        }
         let backup = DatabaseBackup {
             metadata: ObjectMeta {
                 name: Some(name.clone()),

@@ -9,6 +9,8 @@
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../gitops_common/mod.rs"]
+mod gitops_common;
 #[path = "../agent_common/ferretdb.rs"]
 #[allow(dead_code)] // shared with the agent tests, which use all of it
 mod ferretdb;
@@ -25,6 +27,7 @@ mod cli;
 mod database_server;
 mod dedicated;
 mod formats;
+mod gitops;
 mod hostile;
 mod kubectl_get;
 mod lifecycle;

@@ -26,7 +26,11 @@ fn every_fixture_has_the_expected_health_and_kstatus() {
 #[test]
 fn every_fixture_is_expected() {
     for entry in std::fs::read_dir(fixtures_dir()).expect("fixtures") {
-        let name = entry.expect("entry").file_name().to_string_lossy().into_owned();
+        let name = entry
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         let name = name.trim_end_matches(".json");
         assert!(
             EXPECTED.iter().any(|(n, _, _)| *n == name),
@@ -42,7 +46,12 @@ fn the_argocd_cm_snippet_embeds_the_scripts_as_they_are() {
     assert_eq!(cm["kind"].as_str(), Some("ConfigMap"));
     assert_eq!(cm["metadata"]["name"].as_str(), Some("argocd-cm"));
     let data = cm["data"].as_mapping().expect("data");
-    let kinds = ["ServiceDatabase", "DatabaseServer", "DatabaseBackup", "DatabaseClass"];
+    let kinds = [
+        "ServiceDatabase",
+        "DatabaseServer",
+        "DatabaseBackup",
+        "DatabaseClass",
+    ];
     assert_eq!(data.len(), kinds.len(), "one health check per kind");
     for kind in kinds {
         let key = format!("resource.customizations.health.servicedb.dev_{kind}");
@@ -50,7 +59,12 @@ fn the_argocd_cm_snippet_embeds_the_scripts_as_they_are() {
             .get(key.as_str())
             .and_then(|v| v.as_str())
             .unwrap_or_else(|| panic!("{key} missing"));
-        assert_eq!(embedded, script(kind), "{key} and {}.lua differ", kind.to_lowercase());
+        assert_eq!(
+            embedded,
+            script(kind),
+            "{key} and {}.lua differ",
+            kind.to_lowercase()
+        );
     }
 }
 

@@ -139,7 +139,12 @@ pub fn kstatus(ready: &Observed, stalled: bool) -> [Observed; 2] {
                 "nothing left to do"
             },
         ),
-        condition(types::STALLED, stalled, "Progressing", "no change needed to go on"),
+        condition(
+            types::STALLED,
+            stalled,
+            "Progressing",
+            "no change needed to go on",
+        ),
     ]
 }
 
@@ -189,7 +194,10 @@ mod tests {
         let status = |o: &[Observed; 2]| (o[0].status, o[1].status);
         let waiting = Observed::new("Ready", false, "Provisioning", "waiting");
         let [reconciling, _] = kstatus(&waiting, false);
-        assert_eq!((reconciling.type_, reconciling.reason), ("Reconciling", "Provisioning"));
+        assert_eq!(
+            (reconciling.type_, reconciling.reason),
+            ("Reconciling", "Provisioning")
+        );
         assert_eq!(status(&kstatus(&waiting, false)), (true, false));
         let invalid = Observed::new("Ready", false, "NameConflict", "taken");
         let [_, stalled] = kstatus(&invalid, true);

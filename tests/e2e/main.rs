@@ -9,11 +9,11 @@
 
 #[path = "../common/mod.rs"]
 mod common;
-#[path = "../gitops_common/mod.rs"]
-mod gitops_common;
 #[path = "../agent_common/ferretdb.rs"]
 #[allow(dead_code)] // shared with the agent tests, which use all of it
 mod ferretdb;
+#[path = "../gitops_common/mod.rs"]
+mod gitops_common;
 mod harness;
 #[path = "../agent_common/s3.rs"]
 #[allow(dead_code)] // shared with the agent tests, which use all of it

@@ -64,7 +64,10 @@ pub fn kstatus(obj: &Value) -> &'static str {
     {
         return "InProgress";
     }
-    let conditions = obj["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let conditions = obj["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let is_true = |t: &str| {
         conditions
             .iter()
@@ -88,7 +91,11 @@ pub const EXPECTED: &[(&str, &str, &str)] = &[
     ("databaseserver-invalid", "Degraded", "Failed"),
     ("servicedatabase-shared-ready", "Healthy", "Current"),
     ("servicedatabase-provisioning", "Progressing", "InProgress"),
-    ("servicedatabase-spec-not-observed", "Progressing", "InProgress"),
+    (
+        "servicedatabase-spec-not-observed",
+        "Progressing",
+        "InProgress",
+    ),
     ("servicedatabase-invalid", "Degraded", "Failed"),
     ("servicedatabase-backups-failing", "Degraded", "Current"),
     ("databasebackup-running", "Progressing", "InProgress"),

@@ -241,7 +241,8 @@ async fn keep_immutable(
     if live.selector == spec.selector {
         return Ok(());
     }
-    tracing::info!(
+    // Every reconcile of such an instance comes here: not news.
+    tracing::debug!(
         name,
         "the selector of an existing StatefulSet is kept; its pods are selected by it"
     );
@@ -272,7 +273,11 @@ async fn keep_immutable(
 /// [`LABEL_INSTANCE`] instead, so that nothing of this instance carries
 /// `app.kubernetes.io/instance` in its metadata. Only volumes this resource
 /// may remove are touched, as in [`cleanup`].
-async fn relabel_claims(client: &Client, namespace: &str, owner: Owner<'_>) -> Result<usize, Error> {
+async fn relabel_claims(
+    client: &Client,
+    namespace: &str,
+    owner: Owner<'_>,
+) -> Result<usize, Error> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let mut relabelled = 0;
     for claim in list_instance(&api, owner.instance)
@@ -478,7 +483,11 @@ where
 {
     let mut found: Vec<K> = Vec::new();
     for selector in instance_selectors(instance, "") {
-        for obj in api.list(&ListParams::default().labels(&selector)).await?.items {
+        for obj in api
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+        {
             // One that carries both labels is listed twice.
             if !found.iter().any(|f| f.meta().uid == obj.meta().uid) {
                 found.push(obj);

@@ -22,9 +22,9 @@ use super::validate::{Invalid, ValidatedDatabase};
 use crate::api::ServiceDatabase;
 use crate::api::conditions::{is_true, types};
 use crate::api::database_backup::{BackupPhase, DatabaseBackup};
+use crate::build::backup::{Archive, restore_job, restore_job_name};
 use crate::build::statefulset::DATA_VOLUME;
 use crate::build::{LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts, instance_label};
-use crate::build::backup::{Archive, restore_job, restore_job_name};
 use crate::controller::jobs::{self, JobState, Report};
 
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{DatabaseBackup, DatabaseClass, DatabaseServer, Phase, ServiceDatabase};
 
-use crate::backup::{agent_pod, finish_job, manual_backup, manifest, succeed, wait_backup};
+use crate::backup::{agent_pod, finish_job, manifest, manual_backup, succeed, wait_backup};
 use crate::dedicated::{get_when, set_ready_replicas, wait_phase};
 use crate::gitops_common::{argocd_health, expected, fixtures_dir, kstatus, trimmed};
 use crate::harness::{Env, free_port, wait_for};
@@ -50,7 +50,10 @@ where
     let obj = fetch::<K>(env, name).await;
     let (health, kstatus_want) = expected(fixture);
     let (status, message) = argocd_health(&obj);
-    assert_eq!(status, health, "Argo CD health of {fixture}: {message}\n{obj:#}");
+    assert_eq!(
+        status, health,
+        "Argo CD health of {fixture}: {message}\n{obj:#}"
+    );
     assert_eq!(kstatus(&obj), kstatus_want, "kstatus of {fixture}\n{obj:#}");
     if std::env::var("SERVICEDB_UPDATE_FIXTURES").as_deref() == Ok("1") {
         let path = fixtures_dir().join(format!("{fixture}.json"));
@@ -114,16 +117,28 @@ async fn argocd_health_and_kstatus_follow_every_kind_through_its_states() {
         .into_iter()
         .next()
         .expect("the example classes");
-    check::<DatabaseClass>(&env, &class.metadata.name.clone().unwrap_or_default(), "databaseclass")
-        .await;
+    check::<DatabaseClass>(
+        &env,
+        &class.metadata.name.clone().unwrap_or_default(),
+        "databaseclass",
+    )
+    .await;
 
     // Servers: a real PostgreSQL, a port nobody listens on, a missing Secret.
     let pg = Postgres::start_new();
     server(&env, "shared-pg", &pg, json!({"from": "Same"})).await;
     wait_server_ready(&env, "shared-pg", "True").await;
     check::<DatabaseServer>(&env, "shared-pg", "databaseserver-ready").await;
-    server_of(&env, "nowhere", "Postgres", free_port(), "postgres", "unused", json!({"from": "Same"}))
-        .await;
+    server_of(
+        &env,
+        "nowhere",
+        "Postgres",
+        free_port(),
+        "postgres",
+        "unused",
+        json!({"from": "Same"}),
+    )
+    .await;
     wait_server_ready(&env, "nowhere", "False").await;
     check::<DatabaseServer>(&env, "nowhere", "databaseserver-unreachable").await;
     let invalid_server = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer",
@@ -131,7 +146,11 @@ async fn argocd_health_and_kstatus_follow_every_kind_through_its_states() {
         "spec": {"engine": "Postgres", "external": {"host": "127.0.0.1", "port": pg.port,
             "adminSecretRef": {"name": "no-such-secret"}}}});
     env.api::<DatabaseServer>()
-        .patch("no-secret", &PatchParams::apply("servicedb-e2e"), &Patch::Apply(&invalid_server))
+        .patch(
+            "no-secret",
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&invalid_server),
+        )
         .await
         .expect("server");
     wait_server_ready(&env, "no-secret", "False").await;
@@ -139,12 +158,26 @@ async fn argocd_health_and_kstatus_follow_every_kind_through_its_states() {
 
     // ServiceDatabases.
     let sdbs: Api<ServiceDatabase> = env.api();
-    apply_sdb(&env, sdb("orders", json!({"engine": "Postgres", "isolation": "Database",
-        "serverRef": {"name": "shared-pg", "namespace": env.ns}}))).await;
+    apply_sdb(
+        &env,
+        sdb(
+            "orders",
+            json!({"engine": "Postgres", "isolation": "Database",
+        "serverRef": {"name": "shared-pg", "namespace": env.ns}}),
+        ),
+    )
+    .await;
     wait_phase(&sdbs, "orders", Phase::Ready).await;
     check::<ServiceDatabase>(&env, "orders", "servicedatabase-shared-ready").await;
 
-    apply_sdb(&env, sdb("wrong", json!({"engine": "Postgres", "className": "no-such-class"}))).await;
+    apply_sdb(
+        &env,
+        sdb(
+            "wrong",
+            json!({"engine": "Postgres", "className": "no-such-class"}),
+        ),
+    )
+    .await;
     wait_phase(&sdbs, "wrong", Phase::Failed).await;
     check::<ServiceDatabase>(&env, "wrong", "servicedatabase-invalid").await;
 
@@ -155,23 +188,40 @@ async fn argocd_health_and_kstatus_follow_every_kind_through_its_states() {
     check::<ServiceDatabase>(&env, "cart", "servicedatabase-provisioning").await;
     // A spec edit the operator has not seen yet.
     env.operator.stop();
-    apply_sdb(&env, sdb("cart", json!({"engine": "Postgres", "storage": {"size": "3Gi"}}))).await;
+    apply_sdb(
+        &env,
+        sdb(
+            "cart",
+            json!({"engine": "Postgres", "storage": {"size": "3Gi"}}),
+        ),
+    )
+    .await;
     check::<ServiceDatabase>(&env, "cart", "servicedatabase-spec-not-observed").await;
     env.operator.restart();
 
     // Backups of a dedicated database: running, completed, failed; the
     // database Ready with failing backups.
-    apply_sdb(&env, sdb("ledger", json!({"engine": "Postgres", "backup": {"schedule": "0 2 * * *",
+    apply_sdb(
+        &env,
+        sdb(
+            "ledger",
+            json!({"engine": "Postgres", "backup": {"schedule": "0 2 * * *",
         "destination": {"s3": {"bucket": "backups", "endpoint": "http://minio.storage:9000",
-            "region": "eu-1", "credentialsSecret": "s3-creds"}}}}))).await;
+            "region": "eu-1", "credentialsSecret": "s3-creds"}}}}),
+        ),
+    )
+    .await;
     get_when(&sts, "ledger-db").await;
     set_ready_replicas(&sts, "ledger-db", 1).await;
     wait_phase(&sdbs, "ledger", Phase::Ready).await;
     manual_backup(&env, "nightly", "ledger").await;
     get_when(&env.api::<Job>(), "nightly-backup").await;
     env.api::<Job>()
-        .patch_status("nightly-backup", &PatchParams::default(),
-            &Patch::Merge(&json!({"status": {"startTime": "2026-01-01T02:00:00Z", "active": 1}})))
+        .patch_status(
+            "nightly-backup",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"startTime": "2026-01-01T02:00:00Z", "active": 1}})),
+        )
         .await
         .expect("Job running");
     wait_backup(&env, "nightly", BackupPhase::Running).await;
@@ -181,15 +231,26 @@ async fn argocd_health_and_kstatus_follow_every_kind_through_its_states() {
     check::<DatabaseBackup>(&env, "nightly", "databasebackup-completed").await;
     manual_backup(&env, "broken", "ledger").await;
     get_when(&env.api::<Job>(), "broken-backup").await;
-    agent_pod(&env, "broken-backup", 1, r#"{"error":"pg_dump: too many connections"}"#).await;
+    agent_pod(
+        &env,
+        "broken-backup",
+        1,
+        r#"{"error":"pg_dump: too many connections"}"#,
+    )
+    .await;
     finish_job(&env, "broken-backup", false).await;
     wait_backup(&env, "broken", BackupPhase::Failed).await;
     check::<DatabaseBackup>(&env, "broken", "databasebackup-failed").await;
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(env.client.clone(), &env.ns, &ApiResource::erase::<ServiceDatabase>(&()));
-    wait_for("ledger's backups unhealthy", Duration::from_secs(30), || {
-        condition_is(&api, "ledger", "BackupHealthy", "False")
-    })
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &ApiResource::erase::<ServiceDatabase>(&()),
+    );
+    wait_for(
+        "ledger's backups unhealthy",
+        Duration::from_secs(30),
+        || condition_is(&api, "ledger", "BackupHealthy", "False"),
+    )
     .await;
     check::<ServiceDatabase>(&env, "ledger", "servicedatabase-backups-failing").await;
     drop(pg);

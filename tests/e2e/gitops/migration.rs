@@ -98,7 +98,8 @@ async fn children_of_an_earlier_version_are_relabelled_without_recreation() {
 
     // The earlier version's world: stop the operator, rewrite every child
     // with the old label, and recreate the StatefulSet with the old
-    // selector (orphaning, as its pods and volumes would be kept).
+    // selector (no pods run here, and no garbage collector would honour an
+    // orphaning delete).
     env.operator.stop();
     for name in ["orders-db", "orders-db-admin"] {
         rewrite(&secrets, name).await;
@@ -109,9 +110,9 @@ async fn children_of_an_earlier_version_are_relabelled_without_recreation() {
     rewrite(&pdb, "orders-db").await;
     rewrite(&np, "orders-db").await;
     let old_sts = old_shape(&sts.get("orders-db").await.expect("sts"));
-    sts.delete("orders-db", &DeleteParams::orphan())
+    sts.delete("orders-db", &DeleteParams::background())
         .await
-        .expect("orphan-delete the StatefulSet");
+        .expect("delete the StatefulSet");
     wait_for("the StatefulSet to go", Duration::from_secs(30), || async {
         sts.get_opt("orders-db").await.ok()?.is_none().then_some(())
     })
@@ -188,7 +189,11 @@ async fn children_of_an_earlier_version_are_relabelled_without_recreation() {
     );
     let spec = now.spec.clone().expect("spec");
     assert_eq!(spec.selector.match_labels.as_ref(), Some(&selector));
-    let template = spec.template.metadata.and_then(|m| m.labels).unwrap_or_default();
+    let template = spec
+        .template
+        .metadata
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
     assert_eq!(template.get(OLD).map(String::as_str), Some("orders"));
     assert_eq!(template.get(NEW).map(String::as_str), Some("orders"));
     // Whatever selects the pods selects them by the selector they have: the
@@ -200,23 +205,33 @@ async fn children_of_an_earlier_version_are_relabelled_without_recreation() {
     }
     let policy = np.get("orders-db").await.expect("np");
     assert!(matched(
-        policy.spec.and_then(|s| s.pod_selector).and_then(|s| s.match_labels)
+        policy
+            .spec
+            .and_then(|s| s.pod_selector)
+            .and_then(|s| s.match_labels)
     ));
     let budget = pdb.get("orders-db").await.expect("pdb");
     assert!(matched(
-        budget.spec.and_then(|s| s.selector).and_then(|s| s.match_labels)
+        budget
+            .spec
+            .and_then(|s| s.selector)
+            .and_then(|s| s.match_labels)
     ));
 
     // The controller does not fight itself: the database turns Ready, and a
     // resync afterwards writes nothing.
     set_ready_replicas(&sts, "orders-db", 1).await;
     wait_phase(&sdbs, "orders", Phase::Ready).await;
-    let before = wait_for("the children to settle", Duration::from_secs(30), || async {
-        let first = child_versions(&env, "orders").await;
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let second = child_versions(&env, "orders").await;
-        (first == second).then_some(second)
-    })
+    let before = wait_for(
+        "the children to settle",
+        Duration::from_secs(30),
+        || async {
+            let first = child_versions(&env, "orders").await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let second = child_versions(&env, "orders").await;
+            (first == second).then_some(second)
+        },
+    )
     .await;
     env.operator.restart();
     wait_for("a full resync", Duration::from_secs(40), || async {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{DatabaseBackup, Phase, ServiceDatabase};
 
-use crate::backup::{manual_backup, manifest, succeed, wait_backup};
+use crate::backup::{manifest, manual_backup, succeed, wait_backup};
 use crate::dedicated::{get_when, set_ready_replicas, wait_phase};
 use crate::harness::{Env, wait_for};
 
@@ -39,7 +39,13 @@ fn condition(sdb: &ServiceDatabase, t: &str) -> Option<(String, String, String)>
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-async fn wait_condition(env: &Env, name: &str, t: &str, status: &str, reason: &str) -> ServiceDatabase {
+async fn wait_condition(
+    env: &Env,
+    name: &str,
+    t: &str,
+    status: &str,
+    reason: &str,
+) -> ServiceDatabase {
     let api: Api<ServiceDatabase> = env.api();
     wait_for(
         &format!("{name} condition {t}={status} ({reason})"),
@@ -107,9 +113,17 @@ async fn a_restored_database_recreated_from_git_keeps_its_data_after_its_backup_
     sdbs.delete("orders-copy", &DeleteParams::default())
         .await
         .expect("delete");
-    wait_for("orders-copy to be gone", Duration::from_secs(30), || async {
-        sdbs.get_opt("orders-copy").await.ok()?.is_none().then_some(())
-    })
+    wait_for(
+        "orders-copy to be gone",
+        Duration::from_secs(30),
+        || async {
+            sdbs.get_opt("orders-copy")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
     let backups: Api<DatabaseBackup> = env.api();
     backups
@@ -118,11 +132,19 @@ async fn a_restored_database_recreated_from_git_keeps_its_data_after_its_backup_
         .expect("delete the backup");
     succeed(&env, "golden-delete", json!({})).await;
     wait_for("golden to be gone", Duration::from_secs(30), || async {
-        backups.get_opt("golden").await.ok()?.is_none().then_some(())
+        backups
+            .get_opt("golden")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
     })
     .await;
     assert!(
-        jobs.get_opt("orders-copy-db-restore").await.expect("get").is_none(),
+        jobs.get_opt("orders-copy-db-restore")
+            .await
+            .expect("get")
+            .is_none(),
         "the first restore Job went with its ServiceDatabase"
     );
 
@@ -145,7 +167,10 @@ async fn a_restored_database_recreated_from_git_keeps_its_data_after_its_backup_
     wait_phase(&sdbs, "orders-copy", Phase::Ready).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(
-        jobs.get_opt("orders-copy-db-restore").await.expect("get").is_none(),
+        jobs.get_opt("orders-copy-db-restore")
+            .await
+            .expect("get")
+            .is_none(),
         "nothing is restored over the retained data"
     );
     assert_eq!(

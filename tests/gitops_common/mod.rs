@@ -89,6 +89,7 @@ pub const EXPECTED: &[(&str, &str, &str)] = &[
     ("databaseserver-ready", "Healthy", "Current"),
     ("databaseserver-unreachable", "Progressing", "InProgress"),
     ("databaseserver-invalid", "Degraded", "Failed"),
+    ("databaseserver-lost", "Degraded", "InProgress"),
     ("servicedatabase-shared-ready", "Healthy", "Current"),
     ("servicedatabase-provisioning", "Progressing", "InProgress"),
     (
@@ -98,6 +99,7 @@ pub const EXPECTED: &[(&str, &str, &str)] = &[
     ),
     ("servicedatabase-invalid", "Degraded", "Failed"),
     ("servicedatabase-backups-failing", "Degraded", "Current"),
+    ("servicedatabase-restore-failed", "Degraded", "Failed"),
     ("databasebackup-running", "Progressing", "InProgress"),
     ("databasebackup-completed", "Healthy", "Current"),
     ("databasebackup-failed", "Degraded", "Failed"),

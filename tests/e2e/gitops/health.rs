@@ -1,9 +1,10 @@
 //! Argo CD's health and Flux's kstatus of servicedb's four kinds, over the
 //! objects as the API server returns them while the operator drives them
 //! through their states: a DatabaseClass; DatabaseServers reachable,
-//! unreachable and invalid (real PostgreSQL); ServiceDatabases Ready on it,
-//! provisioning, with a spec not yet observed, invalid, and Ready with failing
-//! backups; DatabaseBackups running, completed and failed. With
+//! unreachable, invalid, and lost after it answered (real PostgreSQL);
+//! ServiceDatabases Ready on it, provisioning, with a spec not yet observed,
+//! invalid, Ready with failing backups, and with a failed restore;
+//! DatabaseBackups running, completed and failed. With
 //! `SERVICEDB_UPDATE_FIXTURES=1` each object is saved under
 //! tests/fixtures/gitops/ for the fast test (tests/gitops_health.rs).
 
@@ -125,7 +126,7 @@ async fn argocd_health_and_kstatus_follow_every_kind_through_its_states() {
     .await;
 
     // Servers: a real PostgreSQL, a port nobody listens on, a missing Secret.
-    let pg = Postgres::start_new();
+    let mut pg = Postgres::start_new();
     server(&env, "shared-pg", &pg, json!({"from": "Same"})).await;
     wait_server_ready(&env, "shared-pg", "True").await;
     check::<DatabaseServer>(&env, "shared-pg", "databaseserver-ready").await;
@@ -253,5 +254,44 @@ async fn argocd_health_and_kstatus_follow_every_kind_through_its_states() {
     )
     .await;
     check::<ServiceDatabase>(&env, "ledger", "servicedatabase-backups-failing").await;
-    drop(pg);
+
+    // A restore of that backup that failed waits for its Job to be deleted.
+    apply_sdb(
+        &env,
+        sdb(
+            "ledger-copy",
+            json!({"engine": "Postgres", "bootstrap": {"fromBackup": {"name": "nightly"}}}),
+        ),
+    )
+    .await;
+    get_when(&sts, "ledger-copy-db").await;
+    set_ready_replicas(&sts, "ledger-copy-db", 1).await;
+    get_when(&env.api::<Job>(), "ledger-copy-db-restore").await;
+    agent_pod(
+        &env,
+        "ledger-copy-db-restore",
+        1,
+        r#"{"error":"pg_restore: the archive is corrupt"}"#,
+    )
+    .await;
+    finish_job(&env, "ledger-copy-db-restore", false).await;
+    wait_for("ledger-copy stalled", Duration::from_secs(30), || {
+        condition_is(&api, "ledger-copy", "Stalled", "True")
+    })
+    .await;
+    check::<ServiceDatabase>(&env, "ledger-copy", "servicedatabase-restore-failed").await;
+
+    // A server that answered before and does not now.
+    pg.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    env.api::<DatabaseServer>()
+        .patch(
+            "shared-pg",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {"e2e/poke": "1"}}})),
+        )
+        .await
+        .expect("poke the server");
+    wait_server_ready(&env, "shared-pg", "False").await;
+    check::<DatabaseServer>(&env, "shared-pg", "databaseserver-lost").await;
 }

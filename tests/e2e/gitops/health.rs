@@ -215,21 +215,9 @@ async fn argocd_health_and_kstatus_follow_every_kind_through_its_states() {
     get_when(&sts, "ledger-db").await;
     set_ready_replicas(&sts, "ledger-db", 1).await;
     wait_phase(&sdbs, "ledger", Phase::Ready).await;
-    manual_backup(&env, "nightly", "ledger").await;
-    get_when(&env.api::<Job>(), "nightly-backup").await;
-    env.api::<Job>()
-        .patch_status(
-            "nightly-backup",
-            &PatchParams::default(),
-            &Patch::Merge(&json!({"status": {"startTime": "2026-01-01T02:00:00Z", "active": 1}})),
-        )
-        .await
-        .expect("Job running");
-    wait_backup(&env, "nightly", BackupPhase::Running).await;
-    check::<DatabaseBackup>(&env, "nightly", "databasebackup-running").await;
-    succeed(&env, "nightly-backup", manifest("nightly", 4096)).await;
-    wait_backup(&env, "nightly", BackupPhase::Completed).await;
-    check::<DatabaseBackup>(&env, "nightly", "databasebackup-completed").await;
+    // A failed run first: the database, Ready, has unhealthy backups (the
+    // played Job reports a start in the past, so a run that failed after a
+    // success would count as older than it).
     manual_backup(&env, "broken", "ledger").await;
     get_when(&env.api::<Job>(), "broken-backup").await;
     agent_pod(
@@ -254,6 +242,22 @@ async fn argocd_health_and_kstatus_follow_every_kind_through_its_states() {
     )
     .await;
     check::<ServiceDatabase>(&env, "ledger", "servicedatabase-backups-failing").await;
+
+    manual_backup(&env, "nightly", "ledger").await;
+    get_when(&env.api::<Job>(), "nightly-backup").await;
+    env.api::<Job>()
+        .patch_status(
+            "nightly-backup",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"startTime": "2026-01-01T02:00:00Z", "active": 1}})),
+        )
+        .await
+        .expect("Job running");
+    wait_backup(&env, "nightly", BackupPhase::Running).await;
+    check::<DatabaseBackup>(&env, "nightly", "databasebackup-running").await;
+    succeed(&env, "nightly-backup", manifest("nightly", 4096)).await;
+    wait_backup(&env, "nightly", BackupPhase::Completed).await;
+    check::<DatabaseBackup>(&env, "nightly", "databasebackup-completed").await;
 
     // A restore of that backup that failed waits for its Job to be deleted.
     apply_sdb(

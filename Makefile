@@ -33,7 +33,7 @@ lint:
 
 ## unit: pure tests of validate/build and library code.
 unit:
-	$(CARGO) test --locked --lib --bins --test readme
+	$(CARGO) test --locked --lib --bins --test readme --test gitops_health
 
 ENGINE_TESTS := --test instance_postgres --test instance_redis --test instance_mongodb
 

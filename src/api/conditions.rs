@@ -32,6 +32,13 @@ pub mod types {
     pub const FINAL_BACKUP: &str = "FinalBackup";
     /// A `DatabaseBackup`'s archive is stored (its condition).
     pub const COMPLETED: &str = "Completed";
+    /// kstatus ("abnormal-true", read by Flux and other kstatus readers):
+    /// servicedb is still working towards `Ready` and expects to get there.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus ("abnormal-true"): servicedb cannot go on until something
+    /// changes (an invalid spec, a name held by another, a failed restore or
+    /// backup run).
+    pub const STALLED: &str = "Stalled";
 }
 
 /// A condition as the controller computes it, before times are attached.
@@ -112,6 +119,39 @@ pub fn merge(
     out
 }
 
+/// The kstatus conditions of a resource whose `Ready` condition is `ready`:
+/// `Stalled=True` (kstatus: Failed) when it cannot go on without a change,
+/// else `Reconciling=True` (InProgress) until it is Ready; both `False` once
+/// Ready (Current). The true one carries Ready's reason and message.
+pub fn kstatus(ready: &Observed, stalled: bool) -> [Observed; 2] {
+    let reconciling = !ready.status && !stalled;
+    let condition = |type_, status: bool, otherwise: &'static str, message: &str| {
+        if status {
+            Observed::new(type_, true, ready.reason, ready.message.clone())
+        } else {
+            Observed::new(type_, false, otherwise, message)
+        }
+    };
+    [
+        condition(
+            types::RECONCILING,
+            reconciling,
+            if stalled { "Stalled" } else { "Reconciled" },
+            if stalled {
+                "waiting for a change; see Stalled"
+            } else {
+                "nothing left to do"
+            },
+        ),
+        condition(
+            types::STALLED,
+            stalled,
+            "Progressing",
+            "no change needed to go on",
+        ),
+    ]
+}
+
 /// The status of a condition type in a list, if present.
 pub fn is_true(conditions: &[Condition], type_: &str) -> Option<bool> {
     conditions
@@ -151,5 +191,23 @@ mod tests {
         );
         assert_eq!(flipped[0].last_transition_time, t("2026-01-03T00:00:00Z"));
         assert_eq!(flipped[0].observed_generation, Some(2));
+    }
+
+    #[test]
+    fn kstatus_conditions_follow_ready() {
+        let status = |o: &[Observed; 2]| (o[0].status, o[1].status);
+        let waiting = Observed::new("Ready", false, "Provisioning", "waiting");
+        let [reconciling, _] = kstatus(&waiting, false);
+        assert_eq!(
+            (reconciling.type_, reconciling.reason),
+            ("Reconciling", "Provisioning")
+        );
+        assert_eq!(status(&kstatus(&waiting, false)), (true, false));
+        let invalid = Observed::new("Ready", false, "NameConflict", "taken");
+        let [_, stalled] = kstatus(&invalid, true);
+        assert_eq!((stalled.type_, stalled.reason), ("Stalled", "NameConflict"));
+        assert_eq!(status(&kstatus(&invalid, true)), (false, true));
+        let ready = Observed::new("Ready", true, "Ready", "ok");
+        assert_eq!(status(&kstatus(&ready, false)), (false, false));
     }
 }

@@ -95,7 +95,8 @@ pub struct DatabaseBackupStatus {
     /// Phase of the run.
     #[serde(default)]
     pub phase: BackupPhase,
-    /// Conditions: `Completed`, `Verified`.
+    /// Conditions: `Completed`, `Verified`; `Reconciling` and `Stalled` for
+    /// kstatus readers such as Flux.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

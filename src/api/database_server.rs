@@ -172,7 +172,8 @@ pub struct DatabaseServerStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Reachable`.
+    /// `Ready`, `Reachable`; `Reconciling` and `Stalled` for kstatus
+    /// readers such as Flux.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -207,7 +207,8 @@ pub struct ServiceDatabaseStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `InstanceReady`, `CredentialsReady`, `NetworkIsolated`,
-    /// `BackupHealthy`, `StorageResized`.
+    /// `BackupHealthy`, `StorageResized`; `Reconciling` and `Stalled` for
+    /// kstatus readers such as Flux.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -24,7 +24,16 @@ use crate::engine::logins::{Login, Logins};
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "servicedb";
 pub const LABEL_NAME: &str = "app.kubernetes.io/name";
-pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+/// The ServiceDatabase a child belongs to. Not `app.kubernetes.io/instance`:
+/// Argo CD tracks an Application's objects by that label by default, so
+/// children carrying it would be claimed, shown out of sync and pruned
+/// (retained volumes included) by an Application of the same name.
+pub const LABEL_INSTANCE: &str = "servicedb.dev/instance";
+/// What earlier versions labelled children with instead of [`LABEL_INSTANCE`].
+/// Children that still carry it are found by it too ([`instance_selectors`]),
+/// and lose it on their next apply; a StatefulSet keeps it in its immutable
+/// selector (see `controller::servicedatabase::apply`).
+pub const LEGACY_LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const MANAGED_BY: &str = "servicedb";
@@ -161,6 +170,29 @@ pub fn selector_labels(db: &ValidatedDatabase) -> BTreeMap<String, String> {
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
         (LABEL_COMPONENT.to_string(), "database".to_string()),
     ])
+}
+
+/// Label selectors of an instance's objects made by servicedb: by
+/// [`LABEL_INSTANCE`], then by [`LEGACY_LABEL_INSTANCE`] (objects made by
+/// an earlier version). A list by both finds every one; extra terms are
+/// appended to each.
+pub fn instance_selectors(instance: &str, extra: &str) -> [String; 2] {
+    [LABEL_INSTANCE, LEGACY_LABEL_INSTANCE].map(|label| {
+        let base = format!("{label}={instance},{LABEL_MANAGED_BY}={MANAGED_BY}");
+        if extra.is_empty() {
+            base
+        } else {
+            format!("{base},{extra}")
+        }
+    })
+}
+
+/// The instance an object's labels name, by [`LABEL_INSTANCE`] or else by
+/// [`LEGACY_LABEL_INSTANCE`].
+pub fn instance_label(labels: &BTreeMap<String, String>) -> Option<&String> {
+    labels
+        .get(LABEL_INSTANCE)
+        .or_else(|| labels.get(LEGACY_LABEL_INSTANCE))
 }
 
 /// Name, namespace, standard labels and the controller owner reference.

@@ -512,7 +512,7 @@ fn assert_forbidden<T: Debug>(result: Result<T, kube::Error>, what: &str) {
 async fn make_pvc(env: &Env, name: &str) {
     let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
         "metadata": {"name": format!("data-{name}-db-0"), "labels": {
-            "app.kubernetes.io/instance": name, "app.kubernetes.io/managed-by": "servicedb",
+            "servicedb.dev/instance": name, "app.kubernetes.io/managed-by": "servicedb",
             "app.kubernetes.io/component": "database"}},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     }))

@@ -97,35 +97,11 @@ fn ok(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// A kubectl-style table as rows of header → cell (cells cut at the
-/// headers' columns: headers may hold one space).
+/// A kubectl-style table as rows of header → cell.
 fn table(text: &str) -> Vec<BTreeMap<String, String>> {
-    let mut lines = text.lines();
-    let header = lines.next().expect("a header line");
-    let mut starts = vec![0];
-    let b = header.as_bytes();
-    for i in 2..b.len() {
-        if b[i] != b' ' && b[i - 1] == b' ' && b[i - 2] == b' ' {
-            starts.push(i);
-        }
-    }
-    let cut = |line: &str, k: usize| {
-        let end = starts
-            .get(k + 1)
-            .copied()
-            .unwrap_or(line.len())
-            .min(line.len());
-        line.get(starts[k]..end)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
-    lines
-        .map(|line| {
-            (0..starts.len())
-                .map(|k| (cut(header, k), cut(line, k)))
-                .collect()
-        })
+    crate::kubectl_get::table(text)
+        .into_iter()
+        .map(|row| row.into_iter().collect())
         .collect()
 }
 

@@ -135,7 +135,7 @@ async fn visible_text(env: &Env) -> String {
     text
 }
 
-async fn events_for(env: &Env, name: &str) -> Vec<(String, String, String)> {
+pub(crate) async fn events_for(env: &Env, name: &str) -> Vec<(String, String, String)> {
     env.api::<Event>()
         .list(&ListParams::default())
         .await

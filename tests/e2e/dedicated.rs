@@ -178,9 +178,14 @@ async fn the_shop_example_becomes_three_private_instances() {
                 "{what} labels"
             );
             assert_eq!(
-                labels.get("app.kubernetes.io/instance"),
+                labels.get("servicedb.dev/instance"),
                 Some(&name),
                 "{what} labels"
+            );
+            assert_eq!(
+                labels.get("app.kubernetes.io/instance"),
+                None,
+                "{what} labels: Argo CD's tracking label is left to Argo CD"
             );
             assert_eq!(
                 labels

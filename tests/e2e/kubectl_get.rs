@@ -46,6 +46,12 @@ fn get(ns: &str, what: &str) -> Vec<Vec<(String, String)>> {
         "kubectl get {what}: {text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    table(&text)
+}
+
+/// A kubectl-style table as rows of (header, cell); cells are cut at the
+/// headers' columns, since headers may hold spaces.
+pub(crate) fn table(text: &str) -> Vec<Vec<(String, String)>> {
     let mut lines = text.lines();
     let header = lines.next().expect("a header line");
     // A column starts where a header word follows two spaces (or the start).

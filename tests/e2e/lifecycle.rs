@@ -18,7 +18,7 @@ use crate::dedicated::{get_when, secret_value, set_ready_replicas, wait_phase};
 use crate::harness::{Env, apply_manifest, example, fixture, wait_for};
 
 /// resourceVersion of every child of `name`, by kind/name.
-async fn child_versions(env: &Env, name: &str) -> BTreeMap<String, String> {
+pub async fn child_versions(env: &Env, name: &str) -> BTreeMap<String, String> {
     let inst = format!("{name}-db");
     let mut out = BTreeMap::new();
     let rv = |k: &str, n: &str, v: Option<String>| (format!("{k}/{n}"), v.unwrap_or_default());
@@ -82,7 +82,7 @@ async fn child_versions(env: &Env, name: &str) -> BTreeMap<String, String> {
     out
 }
 
-async fn reconciles(env: &Env) -> f64 {
+pub async fn reconciles(env: &Env) -> f64 {
     env.operator
         .metric("servicedb_reconcile_total{controller=\"servicedatabase\"")
         .await
@@ -268,11 +268,11 @@ async fn deleted_children_come_back_and_spec_edits_roll_through() {
     assert_eq!(sdb.metadata.generation, Some(2));
 }
 
-async fn make_pvc(env: &Env, name: &str) {
+pub async fn make_pvc(env: &Env, name: &str) {
     // What the StatefulSet controller would create from the claim template.
     let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
         "metadata": {"name": format!("data-{name}-db-0"), "labels": {
-            "app.kubernetes.io/instance": name, "app.kubernetes.io/managed-by": "servicedb",
+            "servicedb.dev/instance": name, "app.kubernetes.io/managed-by": "servicedb",
             "app.kubernetes.io/component": "database", "app.kubernetes.io/name": "postgres"}},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
     }))

@@ -12,6 +12,8 @@ mod common;
 #[path = "../agent_common/ferretdb.rs"]
 #[allow(dead_code)] // shared with the agent tests, which use all of it
 mod ferretdb;
+#[path = "../gitops_common/mod.rs"]
+mod gitops_common;
 mod harness;
 #[path = "../agent_common/s3.rs"]
 #[allow(dead_code)] // shared with the agent tests, which use all of it
@@ -27,6 +29,7 @@ mod cli;
 mod database_server;
 mod dedicated;
 mod formats;
+mod gitops;
 mod hostile;
 mod kubectl_get;
 mod lifecycle;

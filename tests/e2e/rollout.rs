@@ -6,13 +6,14 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 use servicedb::controller::servicedatabase::rotation::ISSUED_AT;
 
+use crate::database_server::events_for;
 use crate::dedicated::wait_phase;
 use crate::harness::{Env, wait_for};
 use crate::rotation::{place, request_rotation, secret_when};
@@ -88,24 +89,6 @@ async fn condition_when(
     .await
 }
 
-async fn events(env: &Env, name: &str) -> Vec<(String, String, String)> {
-    env.api::<Event>()
-        .list(&ListParams::default())
-        .await
-        .expect("listing events")
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name))
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn a_rotation_restarts_the_owners_workloads_or_warns_before_the_old_password_expires() {
     let env = Env::new("rollout").await;
@@ -178,7 +161,7 @@ async fn a_rotation_restarts_the_owners_workloads_or_warns_before_the_old_passwo
     assert!(message.contains("Deployment/orders-api"), "{message}");
     assert_eq!(status, "False");
     assert!(
-        events(&env, "orders")
+        events_for(&env, "orders")
             .await
             .iter()
             .any(|(t, r, m)| t == "Normal"
@@ -199,7 +182,7 @@ async fn a_rotation_restarts_the_owners_workloads_or_warns_before_the_old_passwo
     assert!(message.contains("Deployment/ledger-api"), "{message}");
     assert!(!message.contains("billing"), "{message}");
     assert!(
-        !events(&env, "ledger")
+        !events_for(&env, "ledger")
             .await
             .iter()
             .any(|(t, _, _)| t == "Warning"),
@@ -209,7 +192,7 @@ async fn a_rotation_restarts_the_owners_workloads_or_warns_before_the_old_passwo
         "an OldPasswordInUse Warning",
         Duration::from_secs(45),
         || async {
-            events(&env, "ledger")
+            events_for(&env, "ledger")
                 .await
                 .into_iter()
                 .find(|(t, r, _)| t == "Warning" && r == "OldPasswordInUse")

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::Engine;
 use crate::api::common::BackupDestination;
-use crate::api::conditions::{Observed as Condition, merge, types};
+use crate::api::conditions::{Observed as Condition, kstatus, merge, types};
 use crate::api::database_backup::{BackupPhase, DatabaseBackup, DatabaseBackupStatus};
 use crate::controller::jobs::{JobState, Report, parse_time};
 
@@ -129,9 +129,12 @@ pub fn compute(backup: &DatabaseBackup, input: &Input<'_>, now: &Time) -> Databa
         }
     };
     status.phase = phase;
+    // kstatus: a run in progress is Reconciling, a failed one Stalled (it is
+    // not retried); a completed one is neither.
+    let [reconciling, stalled] = kstatus(&condition, phase == BackupPhase::Failed);
     status.conditions = merge(
         &previous.conditions,
-        &[condition],
+        &[condition, reconciling, stalled],
         backup.metadata.generation,
         now,
     );

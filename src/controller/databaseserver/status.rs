@@ -10,7 +10,7 @@ use kube::{Client, Resource};
 use super::probe::ProbeError;
 use super::validate::Invalid;
 use crate::api::DatabaseServer;
-use crate::api::conditions::{Observed, merge};
+use crate::api::conditions::{Observed, kstatus, merge};
 use crate::api::database_server::DatabaseServerStatus;
 
 /// Condition types of a `DatabaseServer`.
@@ -45,7 +45,7 @@ pub fn compute(
     let previous = server.status.clone().unwrap_or_default();
     let generation = server.metadata.generation;
     let mut server_version = previous.server_version.clone();
-    let observed = match outcome {
+    let mut observed = match outcome {
         Outcome::Invalid(invalid) => {
             let mut observed = vec![Observed::new(
                 types::READY,
@@ -85,6 +85,12 @@ pub fn compute(
             ),
         ],
     };
+    // An invalid spec or admin Secret waits for a change; an unreachable
+    // server is probed again.
+    let stalled = matches!(outcome, Outcome::Invalid(_));
+    if let Some(ready) = observed.iter().find(|o| o.type_ == types::READY).cloned() {
+        observed.extend(kstatus(&ready, stalled));
+    }
     DatabaseServerStatus {
         observed_generation: generation,
         conditions: merge(&previous.conditions, &observed, generation, now),

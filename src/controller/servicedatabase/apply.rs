@@ -28,7 +28,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::build::{
-    Children, FIELD_MANAGER, Instance, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY,
+    Children, FIELD_MANAGER, Instance, LABEL_INSTANCE, LABEL_MANAGED_BY, LEGACY_LABEL_INSTANCE,
+    MANAGED_BY, instance_label, instance_selectors,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -103,8 +104,12 @@ pub async fn apply(
         &mut keep.secrets,
     )
     .await?;
+    let mut dedicated = dedicated;
+    if let Some(instance) = dedicated.as_mut() {
+        keep_immutable(client, namespace, instance).await?;
+    }
     if let Some(Instance {
-        mut statefulset,
+        statefulset,
         headless_service,
         client_service,
         pdb,
@@ -112,7 +117,6 @@ pub async fn apply(
         admin_secret,
     }) = dedicated
     {
-        keep_claim_templates(client, namespace, &mut statefulset).await?;
         // Secrets before the StatefulSet: the pod mounts them.
         apply_one(
             client,
@@ -155,6 +159,7 @@ pub async fn apply(
             &mut keep.statefulsets,
         )
         .await?;
+        out.written += relabel_claims(client, namespace, Owner { instance, uid }).await?;
     }
     for cronjob in [backup_cronjob, verify_cronjob].iter().flatten() {
         apply_one(client, namespace, cronjob, &mut out, &mut keep.cronjobs).await?;
@@ -178,31 +183,134 @@ pub async fn apply(
     Ok(out)
 }
 
-/// A StatefulSet's claim templates cannot change once it exists: keep the
-/// live ones so that an edit of `storage` does not make every apply fail.
-/// A larger size grows the live claim instead ([`super::storage`]).
-async fn keep_claim_templates(
+/// What a live StatefulSet cannot change is kept in the desired one.
+///
+/// - Its claim templates: an edit of `storage` must not make every apply
+///   fail. A larger size grows the live claim instead ([`super::storage`]).
+/// - Its selector. A StatefulSet made by an earlier version selects its pods
+///   by [`crate::build::LEGACY_LABEL_INSTANCE`]; the API server refuses an
+///   apply with another selector (422), and recreating the StatefulSet only
+///   to change it would take the database down for nothing. So the live
+///   selector stays, the pod template carries its labels besides the
+///   standard ones, and the Services, the PodDisruptionBudget and the
+///   NetworkPolicy select the pods by it as well: the pods are served and
+///   fenced by the NetworkPolicy throughout. Every object's metadata loses
+///   the old label (servicedb's apply no longer sets it), and the data
+///   volumes are relabelled by [`relabel_claims`].
+///
+/// Only a StatefulSet this resource may write is followed: another's
+/// selector never reaches this resource's Services.
+async fn keep_immutable(
     client: &Client,
     namespace: &str,
-    desired: &mut StatefulSet,
+    instance: &mut Instance,
 ) -> Result<(), Error> {
-    let name = desired.name_any();
+    let name = instance.statefulset.name_any();
     let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
     let existing = api.get_opt(&name).await.map_err(|source| Error::Apply {
         kind: "StatefulSet",
         name: name.clone(),
         source,
     })?;
-    if let (Some(existing), Some(spec)) = (existing.and_then(|s| s.spec), desired.spec.as_mut())
-        && existing.volume_claim_templates != spec.volume_claim_templates
-    {
+    let Some(existing) = existing else {
+        return Ok(());
+    };
+    let meta = instance.statefulset.meta();
+    let uid = controller_uid(meta).unwrap_or_default();
+    let owner = Owner {
+        instance: meta
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_INSTANCE))
+            .map_or("", String::as_str),
+        uid: &uid,
+    };
+    if belongs_to_another(existing.meta(), owner).is_some() {
+        return Ok(());
+    }
+    let (Some(live), Some(spec)) = (existing.spec, instance.statefulset.spec.as_mut()) else {
+        return Ok(());
+    };
+    if live.volume_claim_templates != spec.volume_claim_templates {
         tracing::info!(
             name,
             "claim templates of an existing StatefulSet are kept; a larger size expands the live claim"
         );
-        spec.volume_claim_templates = existing.volume_claim_templates;
+        spec.volume_claim_templates = live.volume_claim_templates;
+    }
+    if live.selector == spec.selector {
+        return Ok(());
+    }
+    // Every reconcile of such an instance comes here: not news.
+    tracing::debug!(
+        name,
+        "the selector of an existing StatefulSet is kept; its pods are selected by it"
+    );
+    let selected = live.selector.match_labels.clone().unwrap_or_default();
+    let template = spec.template.metadata.get_or_insert_with(Default::default);
+    template
+        .labels
+        .get_or_insert_with(Default::default)
+        .extend(selected.clone());
+    spec.selector = live.selector.clone();
+    for service in [&mut instance.headless_service, &mut instance.client_service] {
+        if let Some(spec) = service.spec.as_mut() {
+            spec.selector = Some(selected.clone());
+        }
+    }
+    if let Some(spec) = instance.pdb.spec.as_mut() {
+        spec.selector = Some(live.selector.clone());
+    }
+    if let Some(spec) = instance.network_policy.spec.as_mut() {
+        spec.pod_selector = Some(live.selector.clone());
     }
     Ok(())
+}
+
+/// Data volumes an earlier version's StatefulSet made carry the legacy
+/// instance label (the StatefulSet controller copies the claim template's
+/// labels and its selector, and never updates them): they get
+/// [`LABEL_INSTANCE`] instead, so that nothing of this instance carries
+/// `app.kubernetes.io/instance` in its metadata. Only volumes this resource
+/// may remove are touched, as in [`cleanup`].
+async fn relabel_claims(
+    client: &Client,
+    namespace: &str,
+    owner: Owner<'_>,
+) -> Result<usize, Error> {
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let mut relabelled = 0;
+    for claim in list_instance(&api, owner.instance)
+        .await
+        .map_err(|source| Error::List {
+            kind: "PersistentVolumeClaim",
+            source,
+        })?
+    {
+        let labels = claim.labels();
+        if !labels.contains_key(LEGACY_LABEL_INSTANCE)
+            || claim.owner_references().iter().any(|o| {
+                o.controller == Some(true) && o.kind != "StatefulSet" && o.uid != owner.uid
+            })
+        {
+            continue;
+        }
+        let name = claim.name_any();
+        let patch = serde_json::json!({"metadata": {"labels": {
+            LEGACY_LABEL_INSTANCE: null,
+            LABEL_INSTANCE: owner.instance,
+        }}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::Apply {
+                kind: "PersistentVolumeClaim",
+                name: name.clone(),
+                source,
+            })?;
+        tracing::info!(name, "data volume relabelled with {LABEL_INSTANCE}");
+        relabelled += 1;
+    }
+    Ok(relabelled)
 }
 
 /// The resource whose children are applied or removed: its name (the
@@ -242,7 +350,7 @@ pub fn belongs_to_another(meta: &ObjectMeta, owner: Owner<'_>) -> Option<String>
     }
     let labels = meta.labels.clone().unwrap_or_default();
     let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
-        && labels.get(LABEL_INSTANCE).map(String::as_str) == Some(owner.instance);
+        && instance_label(&labels).map(String::as_str) == Some(owner.instance);
     (!ours).then(|| "not made by servicedb for this resource".to_string())
 }
 
@@ -367,16 +475,26 @@ where
     Ok(deleted)
 }
 
-/// Objects labelled as this instance's, managed by servicedb.
+/// Objects labelled as this instance's, managed by servicedb, by the
+/// instance label of now or of earlier versions.
 pub async fn list_instance<K>(api: &Api<K>, instance: &str) -> Result<Vec<K>, kube::Error>
 where
     K: Resource + Clone + Debug + DeserializeOwned,
 {
-    let selector = format!("{LABEL_INSTANCE}={instance},{LABEL_MANAGED_BY}={MANAGED_BY}");
-    Ok(api
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items)
+    let mut found: Vec<K> = Vec::new();
+    for selector in instance_selectors(instance, "") {
+        for obj in api
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+        {
+            // One that carries both labels is listed twice.
+            if !found.iter().any(|f| f.meta().uid == obj.meta().uid) {
+                found.push(obj);
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Deletes an object; already gone is fine.

@@ -19,7 +19,9 @@ use crate::api::conditions::{Observed, types};
 use crate::api::database_backup::{BackupPhase, BackupTrigger, DatabaseBackup, DatabaseBackupSpec};
 use crate::api::service_database::{LastBackup, LastVerifiedBackup};
 use crate::build::backup::{Archive, LABEL_BACKUP, component};
-use crate::build::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::build::{
+    LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, instance_selectors,
+};
 use crate::controller::jobs::{self, JobState, Report};
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,24 @@ pub struct BackupState {
     pub last_verified: Option<LastVerifiedBackup>,
 }
 
+/// The instance's Jobs that match `extra`, by the instance label of now and
+/// of earlier versions (the Jobs an earlier version's CronJob made).
+async fn instance_jobs(jobs: &Api<Job>, instance: &str, extra: &str) -> Result<Vec<Job>, Error> {
+    let mut found = Vec::new();
+    for selector in instance_selectors(instance, extra) {
+        found.extend(
+            jobs.list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|source| Error::Read {
+                    kind: "Job",
+                    source,
+                })?
+                .items,
+        );
+    }
+    Ok(found)
+}
+
 /// Records scheduled runs, applies retention and reads the outcome of the
 /// latest runs.
 pub async fn observe(
@@ -67,21 +87,12 @@ pub async fn observe(
         return Ok(BackupState::default());
     };
     let jobs: Api<Job> = Api::namespaced(client.clone(), &db.namespace);
-    let instance = format!(
-        "{LABEL_INSTANCE}={},{LABEL_MANAGED_BY}={MANAGED_BY}",
-        db.name
-    );
-    let scheduled = jobs
-        .list(&ListParams::default().labels(&format!(
-            "{instance},{LABEL_COMPONENT}={},!{LABEL_BACKUP}",
-            component::BACKUP
-        )))
-        .await
-        .map_err(|source| Error::Read {
-            kind: "Job",
-            source,
-        })?
-        .items;
+    let scheduled = instance_jobs(
+        &jobs,
+        &db.name,
+        &format!("{LABEL_COMPONENT}={},!{LABEL_BACKUP}", component::BACKUP),
+    )
+    .await?;
 
     let api: Api<DatabaseBackup> = Api::namespaced(client.clone(), &db.namespace);
     let mut backups: Vec<DatabaseBackup> = api
@@ -155,17 +166,12 @@ pub async fn observe(
         .or_else(|| Some(now.clone()));
     let mut state = summarize(&backups, backup, scheduled_since, now);
     if backup.verify_schedule.is_some() {
-        let verifications = jobs
-            .list(&ListParams::default().labels(&format!(
-                "{instance},{LABEL_COMPONENT}={}",
-                component::VERIFY
-            )))
-            .await
-            .map_err(|source| Error::Read {
-                kind: "Job",
-                source,
-            })?
-            .items;
+        let verifications = instance_jobs(
+            &jobs,
+            &db.name,
+            &format!("{LABEL_COMPONENT}={}", component::VERIFY),
+        )
+        .await?;
         state.last_verified = sdb
             .status
             .as_ref()

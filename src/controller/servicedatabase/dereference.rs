@@ -13,7 +13,7 @@ use super::apply::{Owner, belongs_to_another};
 use super::rotation::Recorded;
 use super::validate::{Invalid, instance_name};
 use crate::api::{DatabaseClass, ServiceDatabase};
-use crate::build::{LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::build::{LABEL_MANAGED_BY, MANAGED_BY, instance_label};
 
 /// What the cluster says about a ServiceDatabase's surroundings.
 pub struct Dereferenced {
@@ -273,7 +273,7 @@ async fn owned_secret(
     };
     let labels = found.labels();
     if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY)
-        || labels.get(LABEL_INSTANCE).map(String::as_str) != Some(owner.instance)
+        || instance_label(labels).map(String::as_str) != Some(owner.instance)
     {
         return Err(Error::Invalid(Invalid {
             field,

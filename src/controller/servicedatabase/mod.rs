@@ -48,7 +48,7 @@ use tracing::{Instrument, info_span};
 
 use super::Context;
 use crate::api::{DatabaseBackup, DatabaseClass, DeletionPolicy, Engine, ServiceDatabase};
-use crate::build::{Credentials, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::build::{Credentials, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY};
 use validate::{Invalid, instance_name};
 
 /// Name of the controller in metrics and logs.
@@ -702,7 +702,7 @@ pub async fn run(
         // Scheduled backup Jobs are the CronJob's, not ours: found by label.
         .watches(Api::<Job>::all(client.clone()), agent_jobs, |job: Job| {
             let namespace = job.namespace()?;
-            let name = job.labels().get(LABEL_INSTANCE)?.clone();
+            let name = crate::build::instance_label(job.labels())?.clone();
             Some(ObjectRef::<ServiceDatabase>::new(&name).within(&namespace))
         })
         // A backup's progress changes its database's status, and may let a

@@ -3,18 +3,28 @@
 //! `servicedb agent restore` — once. The database is not Ready until it
 //! completed. The Job is never re-applied (a Job's template is immutable)
 //! and never recreated after it ran; deleting a failed one retries.
+//!
+//! A bootstrap fills a *new* database. A ServiceDatabase recreated from Git
+//! over the data volume an earlier one of the same name retained
+//! (`deletionPolicy: Retain`) is not new: nothing is restored over that data,
+//! and the source backup is not looked up (it may have aged out). The volume
+//! counts when it is the one the StatefulSet mounts (`data-<name>-db-0`),
+//! carries servicedb's labels for this instance, and is older than this
+//! ServiceDatabase (a volume the StatefulSet made for this one is younger).
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use super::validate::{Invalid, ValidatedDatabase};
 use crate::api::ServiceDatabase;
 use crate::api::conditions::{is_true, types};
 use crate::api::database_backup::{BackupPhase, DatabaseBackup};
-use crate::build::OperatorFacts;
 use crate::build::backup::{Archive, restore_job, restore_job_name};
+use crate::build::statefulset::DATA_VOLUME;
+use crate::build::{LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts, instance_label};
 use crate::controller::jobs::{self, JobState, Report};
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +54,9 @@ pub enum Restore {
     Completed { backup: String },
     /// The restore Job failed.
     Failed { backup: String, message: String },
+    /// Not restored: the instance runs on the data volume `volume` an
+    /// earlier ServiceDatabase of this name retained.
+    Retained { backup: String, volume: String },
 }
 
 /// Whether the status records the restore as done (`Restored=True`).
@@ -67,6 +80,11 @@ pub async fn ensure(
     let Some(backup) = db.restore_from.clone() else {
         return Ok(Restore::NotRequested);
     };
+    if db.server.is_none()
+        && let Some(volume) = retained_volume(client, sdb, db).await?
+    {
+        return Ok(Restore::Retained { backup, volume });
+    }
     if restored(sdb) {
         return Ok(Restore::Completed { backup });
     }
@@ -154,4 +172,33 @@ pub async fn ensure(
         Err(e) => return Err(Error::Create(e)),
     }
     Ok(Restore::Running { backup })
+}
+
+/// The dedicated instance's data volume, if an earlier ServiceDatabase of this
+/// name left it (see the module comment).
+async fn retained_volume(
+    client: &Client,
+    sdb: &ServiceDatabase,
+    db: &ValidatedDatabase,
+) -> Result<Option<String>, Error> {
+    let name = format!("{DATA_VOLUME}-{}-0", db.instance_name());
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &db.namespace);
+    let Some(volume) = api.get_opt(&name).await.map_err(|source| Error::Read {
+        kind: "PersistentVolumeClaim",
+        source,
+    })?
+    else {
+        return Ok(None);
+    };
+    let labels = volume.labels();
+    let ours = labels.get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+        && instance_label(labels) == Some(&db.name);
+    let older = match (
+        volume.metadata.creation_timestamp.as_ref(),
+        sdb.metadata.creation_timestamp.as_ref(),
+    ) {
+        (Some(volume), Some(sdb)) => volume.0 < sdb.0,
+        _ => false,
+    };
+    Ok((ours && older && volume.metadata.deletion_timestamp.is_none()).then_some(name))
 }

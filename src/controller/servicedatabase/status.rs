@@ -9,7 +9,7 @@ use kube::{Client, Resource};
 use super::backups::BackupState;
 use super::restore::Restore;
 use super::validate::{Invalid, ValidatedDatabase};
-use crate::api::conditions::{Observed, merge, types};
+use crate::api::conditions::{Observed, kstatus, merge, types};
 use crate::api::service_database::Endpoint;
 use crate::api::{Phase, ServiceDatabase, ServiceDatabaseStatus};
 
@@ -49,10 +49,12 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
     match outcome {
         Outcome::Invalid(invalid) => {
             let message = invalid.to_string();
-            let observed = [
-                Observed::new(types::SPEC_VALID, false, invalid.reason, message.clone()),
-                Observed::new(types::READY, false, invalid.reason, message),
+            let ready = Observed::new(types::READY, false, invalid.reason, message.clone());
+            let mut observed = vec![
+                Observed::new(types::SPEC_VALID, false, invalid.reason, message),
+                ready.clone(),
             ];
+            observed.extend(kstatus(&ready, true));
             ServiceDatabaseStatus {
                 phase: Phase::Failed,
                 observed_generation: generation,
@@ -76,6 +78,8 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                 ),
                 Observed::new(types::READY, false, "ServerUnavailable", message.clone()),
             ];
+            let mut observed = observed.to_vec();
+            observed.extend(kstatus(&observed[2], false));
             ServiceDatabaseStatus {
                 phase: match previous.phase {
                     Phase::Ready | Phase::Degraded => Phase::Degraded,
@@ -139,6 +143,15 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                     false,
                     "RestoreFailed",
                     format!("restoring DatabaseBackup {backup} failed: {message}"),
+                )),
+                Restore::Retained { backup, volume } => Some(Observed::new(
+                    types::RESTORED,
+                    true,
+                    "DataRetained",
+                    format!(
+                        "the data volume {volume} was kept from an earlier ServiceDatabase {}; DatabaseBackup {backup} is not restored over it",
+                        db.name
+                    ),
                 )),
             };
             let restore_done = restored.as_ref().is_none_or(|r| r.status);
@@ -231,6 +244,11 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                 },
             ];
             let mut observed = observed.to_vec();
+            // A failed restore waits for its Job to be deleted.
+            let stalled = matches!(restore, Restore::Failed { .. });
+            if let Some(ready) = observed.iter().find(|o| o.type_ == types::READY) {
+                observed.extend(kstatus(&ready.clone(), stalled));
+            }
             observed.extend(restored);
             observed.extend(rollout.clone());
             observed.extend(backups.health.clone());

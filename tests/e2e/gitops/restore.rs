@@ -130,7 +130,8 @@ async fn a_restored_database_recreated_from_git_keeps_its_data_after_its_backup_
         .delete("golden", &DeleteParams::default())
         .await
         .expect("delete the backup");
-    succeed(&env, "golden-delete", json!({})).await;
+    // Deleted by hand, its archive is kept (retainArchivesOnDelete): the
+    // record goes at once, without a deletion Job.
     wait_for("golden to be gone", Duration::from_secs(30), || async {
         backups
             .get_opt("golden")

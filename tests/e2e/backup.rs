@@ -151,7 +151,7 @@ pub async fn wait_backup(env: &Env, name: &str, phase: BackupPhase) -> DatabaseB
     .await
 }
 
-fn condition(sdb: &ServiceDatabase, t: &str) -> Option<(String, String, String)> {
+pub(crate) fn condition(sdb: &ServiceDatabase, t: &str) -> Option<(String, String, String)> {
     sdb.status
         .as_ref()?
         .conditions
@@ -160,7 +160,7 @@ fn condition(sdb: &ServiceDatabase, t: &str) -> Option<(String, String, String)>
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
-async fn wait_condition(
+pub(crate) async fn wait_condition(
     env: &Env,
     name: &str,
     t: &str,

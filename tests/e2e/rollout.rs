@@ -13,6 +13,7 @@ use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 use servicedb::controller::servicedatabase::rotation::ISSUED_AT;
 
+use crate::backup::condition;
 use crate::database_server::events_for;
 use crate::dedicated::wait_phase;
 use crate::harness::{Env, wait_for};
@@ -66,16 +67,6 @@ fn template_generation(d: &Deployment) -> Option<String> {
         .cloned()
 }
 
-/// `(status, reason, message)` of the rollout condition.
-fn rollout_condition(sdb: &ServiceDatabase) -> Option<(String, String, String)> {
-    sdb.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == CONDITION)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
 async fn condition_when(
     api: &Api<ServiceDatabase>,
     name: &str,
@@ -84,7 +75,7 @@ async fn condition_when(
 ) -> (String, String, String) {
     wait_for(what, Duration::from_secs(60), || async {
         let sdb = api.get(name).await.ok()?;
-        rollout_condition(&sdb).filter(|c| check(c))
+        condition(&sdb, CONDITION).filter(|c| check(c))
     })
     .await
 }
@@ -115,7 +106,7 @@ async fn a_rotation_restarts_the_owners_workloads_or_warns_before_the_old_passwo
     for name in ["orders", "ledger"] {
         let ready = wait_phase(&sdbs, name, Phase::Ready).await;
         assert_eq!(
-            rollout_condition(&ready),
+            condition(&ready, CONDITION),
             None,
             "{name}: nothing to roll out before a rotation"
         );

@@ -53,10 +53,17 @@ const MAX_WARNING_LEAD: Duration = Duration::from_secs(15 * 60);
 /// How often pods that are behind are looked at again.
 pub const RECHECK: Duration = Duration::from_secs(30);
 
+/// The kinds of workload a rollout restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Deployment,
+    StatefulSet,
+}
+
 /// A Deployment or StatefulSet, as far as a rollout cares.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workload {
-    /// `Deployment/web`.
+    pub kind: Kind,
     pub name: String,
     pub template_labels: BTreeMap<String, String>,
     pub selector: LabelSelector,
@@ -64,6 +71,13 @@ pub struct Workload {
     pub generation: Option<String>,
     /// Made by servicedb (the instance itself): never restarted here.
     pub ours: bool,
+}
+
+impl Workload {
+    /// `Deployment/web`, as kubectl names it.
+    pub fn id(&self) -> String {
+        format!("{:?}/{}", self.kind, self.name)
+    }
 }
 
 /// A pod, as far as a rollout cares.
@@ -93,7 +107,7 @@ impl Behind {
     fn names(&self) -> String {
         self.workloads
             .iter()
-            .map(|(w, _)| w.name.clone())
+            .map(|(w, _)| w.id())
             .chain(self.bare_pods.iter().map(|p| format!("Pod/{p}")))
             .collect::<Vec<_>>()
             .join(", ")
@@ -193,14 +207,15 @@ pub fn warning(behind: &Behind, until: Timestamp) -> String {
 }
 
 fn workload(
-    kind: &str,
+    kind: Kind,
     meta: &ObjectMeta,
     template: &PodTemplateSpec,
     selector: &LabelSelector,
 ) -> Workload {
     let template_meta = template.metadata.clone().unwrap_or_default();
     Workload {
-        name: format!("{kind}/{}", meta.name.clone().unwrap_or_default()),
+        kind,
+        name: meta.name.clone().unwrap_or_default(),
         template_labels: template_meta.labels.unwrap_or_default(),
         selector: selector.clone(),
         generation: template_meta
@@ -230,7 +245,7 @@ pub async fn observe(
     {
         let spec = d.spec.unwrap_or_default();
         workloads.push(workload(
-            "Deployment",
+            Kind::Deployment,
             &d.metadata,
             &spec.template,
             &spec.selector,
@@ -242,7 +257,7 @@ pub async fn observe(
     {
         let spec = s.spec.unwrap_or_default();
         workloads.push(workload(
-            "StatefulSet",
+            Kind::StatefulSet,
             &s.metadata,
             &spec.template,
             &spec.selector,
@@ -303,20 +318,19 @@ pub async fn restart(
         if *restarted {
             continue;
         }
-        match w.name.split_once('/') {
-            Some(("Deployment", name)) => {
+        match w.kind {
+            Kind::Deployment => {
                 Api::<Deployment>::namespaced(client.clone(), namespace)
-                    .patch(name, &params, &Patch::Merge(&patch))
+                    .patch(&w.name, &params, &Patch::Merge(&patch))
                     .await?;
             }
-            Some(("StatefulSet", name)) => {
+            Kind::StatefulSet => {
                 Api::<StatefulSet>::namespaced(client.clone(), namespace)
-                    .patch(name, &params, &Patch::Merge(&patch))
+                    .patch(&w.name, &params, &Patch::Merge(&patch))
                     .await?;
             }
-            _ => continue,
         }
-        patched.push(w.name.clone());
+        patched.push(w.id());
     }
     Ok(patched)
 }
@@ -446,7 +460,8 @@ mod tests {
 
     fn deployment(name: &str, app: &str, generation: Option<&str>) -> Workload {
         Workload {
-            name: format!("Deployment/{name}"),
+            kind: Kind::Deployment,
+            name: name.into(),
             template_labels: labels(&[("app", app), ("tier", "web")]),
             selector: selector(&[("app", app)]),
             generation: generation.map(str::to_string),
@@ -482,12 +497,8 @@ mod tests {
             pod("stray", "stray", "2026-12-04T09:00:00Z", None),
         ];
         let found = behind(&owner, ISSUED, at(ISSUED), &workloads, &pods);
-        let names: Vec<_> = found
-            .workloads
-            .iter()
-            .map(|(w, r)| (w.name.as_str(), *r))
-            .collect();
-        assert_eq!(names, [("Deployment/web", false)]);
+        let names: Vec<_> = found.workloads.iter().map(|(w, r)| (w.id(), *r)).collect();
+        assert_eq!(names, [("Deployment/web".to_string(), false)]);
         assert_eq!(found.bare_pods, ["stray"]);
         let c = condition(&found, false, Some(at("2026-12-04T11:00:00Z")));
         assert!(!c.status);

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{DatabaseBackup, Phase, ServiceDatabase};
 
-use crate::backup::{manifest, manual_backup, succeed, wait_backup};
+use crate::backup::{condition, manifest, manual_backup, succeed, wait_backup, wait_condition};
 use crate::dedicated::{get_when, set_ready_replicas, wait_phase};
 use crate::harness::{Env, wait_for};
 
@@ -28,35 +28,6 @@ async fn apply(env: &Env, sdb: &Value) {
         )
         .await
         .expect("applying the ServiceDatabase");
-}
-
-fn condition(sdb: &ServiceDatabase, t: &str) -> Option<(String, String, String)> {
-    sdb.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == t)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn wait_condition(
-    env: &Env,
-    name: &str,
-    t: &str,
-    status: &str,
-    reason: &str,
-) -> ServiceDatabase {
-    let api: Api<ServiceDatabase> = env.api();
-    wait_for(
-        &format!("{name} condition {t}={status} ({reason})"),
-        Duration::from_secs(30),
-        || async {
-            let sdb = api.get(name).await.ok()?;
-            let (s, r, _) = condition(&sdb, t)?;
-            (s == status && r == reason).then_some(sdb)
-        },
-    )
-    .await
 }
 
 fn restored_from(name: &str, backup: &str) -> Value {

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{DatabaseBackup, DatabaseServer, Phase, ServiceDatabase};
 
-use crate::backup::{manifest, succeed, wait_backup};
+use crate::backup::{condition, manifest, succeed, wait_backup};
 use crate::dedicated::{get_when, secret_value, wait_phase};
 use crate::harness::{Env, ensure_namespace, wait_for};
 use crate::servers::Postgres;
@@ -41,15 +41,6 @@ fn shared(name: &str, server: &str, server_ns: &str) -> Value {
         "spec": {"engine": "Postgres", "isolation": "Database",
                  "serverRef": {"name": server, "namespace": server_ns},
                  "owner": {"podSelector": {"matchLabels": {"app": name}}}, "deletionPolicy": "Delete"}})
-}
-
-fn condition(sdb: &ServiceDatabase, t: &str) -> Option<(String, String, String)> {
-    sdb.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == t)
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
 /// A label selector as `kubectl get -l` takes it (the API server evaluates it).

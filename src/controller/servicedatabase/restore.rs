@@ -11,6 +11,9 @@
 //! counts when it is the one the StatefulSet mounts (`data-<name>-db-0`),
 //! carries servicedb's labels for this instance, and is older than this
 //! ServiceDatabase (a volume the StatefulSet made for this one is younger).
+//! On a shared server the same holds for the database an earlier one of the
+//! same namespace and name left there, which this one took over
+//! (`taken_over`, once; the status keeps it: `Restored=True, DataRetained`).
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -54,9 +57,10 @@ pub enum Restore {
     Completed { backup: String },
     /// The restore Job failed.
     Failed { backup: String, message: String },
-    /// Not restored: the instance runs on the data volume `volume` an
-    /// earlier ServiceDatabase of this name retained.
-    Retained { backup: String, volume: String },
+    /// Not restored: the instance runs on the data an earlier
+    /// ServiceDatabase of this name retained, `kept` (the data volume, or
+    /// the database on its shared server).
+    Retained { backup: String, kept: String },
 }
 
 /// Whether the status records the restore as done (`Restored=True`).
@@ -69,21 +73,41 @@ pub fn restored(sdb: &ServiceDatabase) -> bool {
     is_true(conditions, types::RESTORED) == Some(true)
 }
 
+/// Whether the status records that nothing was restored over retained data.
+fn retained(sdb: &ServiceDatabase) -> bool {
+    sdb.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == types::RESTORED && c.status == "True" && c.reason == DATA_RETAINED)
+    })
+}
+
+/// The `Restored` reason of [`Restore::Retained`].
+pub const DATA_RETAINED: &str = "DataRetained";
+
 pub async fn ensure(
     client: &Client,
     sdb: &ServiceDatabase,
     db: &ValidatedDatabase,
     instance_ready: bool,
+    taken_over: bool,
     facts: &OperatorFacts,
     owner: &OwnerReference,
 ) -> Result<Restore, Error> {
     let Some(backup) = db.restore_from.clone() else {
         return Ok(Restore::NotRequested);
     };
-    if db.server.is_none()
-        && let Some(volume) = retained_volume(client, sdb, db).await?
-    {
-        return Ok(Restore::Retained { backup, volume });
+    if let Some(server) = &db.server {
+        if taken_over || retained(sdb) {
+            let kept = format!(
+                "database {} on DatabaseServer {}/{}",
+                db.database, server.namespace, server.name
+            );
+            return Ok(Restore::Retained { backup, kept });
+        }
+    } else if let Some(volume) = retained_volume(client, sdb, db).await? {
+        let kept = format!("data volume {volume}");
+        return Ok(Restore::Retained { backup, kept });
     }
     if restored(sdb) {
         return Ok(Restore::Completed { backup });

@@ -144,12 +144,12 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                     "RestoreFailed",
                     format!("restoring DatabaseBackup {backup} failed: {message}"),
                 )),
-                Restore::Retained { backup, volume } => Some(Observed::new(
+                Restore::Retained { backup, kept } => Some(Observed::new(
                     types::RESTORED,
                     true,
-                    "DataRetained",
+                    super::restore::DATA_RETAINED,
                     format!(
-                        "the data volume {volume} was kept from an earlier ServiceDatabase {}; DatabaseBackup {backup} is not restored over it",
+                        "the {kept} was kept from an earlier ServiceDatabase {}; DatabaseBackup {backup} is not restored over it",
                         db.name
                     ),
                 )),

@@ -185,6 +185,7 @@ pub fn new_database(
         redis: source.redis.clone(),
         deletion_policy: Default::default(),
         bootstrap: Some(BootstrapSpec {
+            from_archive: None,
             from_backup: Some(crate::api::common::LocalObjectRef {
                 name: backup.to_string(),
             }),

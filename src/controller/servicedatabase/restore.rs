@@ -21,11 +21,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
 
-use super::validate::{Invalid, ValidatedDatabase};
+use super::validate::{Invalid, RestoreSource, ValidatedDatabase};
 use crate::api::ServiceDatabase;
 use crate::api::conditions::{is_true, types};
 use crate::api::database_backup::{BackupPhase, DatabaseBackup};
-use crate::build::backup::{Archive, restore_job, restore_job_name};
+use crate::build::backup::{Archive, Pick, restore_job, restore_job_name};
 use crate::build::statefulset::DATA_VOLUME;
 use crate::build::{LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts, instance_label};
 use crate::controller::jobs::{self, JobState, Report};
@@ -94,9 +94,10 @@ pub async fn ensure(
     facts: &OperatorFacts,
     owner: &OwnerReference,
 ) -> Result<Restore, Error> {
-    let Some(backup) = db.restore_from.clone() else {
+    let Some(source) = db.restore_from.clone() else {
         return Ok(Restore::NotRequested);
     };
+    let backup = source.describe();
     if let Some(server) = &db.server {
         if taken_over || retained(sdb) {
             let kept = format!(
@@ -141,9 +142,49 @@ pub async fn ensure(
         });
     }
 
+    let archive = match source {
+        RestoreSource::Backup(name) => (completed_backup(client, db, &name).await?, Pick::This),
+        RestoreSource::Archive {
+            destination,
+            dir,
+            backup: one,
+            before,
+        } => {
+            let (location, name, pick) = match one {
+                Some(one) => (format!("{dir}/{one}"), one, Pick::This),
+                None => (dir, "latest".to_owned(), Pick::Latest { before }),
+            };
+            let archive = Archive {
+                name,
+                location,
+                destination,
+            };
+            (archive, pick)
+        }
+    };
+    if !instance_ready {
+        return Ok(Restore::WaitingForInstance { backup });
+    }
+    let (archive, pick) = archive;
+    let job = restore_job(db, &archive, &pick, facts, owner);
+    match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => tracing::info!(backup = %backup, job = %name, "restore started"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(Error::Create(e)),
+    }
+    Ok(Restore::Running { backup })
+}
+
+/// The archive of the Completed `DatabaseBackup` `backup` of this
+/// namespace; an error naming `spec.bootstrap.fromBackup.name` otherwise.
+async fn completed_backup(
+    client: &Client,
+    db: &ValidatedDatabase,
+    backup: &str,
+) -> Result<Archive, Error> {
     let field = "spec.bootstrap.fromBackup.name";
     let found = Api::<DatabaseBackup>::namespaced(client.clone(), &db.namespace)
-        .get_opt(&backup)
+        .get_opt(backup)
         .await
         .map_err(|source| Error::Read {
             kind: "DatabaseBackup",
@@ -181,21 +222,11 @@ pub async fn ensure(
             message: format!("DatabaseBackup {backup} does not record where its archive is"),
         }));
     };
-    if !instance_ready {
-        return Ok(Restore::WaitingForInstance { backup });
-    }
-    let archive = Archive {
-        name: backup.clone(),
+    Ok(Archive {
+        name: backup.to_owned(),
         location,
         destination,
-    };
-    let job = restore_job(db, &archive, facts, owner);
-    match jobs.create(&PostParams::default(), &job).await {
-        Ok(_) => tracing::info!(backup = %backup, job = %name, "restore started"),
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(Error::Create(e)),
-    }
-    Ok(Restore::Running { backup })
+    })
 }
 
 /// The dedicated instance's data volume, if an earlier ServiceDatabase of this

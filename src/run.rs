@@ -65,6 +65,22 @@ pub struct OperatorArgs {
         default_value = "app.kubernetes.io/name=servicedb"
     )]
     pub pod_labels: String,
+    /// Labels of the namespaces whose Prometheus may scrape the exporters
+    /// of monitored databases, `k=v,k=v`.
+    #[arg(
+        long,
+        env = "SERVICEDB_SCRAPER_NAMESPACE_LABELS",
+        default_value = "kubernetes.io/metadata.name=monitoring"
+    )]
+    pub scraper_namespace_labels: String,
+    /// Labels of the Prometheus pods, in those namespaces, that may scrape
+    /// them, `k=v,k=v`.
+    #[arg(
+        long,
+        env = "SERVICEDB_SCRAPER_POD_LABELS",
+        default_value = "app.kubernetes.io/name=prometheus"
+    )]
+    pub scraper_pod_labels: String,
 }
 
 /// How long in-flight reconciles may run on after a shutdown request.
@@ -127,7 +143,14 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         image: args.image.clone(),
         binary_path: args.binary_path.clone(),
         namespace: args.namespace.clone(),
-        pod_labels: parse_labels(&args.pod_labels)?,
+        pod_labels: parse_labels("--pod-labels", &args.pod_labels)?,
+        scraper: crate::build::Scraper {
+            namespace_labels: parse_labels(
+                "--scraper-namespace-labels",
+                &args.scraper_namespace_labels,
+            )?,
+            pod_labels: parse_labels("--scraper-pod-labels", &args.scraper_pod_labels)?,
+        },
     };
     // The controllers' requests go out only while the Lease is surely ours
     // (see leader::Fence); the Lease itself is renewed on the plain client.
@@ -214,13 +237,13 @@ async fn signal_on(mut terminate: tokio::signal::unix::Signal, token: Cancellati
     token.cancel();
 }
 
-fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+fn parse_labels(flag: &str, s: &str) -> anyhow::Result<BTreeMap<String, String>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|pair| {
             pair.split_once('=')
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .with_context(|| format!("--pod-labels: {pair:?} is not key=value"))
+                .with_context(|| format!("{flag}: {pair:?} is not key=value"))
         })
         .collect()
 }

@@ -93,35 +93,28 @@ pub async fn drop_postgres(client: &Client, username: &str) -> Result<(), UserEr
 
 /// What redis_exporter runs on a scrape, and nothing more: `INFO` (every
 /// statistic it exports), `CLIENT SETNAME`, `SLOWLOG LEN`, `LATENCY LATEST`
-/// and `LATENCY HISTOGRAM`. No key, no channel, and not `CONFIG GET` (it
-/// would reveal the server's configuration, passwords of replication
-/// included; the exporter then assumes 16 databases and exports no
-/// `redis_config_*` series) nor `SLOWLOG GET` (a slow command's arguments
-/// are the service's data; the exporter then omits the last slow command's
-/// id and duration).
-pub const REDIS_RULES: [&str; 6] = [
+/// and `LATENCY HISTOGRAM` (Redis 7.0 and later; servicedb runs 7.2 and
+/// later). No key, no channel, and not `CONFIG GET` (it would reveal the
+/// server's configuration, replication passwords included; the exporter
+/// then assumes 16 databases and exports no `redis_config_*` series) nor
+/// `SLOWLOG GET` (a slow command's arguments are the service's data; the
+/// exporter then omits the last slow command's id and duration).
+pub const REDIS_RULES: [&str; 7] = [
     "resetkeys",
     "resetchannels",
     "+info",
     "+client|setname",
     "+slowlog|len",
     "+latency|latest",
+    "+latency|histogram",
 ];
 
-/// `LATENCY HISTOGRAM` exists from Redis 7.0 on; an older server refuses
-/// the rule, and the exporter does without it.
-pub const REDIS_RULES_7: [&str; 1] = ["+latency|histogram"];
-
-/// The Redis monitoring user with [`REDIS_RULES`] (and [`REDIS_RULES_7`]).
+/// The Redis monitoring user with [`REDIS_RULES`].
 pub fn redis_user(username: &str, password: &str) -> Result<AclUser, AclError> {
     AclUser::with_rules(
         username,
         password,
-        REDIS_RULES
-            .iter()
-            .chain(REDIS_RULES_7.iter())
-            .map(|rule| (*rule).to_owned())
-            .collect(),
+        REDIS_RULES.iter().map(|rule| (*rule).to_owned()).collect(),
     )
 }
 

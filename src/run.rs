@@ -144,13 +144,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         binary_path: args.binary_path.clone(),
         namespace: args.namespace.clone(),
         pod_labels: parse_labels("--pod-labels", &args.pod_labels)?,
-        scraper: crate::build::Scraper {
-            namespace_labels: parse_labels(
-                "--scraper-namespace-labels",
-                &args.scraper_namespace_labels,
-            )?,
-            pod_labels: parse_labels("--scraper-pod-labels", &args.scraper_pod_labels)?,
-        },
+        scraper: scraper(&args)?,
     };
     // The controllers' requests go out only while the Lease is surely ours
     // (see leader::Fence); the Lease itself is renewed on the plain client.
@@ -237,6 +231,17 @@ async fn signal_on(mut terminate: tokio::signal::unix::Signal, token: Cancellati
     token.cancel();
 }
 
+/// The Prometheus pods NetworkPolicies admit to exporters.
+fn scraper(args: &OperatorArgs) -> anyhow::Result<crate::build::Scraper> {
+    Ok(crate::build::Scraper {
+        namespace_labels: parse_labels(
+            "--scraper-namespace-labels",
+            &args.scraper_namespace_labels,
+        )?,
+        pod_labels: parse_labels("--scraper-pod-labels", &args.scraper_pod_labels)?,
+    })
+}
+
 fn parse_labels(flag: &str, s: &str) -> anyhow::Result<BTreeMap<String, String>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -246,4 +251,48 @@ fn parse_labels(flag: &str, s: &str) -> anyhow::Result<BTreeMap<String, String>>
                 .with_context(|| format!("{flag}: {pair:?} is not key=value"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: OperatorArgs,
+    }
+
+    fn args(flags: &[&str]) -> OperatorArgs {
+        Cli::try_parse_from(std::iter::once("operator").chain(flags.iter().copied()))
+            .expect("flags")
+            .args
+    }
+
+    #[test]
+    fn the_scraper_is_prometheus_in_monitoring_unless_the_flags_say_otherwise() {
+        assert_eq!(
+            scraper(&args(&[])).unwrap(),
+            crate::build::Scraper::default()
+        );
+        let custom = scraper(&args(&[
+            "--scraper-namespace-labels=team=observability",
+            "--scraper-pod-labels=app=vmagent,tier=scrape",
+        ]))
+        .unwrap();
+        assert_eq!(
+            custom.namespace_labels,
+            BTreeMap::from([("team".to_owned(), "observability".to_owned())])
+        );
+        assert_eq!(custom.pod_labels.len(), 2);
+        let empty = scraper(&args(&["--scraper-namespace-labels="])).unwrap();
+        assert!(empty.namespace_labels.is_empty(), "every namespace");
+        let error = scraper(&args(&["--scraper-pod-labels=prometheus"])).unwrap_err();
+        assert!(
+            error.to_string().contains("--scraper-pod-labels"),
+            "{error}"
+        );
+    }
 }

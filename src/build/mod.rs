@@ -67,6 +67,29 @@ pub struct OperatorFacts {
     pub namespace: String,
     /// Labels of the operator's pods, admitted by NetworkPolicies.
     pub pod_labels: BTreeMap<String, String>,
+    /// The Prometheus that scrapes exporters, admitted to their port.
+    pub scraper: Scraper,
+}
+
+/// Which pods may scrape a database's exporter: pods with `pod_labels` in
+/// namespaces with `namespace_labels`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scraper {
+    pub namespace_labels: BTreeMap<String, String>,
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl Default for Scraper {
+    /// Pods labelled as Prometheus in the namespace `monitoring`.
+    fn default() -> Scraper {
+        Scraper {
+            namespace_labels: BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                "monitoring".to_string(),
+            )]),
+            pod_labels: BTreeMap::from([(LABEL_NAME.to_string(), "prometheus".to_string())]),
+        }
+    }
 }
 
 /// Passwords, read from the existing Secrets or freshly generated, and the

@@ -24,6 +24,7 @@ fn facts() -> OperatorFacts {
         binary_path: "/usr/local/bin/servicedb".into(),
         namespace: "servicedb-system".into(),
         pod_labels: BTreeMap::from([("app.kubernetes.io/name".into(), "servicedb".into())]),
+        scraper: Default::default(),
     }
 }
 
@@ -1409,3 +1410,5 @@ fn the_disruption_policy_protects_by_default_and_allow_lets_a_drain_evict() {
         "the ServiceDatabase wins"
     );
 }
+
+mod exporter;

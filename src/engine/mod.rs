@@ -2,9 +2,11 @@
 //! URIs, and the live user/grant logic shared by the operator (shared servers)
 //! and the instance manager (dedicated instances). One file per engine.
 
+pub mod exporter;
 pub mod logins;
 pub mod mongodb;
 pub mod mongodb_users;
+pub mod monitoring;
 pub mod postgres;
 pub mod postgres_users;
 pub mod redis;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     BackupDestination, BackupSpec, CredentialsSpec, DeletionPolicy, Disruption, Engine, Isolation,
-    MonitoringSpec, ObjectRef, OwnerSpec, Resources, StorageSpec, conditions_schema,
+    MonitoringSpec, ObjectRef, OwnerSpec, PodSettings, Resources, StorageSpec, conditions_schema,
 };
 
 /// One service's private database: the engine, how it is isolated from other
@@ -103,6 +103,13 @@ pub struct ServiceDatabaseSpec {
     /// is down until it runs elsewhere). The class's when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption: Option<Disruption>,
+
+    /// Scheduling and images of the database's pods and its Jobs' pods:
+    /// nodeSelector, tolerations, affinity, topologySpreadConstraints,
+    /// priorityClassName, imagePullSecrets, extra labels and annotations,
+    /// runAsUser. Each field unset here comes from the class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSettings>,
 
     /// Prometheus monitoring: the engine's exporter next to the database.
     /// Defaults from the class, which may require it.

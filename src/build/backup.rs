@@ -577,7 +577,7 @@ fn agent_pod(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
-    PodTemplateSpec {
+    let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(db, component)),
             ..Default::default()
@@ -586,9 +586,10 @@ fn agent_pod(
             init_containers: Some(vec![install_container(facts)]),
             containers: vec![container],
             volumes: Some(volumes),
-            ..pod_defaults(db.engine_spec.run_as_user())
+            ..pod_defaults(super::run_as_user(db))
         }),
-    }
+    };
+    super::with_pod_settings(db, template)
 }
 
 fn job(metadata: ObjectMeta, pod: PodTemplateSpec, backoff_limit: i32) -> Job {

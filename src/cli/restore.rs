@@ -181,6 +181,7 @@ pub fn new_database(
         backup: None,
         monitoring: None,
         disruption: source.disruption,
+        pod: source.pod.clone(),
         // Scripting is the service's choice for its data: kept.
         redis: source.redis.clone(),
         deletion_policy: Default::default(),

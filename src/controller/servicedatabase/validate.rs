@@ -76,6 +76,8 @@ pub struct ValidatedDatabase {
     pub backup: Option<ValidatedBackup>,
     /// What `spec.bootstrap` restores into a new database.
     pub restore_from: Option<RestoreSource>,
+    /// `spec.pod` over the class's `pod`, field by field.
+    pub pod: crate::api::common::PodSettings,
     /// `spec.redis.scripting`: the service user of a dedicated Redis may run
     /// Lua scripts and functions.
     pub redis_scripting: bool,
@@ -218,6 +220,30 @@ pub const BACKUP_MOUNT: &str = "/backup";
 
 /// The agent's URL of a destination: S3 keys below the prefix (by default
 /// `<namespace>/<name>`), or a directory below the volume's mount.
+/// The ServiceDatabase's pod settings over its class's, field by field.
+fn pod_settings(
+    own: Option<&crate::api::common::PodSettings>,
+    class: Option<&crate::api::common::PodSettings>,
+) -> crate::api::common::PodSettings {
+    let (own, class) = (
+        own.cloned().unwrap_or_default(),
+        class.cloned().unwrap_or_default(),
+    );
+    crate::api::common::PodSettings {
+        node_selector: own.node_selector.or(class.node_selector),
+        tolerations: own.tolerations.or(class.tolerations),
+        affinity: own.affinity.or(class.affinity),
+        topology_spread_constraints: own
+            .topology_spread_constraints
+            .or(class.topology_spread_constraints),
+        priority_class_name: own.priority_class_name.or(class.priority_class_name),
+        image_pull_secrets: own.image_pull_secrets.or(class.image_pull_secrets),
+        labels: own.labels.or(class.labels),
+        annotations: own.annotations.or(class.annotations),
+        run_as_user: own.run_as_user.or(class.run_as_user),
+    }
+}
+
 /// Where `spec.bootstrap` restores from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RestoreSource {
@@ -626,6 +652,7 @@ pub fn validate(
         credential_formats: credentials.format.clone(),
         backup,
         restore_from: restore_source(spec.bootstrap.as_ref(), &namespace, &name),
+        pod: pod_settings(spec.pod.as_ref(), class.spec.pod.as_ref()),
         redis_scripting,
         monitoring,
         name,

@@ -440,3 +440,77 @@ async fn pod_settings_reach_the_database_and_its_jobs() {
         .expect_err("refused");
     assert!(refused.to_string().contains("servicedb's own"), "{refused}");
 }
+
+/// A running PostgreSQL instance keeps its major version: a class's new
+/// `defaultVersion` or a changed `spec.version` is refused with a condition
+/// naming `spec.version`, and the StatefulSet's image stays; pinning the
+/// running version clears it.
+#[tokio::test]
+async fn a_major_version_change_is_refused_and_the_instance_keeps_running() {
+    let env = Env::new("class-version").await;
+    let class_name = format!("{}-pg", env.ns);
+    class(
+        &env,
+        &class_name,
+        json!({"versions": ["15", "17"], "defaultVersion": "15"}),
+    )
+    .await;
+    database(&env, "orders", json!({"className": class_name})).await;
+    let sts_api = env.api::<StatefulSet>();
+    let image = |sts: StatefulSet| {
+        sts.spec
+            .expect("spec")
+            .template
+            .spec
+            .expect("pod")
+            .containers[0]
+            .image
+            .clone()
+            .expect("image")
+    };
+    let before = image(get_when(&sts_api, "orders-db").await);
+    let sdbs = env.api::<ServiceDatabase>();
+    wait_for("status.version 15", Duration::from_secs(30), || async {
+        let sdb = sdbs.get("orders").await.ok()?;
+        (sdb.status?.version.as_deref() == Some("15")).then_some(())
+    })
+    .await;
+
+    // The class moves on to 17: the unpinned database stays on 15.
+    class(
+        &env,
+        &class_name,
+        json!({"versions": ["15", "17"], "defaultVersion": "17"}),
+    )
+    .await;
+    let refused = wait_for("the change refused", Duration::from_secs(30), || async {
+        let sdb = sdbs.get("orders").await.ok()?;
+        let (status, reason, message) = spec_valid(&sdb);
+        (status == "False" && reason == "MajorUpgradeUnsupported").then_some(message)
+    })
+    .await;
+    assert!(
+        refused.contains("defaultVersion") && refused.contains("spec.version: \"15\""),
+        "{refused}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        image(sts_api.get("orders-db").await.expect("sts")),
+        before,
+        "the image is not changed under the data"
+    );
+
+    // Pinned to what runs: valid again, same image.
+    database(
+        &env,
+        "orders",
+        json!({"className": class_name, "version": "15"}),
+    )
+    .await;
+    wait_for("valid again", Duration::from_secs(30), || async {
+        let sdb = sdbs.get("orders").await.ok()?;
+        (spec_valid(&sdb).0 == "True").then_some(())
+    })
+    .await;
+    assert_eq!(image(sts_api.get("orders-db").await.expect("sts")), before);
+}

@@ -220,6 +220,50 @@ pub const BACKUP_MOUNT: &str = "/backup";
 
 /// The agent's URL of a destination: S3 keys below the prefix (by default
 /// `<namespace>/<name>`), or a directory below the volume's mount.
+/// Whether a dedicated instance running `running` may move to `wanted`: a
+/// downgrade never (data files are not read by older versions); a
+/// PostgreSQL or MongoDB major version change not yet (PostgreSQL needs
+/// `pg_upgrade` or a dump and restore, MongoDB one major at a time with its
+/// featureCompatibilityVersion), so the instance keeps running its version
+/// rather than crash-looping on a data directory it cannot read. Redis
+/// reads older data files: its upgrades roll.
+fn version_change(
+    engine: Engine,
+    running: &str,
+    wanted: &str,
+    pinned: bool,
+    class_name: &str,
+) -> Result<(), Invalid> {
+    let parts = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    let (from, to) = (parts(running), parts(wanted));
+    let source = if pinned {
+        "spec.version".to_owned()
+    } else {
+        format!("DatabaseClass {class_name}'s defaultVersion")
+    };
+    let keep = format!("set spec.version: {running:?} to keep it");
+    if to < from {
+        return Err(Invalid::new(
+            "spec.version",
+            "VersionDowngradeRefused",
+            format!(
+                "{source} asks for {engine} {wanted}, older than the {running} that runs: a downgrade cannot read the data; {keep}"
+            ),
+        ));
+    }
+    let major_changes = from.first() != to.first();
+    if major_changes && matches!(engine, Engine::Postgres | Engine::MongoDB) {
+        return Err(Invalid::new(
+            "spec.version",
+            "MajorUpgradeUnsupported",
+            format!(
+                "{source} asks for {engine} {wanted}, a major version change from the {running} that runs, which servicedb does not perform yet; {keep}, or back up and restore into a new ServiceDatabase of version {wanted} (spec.bootstrap)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The ServiceDatabase's pod settings over its class's, field by field.
 fn pod_settings(
     own: Option<&crate::api::common::PodSettings>,
@@ -450,6 +494,17 @@ pub fn validate(
             )
         })?,
     };
+    if spec.isolation == Isolation::Dedicated
+        && let Some(running) = sdb.status.as_ref().and_then(|s| s.version.as_deref())
+    {
+        version_change(
+            spec.engine,
+            running,
+            &version,
+            spec.version.is_some(),
+            &class_name,
+        )?;
+    }
     // Shared placement: a database (Postgres, MongoDB), a key space (Redis)
     // or a Postgres schema on a DatabaseServer.
     let shared = match (spec.isolation, server) {
@@ -1208,5 +1263,47 @@ mod tests {
             .restore_from
             .expect("source");
         assert_eq!(source.describe(), "the latest backup under s3://bk/flat");
+    }
+    #[test]
+    fn a_running_instance_never_moves_to_a_version_it_cannot_read() {
+        use Engine::{MongoDB, Postgres, Redis};
+        assert!(version_change(Postgres, "17", "17", true, "c").is_ok());
+        let major = version_change(Postgres, "15", "17", true, "c").unwrap_err();
+        assert_eq!(
+            (major.field, major.reason),
+            ("spec.version", "MajorUpgradeUnsupported")
+        );
+        assert!(
+            major.message.contains("spec.version: \"15\""),
+            "{}",
+            major.message
+        );
+        let by_class = version_change(Postgres, "15", "17", false, "standard").unwrap_err();
+        assert!(
+            by_class
+                .message
+                .contains("DatabaseClass standard's defaultVersion"),
+            "{}",
+            by_class.message
+        );
+        let down = version_change(Postgres, "17", "15", true, "c").unwrap_err();
+        assert_eq!(down.reason, "VersionDowngradeRefused");
+        assert!(
+            version_change(Redis, "7.2", "8.0", true, "c").is_ok(),
+            "Redis reads older files"
+        );
+        assert_eq!(
+            version_change(Redis, "8.0", "7.4", true, "c")
+                .unwrap_err()
+                .reason,
+            "VersionDowngradeRefused"
+        );
+        assert!(version_change(MongoDB, "7.0", "7.0", true, "c").is_ok());
+        assert_eq!(
+            version_change(MongoDB, "7.0", "8.0", true, "c")
+                .unwrap_err()
+                .reason,
+            "MajorUpgradeUnsupported"
+        );
     }
 }

@@ -11,4 +11,8 @@ if [ -z "${KUBECONFIG:-}" ]; then
   KUBECONFIG=$(hack/testenv/up.sh "$dir")
   trap 'hack/testenv/down.sh "$dir" >/dev/null' EXIT
 fi
-${CARGO:-cargo} bench --locked --bench provision
+# The API server's own request counts are read with kubectl.
+KUBECTL=${KUBECTL:-$(hack/testenv/build.sh)/kubectl}
+export KUBECTL
+# SERVICEDB_BENCH_PROFILE=dev measures a debug build (no release build needed).
+${CARGO:-cargo} bench --locked --profile "${SERVICEDB_BENCH_PROFILE:-bench}" --bench provision

@@ -31,6 +31,10 @@ pub struct Context {
     /// How many reconciles may work on one shared server at a time, and
     /// which servers do not answer (see [`server_gate`]).
     pub servers: server_gate::ServerGate,
+    /// The ServiceDatabase controller's stores and its own last writes.
+    pub cache: servicedatabase::cache::Cache,
+    /// What the last provisioning of each shared database was given.
+    pub provisioned: servicedatabase::trigger::Provisioned,
 }
 
 impl Context {
@@ -52,6 +56,8 @@ impl Context {
             backoff: Default::default(),
             service_databases: std::sync::OnceLock::new(),
             servers: server_gate::ServerGate::new(DEFAULT_PER_SERVER),
+            cache: Default::default(),
+            provisioned: Default::default(),
         }
     }
 

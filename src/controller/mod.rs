@@ -7,6 +7,7 @@ pub mod databaseserver;
 pub mod jobs;
 pub mod server_gate;
 pub mod servicedatabase;
+pub mod sessions;
 
 use std::sync::Arc;
 
@@ -35,6 +36,8 @@ pub struct Context {
     pub cache: servicedatabase::cache::Cache,
     /// What the last provisioning of each shared database was given.
     pub provisioned: servicedatabase::trigger::Provisioned,
+    /// Administrator sessions to the shared servers, kept between passes.
+    pub sessions: sessions::Sessions,
 }
 
 impl Context {
@@ -58,6 +61,7 @@ impl Context {
             servers: server_gate::ServerGate::new(DEFAULT_PER_SERVER),
             cache: Default::default(),
             provisioned: Default::default(),
+            sessions: Default::default(),
         }
     }
 

@@ -364,13 +364,20 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         {
             Ok(())
         } else {
-            let provisioned = match enter_server(server, ctx) {
+            let provisioned = match enter_server(server, ctx).await {
                 Ok(entered) => {
                     pass = Some(entered);
                     on_server(
                         server,
                         ctx,
-                        provision::ensure(&db, server, &marker, &plan.logins, restoring),
+                        provision::ensure(
+                            &db,
+                            server,
+                            &marker,
+                            &plan.logins,
+                            restoring,
+                            &ctx.sessions,
+                        ),
                     )
                     .await
                 }
@@ -629,7 +636,7 @@ async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Erro
         let Some(marker) = provision::marker(sdb, server) else {
             return Ok(());
         };
-        let _pass = enter_server(server, ctx)?;
+        let _pass = enter_server(server, ctx).await?;
         on_server(server, ctx, provision::remove(&db, server, &marker)).await?;
         tracing::info!(server = %server.name, database = %db.database, "dropped the database and its login");
     }
@@ -639,20 +646,28 @@ async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Erro
 /// How long one reconcile may work on a shared server, every connection
 /// and statement together; each connection has its own shorter deadline.
 const SERVER_WORK_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a reconcile waits for a place on a busy server before it is
+/// turned away (and holds its reconcile slot meanwhile).
+const SERVER_BUSY_WAIT: Duration = Duration::from_secs(2);
 /// When a reconcile turned away by a busy server tries again.
 const SERVER_BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// The gate's pass to work on `server`: refused while the server is known
 /// not to answer (the status says so) or while as many reconciles as the
 /// limit allows work on it (tried again in a moment).
-fn enter_server(
+async fn enter_server(
     server: &dereference::ServerFacts,
     ctx: &Context,
 ) -> Result<super::server_gate::Pass, Error> {
     use super::server_gate::{Closed, key};
     match ctx
         .servers
-        .enter(&key(&server.host, server.port), &server_via(server))
+        .enter_within(
+            &key(&server.host, server.port),
+            &server_via(server),
+            SERVER_BUSY_WAIT,
+        )
+        .await
     {
         Ok(pass) => Ok(pass),
         Err(Closed::Busy) => Err(Error::ServerBusy),

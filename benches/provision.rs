@@ -394,7 +394,10 @@ async fn run(n: usize) {
     .await;
 
     println!("servicedb provisioning benchmark");
-    println!("  operator: --concurrency 4, debug log level; PostgreSQL data on tmpfs");
+    println!(
+        "  operator: --concurrency 4, {} per server, debug log level; PostgreSQL data on tmpfs",
+        std::env::var("SERVICEDB_PER_SERVER_CONCURRENCY").unwrap_or_else(|_| "2".into())
+    );
     let round = Round {
         engine: "Postgres",
         server: "pg",

@@ -18,5 +18,6 @@ export KUBECTL
 # --concurrency 8 (the benchmark's operator runs 4). Measured at 100
 # PostgreSQL tenants: 2 → 48.6 s, 4 → 14.0 s.
 export SERVICEDB_PER_SERVER_CONCURRENCY=${SERVICEDB_PER_SERVER_CONCURRENCY:-4}
+# SERVICEDB_BENCH_DATABASES (default 300) sets the tenants per engine;
 # SERVICEDB_BENCH_PROFILE=dev measures a debug build (no release build needed).
 ${CARGO:-cargo} bench --locked --profile "${SERVICEDB_BENCH_PROFILE:-bench}" --bench provision

@@ -196,6 +196,8 @@ const SHARED_RESYNC: Duration = Duration::from_secs(60);
 const PROVISIONED_FRESH: Duration = Duration::from_secs(50);
 /// Re-check of a database with backups, so that an overdue backup shows.
 const BACKUP_RESYNC: Duration = Duration::from_secs(300);
+/// The pass after the one that saw a restore complete.
+const RESTORE_DONE_RECHECK: Duration = Duration::from_millis(100);
 /// Re-check while deletion waits for the final backup.
 const FINAL_BACKUP_RECHECK: Duration = Duration::from_secs(10);
 
@@ -456,6 +458,8 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         Err(e) => return Err(Error::Restore(e)),
     };
 
+    let restore_completed =
+        !restore::restored(sdb) && matches!(restore, restore::Restore::Completed { .. });
     let children = crate::build::children(
         &db,
         &credentials,
@@ -522,6 +526,12 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
     }
     if let Some(wait) = rollout::until_warning(&plan, db.grace_period, now.0) {
         due = due.min(wait);
+    }
+    if restore_completed {
+        // What this pass gave the server still let the restore's login in;
+        // the next reads the completed restore from the status just
+        // written (which starts no pass by itself) and withdraws that.
+        due = due.min(RESTORE_DONE_RECHECK);
     }
     Ok(Action::requeue(due))
 }

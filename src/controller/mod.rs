@@ -7,6 +7,7 @@ pub mod databaseserver;
 pub mod jobs;
 pub mod server_gate;
 pub mod servicedatabase;
+pub mod sessions;
 
 use std::sync::Arc;
 
@@ -31,6 +32,12 @@ pub struct Context {
     /// How many reconciles may work on one shared server at a time, and
     /// which servers do not answer (see [`server_gate`]).
     pub servers: server_gate::ServerGate,
+    /// The ServiceDatabase controller's stores and its own last writes.
+    pub cache: servicedatabase::cache::Cache,
+    /// What the last provisioning of each shared database was given.
+    pub provisioned: servicedatabase::trigger::Provisioned,
+    /// Administrator sessions to the shared servers, kept between passes.
+    pub sessions: sessions::Sessions,
 }
 
 impl Context {
@@ -52,6 +59,9 @@ impl Context {
             backoff: Default::default(),
             service_databases: std::sync::OnceLock::new(),
             servers: server_gate::ServerGate::new(DEFAULT_PER_SERVER),
+            cache: Default::default(),
+            provisioned: Default::default(),
+            sessions: Default::default(),
         }
     }
 

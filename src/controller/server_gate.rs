@@ -3,8 +3,9 @@
 //!
 //! - lets at most `limit` reconciles work on one server at a time (a server
 //!   is its `host:port`, however many DatabaseServers name it); the others
-//!   are told the server is busy and retry a moment later, without holding a
-//!   reconcile slot while they wait;
+//!   wait a moment for a place ([`ServerGate::enter_within`]), then are told
+//!   the server is busy and retry later, so that a stalled server holds a
+//!   reconcile slot no longer than that moment;
 //! - turns them away at once while the server is known not to answer (its
 //!   probe failed, or a tenant's connection did), so that its tenants say so
 //!   in their status instead of each waiting out a connection deadline.
@@ -14,8 +15,7 @@
 //! DatabaseServer (its `namespace/name`), not the `host:port` it names: a
 //! failure may be its own settings' (a wrong CA, a wrong password), and must
 //! not turn away the tenants of another DatabaseServer naming the same
-//! server. Nothing here waits: the gate is a map under a short lock, never
-//! held across an await.
+//! server. The maps are under short locks, never held across an await.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -75,6 +75,29 @@ impl ServerGate {
     /// Lets the caller work on the server `server` (a [`key`]) through the
     /// DatabaseServer `via` (`namespace/name`), or says why not.
     pub fn enter(&self, server: &str, via: &str) -> Result<Pass, Closed> {
+        self.semaphore(server, via)?
+            .try_acquire_owned()
+            .map(|permit| Pass { _permit: permit })
+            .map_err(|_| Closed::Busy)
+    }
+
+    /// As [`ServerGate::enter`], waiting up to `wait` for a place: a
+    /// reconcile turned away at once would come back later and be counted
+    /// (and logged) once more for nothing.
+    pub async fn enter_within(
+        &self,
+        server: &str,
+        via: &str,
+        wait: Duration,
+    ) -> Result<Pass, Closed> {
+        let semaphore = self.semaphore(server, via)?;
+        match tokio::time::timeout(wait, semaphore.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Pass { _permit: permit }),
+            _ => Err(Closed::Busy),
+        }
+    }
+
+    fn semaphore(&self, server: &str, via: &str) -> Result<Arc<Semaphore>, Closed> {
         {
             let mut down = lock(&self.down);
             if let Some((since, message)) = down.get(via) {
@@ -84,13 +107,10 @@ impl ServerGate {
                 down.remove(via);
             }
         }
-        lock(&self.servers)
+        Ok(lock(&self.servers)
             .entry(server.to_owned())
             .or_insert_with(|| Arc::new(Semaphore::new(self.limit)))
-            .clone()
-            .try_acquire_owned()
-            .map(|permit| Pass { _permit: permit })
-            .map_err(|_| Closed::Busy)
+            .clone())
     }
 
     /// The DatabaseServer `via` did not answer; `message` (no secret in it)
@@ -130,6 +150,36 @@ mod tests {
             gate.enter("pg:5432", "db/two").is_ok(),
             "a pass dropped lets the next in"
         );
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_waits_a_moment_for_a_place() {
+        let gate = Arc::new(ServerGate::new(1));
+        let held = gate.enter("pg:5432", "db/one").expect("first");
+        let wait = Duration::from_millis(50);
+        assert_eq!(
+            gate.enter_within("pg:5432", "db/one", wait)
+                .await
+                .unwrap_err(),
+            Closed::Busy,
+            "still held after the wait"
+        );
+        let waiting = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                gate.enter_within("pg:5432", "db/one", Duration::from_secs(5))
+                    .await
+                    .is_ok()
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(held);
+        assert!(waiting.await.expect("task"), "the place freed is taken");
+        gate.down("db/one", "no answer");
+        assert!(matches!(
+            gate.enter_within("pg:5432", "db/one", wait).await,
+            Err(Closed::Down(_))
+        ));
     }
 
     #[test]

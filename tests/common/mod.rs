@@ -63,9 +63,15 @@ pub fn system_user(name: &str, package: &str) -> nix::unistd::User {
 /// bytes) owned by `user`, removed when dropped.
 #[allow(dead_code)] // each test crate uses a subset of these helpers
 pub fn owned_tempdir(prefix: &str, user: &nix::unistd::User) -> tempfile::TempDir {
+    owned_tempdir_in("/tmp", prefix, user)
+}
+
+/// [`owned_tempdir`] under `base`.
+#[allow(dead_code)] // each test crate uses a subset of these helpers
+pub fn owned_tempdir_in(base: &str, prefix: &str, user: &nix::unistd::User) -> tempfile::TempDir {
     let dir = tempfile::Builder::new()
         .prefix(prefix)
-        .tempdir_in("/tmp")
+        .tempdir_in(base)
         .expect("tempdir");
     std::os::unix::fs::chown(dir.path(), Some(user.uid.as_raw()), Some(user.gid.as_raw()))
         .expect("chown the test directory");

@@ -18,7 +18,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::common::{owned_tempdir, system_user};
+use crate::common::{owned_tempdir, owned_tempdir_in, system_user};
 use crate::harness::free_port;
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -94,6 +94,8 @@ pub struct Postgres {
     pub version: String,
     /// Serves TLS only (`hostssl`), with a certificate from this CA.
     pub tls: Option<TestCa>,
+    /// Extra `-c name=value` settings of every start.
+    settings: Vec<String>,
 }
 
 /// A throw-away CA and a server certificate for 127.0.0.1/localhost, made
@@ -211,12 +213,18 @@ impl Postgres {
     }
 
     pub fn start_new() -> Postgres {
+        Postgres::start_new_with("/tmp", &[])
+    }
+
+    /// A server with its data under `base` (the benchmark puts it on tmpfs)
+    /// and extra `name=value` settings.
+    pub fn start_new_with(base: &str, settings: &[&str]) -> Postgres {
         assert!(
             Path::new(PG_BIN).join("postgres").exists(),
             "PostgreSQL 15 binaries not found in {PG_BIN}; install postgresql-15"
         );
         let user = system_user("postgres", "postgresql-15");
-        let dir = owned_tempdir("sdbpg", &user);
+        let dir = owned_tempdir_in(base, "sdbpg", &user);
         let admin_user = "admin".to_owned();
         let admin_password = random_password();
         let pwfile = dir.path().join("pwfile");
@@ -256,6 +264,7 @@ impl Postgres {
             admin_password,
             version,
             tls: None,
+            settings: settings.iter().map(|s| s.to_string()).collect(),
         };
         pg.start();
         pg
@@ -286,6 +295,7 @@ impl Postgres {
                 self.dir.path().display()
             ))
             .args(["-c", "fsync=off"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .args(self.tls.iter().flat_map(|ca| {
                 [
                     "-c".to_string(),

@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
+use kube::runtime::reflector::Store;
 use kube::{Api, Client, ResourceExt};
 
 use super::validate::SecretData;
@@ -29,6 +30,10 @@ pub enum Error {
     },
 }
 
+/// How long a count waits for the ServiceDatabase store's first list
+/// before it lists instead.
+const STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The data of the named Secret; `None` when no name is given or it does
 /// not exist.
 async fn secret_data(secrets: &Api<Secret>, name: Option<&String>) -> Result<SecretData, Error> {
@@ -43,7 +48,13 @@ async fn secret_data(secrets: &Api<Secret>, name: Option<&String>) -> Result<Sec
         .map(|s| s.data.unwrap_or_default()))
 }
 
-pub async fn dereference(client: &Client, server: &DatabaseServer) -> Result<Dereferenced, Error> {
+/// `tenants`: the ServiceDatabase controller's store, when it runs; the
+/// count is then read from it instead of a list of every ServiceDatabase.
+pub async fn dereference(
+    client: &Client,
+    tenants: Option<&Store<ServiceDatabase>>,
+    server: &DatabaseServer,
+) -> Result<Dereferenced, Error> {
     let namespace = server.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let external = server.spec.external.as_ref();
@@ -56,18 +67,31 @@ pub async fn dereference(client: &Client, server: &DatabaseServer) -> Result<Der
             .map(|ca| &ca.name),
     )
     .await?;
-    let sdbs = Api::<ServiceDatabase>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| Error::Read {
-            kind: "ServiceDatabase",
-            source,
-        })?;
-    let databases = sdbs
-        .items
-        .iter()
-        .filter(|sdb| places_on(sdb, &namespace, &server.name_any()))
-        .count();
+    let name = server.name_any();
+    let ready = match tenants {
+        Some(store) => tokio::time::timeout(STORE_WAIT, store.wait_until_ready())
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        None => false,
+    };
+    let databases = match tenants {
+        Some(store) if ready => store
+            .state()
+            .iter()
+            .filter(|sdb| places_on(sdb, &namespace, &name))
+            .count(),
+        _ => Api::<ServiceDatabase>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|source| Error::Read {
+                kind: "ServiceDatabase",
+                source,
+            })?
+            .items
+            .iter()
+            .filter(|sdb| places_on(sdb, &namespace, &name))
+            .count(),
+    };
     Ok(Dereferenced {
         admin_secret,
         ca_secret,

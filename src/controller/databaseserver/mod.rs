@@ -30,7 +30,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{Instrument, info_span};
 
@@ -245,7 +245,7 @@ async fn pipeline(
 ) -> Result<Action, Error> {
     let ctx = &state.ctx;
     let now = &Time(k8s_openapi::jiff::Timestamp::now());
-    let found = dereference::dereference(&ctx.client, server).await?;
+    let found = dereference::dereference(&ctx.client, ctx.service_databases.get(), server).await?;
     let target = if server.spec.managed.is_some() {
         // servicedb runs the server: build it as a dedicated instance.
         managed::ensure(&ctx.client, server, &ctx.facts).await
@@ -344,19 +344,24 @@ pub async fn run_with(
             crate::build::MANAGED_BY
         )),
     )
-    // Keeps `status.databases` current as ServiceDatabases come and go.
-    .watches(
-        Api::<ServiceDatabase>::all(client),
-        watcher::Config::default().any_semantic(),
-        |sdb: ServiceDatabase| {
-            let namespace = sdb.namespace();
-            sdb.spec.server_ref.map(|r| {
-                let ns = r.namespace.or(namespace).unwrap_or_default();
-                ObjectRef::<DatabaseServer>::new(&r.name).within(&ns)
-            })
-        },
+    // Keeps `status.databases` current as ServiceDatabases come and go:
+    // only a creation, a deletion or a moved serverRef changes a count, and
+    // a burst of them is counted once (debounced).
+    .reconcile_on({
+        let mut placements = Placements::default();
+        watcher(
+            Api::<ServiceDatabase>::all(client),
+            watcher::Config::default().any_semantic(),
+        )
+        .default_backoff()
+        .filter_map(|event| std::future::ready(event.ok()))
+        .flat_map(move |event| futures::stream::iter(placements.changed(event)))
+    })
+    .with_config(
+        ControllerConfig::default()
+            .concurrency(concurrency)
+            .debounce(DEBOUNCE),
     )
-    .with_config(ControllerConfig::default().concurrency(concurrency))
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, state)
     .for_each(|result| {
@@ -366,9 +371,104 @@ pub async fn run_with(
     .await;
 }
 
+/// How long a burst of triggers is gathered into one reconcile.
+const DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// The server each ServiceDatabase is placed on, by UID, to tell which
+/// watch events change a server's count of databases.
+#[derive(Default)]
+pub struct Placements(HashMap<String, Option<ObjectRef<DatabaseServer>>>);
+
+impl Placements {
+    /// The servers whose count this event may change: the old and the new
+    /// server of a created, deleted or moved ServiceDatabase; none for a
+    /// status or any other change.
+    pub fn changed(
+        &mut self,
+        event: watcher::Event<ServiceDatabase>,
+    ) -> Vec<ObjectRef<DatabaseServer>> {
+        match event {
+            watcher::Event::Apply(sdb) | watcher::Event::InitApply(sdb) => {
+                let now = placed_on(&sdb);
+                let before = self.0.insert(sdb.uid().unwrap_or_default(), now.clone());
+                match before {
+                    Some(before) if before == now => vec![],
+                    Some(before) => before.into_iter().chain(now).collect(),
+                    None => now.into_iter().collect(),
+                }
+            }
+            watcher::Event::Delete(sdb) => {
+                let before = self.0.remove(&sdb.uid().unwrap_or_default());
+                before
+                    .flatten()
+                    .or_else(|| placed_on(&sdb))
+                    .into_iter()
+                    .collect()
+            }
+            watcher::Event::Init | watcher::Event::InitDone => vec![],
+        }
+    }
+}
+
+/// The DatabaseServer a ServiceDatabase's `spec.serverRef` names.
+fn placed_on(sdb: &ServiceDatabase) -> Option<ObjectRef<DatabaseServer>> {
+    let r = sdb.spec.server_ref.as_ref()?;
+    let ns = r.namespace.clone().or_else(|| sdb.namespace())?;
+    Some(ObjectRef::new(&r.name).within(&ns))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sdb(uid: &str, server: Option<&str>, rv: &str) -> ServiceDatabase {
+        let mut spec = serde_json::json!({"engine": "Postgres", "isolation": "Database",
+            "owner": {"podSelector": {"matchLabels": {"app": "a"}}}});
+        if let Some(server) = server {
+            spec["serverRef"] = serde_json::json!({"name": server});
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+            "metadata": {"name": "a", "namespace": "shop", "uid": uid, "resourceVersion": rv},
+            "spec": spec}))
+        .expect("sdb")
+    }
+
+    fn server(name: &str) -> ObjectRef<DatabaseServer> {
+        ObjectRef::new(name).within("shop")
+    }
+
+    #[test]
+    fn only_creations_deletions_and_moves_change_a_count() {
+        use watcher::Event::{Apply, Delete, InitApply};
+        let mut placements = Placements::default();
+        assert_eq!(
+            placements.changed(Apply(sdb("u1", Some("pg"), "1"))),
+            [server("pg")]
+        );
+        // Its own status writes and finalizer: no change of any count.
+        assert!(
+            placements
+                .changed(Apply(sdb("u1", Some("pg"), "2")))
+                .is_empty()
+        );
+        assert!(
+            placements
+                .changed(InitApply(sdb("u1", Some("pg"), "3")))
+                .is_empty()
+        );
+        assert_eq!(
+            placements.changed(Apply(sdb("u1", Some("pg2"), "4"))),
+            [server("pg"), server("pg2")]
+        );
+        assert_eq!(
+            placements.changed(Delete(sdb("u1", Some("pg2"), "5"))),
+            [server("pg2")]
+        );
+        // A dedicated database counts nowhere.
+        assert!(placements.changed(Apply(sdb("u2", None, "6"))).is_empty());
+        assert!(placements.changed(Delete(sdb("u2", None, "7"))).is_empty());
+    }
 
     #[test]
     fn backoff_doubles_from_two_seconds_up_to_a_minute() {

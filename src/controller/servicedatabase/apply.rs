@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use super::cache::{self, Cache, Lookup};
 use crate::build::{
     Children, FIELD_MANAGER, Instance, LABEL_INSTANCE, LABEL_MANAGED_BY, LEGACY_LABEL_INSTANCE,
     MANAGED_BY, instance_label, instance_selectors,
@@ -81,6 +82,7 @@ pub struct Applied {
 /// that is built but not applied does not compile.
 pub async fn apply(
     client: &Client,
+    cache: Option<&Cache>,
     namespace: &str,
     instance: &str,
     children: Children,
@@ -91,6 +93,10 @@ pub async fn apply(
         backup_cronjob,
         verify_cronjob,
     } = children;
+    let stores = match cache {
+        Some(cache) => cache.stores().await,
+        None => None,
+    };
     let mut out = Applied::default();
     let mut keep = Keep::default();
     // Every child carries the same controller owner reference.
@@ -98,6 +104,12 @@ pub async fn apply(
     let uid = uid.as_str();
     apply_one(
         client,
+        (
+            cache,
+            find(stores, |s| {
+                cache::secret(s, namespace, &credentials_secret.name_any())
+            }),
+        ),
         namespace,
         &credentials_secret,
         &mut out,
@@ -120,6 +132,12 @@ pub async fn apply(
         // Secrets before the StatefulSet: the pod mounts them.
         apply_one(
             client,
+            (
+                cache,
+                find(stores, |s| {
+                    cache::secret(s, namespace, &admin_secret.name_any())
+                }),
+            ),
             namespace,
             &admin_secret,
             &mut out,
@@ -128,6 +146,12 @@ pub async fn apply(
         .await?;
         apply_one(
             client,
+            (
+                cache,
+                find(stores, |s| {
+                    known(&s.services, namespace, &headless_service.name_any())
+                }),
+            ),
             namespace,
             &headless_service,
             &mut out,
@@ -136,6 +160,12 @@ pub async fn apply(
         .await?;
         apply_one(
             client,
+            (
+                cache,
+                find(stores, |s| {
+                    known(&s.services, namespace, &client_service.name_any())
+                }),
+            ),
             namespace,
             &client_service,
             &mut out,
@@ -144,15 +174,38 @@ pub async fn apply(
         .await?;
         apply_one(
             client,
+            (
+                cache,
+                find(stores, |s| {
+                    known(&s.network_policies, namespace, &network_policy.name_any())
+                }),
+            ),
             namespace,
             &network_policy,
             &mut out,
             &mut keep.network_policies,
         )
         .await?;
-        apply_one(client, namespace, &pdb, &mut out, &mut keep.pdbs).await?;
         apply_one(
             client,
+            (
+                cache,
+                find(stores, |s| known(&s.pdbs, namespace, &pdb.name_any())),
+            ),
+            namespace,
+            &pdb,
+            &mut out,
+            &mut keep.pdbs,
+        )
+        .await?;
+        apply_one(
+            client,
+            (
+                cache,
+                find(stores, |s| {
+                    known(&s.statefulsets, namespace, &statefulset.name_any())
+                }),
+            ),
             namespace,
             &statefulset,
             &mut out,
@@ -162,7 +215,20 @@ pub async fn apply(
         out.written += relabel_claims(client, namespace, Owner { instance, uid }).await?;
     }
     for cronjob in [backup_cronjob, verify_cronjob].iter().flatten() {
-        apply_one(client, namespace, cronjob, &mut out, &mut keep.cronjobs).await?;
+        apply_one(
+            client,
+            (
+                cache,
+                find(stores, |s| {
+                    known(&s.cronjobs, namespace, &cronjob.name_any())
+                }),
+            ),
+            namespace,
+            cronjob,
+            &mut out,
+            &mut keep.cronjobs,
+        )
+        .await?;
     }
 
     let Keep {
@@ -174,13 +240,74 @@ pub async fn apply(
         cronjobs,
     } = keep;
     let owner = Owner { instance, uid };
-    out.deleted += prune::<StatefulSet>(client, namespace, owner, &statefulsets).await?;
-    out.deleted += prune::<Service>(client, namespace, owner, &services).await?;
-    out.deleted += prune::<PodDisruptionBudget>(client, namespace, owner, &pdbs).await?;
-    out.deleted += prune::<NetworkPolicy>(client, namespace, owner, &network_policies).await?;
-    out.deleted += prune::<Secret>(client, namespace, owner, &secrets).await?;
-    out.deleted += prune::<CronJob>(client, namespace, owner, &cronjobs).await?;
+    // Listed from the stores when they are there: pruning an unchanged
+    // resource then costs no request.
+    out.deleted += prune::<StatefulSet>(
+        client,
+        namespace,
+        owner,
+        &statefulsets,
+        stores.map(|s| cache::instance_objects(&s.statefulsets, namespace, instance)),
+    )
+    .await?;
+    out.deleted += prune::<Service>(
+        client,
+        namespace,
+        owner,
+        &services,
+        stores.map(|s| cache::instance_objects(&s.services, namespace, instance)),
+    )
+    .await?;
+    out.deleted += prune::<PodDisruptionBudget>(
+        client,
+        namespace,
+        owner,
+        &pdbs,
+        stores.map(|s| cache::instance_objects(&s.pdbs, namespace, instance)),
+    )
+    .await?;
+    out.deleted += prune::<NetworkPolicy>(
+        client,
+        namespace,
+        owner,
+        &network_policies,
+        stores.map(|s| cache::instance_objects(&s.network_policies, namespace, instance)),
+    )
+    .await?;
+    out.deleted += prune::<Secret>(
+        client,
+        namespace,
+        owner,
+        &secrets,
+        stores.map(|s| cache::instance_objects(&s.secrets, namespace, instance)),
+    )
+    .await?;
+    out.deleted += prune::<CronJob>(
+        client,
+        namespace,
+        owner,
+        &cronjobs,
+        stores.map(|s| cache::instance_objects(&s.cronjobs, namespace, instance)),
+    )
+    .await?;
     Ok(out)
+}
+
+/// What the stores say of one object; without stores, ask the API server.
+fn find<K>(
+    stores: Option<&cache::Stores>,
+    look: impl FnOnce(&cache::Stores) -> Lookup<K>,
+) -> Lookup<K> {
+    stores.map_or(Lookup::Unknown, look)
+}
+
+/// An object of a store of the operator's children: found, or unknown (an
+/// object of that name that is not labelled as servicedb's is in no store).
+fn known<K>(store: &kube::runtime::reflector::Store<K>, namespace: &str, name: &str) -> Lookup<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    cache::get(store, namespace, name).map_or(Lookup::Unknown, Lookup::Found)
 }
 
 /// What a live StatefulSet cannot change is kept in the desired one.
@@ -367,6 +494,7 @@ struct Keep {
 
 async fn apply_one<K>(
     client: &Client,
+    (cache, found): (Option<&Cache>, Lookup<K>),
     namespace: &str,
     desired: &K,
     out: &mut Applied,
@@ -383,11 +511,15 @@ where
     let name = desired.name_any();
     keep.insert(name.clone());
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let existing = api.get_opt(&name).await.map_err(|source| Error::Apply {
-        kind,
-        name: name.clone(),
-        source,
-    })?;
+    let existing = match found {
+        Lookup::Found(existing) => Some(existing),
+        Lookup::Absent => None,
+        Lookup::Unknown => api.get_opt(&name).await.map_err(|source| Error::Apply {
+            kind,
+            name: name.clone(),
+            source,
+        })?,
+    };
     if let Some(existing) = existing {
         let owner = Owner {
             instance: desired
@@ -418,17 +550,21 @@ where
         map.insert("apiVersion".into(), K::api_version(&()).into());
         map.insert("kind".into(), K::kind(&()).into());
     }
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind,
-        name: name.clone(),
-        source,
-    })?;
+    let written = api
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            kind,
+            name: name.clone(),
+            source,
+        })?;
+    if let Some(cache) = cache {
+        cache.own_writes.wrote(&written);
+    }
     tracing::info!(kind, name, "applied");
     out.written += 1;
     Ok(())
@@ -441,6 +577,7 @@ async fn prune<K>(
     namespace: &str,
     owner: Owner<'_>,
     keep: &BTreeSet<String>,
+    listed: Option<Vec<K>>,
 ) -> Result<usize, Error>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -451,10 +588,13 @@ where
     let kind = kind::<K>();
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let mut deleted = 0;
-    for obj in list_instance(&api, owner.instance)
-        .await
-        .map_err(|source| Error::List { kind, source })?
-    {
+    let listed = match listed {
+        Some(listed) => listed,
+        None => list_instance(&api, owner.instance)
+            .await
+            .map_err(|source| Error::List { kind, source })?,
+    };
+    for obj in listed {
         let name = obj.name_any();
         if keep.contains(&name) || obj.meta().deletion_timestamp.is_some() {
             continue;
@@ -647,7 +787,7 @@ pub mod cleanup {
             + Debug
             + DeserializeOwned,
     {
-        prune::<K>(client, namespace, owner, &BTreeSet::new())
+        prune::<K>(client, namespace, owner, &BTreeSet::new(), None)
             .await
             .map(|_| ())
     }

@@ -9,7 +9,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
+use kube::runtime::reflector::ObjectRef;
+
 use super::apply::{Owner, belongs_to_another};
+use super::cache::{self, Cache, Lookup, Stores};
 use super::rotation::Recorded;
 use super::validate::{Invalid, instance_name};
 use crate::api::{DatabaseClass, ServiceDatabase};
@@ -103,7 +106,18 @@ enum Admission {
 }
 
 pub async fn dereference(client: &Client, sdb: &ServiceDatabase) -> Result<Dereferenced, Error> {
-    dereference_with(client, sdb, Admission::Required).await
+    dereference_with(client, None, sdb, Admission::Required).await
+}
+
+/// As [`dereference`], reading what the controller's stores hold from them
+/// (see [`super::cache`]).
+pub async fn dereference_cached(
+    client: &Client,
+    cache: &Cache,
+    sdb: &ServiceDatabase,
+) -> Result<Dereferenced, Error> {
+    let stores = cache.stores().await;
+    dereference_with(client, stores, sdb, Admission::Required).await
 }
 
 /// As [`dereference`], whether or not the server still admits the
@@ -113,17 +127,18 @@ pub async fn dereference_ignoring_admission(
     client: &Client,
     sdb: &ServiceDatabase,
 ) -> Result<Dereferenced, Error> {
-    dereference_with(client, sdb, Admission::Ignored).await
+    dereference_with(client, None, sdb, Admission::Ignored).await
 }
 
 async fn dereference_with(
     client: &Client,
+    stores: Option<&Stores>,
     sdb: &ServiceDatabase,
     admission: Admission,
 ) -> Result<Dereferenced, Error> {
     let namespace = sdb.namespace().unwrap_or_default();
     let name = sdb.name_any();
-    let class = class(client, sdb).await?;
+    let class = class(client, stores, sdb).await?;
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
     let secret_name = sdb
@@ -138,8 +153,15 @@ async fn dereference_with(
         instance: &name,
         uid: &uid,
     };
-    let app = owned_secret(&secrets, &secret_name, owner, "spec.credentials.secretName").await?;
-    let admin = owned_secret(&secrets, &admin_name, owner, "metadata.name")
+    let app = owned_secret(
+        &secrets,
+        stores,
+        &secret_name,
+        owner,
+        "spec.credentials.secretName",
+    )
+    .await?;
+    let admin = owned_secret(&secrets, stores, &admin_name, owner, "metadata.name")
         .await?
         .and_then(|secret| text_data(&secret).remove("password"))
         .filter(|p| !p.is_empty());
@@ -148,13 +170,20 @@ async fn dereference_with(
         .unwrap_or_default();
 
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
-    let statefulset = statefulsets
-        .get_opt(&instance_name(&name))
-        .await
-        .map_err(|source| Error::Read {
-            kind: "StatefulSet",
-            source,
-        })?;
+    let cached = stores.map(|s| cache::get(&s.statefulsets, &namespace, &instance_name(&name)));
+    let statefulset = match cached {
+        Some(Some(found)) => Some(found),
+        // A database on a shared server has no StatefulSet: one of that
+        // name that servicedb does not label is none of its business.
+        Some(None) if sdb.spec.server_ref.is_some() => None,
+        _ => statefulsets
+            .get_opt(&instance_name(&name))
+            .await
+            .map_err(|source| Error::Read {
+                kind: "StatefulSet",
+                source,
+            })?,
+    };
     if let Some(holder) = statefulset
         .as_ref()
         .and_then(|s| belongs_to_another(&s.metadata, owner))
@@ -172,7 +201,7 @@ async fn dereference_with(
         .unwrap_or(0);
 
     let server = match &sdb.spec.server_ref {
-        Some(server_ref) => Some(server(client, sdb, server_ref, admission).await?),
+        Some(server_ref) => Some(server(client, stores, sdb, server_ref, admission).await?),
         None => None,
     };
 
@@ -186,8 +215,35 @@ async fn dereference_with(
 }
 
 /// The named class, or the engine's single default class.
-async fn class(client: &Client, sdb: &ServiceDatabase) -> Result<DatabaseClass, Error> {
+async fn class(
+    client: &Client,
+    stores: Option<&Stores>,
+    sdb: &ServiceDatabase,
+) -> Result<DatabaseClass, Error> {
     let classes: Api<DatabaseClass> = Api::all(client.clone());
+    if let Some(stores) = stores {
+        // What the store cannot settle (no such class, no single default:
+        // maybe one made a moment ago) is asked of the API server.
+        let cached = match &sdb.spec.class_name {
+            Some(name) => stores
+                .classes
+                .get(&ObjectRef::new(name))
+                .map(|c| (*c).clone()),
+            None => {
+                let mut defaults: Vec<DatabaseClass> = stores
+                    .classes
+                    .state()
+                    .iter()
+                    .filter(|c| c.spec.engine == sdb.spec.engine && c.spec.default)
+                    .map(|c| (**c).clone())
+                    .collect();
+                (defaults.len() == 1).then(|| defaults.remove(0))
+            }
+        };
+        if let Some(class) = cached {
+            return Ok(class);
+        }
+    }
     if let Some(name) = &sdb.spec.class_name {
         return classes
             .get_opt(name)
@@ -257,19 +313,32 @@ fn text_data(secret: &Secret) -> std::collections::BTreeMap<String, String> {
 /// resource controls, is never taken over.
 async fn owned_secret(
     secrets: &Api<Secret>,
+    stores: Option<&Stores>,
     secret: &str,
     owner: Owner<'_>,
     field: &'static str,
 ) -> Result<Option<Secret>, Error> {
-    let Some(found) = secrets
-        .get_opt(secret)
-        .await
-        .map_err(|source| Error::Read {
-            kind: "Secret",
-            source,
-        })?
-    else {
-        return Ok(None);
+    let namespace = secrets.namespace().unwrap_or_default();
+    let cached = match stores.map(|s| cache::secret(s, namespace, secret)) {
+        Some(Lookup::Found(found)) => Some(found),
+        Some(Lookup::Absent) => return Ok(None),
+        Some(Lookup::Unknown) | None => None,
+    };
+    let found = match cached {
+        Some(found) => found,
+        None => {
+            let Some(found) = secrets
+                .get_opt(secret)
+                .await
+                .map_err(|source| Error::Read {
+                    kind: "Secret",
+                    source,
+                })?
+            else {
+                return Ok(None);
+            };
+            found
+        }
     };
     let labels = found.labels();
     if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY)
@@ -314,6 +383,7 @@ fn invalid(field: &'static str, reason: &'static str, message: String) -> Error 
 /// ServiceDatabase's namespace and has usable admin credentials.
 async fn server(
     client: &Client,
+    stores: Option<&Stores>,
     sdb: &ServiceDatabase,
     server_ref: &crate::api::common::ObjectRef,
     admission: Admission,
@@ -327,23 +397,27 @@ async fn server(
         .unwrap_or_else(|| own_namespace.clone());
     let field = "spec.serverRef";
     let servers: Api<DatabaseServer> = Api::namespaced(client.clone(), &namespace);
-    let server = servers
-        .get_opt(&server_ref.name)
-        .await
-        .map_err(|source| Error::Read {
-            kind: "DatabaseServer",
-            source,
-        })?
-        .ok_or_else(|| {
-            invalid(
-                field,
-                "ServerNotFound",
-                format!(
-                    "DatabaseServer {namespace}/{} does not exist",
-                    server_ref.name
-                ),
-            )
-        })?;
+    let cached = stores.and_then(|s| cache::get(&s.servers, &namespace, &server_ref.name));
+    let server = match cached {
+        Some(server) => Some(server),
+        None => servers
+            .get_opt(&server_ref.name)
+            .await
+            .map_err(|source| Error::Read {
+                kind: "DatabaseServer",
+                source,
+            })?,
+    };
+    let server = server.ok_or_else(|| {
+        invalid(
+            field,
+            "ServerNotFound",
+            format!(
+                "DatabaseServer {namespace}/{} does not exist",
+                server_ref.name
+            ),
+        )
+    })?;
     let name = server.name_any();
     if server.spec.engine != sdb.spec.engine {
         return Err(invalid(
@@ -355,14 +429,26 @@ async fn server(
             ),
         ));
     }
-    let mut candidate = Api::<Namespace>::all(client.clone())
-        .get_opt(&own_namespace)
-        .await
-        .map_err(|source| Error::Read {
-            kind: "Namespace",
-            source,
-        })?
-        .unwrap_or_default();
+    // Only its labels matter: the metadata watch holds them.
+    let cached = stores.and_then(|s| {
+        s.namespaces
+            .get(&ObjectRef::new(&own_namespace))
+            .map(|meta| Namespace {
+                metadata: meta.metadata.clone(),
+                ..Default::default()
+            })
+    });
+    let mut candidate = match cached {
+        Some(found) => found,
+        None => Api::<Namespace>::all(client.clone())
+            .get_opt(&own_namespace)
+            .await
+            .map_err(|source| Error::Read {
+                kind: "Namespace",
+                source,
+            })?
+            .unwrap_or_default(),
+    };
     candidate
         .metadata
         .name

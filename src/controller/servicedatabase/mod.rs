@@ -16,6 +16,7 @@
 pub mod access;
 pub mod apply;
 pub mod backups;
+pub mod cache;
 pub mod claim;
 pub mod dereference;
 pub mod final_backup;
@@ -25,29 +26,33 @@ pub mod rollout;
 pub mod rotation;
 pub mod status;
 pub mod storage;
+pub mod trigger;
 pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::{PredicateConfig, WatchStreamExt, reflector, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tracing::{Instrument, info_span};
 
 use super::Context;
-use crate::api::{DatabaseBackup, DatabaseClass, DeletionPolicy, Engine, ServiceDatabase};
+use crate::api::{
+    DatabaseBackup, DatabaseClass, DatabaseServer, DeletionPolicy, Engine, ServiceDatabase,
+};
 use crate::build::{Credentials, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY};
 use validate::{Invalid, instance_name};
 
@@ -185,8 +190,14 @@ const RESYNC: Duration = Duration::from_secs(600);
 /// Re-check of a database on a shared server, where people with admin
 /// rights may change logins by hand.
 const SHARED_RESYNC: Duration = Duration::from_secs(60);
+/// How long a successful provisioning on a shared server stands for passes
+/// with the same inputs: less than [`SHARED_RESYNC`], so that the periodic
+/// re-check always goes to the server.
+const PROVISIONED_FRESH: Duration = Duration::from_secs(50);
 /// Re-check of a database with backups, so that an overdue backup shows.
 const BACKUP_RESYNC: Duration = Duration::from_secs(300);
+/// The pass after the one that saw a restore complete.
+const RESTORE_DONE_RECHECK: Duration = Duration::from_millis(100);
 /// Re-check while deletion waits for the final backup.
 const FINAL_BACKUP_RECHECK: Duration = Duration::from_secs(10);
 
@@ -196,6 +207,10 @@ async fn reconcile(sdb: Arc<ServiceDatabase>, ctx: Arc<Context>) -> Result<Actio
         let _timer = ctx.metrics.reconcile_started(CONTROLLER);
         let api: Api<ServiceDatabase> =
             Api::namespaced(ctx.client.clone(), &sdb.namespace().unwrap_or_default());
+        let sdb = with_finalizer(&api, sdb).await?;
+        if sdb.meta().deletion_timestamp.is_some() {
+            ctx.provisioned.forget(&sdb.uid().unwrap_or_default());
+        }
         let result = finalizer(&api, FINALIZER, sdb.clone(), |event| async {
             match event {
                 Finalizer::Apply(sdb) => apply_spec(&sdb, &ctx).await,
@@ -217,6 +232,39 @@ async fn reconcile(sdb: Arc<ServiceDatabase>, ctx: Arc<Context>) -> Result<Actio
     .await
 }
 
+/// Adds the finalizer to a live resource that lacks it and goes on with
+/// the same pass: the provisioning does not wait for the watch to bring the
+/// patched object back (the trigger filter does not pass it on anyway).
+/// The resource version makes the patch fail rather than overwrite a list
+/// of finalizers that changed meanwhile; the retry sees the new list.
+async fn with_finalizer(
+    api: &Api<ServiceDatabase>,
+    sdb: Arc<ServiceDatabase>,
+) -> Result<Arc<ServiceDatabase>, Error> {
+    if sdb.meta().deletion_timestamp.is_some() || sdb.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(sdb);
+    }
+    let mut finalizers = sdb.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": sdb.resource_version(),
+    }});
+    let patched = api
+        .patch(
+            &sdb.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|e| {
+            Error::Finalizer(Box::new(kube::runtime::finalizer::Error::AddFinalizer(e)))
+        })?;
+    // The status the pass compares against is the one it read: a patch of
+    // metadata leaves it as it was.
+    Ok(Arc::new(patched))
+}
+
 /// The pipeline for a live resource.
 async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> {
     let now = &Time(jiff_now());
@@ -226,7 +274,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         Err(Error::Invalid(invalid))
     };
 
-    let found = match dereference::dereference(&ctx.client, sdb).await {
+    let found = match dereference::dereference_cached(&ctx.client, &ctx.cache, sdb).await {
         Ok(found) => found,
         // Objects this resource does not own and is not told about by a
         // watch: said in the status, retried with backoff until they appear.
@@ -308,17 +356,44 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
                 message: "object has no uid".into(),
             }));
         };
-        let provisioned = match enter_server(server, ctx) {
-            Ok(entered) => {
-                pass = Some(entered);
-                on_server(
-                    server,
-                    ctx,
-                    provision::ensure(&db, server, &marker, &plan.logins, restoring),
-                )
-                .await
+        // A pass with the inputs that succeeded a moment ago (another
+        // trigger than the user's) leaves the server alone; the periodic
+        // re-check, later than that, repairs what was changed there by hand.
+        let inputs =
+            trigger::provision_inputs(sdb, server, &plan.logins, restoring, marker.adopt_unmarked);
+        // Never skipped while a restore is pending: whether the data was
+        // taken over from a predecessor is learnt on the server.
+        let provisioned = if !restoring
+            && ctx
+                .provisioned
+                .is_current(&marker.uid, inputs, PROVISIONED_FRESH)
+        {
+            Ok(provision::Provisioned::default())
+        } else {
+            let provisioned = match enter_server(server, ctx).await {
+                Ok(entered) => {
+                    pass = Some(entered);
+                    on_server(
+                        server,
+                        ctx,
+                        provision::ensure(
+                            &db,
+                            server,
+                            &marker,
+                            &plan.logins,
+                            restoring,
+                            &ctx.sessions,
+                        ),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            };
+            match &provisioned {
+                Ok(_) => ctx.provisioned.done(&marker.uid, inputs),
+                Err(_) => ctx.provisioned.forget(&marker.uid),
             }
-            Err(e) => Err(e),
+            provisioned
         };
         if let Err(Error::Provision(conflict @ provision::Error::Conflict { .. })) = &provisioned {
             // A role, database, schema or ACL user of this service's names
@@ -391,6 +466,8 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         Err(e) => return Err(Error::Restore(e)),
     };
 
+    let restore_completed =
+        !restore::restored(sdb) && matches!(restore, restore::Restore::Completed { .. });
     let children = crate::build::children(
         &db,
         &credentials,
@@ -398,7 +475,14 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         &owner,
         backups.latest.as_ref(),
     );
-    let applied = apply::apply(&ctx.client, &db.namespace, &db.name, children).await?;
+    let applied = apply::apply(
+        &ctx.client,
+        Some(&ctx.cache),
+        &db.namespace,
+        &db.name,
+        children,
+    )
+    .await?;
     if applied.written > 0 || applied.deleted > 0 {
         tracing::info!(
             written = applied.written,
@@ -450,6 +534,12 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
     }
     if let Some(wait) = rollout::until_warning(&plan, db.grace_period, now.0) {
         due = due.min(wait);
+    }
+    if restore_completed {
+        // What this pass gave the server still let the restore's login in;
+        // the next reads the completed restore from the status just
+        // written (which starts no pass by itself) and withdraws that.
+        due = due.min(RESTORE_DONE_RECHECK);
     }
     Ok(Action::requeue(due))
 }
@@ -564,7 +654,7 @@ async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Erro
         let Some(marker) = provision::marker(sdb, server, false) else {
             return Ok(());
         };
-        let _pass = enter_server(server, ctx)?;
+        let _pass = enter_server(server, ctx).await?;
         on_server(server, ctx, provision::remove(&db, server, &marker)).await?;
         tracing::info!(server = %server.name, database = %db.database, "dropped the database and its login");
     }
@@ -574,20 +664,28 @@ async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Erro
 /// How long one reconcile may work on a shared server, every connection
 /// and statement together; each connection has its own shorter deadline.
 const SERVER_WORK_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a reconcile waits for a place on a busy server before it is
+/// turned away (and holds its reconcile slot meanwhile).
+const SERVER_BUSY_WAIT: Duration = Duration::from_secs(2);
 /// When a reconcile turned away by a busy server tries again.
 const SERVER_BUSY_RETRY: Duration = Duration::from_secs(1);
 
 /// The gate's pass to work on `server`: refused while the server is known
 /// not to answer (the status says so) or while as many reconciles as the
 /// limit allows work on it (tried again in a moment).
-fn enter_server(
+async fn enter_server(
     server: &dereference::ServerFacts,
     ctx: &Context,
 ) -> Result<super::server_gate::Pass, Error> {
     use super::server_gate::{Closed, key};
     match ctx
         .servers
-        .enter(&key(&server.host, server.port), &server_via(server))
+        .enter_within(
+            &key(&server.host, server.port),
+            &server_via(server),
+            SERVER_BUSY_WAIT,
+        )
+        .await
     {
         Ok(pass) => Ok(pass),
         Err(Closed::Busy) => Err(Error::ServerBusy),
@@ -676,10 +774,18 @@ pub async fn run(
 ) {
     let client = ctx.client.clone();
     let owned = watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
-    let controller = Controller::new(
+    // Only what a user changed starts a pass (see [`trigger`]); requeues,
+    // children and the other watches below still do.
+    let (reader, writer) = reflector::store();
+    let changes = watcher(
         Api::<ServiceDatabase>::all(client.clone()),
         watcher::Config::default().any_semantic(),
-    );
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(trigger::relevant, PredicateConfig::default());
+    let controller = Controller::for_stream(changes, reader);
     let store = controller.store();
     let restoring = controller.store();
     let claims = controller.store();
@@ -694,16 +800,51 @@ pub async fn run(
         crate::build::backup::component::VERIFY,
         crate::build::backup::component::RESTORE,
     ));
+    let (statefulsets, statefulset_changes) = owned_changes::<StatefulSet>(&ctx, &owned);
+    let (services, service_changes) = owned_changes::<Service>(&ctx, &owned);
+    let (secrets, secret_changes) = owned_changes::<Secret>(&ctx, &owned);
+    let (network_policies, network_policy_changes) = owned_changes::<NetworkPolicy>(&ctx, &owned);
+    let (pdbs, pdb_changes) = owned_changes::<PodDisruptionBudget>(&ctx, &owned);
+    let (cronjobs, cronjob_changes) = owned_changes::<CronJob>(&ctx, &owned);
+    // Read only: their changes start no pass here.
+    let (secret_names, secret_name_changes) = reflected(watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default(),
+    ));
+    let (servers, server_changes) = reflected(watcher(
+        Api::<DatabaseServer>::all(client.clone()),
+        watcher::Config::default(),
+    ));
+    let (namespaces, namespace_changes) = reflected(watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    ));
+    let (classes, class_changes) = reflected(watcher(
+        Api::<DatabaseClass>::all(client.clone()),
+        watcher::Config::default(),
+    ));
+    ctx.cache.set(cache::Stores {
+        secrets,
+        secret_names,
+        statefulsets,
+        services,
+        pdbs,
+        network_policies,
+        cronjobs,
+        classes,
+        servers,
+        namespaces,
+    });
     controller
-        .owns(Api::<StatefulSet>::all(client.clone()), owned.clone())
-        .owns(Api::<Service>::all(client.clone()), owned.clone())
-        .owns(Api::<Secret>::all(client.clone()), owned.clone())
-        .owns(Api::<NetworkPolicy>::all(client.clone()), owned.clone())
-        .owns(
-            Api::<PodDisruptionBudget>::all(client.clone()),
-            owned.clone(),
-        )
-        .owns(Api::<CronJob>::all(client.clone()), owned)
+        .watches_stream(statefulset_changes, owner_of)
+        .watches_stream(service_changes, owner_of)
+        .watches_stream(secret_changes, owner_of)
+        .watches_stream(network_policy_changes, owner_of)
+        .watches_stream(pdb_changes, owner_of)
+        .watches_stream(cronjob_changes, owner_of)
+        .watches_stream(secret_name_changes, |_| None)
+        .watches_stream(server_changes, |_| None)
+        .watches_stream(namespace_changes, |_| None)
         // Scheduled backup Jobs are the CronJob's, not ours: found by label.
         .watches(Api::<Job>::all(client.clone()), agent_jobs, |job: Job| {
             let namespace = job.namespace()?;
@@ -752,18 +893,14 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
-        .watches(
-            Api::<DatabaseClass>::all(client.clone()),
-            watcher::Config::default(),
-            move |class: DatabaseClass| {
-                store
-                    .state()
-                    .iter()
-                    .filter(|s| s.spec.engine == class.spec.engine)
-                    .map(|s| ObjectRef::from_obj(s.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(class_changes, move |class: DatabaseClass| {
+            store
+                .state()
+                .iter()
+                .filter(|s| s.spec.engine == class.spec.engine)
+                .map(|s| ObjectRef::from_obj(s.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .with_config(ControllerConfig::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx.clone())
@@ -772,6 +909,62 @@ pub async fn run(
             async move { super::report(CONTROLLER, result, &ctx).await }
         })
         .await;
+}
+
+/// A watch kept in a store; the stream must be polled (by the controller)
+/// for the store to fill.
+fn reflected<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> (
+    reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    (
+        reader,
+        events.default_backoff().reflect(writer).touched_objects(),
+    )
+}
+
+/// The children of kind `K` in a store, and their changes less the
+/// operator's own writes (a deletion is always a change).
+fn owned_changes<K>(
+    ctx: &Arc<Context>,
+    owned: &watcher::Config,
+) -> (
+    reflector::Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, changes) = reflected(watcher(Api::<K>::all(ctx.client.clone()), owned.clone()));
+    let ctx = ctx.clone();
+    (
+        store,
+        changes.try_filter(move |obj| std::future::ready(!ctx.cache.own_writes.is_own(obj))),
+    )
+}
+
+/// The ServiceDatabase a child belongs to, by its owner reference.
+fn owner_of<K: Resource>(obj: K) -> Option<ObjectRef<ServiceDatabase>> {
+    let namespace = obj.meta().namespace.clone()?;
+    obj.owner_references()
+        .iter()
+        .find(|o| {
+            o.kind == ServiceDatabase::kind(&())
+                && o.api_version == ServiceDatabase::api_version(&())
+        })
+        .map(|o| ObjectRef::new(&o.name).within(&namespace))
 }
 
 fn jiff_now() -> k8s_openapi::jiff::Timestamp {

@@ -10,6 +10,7 @@ use super::dereference::ServerFacts;
 use super::validate::ValidatedDatabase;
 use crate::api::Engine;
 use crate::api::ServiceDatabase;
+use crate::controller::sessions::Sessions;
 use crate::engine::logins::{Login, Logins, Marker};
 use crate::engine::mongodb_users;
 use crate::engine::postgres_users::{self, ServiceUser};
@@ -91,20 +92,22 @@ pub async fn ensure(
     marker: &Marker,
     logins: &Logins,
     restoring: bool,
+    sessions: &Sessions,
 ) -> Result<Provisioned, Error> {
     match db.engine {
         Engine::Postgres => {
-            let client = postgres(server, "postgres").await?;
+            let client = pooled_postgres(sessions, server, "postgres").await?;
             let fail = |e: postgres_users::UserError| postgres_error(server, e);
             let taken_over = restoring
                 && postgres_users::left_by_predecessor(&client, &db.username, marker)
                     .await
                     .map_err(fail)?;
+            let mut kept = None;
             if db.schema.is_some() {
                 postgres_users::ensure_schema_database(&client, &db.database)
                     .await
                     .map_err(fail)?;
-                let shared = postgres(server, &db.database).await?;
+                let shared = pooled_postgres(sessions, server, &db.database).await?;
                 postgres_users::ensure_service_schema(
                     &client,
                     &shared,
@@ -115,6 +118,7 @@ pub async fn ensure(
                 )
                 .await
                 .map_err(fail)?;
+                kept = Some(shared);
             } else {
                 postgres_users::ensure_service_logins(
                     &client,
@@ -127,15 +131,27 @@ pub async fn ensure(
                 .map_err(fail)?;
             }
             verify_scratch(&client, db, marker).await.map_err(fail)?;
+            // Sessions that did their work serve the next pass; a failed
+            // one is dropped above.
+            sessions.give_postgres(server, "postgres", client);
+            if let Some(shared) = kept {
+                sessions.give_postgres(server, &db.database, shared);
+            }
             Ok(Provisioned { taken_over })
         }
         Engine::Redis => {
-            let mut conn = redis(server).await?;
+            let mut conn = match sessions.take_redis(server) {
+                Some(conn) => conn,
+                None => redis(server).await?,
+            };
             let prefix = crate::engine::redis::key_prefix(&db.username);
             let taken_over = restoring
                 && redis_acl::left_by_predecessor(&mut conn, &db.username, marker)
                     .await
-                    .map_err(|e| conflict_or(server, e.category(), e.to_string()))?;
+                    .map_err(|e| {
+                        sessions.forget_redis(server);
+                        conflict_or(server, e.category(), e.to_string())
+                    })?;
             redis_acl::ensure_user_logins(
                 &mut conn,
                 &db.username,
@@ -145,8 +161,12 @@ pub async fn ensure(
                 Some(marker),
             )
             .await
-            .map_err(|e| conflict_or(server, e.category(), e.to_string()))?;
+            .map_err(|e| {
+                sessions.forget_redis(server);
+                conflict_or(server, e.category(), e.to_string())
+            })?;
             save_acl(&mut conn).await;
+            sessions.give_redis(server, conn);
             Ok(Provisioned { taken_over })
         }
         Engine::MongoDB => {
@@ -513,6 +533,18 @@ async fn postgres(server: &ServerFacts, database: &str) -> Result<tokio_postgres
     crate::engine::tls::postgres(&mut config, &server.tls)
         .await
         .map_err(|e| connect_error(server, &e.to_string()))
+}
+
+/// An idle administrator session of the server's pool, or a new one.
+async fn pooled_postgres(
+    sessions: &Sessions,
+    server: &ServerFacts,
+    database: &str,
+) -> Result<tokio_postgres::Client, Error> {
+    match sessions.take_postgres(server, database) {
+        Some(client) => Ok(client),
+        None => postgres(server, database).await,
+    }
 }
 
 async fn redis(server: &ServerFacts) -> Result<redis::aio::MultiplexedConnection, Error> {

@@ -441,10 +441,11 @@ async fn pod_settings_reach_the_database_and_its_jobs() {
     assert!(refused.to_string().contains("servicedb's own"), "{refused}");
 }
 
-/// A running PostgreSQL instance keeps its major version: a class's new
-/// `defaultVersion` or a changed `spec.version` is refused with a condition
-/// naming `spec.version`, and the StatefulSet's image stays; pinning the
-/// running version clears it.
+/// A running PostgreSQL instance keeps its version: a class's new
+/// `defaultVersion` does not move it (`status.version` holds), and a
+/// `spec.version` of another major is refused with a condition naming
+/// `spec.version` while the StatefulSet's image stays; asking for the
+/// running version again clears it.
 #[tokio::test]
 async fn a_major_version_change_is_refused_and_the_instance_keeps_running() {
     let env = Env::new("class-version").await;
@@ -469,6 +470,7 @@ async fn a_major_version_change_is_refused_and_the_instance_keeps_running() {
             .expect("image")
     };
     let before = image(get_when(&sts_api, "orders-db").await);
+    assert!(before.ends_with(":15"), "{before}");
     let sdbs = env.api::<ServiceDatabase>();
     wait_for("status.version 15", Duration::from_secs(30), || async {
         let sdb = sdbs.get("orders").await.ok()?;
@@ -483,6 +485,27 @@ async fn a_major_version_change_is_refused_and_the_instance_keeps_running() {
         json!({"versions": ["15", "17"], "defaultVersion": "17"}),
     )
     .await;
+    database(&env, "newcomer", json!({"className": class_name})).await;
+    let newcomer = image(get_when(&sts_api, "newcomer-db").await);
+    assert!(
+        newcomer.ends_with(":17"),
+        "a new database gets the new default: {newcomer}"
+    );
+    let orders = sdbs.get("orders").await.expect("orders");
+    assert_eq!(spec_valid(&orders).0, "True");
+    assert_eq!(
+        image(sts_api.get("orders-db").await.expect("sts")),
+        before,
+        "the class's new default does not move a running instance"
+    );
+
+    // Its own spec.version asks for 17: refused, the image stays.
+    database(
+        &env,
+        "orders",
+        json!({"className": class_name, "version": "17"}),
+    )
+    .await;
     let refused = wait_for("the change refused", Duration::from_secs(30), || async {
         let sdb = sdbs.get("orders").await.ok()?;
         let (status, reason, message) = spec_valid(&sdb);
@@ -490,7 +513,7 @@ async fn a_major_version_change_is_refused_and_the_instance_keeps_running() {
     })
     .await;
     assert!(
-        refused.contains("defaultVersion") && refused.contains("spec.version: \"15\""),
+        refused.contains("spec.version") && refused.contains("spec.version: \"15\""),
         "{refused}"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;

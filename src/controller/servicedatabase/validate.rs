@@ -227,20 +227,10 @@ pub const BACKUP_MOUNT: &str = "/backup";
 /// featureCompatibilityVersion), so the instance keeps running its version
 /// rather than crash-looping on a data directory it cannot read. Redis
 /// reads older data files: its upgrades roll.
-fn version_change(
-    engine: Engine,
-    running: &str,
-    wanted: &str,
-    pinned: bool,
-    class_name: &str,
-) -> Result<(), Invalid> {
+fn version_change(engine: Engine, running: &str, wanted: &str) -> Result<(), Invalid> {
     let parts = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
     let (from, to) = (parts(running), parts(wanted));
-    let source = if pinned {
-        "spec.version".to_owned()
-    } else {
-        format!("DatabaseClass {class_name}'s defaultVersion")
-    };
+    let source = "spec.version";
     let keep = format!("set spec.version: {running:?} to keep it");
     if to < from {
         return Err(Invalid::new(
@@ -474,6 +464,9 @@ pub fn validate(
     }
     let engine_spec = for_engine(spec.engine);
     let (allowed, default_version) = crate::engine::class_versions(&class.spec);
+    let running_version = (spec.isolation == Isolation::Dedicated)
+        .then(|| sdb.status.as_ref().and_then(|s| s.version.as_deref()))
+        .flatten();
     let version = match &spec.version {
         Some(v) if allowed.contains(v) => v.clone(),
         Some(v) => {
@@ -486,24 +479,21 @@ pub fn validate(
                 ),
             ));
         }
-        None => default_version.ok_or_else(|| {
-            Invalid::new(
-                "spec.version",
-                "NoVersion",
-                format!("DatabaseClass {class_name} allows no version"),
-            )
-        })?,
+        // A dedicated instance keeps the version it was made with when its
+        // class's default moves on: only its own spec.version changes it.
+        None => match running_version {
+            Some(running) => running.to_owned(),
+            None => default_version.ok_or_else(|| {
+                Invalid::new(
+                    "spec.version",
+                    "NoVersion",
+                    format!("DatabaseClass {class_name} allows no version"),
+                )
+            })?,
+        },
     };
-    if spec.isolation == Isolation::Dedicated
-        && let Some(running) = sdb.status.as_ref().and_then(|s| s.version.as_deref())
-    {
-        version_change(
-            spec.engine,
-            running,
-            &version,
-            spec.version.is_some(),
-            &class_name,
-        )?;
+    if let Some(running) = running_version {
+        version_change(spec.engine, running, &version)?;
     }
     // Shared placement: a database (Postgres, MongoDB), a key space (Redis)
     // or a Postgres schema on a DatabaseServer.
@@ -1267,8 +1257,8 @@ mod tests {
     #[test]
     fn a_running_instance_never_moves_to_a_version_it_cannot_read() {
         use Engine::{MongoDB, Postgres, Redis};
-        assert!(version_change(Postgres, "17", "17", true, "c").is_ok());
-        let major = version_change(Postgres, "15", "17", true, "c").unwrap_err();
+        assert!(version_change(Postgres, "17", "17").is_ok());
+        let major = version_change(Postgres, "15", "17").unwrap_err();
         assert_eq!(
             (major.field, major.reason),
             ("spec.version", "MajorUpgradeUnsupported")
@@ -1278,31 +1268,19 @@ mod tests {
             "{}",
             major.message
         );
-        let by_class = version_change(Postgres, "15", "17", false, "standard").unwrap_err();
-        assert!(
-            by_class
-                .message
-                .contains("DatabaseClass standard's defaultVersion"),
-            "{}",
-            by_class.message
-        );
-        let down = version_change(Postgres, "17", "15", true, "c").unwrap_err();
+        let down = version_change(Postgres, "17", "15").unwrap_err();
         assert_eq!(down.reason, "VersionDowngradeRefused");
         assert!(
-            version_change(Redis, "7.2", "8.0", true, "c").is_ok(),
+            version_change(Redis, "7.2", "8.0").is_ok(),
             "Redis reads older files"
         );
         assert_eq!(
-            version_change(Redis, "8.0", "7.4", true, "c")
-                .unwrap_err()
-                .reason,
+            version_change(Redis, "8.0", "7.4").unwrap_err().reason,
             "VersionDowngradeRefused"
         );
-        assert!(version_change(MongoDB, "7.0", "7.0", true, "c").is_ok());
+        assert!(version_change(MongoDB, "7.0", "7.0").is_ok());
         assert_eq!(
-            version_change(MongoDB, "7.0", "8.0", true, "c")
-                .unwrap_err()
-                .reason,
+            version_change(MongoDB, "7.0", "8.0").unwrap_err().reason,
             "MajorUpgradeUnsupported"
         );
     }

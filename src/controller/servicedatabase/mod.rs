@@ -678,6 +678,7 @@ pub async fn run(
     let store = controller.store();
     let restoring = controller.store();
     let claims = controller.store();
+    ctx.metrics.observe_databases(controller.store());
     if ctx.service_databases.set(controller.store()).is_err() {
         tracing::warn!(
             "the ServiceDatabase controller started twice; name claims use the first cache"

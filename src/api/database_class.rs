@@ -5,8 +5,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    BackupDestination, CRON_MESSAGE, CRON_RULE, Disruption, Engine, Isolation, MonitoringSpec,
-    Resources, RetentionSpec, VerifySpec,
+    BackupDestination, CRON_MESSAGE, CRON_RULE, Disruption, Engine, Isolation, Resources,
+    RetentionSpec, VerifySpec,
 };
 
 /// A pre-approved database engine with its allowed versions and the defaults
@@ -93,12 +93,11 @@ pub struct DatabaseClassSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<ClassBackupSpec>,
 
-    /// Default monitoring settings. Not available in this release:
-    /// `enabled: true` here is refused, as on a `ServiceDatabase`, with
-    /// reason `Unsupported` on every `ServiceDatabase` of the class that does
-    /// not set `monitoring.enabled: false`.
+    /// Monitoring every `ServiceDatabase` of this class gets unless it sets
+    /// `spec.monitoring.enabled` itself; whether monitoring is required; and
+    /// the exporter image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub monitoring: Option<MonitoringSpec>,
+    pub monitoring: Option<ClassMonitoringSpec>,
 
     /// Default `disruption` of the class's dedicated instances (`Protect`
     /// when unset).
@@ -134,6 +133,27 @@ pub struct ClassBackupSpec {
     /// Default `backup.retainArchivesOnDelete` (`true` when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retain_archives_on_delete: Option<bool>,
+}
+
+/// A class's monitoring defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.required || !has(self.enabled) || self.enabled").message("a class that requires monitoring cannot turn it off by default").field_path(".enabled"))]
+pub struct ClassMonitoringSpec {
+    /// Default of `spec.monitoring.enabled` (off when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Every `ServiceDatabase` of this class is monitored: one with
+    /// `monitoring.enabled: false` is refused (reason `MonitoringRequired`),
+    /// naming this class.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    /// Container image repository of the engine's exporter, without tag
+    /// (the tag is the exporter version servicedb pins); the upstream
+    /// exporter image when unset. Use it for a mirror.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub exporter_image: Option<String>,
 }
 
 /// What the class allows in effect, for `kubectl get databaseclasses`.

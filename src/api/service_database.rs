@@ -104,8 +104,8 @@ pub struct ServiceDatabaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption: Option<Disruption>,
 
-    /// Prometheus monitoring; defaults from the class. Not available in this
-    /// release (`enabled: true` is refused with reason `Unsupported`).
+    /// Prometheus monitoring: the engine's exporter next to the database.
+    /// Defaults from the class, which may require it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
 

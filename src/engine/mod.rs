@@ -2,6 +2,7 @@
 //! URIs, and the live user/grant logic shared by the operator (shared servers)
 //! and the instance manager (dedicated instances). One file per engine.
 
+pub mod exporter;
 pub mod logins;
 pub mod mongodb;
 pub mod mongodb_users;

@@ -77,7 +77,7 @@ async fn a_class_gives_its_backups_and_disruption_policy_and_the_database_overri
             "destination": {"volume": {"claimName": "backups"}}, "retention": {"keepLast": 3}}}),
     )
     .await;
-    class(&env, &monitored, json!({"monitoring": {"enabled": true}})).await;
+    class(&env, &monitored, json!({"monitoring": {"required": true}})).await;
 
     // The class's backups and policy, nothing of its own.
     database(&env, "inherits", json!({"className": backed})).await;
@@ -187,20 +187,21 @@ async fn a_class_gives_its_backups_and_disruption_policy_and_the_database_overri
             .is_none()
     );
 
-    // A class that turns monitoring on is refused like the database's own.
-    database(&env, "watched", json!({"className": monitored})).await;
-    let refused = wait_phase(&sdbs, "watched", Phase::Failed).await;
-    let (_, reason, message) = spec_valid(&refused);
-    assert_eq!(reason, "Unsupported");
-    assert!(message.contains(&monitored), "{message}");
+    // A class that requires monitoring refuses a database turning it off…
     database(
         &env,
         "watched",
         json!({"className": monitored, "monitoring": {"enabled": false}}),
     )
     .await;
+    let refused = wait_phase(&sdbs, "watched", Phase::Failed).await;
+    let (_, reason, message) = spec_valid(&refused);
+    assert_eq!(reason, "MonitoringRequired");
+    assert!(message.contains(&monitored), "{message}");
+    // …and accepts it once the database leaves the choice to the class.
+    database(&env, "watched", json!({"className": monitored})).await;
     wait_for(
-        "watched to be accepted with monitoring off",
+        "watched to be accepted with the class's monitoring",
         Duration::from_secs(30),
         || async {
             let sdb = sdbs.get("watched").await.ok()?;

@@ -79,6 +79,41 @@ pub struct ValidatedDatabase {
     /// `spec.redis.scripting`: the service user of a dedicated Redis may run
     /// Lua scripts and functions.
     pub redis_scripting: bool,
+    /// The engine's exporter; `None` when monitoring is off.
+    pub monitoring: Option<ValidatedMonitoring>,
+}
+
+/// `spec.monitoring` over the class's, when it is on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedMonitoring {
+    /// The exporter's image with its pinned tag.
+    pub exporter_image: String,
+}
+
+/// Whether the database is monitored: its own `enabled` wins over the
+/// class's default, except that a class which requires monitoring refuses
+/// `enabled: false`.
+fn effective_monitoring(
+    own: Option<&crate::api::common::MonitoringSpec>,
+    class: &DatabaseClass,
+    class_name: &str,
+) -> Result<Option<ValidatedMonitoring>, Invalid> {
+    let defaults = class.spec.monitoring.clone().unwrap_or_default();
+    let own = own.and_then(|m| m.enabled);
+    if own == Some(false) && defaults.required {
+        return Err(Invalid::new(
+            "spec.monitoring.enabled",
+            "MonitoringRequired",
+            format!(
+                "DatabaseClass {class_name} requires monitoring (monitoring.required); remove spec.monitoring.enabled: false"
+            ),
+        ));
+    }
+    let enabled = own.or(defaults.enabled).unwrap_or(false) || defaults.required;
+    Ok(enabled.then(|| ValidatedMonitoring {
+        exporter_image: crate::engine::exporter::exporter(class.spec.engine)
+            .image(defaults.exporter_image.as_deref()),
+    }))
 }
 
 /// `spec.backup`, checked.
@@ -420,13 +455,6 @@ pub fn validate(
         ));
     }
 
-    let not_yet = |field: &'static str, what: &str| {
-        Err(Invalid::new(
-            field,
-            "Unsupported",
-            format!("{what} is not available in this servicedb release yet; remove {field}"),
-        ))
-    };
     let duration = |field: &'static str, text: Option<&String>| match text {
         None => Ok(None),
         Some(text) => parse_duration(text).map(Some).ok_or_else(|| {
@@ -447,22 +475,7 @@ pub fn validate(
         credentials.grace_period.as_ref(),
     )?
     .unwrap_or(super::rotation::DEFAULT_GRACE);
-    match (
-        spec.monitoring.as_ref().and_then(|m| m.enabled),
-        class.spec.monitoring.as_ref().and_then(|m| m.enabled),
-    ) {
-        (Some(true), _) => return not_yet("spec.monitoring", "monitoring"),
-        (None, Some(true)) => {
-            return Err(Invalid::new(
-                "spec.monitoring",
-                "Unsupported",
-                format!(
-                    "monitoring is not available in this servicedb release yet; DatabaseClass {class_name} turns it on (monitoring.enabled: true): set spec.monitoring.enabled: false or change the class"
-                ),
-            ));
-        }
-        _ => {}
-    }
+    let monitoring = effective_monitoring(spec.monitoring.as_ref(), class, &class_name)?;
     // The CRD's rules refuse both; this holds should the CRD be older.
     let redis_scripting = spec.redis.as_ref().is_some_and(|r| r.scripting);
     if spec.redis.is_some() && spec.engine != Engine::Redis {
@@ -556,6 +569,7 @@ pub fn validate(
             .and_then(|b| b.from_backup.as_ref())
             .map(|b| b.name.clone()),
         redis_scripting,
+        monitoring,
         name,
         namespace,
     })
@@ -711,18 +725,11 @@ mod tests {
     fn what_is_not_built_yet_is_refused_plainly() {
         let mut class: DatabaseClass = fixture("class-postgres.yaml");
         class.spec.allowed_isolations = None;
-        for (yaml, field) in [
-            (
-                "{isolation: Database, serverRef: {name: shared}}",
-                "spec.isolation",
-            ),
-            ("{monitoring: {enabled: true}}", "spec.monitoring"),
-        ] {
-            let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
-            edit(&mut sdb, yaml);
-            let err = validate(&sdb, &class, None).unwrap_err();
-            assert_eq!((err.field, err.reason), (field, "Unsupported"), "{yaml}");
-        }
+        // A shared isolation without a server to place it on.
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        edit(&mut sdb, "{isolation: Database, serverRef: {name: shared}}");
+        let err = validate(&sdb, &class, None).unwrap_err();
+        assert_eq!((err.field, err.reason), ("spec.isolation", "Unsupported"));
     }
 
     #[test]
@@ -1030,17 +1037,51 @@ mod tests {
     }
 
     #[test]
-    fn class_monitoring_is_refused_like_the_databases_own_and_can_be_turned_off() {
+    fn monitoring_is_off_unless_the_database_or_its_class_turns_it_on() {
+        let class: DatabaseClass = fixture("class-postgres.yaml");
+        let mut sdb: ServiceDatabase = fixture("sdb-minimal.yaml");
+        assert_eq!(validate(&sdb, &class, None).unwrap().monitoring, None);
+        edit(&mut sdb, "{monitoring: {enabled: true}}");
+        let monitoring = validate(&sdb, &class, None).unwrap().monitoring.unwrap();
+        assert_eq!(
+            monitoring.exporter_image, "quay.io/prometheuscommunity/postgres-exporter:v0.17.1",
+            "the upstream exporter at its pinned version"
+        );
+
         let class = class_with("{monitoring: {enabled: true}}");
         let mut sdb: ServiceDatabase = fixture("sdb-minimal.yaml");
+        assert!(
+            validate(&sdb, &class, None).unwrap().monitoring.is_some(),
+            "the class's default"
+        );
+        edit(&mut sdb, "{monitoring: {enabled: false}}");
+        assert_eq!(
+            validate(&sdb, &class, None).unwrap().monitoring,
+            None,
+            "the database's own choice wins over the class's default"
+        );
+    }
+
+    #[test]
+    fn a_class_that_requires_monitoring_refuses_turning_it_off() {
+        let class =
+            class_with("{monitoring: {required: true, exporterImage: mirror.example/pg-exporter}}");
+        let mut sdb: ServiceDatabase = fixture("sdb-minimal.yaml");
+        let monitoring = validate(&sdb, &class, None).unwrap().monitoring.unwrap();
+        assert_eq!(
+            monitoring.exporter_image, "mirror.example/pg-exporter:v0.17.1",
+            "on without asking, from the class's mirror"
+        );
+        edit(&mut sdb, "{monitoring: {enabled: false}}");
         let err = validate(&sdb, &class, None).unwrap_err();
-        assert_eq!((err.field, err.reason), ("spec.monitoring", "Unsupported"));
+        assert_eq!(
+            (err.field, err.reason),
+            ("spec.monitoring.enabled", "MonitoringRequired")
+        );
         assert!(
             err.message.contains("DatabaseClass postgres"),
             "{}",
             err.message
         );
-        edit(&mut sdb, "{monitoring: {enabled: false}}");
-        assert!(validate(&sdb, &class, None).is_ok());
     }
 }

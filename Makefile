@@ -31,8 +31,10 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## unit: pure tests of validate/build and library code.
+## unit: pure tests of validate/build and library code; the generated alerts
+## through promtool (Debian's prometheus).
 unit:
+	hack/prereqs.sh promtool
 	$(CARGO) test --locked --lib --bins --test readme --test gitops_health
 
 ENGINE_TESTS := --test instance_postgres --test instance_redis --test instance_mongodb

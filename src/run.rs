@@ -65,6 +65,14 @@ pub struct OperatorArgs {
         default_value = "app.kubernetes.io/name=servicedb"
     )]
     pub pod_labels: String,
+    /// Where the `runbook_url` of generated alerts points (sections of
+    /// docs/runbooks.md are appended as `#anchor`).
+    #[arg(
+        long,
+        env = "SERVICEDB_RUNBOOK_URL",
+        default_value = crate::build::monitoring::DEFAULT_RUNBOOK_URL
+    )]
+    pub runbook_url: String,
 }
 
 /// How long in-flight reconciles may run on after a shutdown request.
@@ -128,6 +136,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         binary_path: args.binary_path.clone(),
         namespace: args.namespace.clone(),
         pod_labels: parse_labels(&args.pod_labels)?,
+        runbook_url: args.runbook_url.clone(),
     };
     // The controllers' requests go out only while the Lease is surely ours
     // (see leader::Fence); the Lease itself is renewed on the plain client.

@@ -19,6 +19,7 @@ pub mod backups;
 pub mod claim;
 pub mod dereference;
 pub mod final_backup;
+pub mod monitoring;
 pub mod provision;
 pub mod restore;
 pub mod rollout;
@@ -416,6 +417,12 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         now,
     );
     status.credentials_rotated_at = Some(Time(plan.issued_at));
+    status.conditions = monitoring::condition(
+        &status.conditions,
+        applied.monitoring.as_ref(),
+        sdb.metadata.generation,
+        now,
+    );
     if let Some(storage) = &storage {
         let generation = sdb.metadata.generation;
         status.conditions = crate::api::conditions::merge(

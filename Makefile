@@ -37,12 +37,13 @@ unit:
 	hack/prereqs.sh promtool
 	$(CARGO) test --locked --lib --bins --test readme --test gitops_health
 
-ENGINE_TESTS := --test instance_postgres --test instance_redis --test instance_mongodb
+ENGINE_TESTS := --test instance_postgres --test instance_redis --test instance_mongodb --test exporter_scrape
 
-## engine: the instance manager against real PostgreSQL and Redis servers, and
-## the MongoDB user handling against FerretDB (hack/ferretdb).
+## engine: the instance manager against real PostgreSQL and Redis servers,
+## the MongoDB user handling against FerretDB (hack/ferretdb), and the
+## exporters of monitored instances scraped by a real Prometheus.
 engine:
-	hack/prereqs.sh postgres redis go
+	hack/prereqs.sh postgres redis prometheus go
 	hack/ferretdb/build.sh >/dev/null
 	$(CARGO) test --locked $(ENGINE_TESTS)
 

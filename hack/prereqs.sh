@@ -2,7 +2,7 @@
 # Makes sure the host has what the tests and `make run` need, installing the
 # Debian packages itself when it runs as root; otherwise it names what is
 # missing and how to get it, and fails.
-# Usage: hack/prereqs.sh [postgres] [redis] [file] [zstd] [promtool] [go] [cargo]
+# Usage: hack/prereqs.sh [postgres] [redis] [prometheus] [promtool] [file] [zstd] [go] [cargo]
 set -euo pipefail
 
 missing_apt=()
@@ -13,6 +13,11 @@ for need in "$@"; do
                 missing_apt+=(postgresql-15 postgresql-client-15) ;;
     redis)    command -v redis-server >/dev/null && command -v redis-cli >/dev/null ||
                 missing_apt+=(redis-server redis-tools) ;;
+    # Prometheus and the exporters of monitored instances (tests/exporter_scrape.rs).
+    prometheus)
+              for pkg in prometheus prometheus-postgres-exporter prometheus-redis-exporter; do
+                [ -x "/usr/bin/$pkg" ] || missing_apt+=("$pkg")
+              done ;;
     file)     command -v file >/dev/null || missing_apt+=(file) ;;
     zstd)     command -v zstd >/dev/null || missing_apt+=(zstd) ;;
     promtool) command -v promtool >/dev/null || missing_apt+=(prometheus) ;;

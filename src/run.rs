@@ -73,6 +73,22 @@ pub struct OperatorArgs {
         default_value = crate::build::monitoring::DEFAULT_RUNBOOK_URL
     )]
     pub runbook_url: String,
+    /// Labels of the namespaces whose Prometheus may scrape the exporters
+    /// of monitored databases, `k=v,k=v`.
+    #[arg(
+        long,
+        env = "SERVICEDB_SCRAPER_NAMESPACE_LABELS",
+        default_value = "kubernetes.io/metadata.name=monitoring"
+    )]
+    pub scraper_namespace_labels: String,
+    /// Labels of the Prometheus pods, in those namespaces, that may scrape
+    /// them, `k=v,k=v`.
+    #[arg(
+        long,
+        env = "SERVICEDB_SCRAPER_POD_LABELS",
+        default_value = "app.kubernetes.io/name=prometheus"
+    )]
+    pub scraper_pod_labels: String,
 }
 
 /// How long in-flight reconciles may run on after a shutdown request.
@@ -135,8 +151,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         image: args.image.clone(),
         binary_path: args.binary_path.clone(),
         namespace: args.namespace.clone(),
-        pod_labels: parse_labels(&args.pod_labels)?,
+        pod_labels: parse_labels("--pod-labels", &args.pod_labels)?,
         runbook_url: args.runbook_url.clone(),
+        scraper: scraper(&args)?,
     };
     // The controllers' requests go out only while the Lease is surely ours
     // (see leader::Fence); the Lease itself is renewed on the plain client.
@@ -223,13 +240,68 @@ async fn signal_on(mut terminate: tokio::signal::unix::Signal, token: Cancellati
     token.cancel();
 }
 
-fn parse_labels(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+/// The Prometheus pods NetworkPolicies admit to exporters.
+fn scraper(args: &OperatorArgs) -> anyhow::Result<crate::build::Scraper> {
+    Ok(crate::build::Scraper {
+        namespace_labels: parse_labels(
+            "--scraper-namespace-labels",
+            &args.scraper_namespace_labels,
+        )?,
+        pod_labels: parse_labels("--scraper-pod-labels", &args.scraper_pod_labels)?,
+    })
+}
+
+fn parse_labels(flag: &str, s: &str) -> anyhow::Result<BTreeMap<String, String>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
         .map(|pair| {
             pair.split_once('=')
                 .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                .with_context(|| format!("--pod-labels: {pair:?} is not key=value"))
+                .with_context(|| format!("{flag}: {pair:?} is not key=value"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: OperatorArgs,
+    }
+
+    fn args(flags: &[&str]) -> OperatorArgs {
+        Cli::try_parse_from(std::iter::once("operator").chain(flags.iter().copied()))
+            .expect("flags")
+            .args
+    }
+
+    #[test]
+    fn the_scraper_is_prometheus_in_monitoring_unless_the_flags_say_otherwise() {
+        assert_eq!(
+            scraper(&args(&[])).unwrap(),
+            crate::build::Scraper::default()
+        );
+        let custom = scraper(&args(&[
+            "--scraper-namespace-labels=team=observability",
+            "--scraper-pod-labels=app=vmagent,tier=scrape",
+        ]))
+        .unwrap();
+        assert_eq!(
+            custom.namespace_labels,
+            BTreeMap::from([("team".to_owned(), "observability".to_owned())])
+        );
+        assert_eq!(custom.pod_labels.len(), 2);
+        let empty = scraper(&args(&["--scraper-namespace-labels="])).unwrap();
+        assert!(empty.namespace_labels.is_empty(), "every namespace");
+        let error = scraper(&args(&["--scraper-pod-labels=prometheus"])).unwrap_err();
+        assert!(
+            error.to_string().contains("--scraper-pod-labels"),
+            "{error}"
+        );
+    }
 }

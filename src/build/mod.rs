@@ -71,6 +71,29 @@ pub struct OperatorFacts {
     /// Where alerts' `runbook_url` point: `docs/runbooks.md` of this
     /// release, or a copy the platform team keeps.
     pub runbook_url: String,
+    /// The Prometheus that scrapes exporters, admitted to their port.
+    pub scraper: Scraper,
+}
+
+/// Which pods may scrape a database's exporter: pods with `pod_labels` in
+/// namespaces with `namespace_labels`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scraper {
+    pub namespace_labels: BTreeMap<String, String>,
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl Default for Scraper {
+    /// Pods labelled as Prometheus in the namespace `monitoring`.
+    fn default() -> Scraper {
+        Scraper {
+            namespace_labels: BTreeMap::from([(
+                "kubernetes.io/metadata.name".to_string(),
+                "monitoring".to_string(),
+            )]),
+            pod_labels: BTreeMap::from([(LABEL_NAME.to_string(), "prometheus".to_string())]),
+        }
+    }
 }
 
 /// Passwords, read from the existing Secrets or freshly generated, and the

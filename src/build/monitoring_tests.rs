@@ -29,6 +29,7 @@ fn facts() -> OperatorFacts {
         namespace: "servicedb-system".into(),
         pod_labels: BTreeMap::new(),
         runbook_url: DEFAULT_RUNBOOK_URL.into(),
+        scraper: Default::default(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The NetworkPolicy that makes the database private to its service: only
 //! the owner's pods, the operator and servicedb's own backup, restore and
-//! verify pods may open connections.
+//! verify pods may open connections; and Prometheus (the operator's
+//! `--scraper-*-labels`) may reach the exporter of a monitored database.
 
 use std::collections::BTreeMap;
 
@@ -15,10 +16,11 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::backup::{LABEL_JOB_CONTROLLER_UID, component};
 use super::{
-    LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts, object_meta,
-    selector_labels,
+    LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts, Scraper,
+    object_meta, selector_labels,
 };
 use crate::controller::servicedatabase::validate::ValidatedDatabase;
+use crate::engine::exporter;
 
 pub fn build(
     db: &ValidatedDatabase,
@@ -62,17 +64,42 @@ pub fn build(
                 ..Default::default()
             }),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some([owner_pods, operator].into_iter().chain(agents).collect()),
-                ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::Int(db.engine_spec.port())),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                }]),
-            }]),
+            ingress: Some(
+                std::iter::once(NetworkPolicyIngressRule {
+                    from: Some([owner_pods, operator].into_iter().chain(agents).collect()),
+                    ports: Some(vec![NetworkPolicyPort {
+                        port: Some(IntOrString::Int(db.engine_spec.port())),
+                        protocol: Some("TCP".into()),
+                        ..Default::default()
+                    }]),
+                })
+                .chain(scraper_rule(db, &facts.scraper))
+                .collect(),
+            ),
             ..Default::default()
         }),
     }
+}
+
+/// Prometheus may reach the exporter's port, and only that port, when the
+/// database is monitored.
+fn scraper_rule(db: &ValidatedDatabase, scraper: &Scraper) -> Option<NetworkPolicyIngressRule> {
+    let selector = |labels: &BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels.clone()),
+        ..Default::default()
+    };
+    db.monitoring.as_ref().map(|_| NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(selector(&scraper.namespace_labels)),
+            pod_selector: Some(selector(&scraper.pod_labels)),
+            ..Default::default()
+        }]),
+        ports: Some(vec![NetworkPolicyPort {
+            port: Some(IntOrString::Int(exporter::exporter(db.engine).port)),
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+    })
 }
 
 /// The pods of servicedb's backup, verify and restore Jobs of `db`.

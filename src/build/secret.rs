@@ -12,6 +12,7 @@ use crate::api::common::CredentialFormat;
 use crate::controller::servicedatabase::validate::ValidatedDatabase;
 use crate::engine::Connection;
 use crate::engine::logins::Login;
+use crate::engine::monitoring;
 use crate::engine::tls::TlsMode;
 
 /// Component label of the service's credentials Secret.
@@ -25,13 +26,25 @@ pub const COMPONENT_ADMIN: &str = "admin-credentials";
 /// The administrator account of a dedicated instance, mounted into the
 /// database pod only.
 pub fn admin(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerReference) -> Secret {
+    let mut values = data([
+        ("username", db.engine_spec.admin_username().to_string()),
+        ("password", creds.admin_password.clone()),
+    ]);
+    // The exporter's login, which the instance manager keeps in step
+    // (and removes once these keys are gone).
+    if db.monitoring.is_some() {
+        values.extend(data([
+            (monitoring::USERNAME_KEY, monitoring::USERNAME.to_string()),
+            (
+                monitoring::PASSWORD_KEY,
+                monitoring::derive_password(&creds.admin_password),
+            ),
+        ]));
+    }
     Secret {
         metadata: object_meta(db, db.admin_secret_name.clone(), COMPONENT_ADMIN, owner),
         type_: Some("Opaque".into()),
-        data: Some(data([
-            ("username", db.engine_spec.admin_username().to_string()),
-            ("password", creds.admin_password.clone()),
-        ])),
+        data: Some(values),
         ..Default::default()
     }
 }

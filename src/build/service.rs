@@ -1,5 +1,6 @@
 //! The headless Service (stable pod DNS for the StatefulSet) and the client
-//! Service the application connects to.
+//! Service the application connects to (and Prometheus scrapes, on `metrics`,
+//! when the database is monitored).
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -7,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{object_meta, selector_labels};
 use crate::controller::servicedatabase::validate::ValidatedDatabase;
+use crate::engine::exporter;
 
 /// `<name>-db-hl`, governing the StatefulSet.
 pub fn headless(db: &ValidatedDatabase, owner: &OwnerReference) -> Service {
@@ -30,7 +32,7 @@ pub fn client(db: &ValidatedDatabase, owner: &OwnerReference) -> Service {
         spec: Some(ServiceSpec {
             type_: Some("ClusterIP".into()),
             selector: Some(selector_labels(db)),
-            ports: Some(vec![port(db)]),
+            ports: Some(std::iter::once(port(db)).chain(metrics_port(db)).collect()),
             ..Default::default()
         }),
         ..Default::default()
@@ -40,6 +42,17 @@ pub fn client(db: &ValidatedDatabase, owner: &OwnerReference) -> Service {
 /// Name of the headless Service.
 pub fn headless_name(db: &ValidatedDatabase) -> String {
     format!("{}-hl", db.instance_name())
+}
+
+/// The exporter's `metrics` port, when the database is monitored.
+fn metrics_port(db: &ValidatedDatabase) -> Option<ServicePort> {
+    db.monitoring.as_ref().map(|_| ServicePort {
+        name: Some(exporter::PORT_NAME.into()),
+        port: exporter::exporter(db.engine).port,
+        target_port: Some(IntOrString::String(exporter::PORT_NAME.into())),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    })
 }
 
 fn port(db: &ValidatedDatabase) -> ServicePort {

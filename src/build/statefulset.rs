@@ -1,7 +1,8 @@
 //! The StatefulSet of a dedicated instance. The database container does not
 //! use the image's entrypoint: an init container copies the statically linked
 //! `servicedb` binary from the operator image, and the container runs
-//! `servicedb instance` (the instance manager) as PID 1.
+//! `servicedb instance` (the instance manager) as PID 1. A monitored instance
+//! has the engine's exporter as a second container.
 
 use std::collections::BTreeMap;
 
@@ -9,10 +10,10 @@ use k8s_openapi::api::apps::v1::{
     StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext, Volume,
-    VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -20,7 +21,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{OperatorFacts, labels, object_meta, selector_labels, service};
 use crate::api::DeletionPolicy;
-use crate::controller::servicedatabase::validate::ValidatedDatabase;
+use crate::controller::servicedatabase::validate::{ValidatedDatabase, ValidatedMonitoring};
+use crate::engine::exporter::{self, EnvValue};
 
 /// Where the data volume is mounted; the instance manager keeps the engine's
 /// files below it.
@@ -33,6 +35,8 @@ pub const APP_SECRET_DIR: &str = "/etc/servicedb/app";
 pub const BIN_DIR: &str = "/opt/servicedb";
 /// Port of the instance manager's `/healthz` and `/readyz`.
 pub const STATUS_PORT: i32 = 8000;
+/// Name of the exporter sidecar of a monitored instance.
+pub const EXPORTER_CONTAINER: &str = "exporter";
 /// Name of the volume claim template (PVCs are `data-<name>-db-0`).
 pub const DATA_VOLUME: &str = "data";
 
@@ -80,9 +84,10 @@ pub fn build(db: &ValidatedDatabase, facts: &OperatorFacts, owner: &OwnerReferen
         ..Default::default()
     };
 
+    let exporter = db.monitoring.as_ref().map(|m| exporter_container(db, m));
     let pod = PodSpec {
         init_containers: Some(vec![install]),
-        containers: vec![database],
+        containers: std::iter::once(database).chain(exporter).collect(),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(60),
@@ -164,6 +169,60 @@ pub fn build(db: &ValidatedDatabase, facts: &OperatorFacts, owner: &OwnerReferen
             ),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// The engine's Prometheus exporter, reading the server over the pod's
+/// loopback with the monitoring login of the administrator Secret (as
+/// environment variables from the Secret: no password in the object).
+pub fn exporter_container(db: &ValidatedDatabase, monitoring: &ValidatedMonitoring) -> Container {
+    let (args, env) = exporter::command(db.engine, db.engine_spec.port());
+    let env = env
+        .into_iter()
+        .map(|(name, value)| match value {
+            EnvValue::Literal(value) => EnvVar {
+                name: name.into(),
+                value: Some(value),
+                ..Default::default()
+            },
+            EnvValue::SecretKey(key) => EnvVar {
+                name: name.into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: db.admin_secret_name.clone(),
+                        key: key.into(),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        })
+        .collect();
+    Container {
+        name: EXPORTER_CONTAINER.into(),
+        image: Some(monitoring.exporter_image.clone()),
+        args: Some(args),
+        env: Some(env),
+        ports: Some(vec![ContainerPort {
+            name: Some(exporter::PORT_NAME.into()),
+            container_port: exporter::exporter(db.engine).port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("10m".into())),
+                ("memory".into(), Quantity("32Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".into(),
+                Quantity("128Mi".into()),
+            )])),
+            ..Default::default()
+        }),
+        security_context: Some(restricted_container()),
         ..Default::default()
     }
 }

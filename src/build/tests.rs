@@ -25,6 +25,7 @@ fn facts() -> OperatorFacts {
         namespace: "servicedb-system".into(),
         pod_labels: BTreeMap::from([("app.kubernetes.io/name".into(), "servicedb".into())]),
         runbook_url: super::monitoring::DEFAULT_RUNBOOK_URL.into(),
+        scraper: Default::default(),
     }
 }
 
@@ -1410,3 +1411,5 @@ fn the_disruption_policy_protects_by_default_and_allow_lets_a_drain_evict() {
         "the ServiceDatabase wins"
     );
 }
+
+mod exporter;

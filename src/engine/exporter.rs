@@ -53,3 +53,94 @@ impl Exporter {
         format!("{}:{}", repository.unwrap_or(self.default_image), self.tag)
     }
 }
+
+/// Where an environment variable of the exporter takes its value from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    Literal(String),
+    /// A key of the administrator Secret (never a password in the object).
+    SecretKey(&'static str),
+}
+
+/// How the exporter runs next to a server listening on `server_port` of
+/// the same pod: its arguments and environment. The login comes from the
+/// Secret keys of [`crate::engine::monitoring`], as environment variables,
+/// never on the command line. Only flags and variables that the pinned
+/// versions and Debian's packages (postgres_exporter 0.11, redis_exporter
+/// 1.45) both accept.
+pub fn command(engine: Engine, server_port: i32) -> (Vec<String>, Vec<(&'static str, EnvValue)>) {
+    use super::monitoring::{PASSWORD_KEY, USERNAME_KEY};
+    use EnvValue::{Literal, SecretKey};
+    let exporter = exporter(engine);
+    let listen = format!("--web.listen-address=:{}", exporter.port);
+    match engine {
+        // The maintenance database: every database's size and statistics
+        // are readable from there with pg_monitor.
+        Engine::Postgres => (
+            vec![listen],
+            vec![
+                (
+                    "DATA_SOURCE_URI",
+                    Literal(format!("127.0.0.1:{server_port}/postgres?sslmode=disable")),
+                ),
+                ("DATA_SOURCE_USER", SecretKey(USERNAME_KEY)),
+                ("DATA_SOURCE_PASS", SecretKey(PASSWORD_KEY)),
+            ],
+        ),
+        Engine::Redis => (
+            vec![listen],
+            vec![
+                (
+                    "REDIS_ADDR",
+                    Literal(format!("redis://127.0.0.1:{server_port}")),
+                ),
+                ("REDIS_USER", SecretKey(USERNAME_KEY)),
+                ("REDIS_PASSWORD", SecretKey(PASSWORD_KEY)),
+            ],
+        ),
+        Engine::MongoDB => (
+            vec![listen, "--collector.dbstats".into()],
+            vec![
+                (
+                    "MONGODB_URI",
+                    Literal(format!(
+                        "mongodb://127.0.0.1:{server_port}/admin?directConnection=true"
+                    )),
+                ),
+                ("MONGODB_USER", SecretKey(USERNAME_KEY)),
+                ("MONGODB_PASSWORD", SecretKey(PASSWORD_KEY)),
+            ],
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_password_is_ever_an_argument_or_a_literal() {
+        for engine in [Engine::Postgres, Engine::Redis, Engine::MongoDB] {
+            let (args, env) = command(engine, 1234);
+            assert!(
+                args.iter().all(|a| !a.contains("pass")),
+                "{engine}: {args:?}"
+            );
+            let secret: Vec<_> = env
+                .iter()
+                .filter(|(_, v)| matches!(v, EnvValue::SecretKey(_)))
+                .collect();
+            assert_eq!(
+                secret.len(),
+                2,
+                "{engine}: user and password from the Secret"
+            );
+            assert!(
+                env.iter().any(
+                    |(_, v)| matches!(v, EnvValue::Literal(l) if l.contains("127.0.0.1:1234"))
+                ),
+                "{engine}: the server on the pod's loopback"
+            );
+        }
+    }
+}

@@ -6,6 +6,7 @@ pub mod exporter;
 pub mod logins;
 pub mod mongodb;
 pub mod mongodb_users;
+pub mod monitoring;
 pub mod postgres;
 pub mod postgres_users;
 pub mod redis;

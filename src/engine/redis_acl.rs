@@ -426,6 +426,16 @@ impl AclUser {
         AclUser::enabled(name, passwords, service_user_rules(prefix, scripting))
     }
 
+    /// A user with one password and exactly `permissions` (see
+    /// `engine::monitoring` for the exporter's).
+    pub fn with_rules(
+        name: &str,
+        password: &str,
+        permissions: Vec<String>,
+    ) -> Result<AclUser, AclError> {
+        AclUser::enabled(name, &[password], permissions)
+    }
+
     fn admin_one(name: &str, password: &str) -> Result<AclUser, AclError> {
         AclUser::enabled(name, &[password], admin_rules())
     }

@@ -41,6 +41,42 @@ impl fmt::Debug for AdminCredentials {
     }
 }
 
+/// The exporter's login, from the administrator Secret of a monitored
+/// instance (see `engine::monitoring`).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct MonitoringCredentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl fmt::Debug for MonitoringCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MonitoringCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The monitoring login, or `None` when the instance is not monitored (the
+/// Secret has neither key); one key without the other is an error.
+pub(crate) async fn read_monitoring(
+    dir: &Path,
+) -> Result<Option<MonitoringCredentials>, SecretError> {
+    use crate::engine::monitoring::{PASSWORD_KEY, USERNAME_KEY};
+    let username = read_optional_key(dir, USERNAME_KEY).await?;
+    let password = read_optional_key(dir, PASSWORD_KEY).await?;
+    match (username, password) {
+        (Some(username), Some(password)) => Ok(Some(MonitoringCredentials { username, password })),
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(SecretError::Missing {
+            path: dir.join(USERNAME_KEY),
+        }),
+        (Some(_), None) => Err(SecretError::Missing {
+            path: dir.join(PASSWORD_KEY),
+        }),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SecretError {
     #[error("secret file {path} is missing")]

@@ -1,11 +1,16 @@
 //! What a DatabaseClass sets is what its ServiceDatabases get, under their
 //! own settings: backups field by field (and required backups), the
-//! disruption policy of the PodDisruptionBudget, and monitoring (refused,
-//! as it is not available yet).
+//! disruption policy of the PodDisruptionBudget, and monitoring (required
+//! by a class, or turned on and off by the database: the exporter sidecar,
+//! its login in the admin Secret, the `metrics` port and the scraper's
+//! NetworkPolicy rule come and go with it).
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::Api;
@@ -63,6 +68,64 @@ async fn pdb_policy(env: &Env, name: &str) -> (Option<IntOrString>, Option<IntOr
     let pdb = get_when(&env.api::<PodDisruptionBudget>(), &format!("{name}-db")).await;
     let spec = pdb.spec.expect("spec");
     (spec.min_available, spec.max_unavailable)
+}
+
+/// Whether the instance of `name` has, or has not, each part of monitoring,
+/// as the operator applied it to the API server.
+async fn assert_monitored(env: &Env, name: &str, on: bool) {
+    let instance = format!("{name}-db");
+    let admin = format!("{name}-db-admin");
+    let statefulsets = env.api::<StatefulSet>();
+    let secrets = env.api::<Secret>();
+    let services = env.api::<Service>();
+    let policies = env.api::<NetworkPolicy>();
+    let exporter = wait_for(
+        &format!(
+            "{name}'s monitoring to be {}",
+            if on { "on" } else { "off" }
+        ),
+        Duration::from_secs(60),
+        || async {
+            let pod = statefulsets
+                .get(&instance)
+                .await
+                .ok()?
+                .spec?
+                .template
+                .spec?;
+            let exporter = pod.containers.iter().find(|c| c.name == "exporter");
+            let keys = secrets.get(&admin).await.ok()?.data.unwrap_or_default();
+            let ports = services.get(&instance).await.ok()?.spec?.ports?;
+            let rules = policies.get(&instance).await.ok()?.spec?.ingress?;
+            let metrics = ports.iter().any(|p| p.name.as_deref() == Some("metrics"));
+            let state = (
+                exporter.is_some(),
+                keys.contains_key("monitoring-password"),
+                metrics,
+                rules.len() == 2,
+            );
+            (state == (on, on, on, on)).then_some(exporter.cloned())
+        },
+    )
+    .await;
+    if let Some(exporter) = exporter {
+        // The password reaches the exporter from the Secret, never as a value.
+        let env = exporter.env.unwrap_or_default();
+        let password = env
+            .iter()
+            .find(|e| e.name == "DATA_SOURCE_PASS")
+            .expect("DATA_SOURCE_PASS");
+        assert!(password.value.is_none());
+        let reference = password
+            .value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .expect("from the Secret");
+        assert_eq!(
+            (reference.name.as_str(), reference.key.as_str()),
+            (admin.as_str(), "monitoring-password")
+        );
+    }
 }
 
 #[tokio::test]
@@ -209,6 +272,12 @@ async fn a_class_gives_its_backups_and_disruption_policy_and_the_database_overri
         },
     )
     .await;
+    assert_monitored(&env, "watched", true).await;
+    // A database turns it on and off itself.
+    database(&env, "toggled", json!({"monitoring": {"enabled": true}})).await;
+    assert_monitored(&env, "toggled", true).await;
+    database(&env, "toggled", json!({"monitoring": {"enabled": false}})).await;
+    assert_monitored(&env, "toggled", false).await;
 
     // The README's class: its databases get its nightly backups to S3.
     apply_manifest(

@@ -39,6 +39,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- join "," $pairs }}
 {{- end }}
 
+{{/* A map of labels as a `k=v,k=v` flag value, keys sorted. */}}
+{{- define "servicedb.labelsFlag" -}}
+{{- $pairs := list }}
+{{- range $k, $v := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
 {{/* Standard labels of every object of the chart. */}}
 {{- define "servicedb.labels" -}}
 helm.sh/chart: {{ include "servicedb.chart" . }}

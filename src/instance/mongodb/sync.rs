@@ -15,8 +15,9 @@ use tracing::{debug, info};
 use super::bootstrap::{self, ReplicaSet, RootLogin, Step};
 use crate::engine::logins::Logins;
 use crate::engine::mongodb_users::{self as users, Login, UserError, UserSpec};
+use crate::engine::monitoring;
 use crate::engine::postgres_users::ServiceUser;
-use crate::instance::secrets::{self, AdminCredentials, SecretError};
+use crate::instance::secrets::{self, AdminCredentials, MonitoringCredentials, SecretError};
 use crate::instance::status::{Health, SyncState};
 use crate::instance::sync::{Progress, Server, SyncFailure, UserSync};
 
@@ -57,6 +58,12 @@ pub(super) enum SyncError {
     Root(UserError),
     #[error("service user: {0}")]
     Service(UserError),
+    #[error(
+        "the monitoring user {0:?} is the admin's or the service's; it needs a name of its own"
+    )]
+    MonitoringNameTaken(String),
+    #[error("monitoring user: {0}")]
+    Monitoring(UserError),
 }
 
 impl SyncFailure for SyncError {
@@ -67,7 +74,10 @@ impl SyncFailure for SyncError {
             SyncError::AdminRejected => "admin_rejected",
             SyncError::ServiceIsAdmin(_) => "service_is_admin",
             SyncError::NotPrimary => "not_primary",
-            SyncError::Root(error) | SyncError::Service(error) => error.category(),
+            SyncError::MonitoringNameTaken(_) => "monitoring_name_taken",
+            SyncError::Root(error) | SyncError::Service(error) | SyncError::Monitoring(error) => {
+                error.category()
+            }
         }
     }
 
@@ -93,6 +103,8 @@ pub(super) struct Syncer {
     anonymous: Client,
     root: Option<Root>,
     applied_app: Option<(ServiceUser, Logins)>,
+    /// The monitoring user last applied (`Some(None)`: none, dropped).
+    applied_monitoring: Option<Option<MonitoringCredentials>>,
     checked_at: Instant,
 }
 
@@ -116,6 +128,7 @@ impl Syncer {
             settings,
             root: None,
             applied_app: None,
+            applied_monitoring: None,
             checked_at: Instant::now(),
         })
     }
@@ -255,6 +268,12 @@ impl Syncer {
         }
         if self.checked_at.elapsed() >= RECHECK_EVERY {
             self.applied_app = None;
+            self.applied_monitoring = None;
+        }
+        let monitoring = secrets::read_monitoring(&self.settings.admin_secret_dir).await?;
+        if self.applied_monitoring.as_ref() != Some(&monitoring) {
+            sync_monitoring_user(&root.client, &app.1, monitoring.as_ref()).await?;
+            self.applied_monitoring = Some(monitoring);
         }
         if self.applied_app.as_ref() == Some(app) {
             return Ok(());
@@ -270,4 +289,42 @@ impl Syncer {
         self.checked_at = Instant::now();
         Ok(())
     }
+}
+
+/// The exporter's user on `admin` (`engine::monitoring::mongodb_roles`), or
+/// none when the Secret has no monitoring login.
+async fn sync_monitoring_user(
+    client: &Client,
+    logins: &Logins,
+    login: Option<&MonitoringCredentials>,
+) -> Result<(), SyncError> {
+    let Some(login) = login else {
+        if users::drop_user(client, users::ADMIN_DATABASE, monitoring::USERNAME)
+            .await
+            .map_err(SyncError::Monitoring)?
+        {
+            info!("monitoring is off; its user is removed");
+        }
+        return Ok(());
+    };
+    if logins.all().any(|l| l.username == login.username) {
+        return Err(SyncError::MonitoringNameTaken(login.username.clone()));
+    }
+    let spec = UserSpec {
+        db: users::ADMIN_DATABASE.to_owned(),
+        name: login.username.clone(),
+        password: login.password.clone(),
+        roles: monitoring::mongodb_roles()
+            .into_iter()
+            .map(|(role, db)| users::Role {
+                role: role.to_owned(),
+                db: db.to_owned(),
+            })
+            .collect(),
+    };
+    let outcome = users::ensure_user(client, &spec)
+        .await
+        .map_err(SyncError::Monitoring)?;
+    debug!(user = %login.username, ?outcome, "monitoring user in step");
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! Keeps the server's users in step with the mounted Secrets: every
 //! interval, re-read the Secret files, check the server still answers, and
 //! apply whatever changed (the admin's password, the service's role and
-//! database). Unchanged Secrets cost one `SELECT 1`.
+//! database, the exporter's login). Unchanged Secrets cost one `SELECT 1`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -11,8 +11,9 @@ use tokio_postgres::{Client, NoTls};
 use tracing::{debug, info};
 
 use crate::engine::logins::Logins;
+use crate::engine::monitoring;
 use crate::engine::postgres_users::{self, UserError};
-use crate::instance::secrets::{self, AdminCredentials, SecretError};
+use crate::instance::secrets::{self, AdminCredentials, MonitoringCredentials, SecretError};
 use crate::instance::status::Health;
 use crate::instance::sync::{Progress, Server, SyncFailure, UserSync};
 
@@ -49,6 +50,12 @@ pub(super) enum SyncError {
     Admin(UserError),
     #[error("service user: {0}")]
     Service(UserError),
+    #[error(
+        "the monitoring login {0:?} is the admin's or the service's; it needs a name of its own"
+    )]
+    MonitoringNameTaken(String),
+    #[error("monitoring login: {0}")]
+    Monitoring(UserError),
 }
 
 impl SyncFailure for SyncError {
@@ -59,7 +66,10 @@ impl SyncFailure for SyncError {
             SyncError::AdminRejected => "admin_rejected",
             SyncError::Connect(_) => "connect",
             SyncError::ServiceIsAdmin(_) => "service_is_admin",
-            SyncError::Admin(error) | SyncError::Service(error) => error.category(),
+            SyncError::MonitoringNameTaken(_) => "monitoring_name_taken",
+            SyncError::Admin(error) | SyncError::Service(error) | SyncError::Monitoring(error) => {
+                error.category()
+            }
         }
     }
 
@@ -77,6 +87,8 @@ pub(super) struct Syncer {
     client: Option<Client>,
     applied_admin: Option<AdminCredentials>,
     applied_app: Option<(String, String, Logins)>,
+    /// The monitoring login last applied (`Some(None)`: none, dropped).
+    applied_monitoring: Option<Option<MonitoringCredentials>>,
     last_full_check: Instant,
 }
 
@@ -89,6 +101,14 @@ impl UserSync for Syncer {
         let logins = secrets::read_logins(&self.settings.app_secret_dir).await?;
         if let Some(login) = logins.all().find(|l| l.username == admin.username) {
             return Err(SyncError::ServiceIsAdmin(login.username.clone()));
+        }
+        let monitoring = secrets::read_monitoring(&self.settings.admin_secret_dir).await?;
+        if let Some(name) = monitoring
+            .as_ref()
+            .map(|m| &m.username)
+            .filter(|name| **name == admin.username || logins.all().any(|l| l.username == **name))
+        {
+            return Err(SyncError::MonitoringNameTaken(name.clone()));
         }
         // The Secret's login is the owner or its rotation twin.
         let owner = self
@@ -107,6 +127,7 @@ impl UserSync for Syncer {
         if self.last_full_check.elapsed() >= RECHECK_EVERY {
             self.applied_admin = None;
             self.applied_app = None;
+            self.applied_monitoring = None;
             self.last_full_check = Instant::now();
         }
 
@@ -132,6 +153,23 @@ impl UserSync for Syncer {
             }
             self.applied_app = Some(app);
         }
+        if self.applied_monitoring.as_ref() != Some(&monitoring) {
+            match &monitoring {
+                Some(login) => {
+                    let changed =
+                        monitoring::ensure_postgres(client, &login.username, &login.password)
+                            .await
+                            .map_err(SyncError::Monitoring)?;
+                    if changed {
+                        info!(role = %login.username, "monitoring login updated");
+                    }
+                }
+                None => monitoring::drop_postgres(client, monitoring::USERNAME)
+                    .await
+                    .map_err(SyncError::Monitoring)?,
+            }
+            self.applied_monitoring = Some(monitoring);
+        }
         Ok(Progress::Ready)
     }
 }
@@ -143,6 +181,7 @@ impl Syncer {
             client: None,
             applied_admin: None,
             applied_app: None,
+            applied_monitoring: None,
             last_full_check: Instant::now(),
         }
     }

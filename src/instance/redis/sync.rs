@@ -15,8 +15,9 @@ use redis::{RedisConnectionInfo, ServerErrorKind};
 use tracing::{debug, info, warn};
 
 use super::users::{self, AppCredentials, UsersError};
+use crate::engine::monitoring;
 use crate::engine::redis_acl::{self, AclError, AclUser, Scripting};
-use crate::instance::secrets::{self, AdminCredentials, SecretError};
+use crate::instance::secrets::{self, AdminCredentials, MonitoringCredentials, SecretError};
 use crate::instance::status::Health;
 use crate::instance::sync::{Progress, Server, SyncFailure, UserSync};
 
@@ -89,6 +90,7 @@ impl SyncFailure for SyncError {
 struct Applied {
     admin: AdminCredentials,
     app: AppCredentials,
+    monitoring: Option<MonitoringCredentials>,
     acl: Vec<String>,
 }
 
@@ -124,6 +126,11 @@ impl Syncer {
         let app = users::read_app(&self.settings.app_secret_dir).await?;
         let admin_user = users::admin_user(&admin)?;
         let service_user = users::service_user(&admin, &app, self.settings.scripting)?;
+        let monitoring = secrets::read_monitoring(&self.settings.admin_secret_dir).await?;
+        let monitoring_user = monitoring
+            .as_ref()
+            .map(|login| users::monitoring_user(&admin, &app, login))
+            .transpose()?;
         let mut conn = self.connect(&admin).await?;
         let conn = &mut conn;
         let acl = acl_list(conn).await?;
@@ -133,7 +140,8 @@ impl Syncer {
         // service user a rename must remove.
         let mut renamed_from = None;
         if let Some(applied) = &self.applied {
-            let same_secrets = applied.admin == admin && applied.app == app;
+            let same_secrets =
+                applied.admin == admin && applied.app == app && applied.monitoring == monitoring;
             if same_secrets && applied.acl == acl {
                 return Ok(());
             }
@@ -144,8 +152,14 @@ impl Syncer {
                 renamed_from = Some(applied.app.username.clone());
             }
         }
-        for user in [AclUser::disabled_default(), admin_user, service_user] {
+        for user in [AclUser::disabled_default(), admin_user, service_user]
+            .into_iter()
+            .chain(monitoring_user)
+        {
             user.apply(conn).await?;
+        }
+        if monitoring.is_none() && redis_acl::remove_user(conn, monitoring::USERNAME).await? {
+            info!("monitoring is off; its user is removed");
         }
         if let Some(old) = renamed_from {
             let removed = redis_acl::remove_user(conn, &old).await?;
@@ -154,7 +168,12 @@ impl Syncer {
         redis_acl::save_acl_file(conn).await?;
         info!(admin = %admin.username, service = %app.username, prefix = %app.key_prefix, "users applied and saved to the ACL file");
         let acl = acl_list(conn).await?;
-        self.applied = Some(Applied { admin, app, acl });
+        self.applied = Some(Applied {
+            admin,
+            app,
+            monitoring,
+            acl,
+        });
         Ok(())
     }
 

@@ -1,12 +1,13 @@
 //! The users the server must have, from the mounted Secrets: `default`
-//! switched off, the administrator, and the service confined to its key
-//! prefix.
+//! switched off, the administrator, the service confined to its key
+//! prefix, and on a monitored instance the exporter's user.
 
 use std::path::Path;
 
 use crate::engine::logins::Logins;
+use crate::engine::monitoring;
 use crate::engine::redis_acl::{AclError, AclUser, KeyPrefix, Scripting};
-use crate::instance::secrets::{self, AdminCredentials, SecretError};
+use crate::instance::secrets::{self, AdminCredentials, MonitoringCredentials, SecretError};
 
 /// The service's credentials: `username`, `password` and `keyPrefix` of the
 /// app Secret (its other keys, such as `uri`, are for the application).
@@ -47,13 +48,22 @@ pub(super) enum UsersError {
     Admin(AclError),
     #[error("service user: {0}")]
     Service(AclError),
+    #[error(
+        "the monitoring user {0:?} is the admin's or the service's; it needs a name of its own"
+    )]
+    MonitoringNameTaken(String),
+    #[error("monitoring user: {0}")]
+    Monitoring(AclError),
 }
 
 impl UsersError {
     pub(super) fn category(&self) -> &'static str {
         match self {
             UsersError::ServiceIsAdmin(_) => "service_is_admin",
-            UsersError::Admin(error) | UsersError::Service(error) => error.category(),
+            UsersError::MonitoringNameTaken(_) => "monitoring_name_taken",
+            UsersError::Admin(error)
+            | UsersError::Service(error)
+            | UsersError::Monitoring(error) => error.category(),
         }
     }
 }
@@ -78,6 +88,18 @@ pub(super) fn service_user(
         scripting,
     )
     .map_err(UsersError::Service)
+}
+
+/// The exporter's user: server statistics only (`engine::monitoring`).
+pub(super) fn monitoring_user(
+    admin: &AdminCredentials,
+    app: &AppCredentials,
+    login: &MonitoringCredentials,
+) -> Result<AclUser, UsersError> {
+    if login.username == admin.username || login.username == app.username {
+        return Err(UsersError::MonitoringNameTaken(login.username.clone()));
+    }
+    monitoring::redis_user(&login.username, &login.password).map_err(UsersError::Monitoring)
 }
 
 #[cfg(test)]

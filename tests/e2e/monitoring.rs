@@ -1,5 +1,7 @@
 //! Monitoring on the API side: the operator's per-ServiceDatabase gauges on
-//! its /metrics.
+//! its /metrics, and the Prometheus Operator objects of a monitored database
+//! with the Prometheus Operator's CRDs installed (the pinned copy in
+//! tests/fixtures/prometheus-operator-crds) and without them.
 
 use std::time::Duration;
 
@@ -9,9 +11,10 @@ use serde_json::{Value, json};
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{Phase, ServiceDatabase};
 
+use crate::backup::condition;
 use crate::backup::{manifest, manual_backup, succeed, wait_backup};
 use crate::dedicated::{get_when, set_ready_replicas, wait_phase};
-use crate::harness::{Env, http_get, wait_for};
+use crate::harness::{Env, fixture, http_get, wait_for};
 
 fn orders() -> Value {
     json!({
@@ -192,4 +195,289 @@ async fn the_operator_exports_each_databases_phase_backup_and_credentials_until_
     })
     .await;
     assert!(left.is_empty(), "{left:?}");
+}
+
+const MONITORING_CRDS: [&str; 3] = [
+    "podmonitors.monitoring.coreos.com",
+    "prometheusrules.monitoring.coreos.com",
+    "servicemonitors.monitoring.coreos.com",
+];
+
+/// Whether the API server serves monitoring.coreos.com/v1 (what the
+/// operator's discovery asks).
+async fn served(client: &kube::Client) -> bool {
+    client
+        .list_api_group_resources("monitoring.coreos.com/v1")
+        .await
+        .is_ok_and(|l| l.resources.iter().any(|r| r.kind == "PrometheusRule"))
+}
+
+/// Installs the Prometheus Operator's CRDs from the pinned copy.
+async fn install_monitoring_crds(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    for name in MONITORING_CRDS {
+        let plural = name.split('.').next().unwrap_or_default();
+        let path = fixture(&format!(
+            "prometheus-operator-crds/monitoring.coreos.com_{plural}.yaml"
+        ));
+        let text = std::fs::read_to_string(&path).expect("CRD fixture");
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text).expect("a CRD");
+        api.patch(
+            name,
+            &PatchParams::apply("servicedb-e2e").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("installing {name}: {e}"));
+    }
+    wait_for(
+        "monitoring.coreos.com/v1 served",
+        Duration::from_secs(60),
+        || async { served(client).await.then_some(()) },
+    )
+    .await;
+}
+
+/// Removes them, and waits until discovery no longer lists the group.
+async fn remove_monitoring_crds(client: &kube::Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: kube::Api<CustomResourceDefinition> = kube::Api::all(client.clone());
+    for name in MONITORING_CRDS {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => panic!("removing {name}: {e}"),
+        }
+    }
+    wait_for(
+        "monitoring.coreos.com CRDs gone",
+        Duration::from_secs(60),
+        || async {
+            for name in MONITORING_CRDS {
+                if api.get_opt(name).await.ok()?.is_some() {
+                    return None;
+                }
+            }
+            (!served(client).await).then_some(())
+        },
+    )
+    .await;
+}
+
+fn monitored() -> Value {
+    let mut sdb = orders();
+    sdb["spec"]["monitoring"] = json!({"enabled": true});
+    sdb["spec"]["credentials"] = json!({"rotateEvery": "720h"});
+    sdb["spec"]["backup"]["verify"] = json!({"schedule": "0 4 * * 0"});
+    sdb
+}
+
+async fn apply_sdb(env: &Env, sdb: &Value) {
+    env.api::<ServiceDatabase>()
+        .patch(
+            "orders",
+            &PatchParams::apply("servicedb-e2e").force(),
+            &Patch::Apply(sdb),
+        )
+        .await
+        .expect("applying orders");
+}
+
+fn dynamic(env: &Env, kind: &str) -> kube::Api<kube::api::DynamicObject> {
+    kube::Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &servicedb::build::monitoring::api_resource(kind),
+    )
+}
+
+async fn wait_condition(env: &Env, status: &str, reason: &str) -> (String, String, String) {
+    let sdbs = env.api::<ServiceDatabase>();
+    wait_for(
+        &format!("MonitoringConfigured {status} {reason}"),
+        Duration::from_secs(30),
+        || async {
+            let sdb = sdbs.get("orders").await.ok()?;
+            let c = condition(&sdb, "MonitoringConfigured")?;
+            (c.0 == status && c.1 == reason).then_some(c)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn without_the_prometheus_operator_a_monitored_database_is_ready_and_says_its_monitoring_objects_were_skipped()
+ {
+    let env = Env::new("mon-absent").await;
+    remove_monitoring_crds(&env.client).await;
+    apply_sdb(&env, &monitored()).await;
+    let (_, _, message) = wait_condition(&env, "False", "PrometheusOperatorAbsent").await;
+    assert!(
+        message.contains("PrometheusRule") && message.contains("PodMonitor"),
+        "{message}"
+    );
+    let statefulsets = env.api::<StatefulSet>();
+    get_when(&statefulsets, "orders-db").await;
+    set_ready_replicas(&statefulsets, "orders-db", 1).await;
+    let sdb = wait_phase(&env.api::<ServiceDatabase>(), "orders", Phase::Ready).await;
+    assert_eq!(
+        condition(&sdb, "MonitoringConfigured").map(|c| c.1),
+        Some("PrometheusOperatorAbsent".to_string()),
+        "still skipped once Ready"
+    );
+    // Discovery, applying and pruning fail as `apply`.
+    let errors = env
+        .operator
+        .metric(
+            r#"servicedb_reconcile_errors_total{controller="servicedatabase",category="apply"}"#,
+        )
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(errors, 0.0, "no reconcile failed for lack of the CRDs");
+}
+
+#[tokio::test]
+async fn with_the_prometheus_operator_a_monitored_database_gets_its_rule_and_pod_monitor_until_monitoring_is_off()
+ {
+    let env = Env::new("mon-present").await;
+    install_monitoring_crds(&env.client).await;
+    apply_sdb(&env, &monitored()).await;
+    let uid = get_when(&env.api::<ServiceDatabase>(), "orders")
+        .await
+        .metadata
+        .uid
+        .expect("uid");
+    let (_, _, message) = wait_condition(&env, "True", "Applied").await;
+    assert!(
+        message.contains("PrometheusRule orders-db") && message.contains("PodMonitor orders-db"),
+        "{message}"
+    );
+
+    // Accepted by the API server against the Prometheus Operator's schemas,
+    // owned by the database.
+    let rule = dynamic(&env, "PrometheusRule")
+        .get("orders-db")
+        .await
+        .expect("rule");
+    let monitor = dynamic(&env, "PodMonitor")
+        .get("orders-db")
+        .await
+        .expect("monitor");
+    for object in [&rule, &monitor] {
+        let owners = object.metadata.owner_references.clone().unwrap_or_default();
+        assert!(
+            owners
+                .iter()
+                .any(|o| o.uid == uid && o.kind == "ServiceDatabase" && o.controller == Some(true)),
+            "{owners:?}"
+        );
+    }
+    let rules = rule.data["spec"]["groups"][0]["rules"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let alerts: Vec<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
+    assert_eq!(
+        alerts,
+        [
+            "ServiceDatabaseInstanceDown",
+            "ServiceDatabaseConnectionsNearLimit",
+            "ServiceDatabaseStorageNearFull",
+            "ServiceDatabaseBackupOverdue",
+            "ServiceDatabaseVerificationFailed",
+            "ServiceDatabaseVerificationOverdue",
+            "ServiceDatabaseCredentialRotationOverdue",
+        ]
+    );
+    for r in &rules {
+        assert_eq!(r["labels"]["namespace"], env.ns.as_str(), "{r}");
+        assert_eq!(r["labels"]["service_database"], "orders", "{r}");
+        assert_eq!(r["labels"]["owner_team"], "payments", "{r}");
+        assert_eq!(r["labels"]["owner_app"], "orders", "{r}");
+        let runbook = r["annotations"]["runbook_url"].as_str().unwrap_or_default();
+        assert!(runbook.contains("runbooks.md#servicedatabase"), "{r}");
+    }
+    // The live object's rules, as Prometheus would load them.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("rules.yaml");
+    std::fs::write(
+        &file,
+        serde_yaml::to_string(&json!({"groups": rule.data["spec"]["groups"]})).expect("yaml"),
+    )
+    .expect("writing rules");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool (hack/prereqs.sh promtool)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let endpoint = &monitor.data["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    assert_eq!(
+        monitor.data["spec"]["selector"]["matchLabels"]["servicedb.dev/instance"],
+        "orders"
+    );
+
+    // Monitoring off: both go, and the condition with them.
+    let mut off = monitored();
+    off["spec"]["monitoring"] = json!({"enabled": false});
+    apply_sdb(&env, &off).await;
+    wait_for(
+        "monitoring objects removed",
+        Duration::from_secs(30),
+        || async {
+            let rule = dynamic(&env, "PrometheusRule")
+                .get_opt("orders-db")
+                .await
+                .ok()?;
+            let monitor = dynamic(&env, "PodMonitor")
+                .get_opt("orders-db")
+                .await
+                .ok()?;
+            (rule.is_none() && monitor.is_none()).then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "MonitoringConfigured removed",
+        Duration::from_secs(30),
+        || async {
+            let sdb = env.api::<ServiceDatabase>().get("orders").await.ok()?;
+            condition(&sdb, "MonitoringConfigured")
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // On again, then the database is deleted: they go with it.
+    apply_sdb(&env, &monitored()).await;
+    get_when(&dynamic(&env, "PrometheusRule"), "orders-db").await;
+    env.api::<ServiceDatabase>()
+        .delete("orders", &DeleteParams::default())
+        .await
+        .expect("deleting orders");
+    wait_for(
+        "monitoring objects deleted with the database",
+        Duration::from_secs(30),
+        || async {
+            let rule = dynamic(&env, "PrometheusRule")
+                .get_opt("orders-db")
+                .await
+                .ok()?;
+            let monitor = dynamic(&env, "PodMonitor")
+                .get_opt("orders-db")
+                .await
+                .ok()?;
+            (rule.is_none() && monitor.is_none()).then_some(())
+        },
+    )
+    .await;
+    remove_monitoring_crds(&env.client).await;
 }

@@ -304,9 +304,11 @@ fn connections_ratio(engine: Engine, s: &str) -> String {
         Engine::Postgres => format!(
             "sum(pg_stat_database_numbackends{{{s}}}) / max(pg_settings_max_connections{{{s}}})"
         ),
-        Engine::Redis => {
-            format!("max(redis_connected_clients{{{s}}}) / max(redis_config_maxclients{{{s}}})")
-        }
+        // `maxclients` of INFO (Redis 7+); CONFIG GET, which the
+        // monitoring login may not run, only where it can.
+        Engine::Redis => format!(
+            "max(redis_connected_clients{{{s}}}) / max(redis_max_clients{{{s}}} or redis_config_maxclients{{{s}}})"
+        ),
         Engine::MongoDB => format!(
             r#"max(mongodb_ss_connections{{{s},conn_type="current"}}) / (max(mongodb_ss_connections{{{s},conn_type="current"}}) + max(mongodb_ss_connections{{{s},conn_type="available"}}))"#
         ),

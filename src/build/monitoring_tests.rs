@@ -190,7 +190,7 @@ fn cases(engine: Engine, shared: bool) -> Vec<Case> {
             Engine::Redis => (
                 vec![
                     (s("redis_connected_clients", ""), "9000x30"),
-                    (s("redis_config_maxclients", ""), "10000x30"),
+                    (s("redis_max_clients", ""), "10000x30"),
                 ],
                 vec![
                     (s("redis_connected_clients", ""), "10x30"),

@@ -489,3 +489,26 @@ fn the_prometheus_rule_holds_the_same_groups_and_is_owned_by_the_database() {
     off.monitoring = None;
     assert!(build(&off, &facts(), &owner).is_none());
 }
+
+#[test]
+fn every_alert_has_a_section_in_docs_runbooks() {
+    let text = std::fs::read_to_string(format!("{}/docs/runbooks.md", env!("CARGO_MANIFEST_DIR")))
+        .expect("docs/runbooks.md");
+    // GitHub's anchor of a `## Heading` without spaces or punctuation.
+    let anchors: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_lowercase())
+        .collect();
+    for engine in [Engine::Postgres, Engine::Redis, Engine::MongoDB] {
+        let (db, _) = orders(engine, false);
+        for rule in &rule_groups(&db, DEFAULT_RUNBOOK_URL)[0].rules {
+            let url = &rule.annotations["runbook_url"];
+            let anchor = url.rsplit_once('#').map(|(_, a)| a).unwrap_or_default();
+            assert!(
+                anchors.iter().any(|a| a == anchor),
+                "{url}: no section in docs/runbooks.md"
+            );
+        }
+    }
+}

@@ -4,7 +4,8 @@
 //! exporter (Debian's `prometheus-postgres-exporter` and
 //! `prometheus-redis-exporter`) runs with the arguments and environment of
 //! the built sidecar, its Secret references resolved from the built Secret;
-//! a real Prometheus scrapes it and is asked through its HTTP API.
+//! a real Prometheus scrapes it and is asked through its HTTP API, also for
+//! a database made as on a shared server (a managed DatabaseServer).
 //!
 //! The one change to the built container: in a pod the server and the
 //! exporter own their ports (5432, 6379, 9187, 9121) on the pod's loopback;
@@ -397,12 +398,41 @@ async fn prometheus_scrapes_the_built_exporters_logged_in_with_their_monitoring_
         .arg(format!("--web.listen-address=127.0.0.1:{prometheus_port}"));
     let mut prometheus = Process::spawn("prometheus", command);
 
+    // A second service's database, made as on a shared server (a managed
+    // DatabaseServer is such an instance): the exporter reports it too.
+    let shared =
+        servicedb::controller::servicedatabase::validate::shared_identifier("shop", "orders");
+    {
+        let (admin, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(pg_port)
+            .user(&pg_admin["username"])
+            .password(&pg_admin["password"])
+            .dbname("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("admin login");
+        tokio::spawn(connection);
+        servicedb::engine::postgres_users::ensure_service_database(
+            &admin,
+            &servicedb::engine::postgres_users::ServiceUser {
+                role: shared.clone(),
+                password: random(24),
+                database: shared.clone(),
+            },
+        )
+        .await
+        .expect("a shared-style database");
+    }
+    let shared_size = format!("pg_database_size_bytes{{datname=\"{shared}\"}} > 0");
+
     let wanted = [
         ("pg_up == 1", "postgres_exporter logged in"),
         (
             "pg_database_size_bytes{datname=\"orders\"} > 0",
             "the service database's size",
         ),
+        (shared_size.as_str(), "a shared-style database's size"),
         ("redis_up == 1", "redis_exporter logged in"),
     ];
     let deadline = Instant::now() + TIMEOUT;
@@ -420,7 +450,7 @@ async fn prometheus_scrapes_the_built_exporters_logged_in_with_their_monitoring_
             let samples = query(prometheus_port, promql);
             if let Some((labels, _)) = samples.first() {
                 if promql.starts_with("pg_database_size_bytes") {
-                    assert_eq!(labels["datname"], "orders");
+                    assert!(promql.contains(&format!("\"{}\"", labels["datname"])));
                     assert_eq!(labels["job"], "postgres");
                 }
                 break;

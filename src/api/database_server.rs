@@ -5,7 +5,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::common::{Engine, LocalObjectRef, Resources, StorageSpec, conditions_schema};
+use super::common::{
+    Engine, LocalObjectRef, MonitoringSpec, Resources, StorageSpec, conditions_schema,
+};
 
 /// A database server that hosts the databases of many services (isolation
 /// `Database` or `Schema`): either an existing server servicedb reaches over
@@ -139,6 +141,13 @@ pub struct ManagedServer {
     /// CPU and memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
+    /// Prometheus monitoring of the server: the engine's exporter next to
+    /// it, as on a monitored dedicated instance, reporting every database
+    /// it hosts (PostgreSQL: per-database series labelled `datname`). The
+    /// class's `monitoring.exporterImage` applies; its other monitoring
+    /// settings are the services'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSpec>,
 }
 
 /// Which namespaces may use a server, as Gateway API listeners say it.

@@ -461,7 +461,9 @@ async fn a_missing_admin_secret_names_the_field() {
 
 /// `managed`: servicedb builds the server as a dedicated instance of its own
 /// (what a kubelet would then run), opens it to the admitted namespaces,
-/// and probes it at its Service. Without a kubelet no pod answers there:
+/// and probes it at its Service; `managed.monitoring` gives it the engine's
+/// exporter, which reports every database it hosts. Without a kubelet no
+/// pod answers there:
 /// the status says where it looked, and a database placed on it waits.
 #[tokio::test]
 async fn a_managed_server_is_built_as_an_instance_of_its_own() {
@@ -477,7 +479,8 @@ async fn a_managed_server_is_built_as_an_instance_of_its_own() {
         &env,
         "pg",
         "Postgres",
-        json!({"managed": {"storage": {"size": "5Gi"}}, "allowedNamespaces": {"from": "All"}}),
+        json!({"managed": {"storage": {"size": "5Gi"}, "monitoring": {"enabled": true}},
+               "allowedNamespaces": {"from": "All"}}),
     )
     .await;
     let sts = get_when(&env.api::<StatefulSet>(), "pg-server-db").await;
@@ -495,6 +498,8 @@ async fn a_managed_server_is_built_as_an_instance_of_its_own() {
         .as_ref()
         .expect("pod");
     let args = pod.containers[0].args.clone().unwrap_or_default();
+    let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["database", "exporter"], "monitored");
     assert!(
         args.starts_with(&["instance".to_string(), "--engine".into(), "postgres".into()]),
         "{args:?}"
@@ -519,11 +524,14 @@ async fn a_managed_server_is_built_as_an_instance_of_its_own() {
     get_when(&env.api::<Service>(), "pg-server-db").await;
     let admin = get_when(&env.api::<Secret>(), "pg-server-db-admin").await;
     assert!(secret_value(&admin, "password").len() >= 16);
+    assert_eq!(
+        secret_value(&admin, "monitoring-username"),
+        "servicedb-monitor"
+    );
     let policy = get_when(&env.api::<NetworkPolicy>(), "pg-server-db").await;
-    let from = policy.spec.expect("spec").ingress.expect("ingress")[0]
-        .from
-        .clone()
-        .expect("from");
+    let rules = policy.spec.expect("spec").ingress.expect("ingress");
+    assert_eq!(rules.len(), 2, "the tenants' rule and Prometheus'");
+    let from = rules[0].from.clone().expect("from");
     assert_eq!(
         from[0].namespace_selector,
         Some(Default::default()),

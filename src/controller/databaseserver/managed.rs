@@ -16,6 +16,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{Client, Resource, ResourceExt};
 
 use super::validate::{Invalid, Target};
+use crate::api::database_class::ClassMonitoringSpec;
 use crate::api::database_server::NamespacesFrom;
 use crate::api::{DatabaseServer, ServiceDatabase};
 use crate::build::{Credentials, OperatorFacts};
@@ -62,6 +63,7 @@ pub fn as_service_database(server: &DatabaseServer) -> Option<ServiceDatabase> {
         "storage": managed.storage,
         "resources": managed.resources,
         "deletionPolicy": "Retain",
+        "monitoring": managed.monitoring,
     });
     let mut sdb = ServiceDatabase::new(
         &instance(&server.name_any()),
@@ -93,10 +95,15 @@ pub async fn ensure(
         Err(e) => return Err(Error::Dereference(e)),
     };
     // The class's backups and monitoring are a service's; a managed server's
-    // instance never took them (and backs up no single service's data).
+    // instance never took them (and backs up no single service's data). Its
+    // monitoring is the server's own `managed.monitoring`, with the class's
+    // exporter image.
     let mut class = found.class.clone();
     class.spec.backup = None;
-    class.spec.monitoring = None;
+    class.spec.monitoring = class.spec.monitoring.map(|m| ClassMonitoringSpec {
+        exporter_image: m.exporter_image,
+        ..Default::default()
+    });
     let db =
         validate::validate(&sdb, &class, None).map_err(|e| Error::Invalid(managed_field(e)))?;
     let Some(owner) = server.controller_owner_ref(&()) else {
@@ -223,5 +230,18 @@ mod tests {
         let external = server(serde_json::json!({"engine": "Redis",
             "external": {"host": "r", "port": 6379, "adminSecretRef": {"name": "a"}}}));
         assert!(as_service_database(&external).is_none());
+    }
+
+    #[test]
+    fn a_monitored_managed_server_is_a_monitored_instance() {
+        let unmonitored = server(serde_json::json!({"engine": "Postgres", "managed": {}}));
+        assert_eq!(
+            as_service_database(&unmonitored).unwrap().spec.monitoring,
+            None
+        );
+        let monitored = server(serde_json::json!({"engine": "Postgres",
+            "managed": {"monitoring": {"enabled": true}}}));
+        let sdb = as_service_database(&monitored).unwrap();
+        assert_eq!(sdb.spec.monitoring.and_then(|m| m.enabled), Some(true));
     }
 }

@@ -50,25 +50,43 @@ pub fn api_resource(kind: &str) -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(GROUP, VERSION, kind))
 }
 
-/// The objects of one monitored ServiceDatabase.
+/// The objects of one monitored ServiceDatabase, or of a managed
+/// DatabaseServer's instance.
 #[derive(Clone, Debug)]
 pub struct Monitoring {
-    pub rule: DynamicObject,
-    /// Dedicated instances only: a shared server's exporter is scraped
-    /// through its DatabaseServer.
+    /// The ServiceDatabase's alerts; none for a DatabaseServer's instance
+    /// (its databases' rules carry their own alerts).
+    pub rule: Option<DynamicObject>,
+    /// Dedicated instances and managed servers: a database on a shared
+    /// server is scraped through its DatabaseServer's exporter.
     pub pod_monitor: Option<DynamicObject>,
 }
 
+/// The label a managed DatabaseServer's exporter series get instead of
+/// [`SERVICE_DATABASE_LABEL`].
+pub const DATABASE_SERVER_LABEL: &str = "database_server";
+
 /// The Prometheus Operator objects of `db`; `None` when monitoring is off.
+/// When `owner` is a DatabaseServer (the instance of a managed server),
+/// only its PodMonitor, its series labelled `database_server`.
 pub fn build(
     db: &ValidatedDatabase,
     facts: &OperatorFacts,
     owner: &OwnerReference,
 ) -> Option<Monitoring> {
     db.monitoring.as_ref()?;
+    if owner.kind == "DatabaseServer" {
+        return Some(Monitoring {
+            rule: None,
+            pod_monitor: Some(pod_monitor(db, owner, DATABASE_SERVER_LABEL, &owner.name)),
+        });
+    }
     Some(Monitoring {
-        rule: prometheus_rule(db, &facts.runbook_url, owner),
-        pod_monitor: db.server.is_none().then(|| pod_monitor(db, owner)),
+        rule: Some(prometheus_rule(db, &facts.runbook_url, owner)),
+        pod_monitor: db
+            .server
+            .is_none()
+            .then(|| pod_monitor(db, owner, SERVICE_DATABASE_LABEL, &db.name)),
     })
 }
 
@@ -100,8 +118,13 @@ pub fn prometheus_rule(
 }
 
 /// A `PodMonitor` `<name>-db` for the instance's pods: the exporter's
-/// `metrics` port, every series labelled `service_database`.
-pub fn pod_monitor(db: &ValidatedDatabase, owner: &OwnerReference) -> DynamicObject {
+/// `metrics` port, every series labelled `label="value"`.
+pub fn pod_monitor(
+    db: &ValidatedDatabase,
+    owner: &OwnerReference,
+    label: &str,
+    value: &str,
+) -> DynamicObject {
     object(
         POD_MONITOR,
         db,
@@ -113,8 +136,8 @@ pub fn pod_monitor(db: &ValidatedDatabase, owner: &OwnerReference) -> DynamicObj
                 "path": "/metrics",
                 "relabelings": [{
                     "action": "replace",
-                    "targetLabel": SERVICE_DATABASE_LABEL,
-                    "replacement": db.name,
+                    "targetLabel": label,
+                    "replacement": value,
                 }],
             }],
         }),

@@ -451,7 +451,7 @@ fn the_prometheus_rule_holds_the_same_groups_and_is_owned_by_the_database() {
     let (db, sdb) = orders(Engine::Postgres, false);
     let owner = sdb.controller_owner_ref(&()).unwrap();
     let built = build(&db, &facts(), &owner).expect("monitoring on");
-    let rule = &built.rule;
+    let rule = built.rule.as_ref().expect("a ServiceDatabase has alerts");
     assert_eq!(
         rule.types
             .as_ref()
@@ -511,4 +511,27 @@ fn every_alert_has_a_section_in_docs_runbooks() {
             );
         }
     }
+}
+
+#[test]
+fn a_managed_servers_instance_gets_a_pod_monitor_labelled_by_its_server_and_no_alerts() {
+    let (db, _) = orders(Engine::Postgres, false);
+    let owner = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        api_version: "servicedb.dev/v1alpha1".into(),
+        kind: "DatabaseServer".into(),
+        name: "shared-pg".into(),
+        uid: "uid-server".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let built = build(&db, &facts(), &owner).expect("monitoring on");
+    assert!(
+        built.rule.is_none(),
+        "the server's databases carry the alerts"
+    );
+    let monitor = built.pod_monitor.expect("its exporter is scraped");
+    let relabel = &monitor.data["spec"]["podMetricsEndpoints"][0]["relabelings"][0];
+    assert_eq!(relabel["targetLabel"], "database_server");
+    assert_eq!(relabel["replacement"], "shared-pg");
+    assert_eq!(monitor.metadata.owner_references, Some(vec![owner]));
 }

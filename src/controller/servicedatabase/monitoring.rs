@@ -61,7 +61,7 @@ pub async fn apply(
         None => None,
         Some(Monitoring { rule, pod_monitor }) => {
             let objects: Vec<(&str, DynamicObject)> =
-                [(PROMETHEUS_RULE, Some(rule)), (POD_MONITOR, pod_monitor)]
+                [(PROMETHEUS_RULE, rule), (POD_MONITOR, pod_monitor)]
                     .into_iter()
                     .filter_map(|(kind, object)| Some((kind, object?)))
                     .collect();

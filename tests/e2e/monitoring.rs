@@ -481,3 +481,57 @@ async fn with_the_prometheus_operator_a_monitored_database_gets_its_rule_and_pod
     .await;
     remove_monitoring_crds(&env.client).await;
 }
+
+/// What the operator does with the Prometheus Operator's objects, for the
+/// chart's RBAC test: apply, prune when monitoring is off, remove on
+/// deletion, with the CRDs installed (and removed again after).
+pub async fn under_chart_rbac(env: &Env) {
+    install_monitoring_crds(&env.client).await;
+    let mut sdb = monitored();
+    sdb["metadata"]["name"] = json!("metered");
+    let apply = |sdb: Value| async move {
+        env.api::<ServiceDatabase>()
+            .patch(
+                "metered",
+                &PatchParams::apply("servicedb-e2e").force(),
+                &Patch::Apply(&sdb),
+            )
+            .await
+            .expect("applying metered");
+    };
+    apply(sdb.clone()).await;
+    get_when(&dynamic(env, "PrometheusRule"), "metered-db").await;
+    get_when(&dynamic(env, "PodMonitor"), "metered-db").await;
+    sdb["spec"]["monitoring"] = json!({"enabled": false});
+    apply(sdb).await;
+    wait_for(
+        "metered's monitoring objects pruned",
+        Duration::from_secs(30),
+        || async {
+            let rule = dynamic(env, "PrometheusRule")
+                .get_opt("metered-db")
+                .await
+                .ok()?;
+            let monitor = dynamic(env, "PodMonitor")
+                .get_opt("metered-db")
+                .await
+                .ok()?;
+            (rule.is_none() && monitor.is_none()).then_some(())
+        },
+    )
+    .await;
+    env.api::<ServiceDatabase>()
+        .delete("metered", &DeleteParams::default())
+        .await
+        .expect("deleting metered");
+    wait_for("metered gone", Duration::from_secs(30), || async {
+        env.api::<ServiceDatabase>()
+            .get_opt("metered")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    remove_monitoring_crds(&env.client).await;
+}

@@ -26,7 +26,6 @@ pub const VERSION: &str = "v1";
 /// Kinds servicedb makes.
 pub const PROMETHEUS_RULE: &str = "PrometheusRule";
 pub const POD_MONITOR: &str = "PodMonitor";
-pub const SERVICE_MONITOR: &str = "ServiceMonitor";
 /// The `app.kubernetes.io/component` of these objects.
 pub const COMPONENT: &str = "monitoring";
 /// The label every scraped series of a ServiceDatabase gets, and every

@@ -15,9 +15,9 @@ use kube::{Api, Client, ResourceExt};
 use super::apply::{Error, Owner, belongs_to_another, controller_uid};
 use crate::api::conditions::Observed;
 use crate::build::monitoring::{
-    GROUP, Monitoring, POD_MONITOR, PROMETHEUS_RULE, SERVICE_MONITOR, VERSION, api_resource,
+    GROUP, Monitoring, POD_MONITOR, PROMETHEUS_RULE, VERSION, api_resource,
 };
-use crate::build::{FIELD_MANAGER, LABEL_COMPONENT, instance_selectors};
+use crate::build::{FIELD_MANAGER, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY};
 
 /// Condition type: the Prometheus Operator objects of a monitored database
 /// are applied (`True`), or were skipped because the cluster does not serve
@@ -26,7 +26,7 @@ use crate::build::{FIELD_MANAGER, LABEL_COMPONENT, instance_selectors};
 pub const MONITORING_CONFIGURED: &str = "MonitoringConfigured";
 
 /// The kinds servicedb makes, in the order they are pruned.
-const KINDS: [&str; 3] = [PROMETHEUS_RULE, POD_MONITOR, SERVICE_MONITOR];
+const KINDS: [&str; 2] = [PROMETHEUS_RULE, POD_MONITOR];
 
 /// Which of [`KINDS`] the API server serves.
 async fn served(client: &Client) -> Result<BTreeSet<&'static str>, Error> {
@@ -163,10 +163,13 @@ async fn prune(
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), namespace, &api_resource(kind));
     let mut deleted = 0;
-    for selector in instance_selectors(
+    // These kinds are newer than the legacy instance label: one selector.
+    let selector = format!(
+        "{LABEL_INSTANCE}={},{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_COMPONENT}={}",
         owner.instance,
-        &format!("{LABEL_COMPONENT}={}", crate::build::monitoring::COMPONENT),
-    ) {
+        crate::build::monitoring::COMPONENT
+    );
+    {
         let list = api
             .list(&ListParams::default().labels(&selector))
             .await

@@ -634,6 +634,7 @@ async fn users_are_claimed_once_and_foreign_users_are_never_touched() {
         service: format!("shop/{uid}"),
         server: "infra/kv".into(),
         adopt_unmarked: false,
+        adopt_predecessor: false,
     };
     let (ours, theirs) = (marker("uid-a"), marker("uid-b"));
     let logins = Logins::single(Login::new("svc", "password a"));

@@ -258,6 +258,7 @@ fn marker(uid: &str, service: &str, adopt_unmarked: bool) -> Marker {
         service: service.into(),
         server: "infra/mongo".into(),
         adopt_unmarked,
+        adopt_predecessor: false,
     }
 }
 

@@ -956,6 +956,7 @@ fn marker(uid: &str, service: &str, adopt_unmarked: bool) -> Marker {
         service: service.into(),
         server: "infra/pg".into(),
         adopt_unmarked,
+        adopt_predecessor: false,
     }
 }
 

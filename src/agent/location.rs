@@ -120,21 +120,75 @@ impl BackupUrl {
     /// agent never creates the volume's root (a missing mount must fail, not
     /// fill the container's own filesystem).
     pub fn open(&self, args: &StoreArgs) -> anyhow::Result<Arc<dyn ObjectStore>> {
-        match &self.base {
-            Base::S3 { bucket, .. } => s3_store(bucket, args),
-            Base::File { dir } => {
-                let meta = std::fs::metadata(dir).with_context(|| {
-                    format!("destination directory {} is not accessible", dir.display())
-                })?;
-                if !meta.is_dir() {
-                    bail!("destination {} is not a directory", dir.display());
-                }
-                let store = LocalFileSystem::new_with_prefix(dir)
-                    .with_context(|| format!("opening directory {}", dir.display()))?
-                    .with_automatic_cleanup(true);
-                Ok(Arc::new(store))
+        open_base(&self.base, args)
+    }
+}
+
+fn open_base(base: &Base, args: &StoreArgs) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    match base {
+        Base::S3 { bucket, .. } => s3_store(bucket, args),
+        Base::File { dir } => {
+            let meta = std::fs::metadata(dir).with_context(|| {
+                format!("destination directory {} is not accessible", dir.display())
+            })?;
+            if !meta.is_dir() {
+                bail!("destination {} is not a directory", dir.display());
             }
+            let store = LocalFileSystem::new_with_prefix(dir)
+                .with_context(|| format!("opening directory {}", dir.display()))?
+                .with_automatic_cleanup(true);
+            Ok(Arc::new(store))
         }
+    }
+}
+
+/// A directory of backups (`<destination>/<namespace>/<name>`, or an S3
+/// destination's own prefix): what `list` and `restore --latest` read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupDir {
+    base: Base,
+}
+
+impl BackupDir {
+    pub fn parse(url: &str) -> anyhow::Result<BackupDir> {
+        Ok(BackupDir {
+            base: parse_base(url)?,
+        })
+    }
+
+    /// The backup `name` in this directory.
+    pub fn backup(&self, name: &str) -> anyhow::Result<BackupUrl> {
+        validate_name(name)?;
+        Ok(BackupUrl {
+            base: self.base.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// A client for the store (see [`BackupUrl::open`]).
+    pub fn open(&self, args: &StoreArgs) -> anyhow::Result<Arc<dyn ObjectStore>> {
+        open_base(&self.base, args)
+    }
+
+    /// The names of the directories right under this one (backups, finished
+    /// or not: a finished one has a manifest).
+    pub async fn names(&self, store: &dyn ObjectStore) -> anyhow::Result<Vec<String>> {
+        let prefix = match &self.base {
+            Base::S3 { prefix, .. } if !prefix.is_empty() => Some(Path::from(prefix.as_str())),
+            _ => None,
+        };
+        let listed = store
+            .list_with_delimiter(prefix.as_ref())
+            .await
+            .context("listing the backups")?;
+        let mut names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .filter_map(|dir| dir.filename().map(str::to_owned))
+            .filter(|name| validate_name(name).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
     }
 }
 

@@ -82,6 +82,19 @@ pub enum Command {
     Verify(RestoreArgs),
     /// Remove a backup (success if it does not exist).
     Delete(DeleteArgs),
+    /// List the completed backups in a directory of backups, oldest first:
+    /// one JSON line each, its `name` and manifest.
+    List(ListArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ListArgs {
+    /// The directory of backups: `<destination>/<namespace>/<name>`, such
+    /// as `s3://backups/shop/orders`.
+    #[arg(long, env = "SERVICEDB_FROM")]
+    pub from: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,9 +117,17 @@ pub struct BackupArgs {
 pub struct RestoreArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// The backup: `<destination>/<backup-name>`.
+    /// The backup: `<destination>/<backup-name>`; with `--latest`, the
+    /// directory of backups to choose from.
     #[arg(long, env = "SERVICEDB_FROM")]
     pub from: String,
+    /// `restore` only: load the latest completed backup in the directory
+    /// `--from` (by its manifest's `completedAt`).
+    #[arg(long)]
+    pub latest: bool,
+    /// With `--latest`: the latest completed before this time (RFC 3339).
+    #[arg(long, requires = "latest")]
+    pub before: Option<String>,
     /// Directory for the downloaded archive (it is checked before loading,
     /// so it is stored whole); default: the system's temporary directory.
     #[arg(long, env = "SERVICEDB_WORK_DIR")]
@@ -137,10 +158,14 @@ pub struct DeleteArgs {
 /// Runs one agent command to its end; returns the process's exit code.
 pub fn main(args: Args) -> i32 {
     init_logging();
+    if let Command::List(list_args) = &args.command {
+        return list_main(list_args);
+    }
     let report_args = match &args.command {
         Command::Backup(a) => &a.report,
         Command::Restore(a) | Command::Verify(a) => &a.report,
         Command::Delete(a) => &a.report,
+        Command::List(_) => unreachable!("handled above"),
     };
     let password = match Secret::from_env() {
         Ok(password) => password,
@@ -235,7 +260,100 @@ async fn run(args: Args, password: Secret) -> anyhow::Result<Outcome> {
             })
             .await
         }
+        Command::List(_) => unreachable!("handled by list_main"),
     }
+}
+
+/// `list`: no database, no password, no termination log; the backups on
+/// stdout, an error on stderr.
+fn list_main(args: &ListArgs) -> i32 {
+    let listed = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(list(args)));
+    match listed {
+        Ok(backups) => {
+            for (name, manifest) in backups {
+                let mut line = serde_json::to_value(&manifest).unwrap_or_default();
+                line["name"] = json!(name);
+                println!("{line}");
+            }
+            0
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            1
+        }
+    }
+}
+
+/// The completed backups (those with a manifest) in the directory `from`,
+/// oldest first.
+async fn completed_backups(
+    store: &dyn ObjectStore,
+    dir: &location::BackupDir,
+) -> anyhow::Result<Vec<(String, Manifest)>> {
+    let mut found = Vec::new();
+    for name in dir.names(store).await? {
+        let url = dir.backup(&name)?;
+        match store.get(&url.manifest()).await {
+            Ok(result) => {
+                let bytes = result.bytes().await.context("reading a manifest")?;
+                match serde_json::from_slice::<Manifest>(&bytes) {
+                    Ok(manifest) => found.push((name, manifest)),
+                    Err(e) => {
+                        tracing::warn!(backup = %name, error = %e, "not a valid manifest; skipped")
+                    }
+                }
+            }
+            // An unfinished or failed run.
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e).with_context(|| format!("reading the manifest of {name}")),
+        }
+    }
+    found.sort_by_key(|(_, manifest)| completed_at(manifest));
+    Ok(found)
+}
+
+fn completed_at(manifest: &Manifest) -> Option<k8s_openapi::jiff::Timestamp> {
+    manifest.completed_at.parse().ok()
+}
+
+async fn list(args: &ListArgs) -> anyhow::Result<Vec<(String, Manifest)>> {
+    let dir = location::BackupDir::parse(&args.from)?;
+    let store = dir.open(&args.store)?;
+    completed_backups(store.as_ref(), &dir).await
+}
+
+/// The backup `restore --latest` loads: the latest completed in the
+/// directory `from`, before `before` if given.
+async fn latest(
+    store: &dyn ObjectStore,
+    from: &str,
+    before: Option<&str>,
+) -> anyhow::Result<BackupUrl> {
+    let dir = location::BackupDir::parse(from)?;
+    let before = before
+        .map(|t| {
+            t.parse::<k8s_openapi::jiff::Timestamp>()
+                .with_context(|| format!("--before {t:?} is not an RFC 3339 time"))
+        })
+        .transpose()?;
+    let chosen = completed_backups(store, &dir)
+        .await?
+        .into_iter()
+        .rfind(|(_, manifest)| {
+            before.is_none_or(|before| completed_at(manifest).is_some_and(|at| at < before))
+        });
+    let Some((name, _)) = chosen else {
+        match before {
+            Some(before) => bail!("no backup under {from} completed before {before}"),
+            None => bail!("no completed backup under {from}"),
+        }
+    };
+    info!(backup = %name, "chose the latest backup");
+    dir.backup(&name)
 }
 
 async fn until_signal<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
@@ -382,8 +500,15 @@ async fn restore_into(
 }
 
 async fn restore(args: &RestoreArgs, password: Secret) -> anyhow::Result<(Manifest, f64)> {
-    let url = BackupUrl::from_backup(&args.from)?;
-    let store = url.open(&args.store)?;
+    let (url, store) = if args.latest {
+        let store = location::BackupDir::parse(&args.from)?.open(&args.store)?;
+        let url = latest(store.as_ref(), &args.from, args.before.as_deref()).await?;
+        (url, store)
+    } else {
+        let url = BackupUrl::from_backup(&args.from)?;
+        let store = url.open(&args.store)?;
+        (url, store)
+    };
     let manifest = read_manifest(store.as_ref(), &url).await?;
     let mut engine = Engine::connect(&args.database, password).await?;
     let seconds = restore_into(
@@ -406,6 +531,9 @@ async fn verify(args: &RestoreArgs, password: Secret) -> anyhow::Result<Outcome>
     // the agent never drops or empties a database it was not told is
     // scratch.
     use crate::instance::EngineKind;
+    if args.latest {
+        bail!("--latest is for restore: verify names one backup in --from");
+    }
     let database = args.database.database.as_deref().unwrap_or_default();
     let scratch_name = database.ends_with("_verify") || database.ends_with("-verify");
     let engine = args.database.engine;

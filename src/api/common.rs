@@ -350,3 +350,45 @@ pub fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars:
     );
     schema
 }
+
+/// Where and how the database's pods run, and the pods of its backup,
+/// verify and restore Jobs. Each field the ServiceDatabase leaves unset comes
+/// from its class's `pod`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSettings {
+    /// Nodes the pods may run on, by label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<std::collections::BTreeMap<String, String>>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>>,
+    /// Node and pod (anti-)affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    /// How the pods spread over zones and nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints:
+        Option<Vec<k8s_openapi::api::core::v1::TopologySpreadConstraint>>,
+    /// The pods' PriorityClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Secrets (this namespace) to pull the images with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>>,
+    /// Extra labels on the pods; servicedb's own (`servicedb.dev/*`,
+    /// `app.kubernetes.io/*`) cannot be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('servicedb.dev/') && !k.startsWith('app.kubernetes.io/'))").message("servicedb.dev/ and app.kubernetes.io/ labels are servicedb's own"))]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Extra annotations on the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
+    /// The uid the engine runs as, its group and the volume's group: the
+    /// image's own (999 for Debian's postgres and redis) when unset. Set it
+    /// for images built with another user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2147483647))]
+    pub run_as_user: Option<i64>,
+}

@@ -103,6 +103,10 @@ pub struct DatabaseClassSpec {
     /// when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption: Option<Disruption>,
+
+    /// Default `pod` settings of the class's databases, field by field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<super::common::PodSettings>,
 }
 
 /// A class's backup defaults.

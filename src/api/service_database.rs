@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    BackupSpec, CredentialsSpec, DeletionPolicy, Disruption, Engine, Isolation, MonitoringSpec,
-    ObjectRef, OwnerSpec, Resources, StorageSpec, conditions_schema,
+    BackupDestination, BackupSpec, CredentialsSpec, DeletionPolicy, Disruption, Engine, Isolation,
+    MonitoringSpec, ObjectRef, OwnerSpec, PodSettings, Resources, StorageSpec, conditions_schema,
 };
 
 /// One service's private database: the engine, how it is isolated from other
@@ -104,6 +104,13 @@ pub struct ServiceDatabaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disruption: Option<Disruption>,
 
+    /// Scheduling and images of the database's pods and its Jobs' pods:
+    /// nodeSelector, tolerations, affinity, topologySpreadConstraints,
+    /// priorityClassName, imagePullSecrets, extra labels and annotations,
+    /// runAsUser. Each field unset here comes from the class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodSettings>,
+
     /// Prometheus monitoring: the engine's exporter next to the database.
     /// Defaults from the class, which may require it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,14 +146,51 @@ pub struct RedisSpec {
     pub scripting: bool,
 }
 
-/// Where a new database's initial contents come from.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Where a new database's initial contents come from: one of
+/// `fromBackup` or `fromArchive`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.fromBackup) && has(self.fromArchive))").message("set one of fromBackup or fromArchive"))]
 pub struct BootstrapSpec {
     /// Restore this `DatabaseBackup` (same namespace, phase `Completed`) into
     /// the new database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from_backup: Option<super::common::LocalObjectRef>,
+    /// Restore an archive found in object storage or on a volume, without a
+    /// `DatabaseBackup` object: disaster recovery after the namespace or the
+    /// cluster was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_archive: Option<ArchiveSource>,
+}
+
+/// Backups written to a destination by an earlier ServiceDatabase
+/// (`<destination>/<namespace>/<name>/<backup>/`), read from the store alone.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.backup) && has(self.before))").message("set backup or before, not both"))]
+pub struct ArchiveSource {
+    /// Where the backups were written, as `spec.backup.destination` named
+    /// it (an S3 `prefix`, if it had one, included).
+    pub destination: BackupDestination,
+    /// `namespace/name` of the ServiceDatabase whose backups these are;
+    /// this one's own when unset. Ignored when the S3 destination has a
+    /// `prefix` (backups were then written right under it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 317))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("must be namespace/name"))]
+    pub source: Option<String>,
+    /// The backup to restore (its directory's name, such as
+    /// `orders-db-backup-29012345`); the latest completed one when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]+$') && self != '.' && self != '..'").message("must be a backup's directory name"))]
+    pub backup: Option<String>,
+    /// With no `backup`: the latest backup completed before this time
+    /// (RFC 3339, such as `2026-12-01T00:00:00Z`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}([.][0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$')").message("must be an RFC 3339 time such as 2026-12-01T00:00:00Z"))]
+    #[schemars(length(max = 64))]
+    pub before: Option<String>,
 }
 
 /// Lifecycle phase, a summary of the conditions for humans.

@@ -221,15 +221,33 @@ pub fn verify_cronjob(
 }
 
 /// The one restore of `spec.bootstrap.fromBackup` into a new database.
+/// Which backup a restore loads from its location.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pick {
+    /// The location is one backup's directory.
+    This,
+    /// The location holds backups' directories: the latest completed one,
+    /// or the latest completed before a time (RFC 3339); chosen by the
+    /// agent when it runs.
+    Latest { before: Option<String> },
+}
+
 pub fn restore_job(
     db: &ValidatedDatabase,
     from: &Archive,
+    pick: &Pick,
     facts: &OperatorFacts,
     owner: &OwnerReference,
 ) -> Job {
     let mut args = vec!["agent".into(), "restore".into()];
     args.extend(connection_args(db, &db.database));
     args.extend(["--from".into(), from.location.clone()]);
+    if let Pick::Latest { before } = pick {
+        args.push("--latest".into());
+        if let Some(before) = before {
+            args.extend(["--before".into(), before.clone()]);
+        }
+    }
     args.extend(s3_args(&from.destination));
     args.extend(["--termination-log".into(), TERMINATION_LOG.into()]);
     let pod = agent_pod(
@@ -559,7 +577,7 @@ fn agent_pod(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     };
-    PodTemplateSpec {
+    let template = PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(labels(db, component)),
             ..Default::default()
@@ -568,9 +586,10 @@ fn agent_pod(
             init_containers: Some(vec![install_container(facts)]),
             containers: vec![container],
             volumes: Some(volumes),
-            ..pod_defaults(db.engine_spec.run_as_user())
+            ..pod_defaults(super::run_as_user(db))
         }),
-    }
+    };
+    super::with_pod_settings(db, template)
 }
 
 fn job(metadata: ObjectMeta, pod: PodTemplateSpec, backoff_limit: i32) -> Job {

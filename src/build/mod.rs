@@ -245,3 +245,48 @@ pub fn object_meta(
 mod monitoring_tests;
 #[cfg(test)]
 mod tests;
+
+/// The uid (and gid, and volume group) the engine's processes run as:
+/// `pod.runAsUser`, else the image's own.
+pub fn run_as_user(db: &ValidatedDatabase) -> i64 {
+    db.pod
+        .run_as_user
+        .unwrap_or_else(|| db.engine_spec.run_as_user())
+}
+
+/// `spec.pod` (over the class's) on a pod template: scheduling, pull
+/// Secrets, extra labels and annotations. servicedb's own labels win (the
+/// CRD refuses theirs among the extra ones).
+pub fn with_pod_settings(
+    db: &ValidatedDatabase,
+    mut template: k8s_openapi::api::core::v1::PodTemplateSpec,
+) -> k8s_openapi::api::core::v1::PodTemplateSpec {
+    let settings = &db.pod;
+    let meta = template.metadata.get_or_insert_with(Default::default);
+    if let Some(extra) = &settings.labels {
+        let labels = meta.labels.get_or_insert_with(Default::default);
+        for (key, value) in extra {
+            labels.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    if let Some(extra) = &settings.annotations {
+        let annotations = meta.annotations.get_or_insert_with(Default::default);
+        for (key, value) in extra {
+            annotations
+                .entry(key.clone())
+                .or_insert_with(|| value.clone());
+        }
+    }
+    if let Some(pod) = template.spec.as_mut() {
+        pod.node_selector.clone_from(&settings.node_selector);
+        pod.tolerations.clone_from(&settings.tolerations);
+        pod.affinity.clone_from(&settings.affinity);
+        pod.topology_spread_constraints
+            .clone_from(&settings.topology_spread_constraints);
+        pod.priority_class_name
+            .clone_from(&settings.priority_class_name);
+        pod.image_pull_secrets
+            .clone_from(&settings.image_pull_secrets);
+    }
+    template
+}

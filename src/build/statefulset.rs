@@ -41,7 +41,7 @@ pub const EXPORTER_CONTAINER: &str = "exporter";
 pub const DATA_VOLUME: &str = "data";
 
 pub fn build(db: &ValidatedDatabase, facts: &OperatorFacts, owner: &OwnerReference) -> StatefulSet {
-    let uid = db.engine_spec.run_as_user();
+    let uid = super::run_as_user(db);
     let binary = format!("{BIN_DIR}/servicedb");
     let pod_labels = labels(db, "database");
 
@@ -134,13 +134,16 @@ pub fn build(db: &ValidatedDatabase, facts: &OperatorFacts, owner: &OwnerReferen
                 match_labels: Some(selector_labels(db)),
                 ..Default::default()
             },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(pod_labels.clone()),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
+            template: super::with_pod_settings(
+                db,
+                PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(pod_labels.clone()),
+                        ..Default::default()
+                    }),
+                    spec: Some(pod),
+                },
+            ),
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
                     name: Some(DATA_VOLUME.into()),

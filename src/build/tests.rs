@@ -1057,7 +1057,7 @@ mod backups {
         };
         assert!(verify.scratch, "each run empties its scratch target");
 
-        let restore = backup::restore_job(&db, &archive, &facts(), &owner());
+        let restore = backup::restore_job(&db, &archive, &backup::Pick::This, &facts(), &owner());
         assert_eq!(restore.metadata.name.as_deref(), Some("orders-db-restore"));
         let pod = restore.spec.unwrap().template.spec.unwrap();
         let args = pod.containers[0].args.clone().unwrap();
@@ -1202,7 +1202,7 @@ mod backups {
             ),
             (
                 "restore",
-                backup::restore_job(&db, &archive, &facts(), &owner())
+                backup::restore_job(&db, &archive, &backup::Pick::This, &facts(), &owner())
                     .spec
                     .unwrap(),
                 backup::AGENT_DEADLINE_SECONDS,

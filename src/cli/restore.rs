@@ -181,10 +181,12 @@ pub fn new_database(
         backup: None,
         monitoring: None,
         disruption: source.disruption,
+        pod: source.pod.clone(),
         // Scripting is the service's choice for its data: kept.
         redis: source.redis.clone(),
         deletion_policy: Default::default(),
         bootstrap: Some(BootstrapSpec {
+            from_archive: None,
             from_backup: Some(crate::api::common::LocalObjectRef {
                 name: backup.to_string(),
             }),

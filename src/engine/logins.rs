@@ -124,7 +124,10 @@ pub fn twin_in_use(owner: &str, logins: &Logins) -> String {
 /// role, database, schema and ACL user servicedb makes on a shared server
 /// carries it (PostgreSQL `COMMENT ON`, a Redis ACL key pattern); an object
 /// of one of the service's names without it, or with another UID, is never
-/// adopted, changed or dropped.
+/// adopted, changed or dropped, with one exception: what servicedb made for
+/// an earlier ServiceDatabase of the same namespace and name
+/// ([`Mark::Predecessor`]), which a GitOps re-apply after a deletion with
+/// `deletionPolicy: Retain` takes over.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Marker {
     pub uid: String,
@@ -135,6 +138,14 @@ pub struct Marker {
     /// The ServiceDatabase was given its logins before servicedb marked what
     /// it made: its unmarked objects are its own (they are marked now).
     pub adopt_unmarked: bool,
+    /// What servicedb made for an earlier ServiceDatabase of the same
+    /// `namespace/name` is this one's to take over ([`Mark::Predecessor`]).
+    /// Two objects of one namespace and name never exist at once, so the
+    /// earlier one is gone and left its data behind (`deletionPolicy:
+    /// Retain`). Set when provisioning; never when dropping, so deleting a
+    /// ServiceDatabase that never took its predecessor's data over leaves
+    /// that data as it is.
+    pub adopt_predecessor: bool,
 }
 
 /// What a marker read back from the server says about an object.
@@ -146,6 +157,10 @@ pub enum Mark {
     Unmarked,
     /// Made by servicedb for another ServiceDatabase (`namespace/name`).
     Foreign(String),
+    /// Made by servicedb for an earlier ServiceDatabase of this one's
+    /// namespace and name (only with [`Marker::adopt_predecessor`]): this
+    /// one's own, to be marked anew.
+    Predecessor,
 }
 
 /// The prefix of the marker text, what the parser looks for.
@@ -182,12 +197,23 @@ impl Marker {
         match parsed {
             None => Mark::Unmarked,
             Some(text) if text.uid == self.uid => Mark::Ours,
+            Some(text) if self.adopt_predecessor && text.service_database == self.service => {
+                Mark::Predecessor
+            }
             Some(text) if text.service_database.is_empty() => {
                 Mark::Foreign(format!("uid {}", text.uid))
             }
             Some(text) => Mark::Foreign(text.service_database),
         }
     }
+}
+
+/// The uid a marker text names (`None` for any other text).
+pub fn marked_uid(text: &str) -> Option<String> {
+    let json = text.trim().strip_prefix(MARKER_PREFIX)?;
+    serde_json::from_str::<MarkerText>(json)
+        .ok()
+        .map(|text| text.uid)
 }
 
 /// The identity a rotation switches to: the other one of the pair (an
@@ -273,6 +299,7 @@ mod tests {
             service: "shop/orders".into(),
             server: "infra/pg".into(),
             adopt_unmarked: false,
+            adopt_predecessor: false,
         };
         let text = marker.text();
         assert!(
@@ -292,6 +319,44 @@ mod tests {
             marker.read(Some(&other.text())),
             Mark::Foreign("shop/orders-b".into())
         );
+    }
+
+    #[test]
+    fn only_an_earlier_one_of_the_same_namespace_and_name_is_a_predecessor() {
+        let earlier = Marker {
+            uid: "3f2a".into(),
+            service: "shop/orders".into(),
+            server: "infra/pg".into(),
+            adopt_unmarked: false,
+            adopt_predecessor: false,
+        };
+        let now = Marker {
+            uid: "77e0".into(),
+            adopt_predecessor: true,
+            ..earlier.clone()
+        };
+        assert_eq!(now.read(Some(&earlier.text())), Mark::Predecessor);
+        // Dropping never takes over what it did not make.
+        let dropping = Marker {
+            adopt_predecessor: false,
+            ..now.clone()
+        };
+        assert_eq!(
+            dropping.read(Some(&earlier.text())),
+            Mark::Foreign("shop/orders".into())
+        );
+        // `shop-orders/x` is another ServiceDatabase, whatever its names.
+        let neighbour = Marker {
+            service: "shop/orders-x".into(),
+            ..earlier.clone()
+        };
+        assert_eq!(
+            now.read(Some(&neighbour.text())),
+            Mark::Foreign("shop/orders-x".into())
+        );
+        // A marker without a namespace and name is never a predecessor.
+        let bare = r#"servicedb:{"uid":"3f2a"}"#;
+        assert_eq!(now.read(Some(bare)), Mark::Foreign("uid 3f2a".into()));
     }
 
     #[test]

@@ -722,6 +722,10 @@ pub enum Claim {
     /// No claim, and neither data nor users (or unmarked, and the service
     /// was given its logins before claims existed): free to claim.
     Free,
+    /// Claimed for an earlier ServiceDatabase of the same namespace and
+    /// name (only with [`Marker::adopt_predecessor`]): this one takes the
+    /// claim, the database and its users over.
+    Predecessor,
 }
 
 /// Reads the claim on `db`: an error ([`UserError::NotOurs`]) when another
@@ -751,10 +755,16 @@ pub async fn check_claim(client: &Client, db: &str, marker: &Marker) -> Result<C
         .iter()
         .filter_map(Bson::as_document)
         .next()
-        .map(|claim| claim.get_str("uid").unwrap_or_default().to_owned());
+        .map(|claim| {
+            let field = |name| claim.get_str(name).unwrap_or_default().to_owned();
+            (field("uid"), field("serviceDatabase"))
+        });
     match claim {
-        Some(uid) if uid == marker.uid => return Ok(Claim::Ours),
-        Some(other) => return Err(refused(Some(other))),
+        Some((uid, _)) if uid == marker.uid => return Ok(Claim::Ours),
+        Some((_, service)) if marker.adopt_predecessor && service == marker.service => {
+            return Ok(Claim::Predecessor);
+        }
+        Some((other, _)) => return Err(refused(Some(other))),
         None if marker.adopt_unmarked => return Ok(Claim::Free),
         None => {}
     }
@@ -794,8 +804,10 @@ pub async fn check_claim(client: &Client, db: &str, marker: &Marker) -> Result<C
 /// Claims `db` for the service, once: of two services claiming it in the
 /// same instant, the second insert fails on the unique `_id`.
 pub async fn claim_database(client: &Client, db: &str, marker: &Marker) -> Result<(), UserError> {
-    if check_claim(client, db, marker).await? == Claim::Ours {
-        return Ok(());
+    match check_claim(client, db, marker).await? {
+        Claim::Ours => return Ok(()),
+        Claim::Predecessor => return take_over_claim(client, db, marker).await,
+        Claim::Free => {}
     }
     let claim = doc! {
         "_id": db,
@@ -830,6 +842,34 @@ pub async fn claim_database(client: &Client, db: &str, marker: &Marker) -> Resul
             code,
             code_name: String::new(),
             message,
+        }),
+    }
+}
+
+/// Passes the claim an earlier ServiceDatabase of the same namespace and
+/// name left on `db` to the service. Only one ServiceDatabase of a
+/// namespace and name exists at a time, so nobody else can be taking it.
+async fn take_over_claim(client: &Client, db: &str, marker: &Marker) -> Result<(), UserError> {
+    tracing::info!(database = %db, service = %marker.service, "taking over the database an earlier ServiceDatabase of this namespace and name left");
+    let update = doc! {
+        "q": { "_id": db, "serviceDatabase": &marker.service },
+        "u": { "$set": { "uid": &marker.uid, "server": &marker.server } },
+    };
+    run(
+        client,
+        CLAIMS_DATABASE,
+        "take over the claim",
+        doc! { "update": CLAIMS, "updates": [update] },
+        "",
+    )
+    .await?;
+    match check_claim(client, db, marker).await? {
+        Claim::Ours => Ok(()),
+        // Changed in between: refused like any claim that is not ours.
+        Claim::Free | Claim::Predecessor => Err(UserError::NotOurs {
+            database: db.to_owned(),
+            service: marker.service.clone(),
+            holder: None,
         }),
     }
 }

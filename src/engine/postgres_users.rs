@@ -16,7 +16,9 @@
 //! refused before anything is written ([`UserError::NotOurs`]) and never
 //! changed or dropped; a database or schema left unmarked but owned by the
 //! service's own marked role (CREATE DATABASE cannot share a transaction
-//! with its comment) is marked. Dedicated instances pass no marker.
+//! with its comment) is marked. What servicedb made for an earlier
+//! ServiceDatabase of the same namespace and name ([`Mark::Predecessor`]) is
+//! marked for this one. Dedicated instances pass no marker.
 //!
 //! Passwords only ever travel as SCRAM-SHA-256 verifiers, so the cleartext
 //! never reaches the server, its logs or `pg_stat_activity`; whether a stored
@@ -672,10 +674,18 @@ async fn ensure_twin(
 ) -> Result<Outcome, UserError> {
     if password.is_none() {
         let mut outcome = Outcome::default();
-        let ours = match marker {
-            Some(marker) => ours(check_role(client, marker, twin).await)?.is_ours(),
-            None => true,
+        let found = match marker {
+            Some(marker) => ours(check_role(client, marker, twin).await)?,
+            None => Found::Ours { marked: true },
         };
+        if let Some(marker) = marker
+            && found == (Found::Ours { marked: false })
+        {
+            // A predecessor's (or a legacy unmarked) twin is this one's now.
+            mark(client, "ROLE", twin, marker).await?;
+            outcome.role_attributes_fixed = true;
+        }
+        let ours = found.is_ours();
         if ours && fetch_role(client, twin).await?.is_some_and(|r| r.login) {
             execute(
                 client,
@@ -1010,7 +1020,8 @@ async fn roles_to_drop(
         let droppable = match marker {
             None => true,
             Some(marker) if twin == logins::legacy_twin(owner) => {
-                marker.read(role_comment(client, &twin).await?.flatten().as_deref()) == Mark::Ours
+                let mark = marker.read(role_comment(client, &twin).await?.flatten().as_deref());
+                matches!(mark, Mark::Ours | Mark::Predecessor)
             }
             Some(marker) => ours(check_role(client, marker, &twin).await)?.is_ours(),
         };
@@ -1041,7 +1052,10 @@ async fn retire_legacy_twin(
         return Ok(Outcome::default());
     };
     if let Some(marker) = marker
-        && marker.read(comment.as_deref()) != Mark::Ours
+        && !matches!(
+            marker.read(comment.as_deref()),
+            Mark::Ours | Mark::Predecessor
+        )
     {
         return Ok(Outcome::default());
     }
@@ -1075,6 +1089,18 @@ fn ours(found: Result<Found, UserError>) -> Result<Found, UserError> {
     }
 }
 
+/// Whether the service's owner role `role` was made for an earlier
+/// ServiceDatabase of the same namespace and name (and is not yet taken
+/// over): what it holds was kept, not made new.
+pub async fn left_by_predecessor(
+    client: &Client,
+    role: &str,
+    marker: &Marker,
+) -> Result<bool, UserError> {
+    let comment = role_comment(client, role).await?.flatten();
+    Ok(marker.read(comment.as_deref()) == Mark::Predecessor)
+}
+
 /// Whether `role` exists and is this service's (marked for it, or a legacy
 /// one it may adopt): what may be switched off for it. A foreign or
 /// unmarked role is not an error here: it is simply not the service's.
@@ -1092,7 +1118,7 @@ fn not_ours(kind: &str, name: &str, marker: &Marker, mark: Mark) -> UserError {
         service: marker.service.clone(),
         holder: match mark {
             Mark::Foreign(holder) => Some(holder),
-            Mark::Ours | Mark::Unmarked => None,
+            Mark::Ours | Mark::Unmarked | Mark::Predecessor => None,
         },
     }
 }
@@ -1105,6 +1131,8 @@ async fn check_role(client: &Client, marker: &Marker, role: &str) -> Result<Foun
     };
     match marker.read(comment.as_deref()) {
         Mark::Ours => Ok(Found::Ours { marked: true }),
+        // Marked anew by the caller: this ServiceDatabase's from now on.
+        Mark::Predecessor => Ok(Found::Ours { marked: false }),
         Mark::Unmarked if marker.adopt_unmarked => Ok(Found::Ours { marked: false }),
         mark => Err(not_ours("role", role, marker, mark)),
     }
@@ -1201,7 +1229,7 @@ fn owned(
 ) -> Result<Found, UserError> {
     match marker.read(comment.as_deref()) {
         Mark::Ours => Ok(Found::Ours { marked: true }),
-        Mark::Unmarked if owner_found.is_ours() && found_owner == owner => {
+        Mark::Unmarked | Mark::Predecessor if owner_found.is_ours() && found_owner == owner => {
             Ok(Found::Ours { marked: false })
         }
         mark => Err(not_ours(kind, name, marker, mark)),

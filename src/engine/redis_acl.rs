@@ -62,9 +62,12 @@
 //!   `ACL GETUSER`. A pub/sub channel holds nothing and nobody listens on
 //!   it, so the marker grants nothing of use. A user of the service's name
 //!   without it is never changed or deleted. Before a new user is made, the
-//!   name is claimed with `SET servicedb-claim:<user> <uid> NX` ([`claim`]):
-//!   of two services racing for one name only one can set it. No service's
-//!   key pattern reaches it (prefixes hold no `-`).
+//!   name is claimed with `SET servicedb-claim:<user> <marker> NX`
+//!   ([`claim`], the marker text naming uid and `namespace/name`; a bare uid
+//!   in claims made before): of two services racing for one name only one
+//!   can set it. No service's key pattern reaches it (prefixes hold no `-`).
+//!   A user an earlier ServiceDatabase of the same namespace and name made
+//!   (its claim says so) passes to the new one, claim and marker.
 //!
 //! Known limits, inherent to Redis ACLs: SCAN, RANDOMKEY, DBSIZE, PUBSUB
 //! CHANNELS and broadcast-mode CLIENT TRACKING reveal the *names* (never the
@@ -73,7 +76,7 @@
 
 use std::fmt::Write as _;
 
-use crate::engine::logins::{Login, Logins, Marker};
+use crate::engine::logins::{Login, Logins, Mark, Marker};
 use redis::aio::ConnectionLike;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 use sha2::{Digest, Sha256};
@@ -213,20 +216,32 @@ pub async fn user_is_ours(
     marker: &Marker,
 ) -> Result<bool, AclError> {
     match check_user(conn, username, marker).await {
-        Ok(found) => Ok(found.is_some()),
+        Ok(found) => Ok(found != Found::Missing),
         Err(AclError::NotOurs { .. }) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
-/// Whether `username` is this service's: `None` when there is no such user;
-/// an error when it exists without the service's marker (and the service
-/// was not given its logins before markers existed).
+/// Whose a user of the service's name is, when it may be the service's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Missing,
+    /// Marked for this ServiceDatabase (or a legacy unmarked one it may
+    /// adopt).
+    Ours,
+    /// Made for an earlier ServiceDatabase of the same namespace and name,
+    /// as its claim says: this one takes the claim and the marker over.
+    Predecessor,
+}
+
+/// Whether `username` is this service's; an error when it exists without
+/// the service's marker (and the service was not given its logins before
+/// markers existed) and is not its predecessor's.
 async fn check_user(
     conn: &mut impl ConnectionLike,
     username: &str,
     marker: &Marker,
-) -> Result<Option<()>, AclError> {
+) -> Result<Found, AclError> {
     let found: redis::Value = redis::cmd("ACL")
         .arg("GETUSER")
         .arg(username)
@@ -234,17 +249,29 @@ async fn check_user(
         .await
         .map_err(server_error("ACL GETUSER"))?;
     if matches!(found, redis::Value::Nil) {
-        return Ok(None);
+        return Ok(Found::Missing);
     }
-    match marked_uid(&found) {
-        Some(uid) if uid == marker.uid => Ok(Some(())),
-        None if marker.adopt_unmarked => Ok(Some(())),
-        holder => Err(AclError::NotOurs {
-            name: username.to_owned(),
-            service: marker.service.clone(),
-            holder,
-        }),
+    let holder = marked_uid(&found);
+    match &holder {
+        Some(uid) if *uid == marker.uid => return Ok(Found::Ours),
+        None if marker.adopt_unmarked => return Ok(Found::Ours),
+        // The user's marker holds only a uid; the claim names whose it is.
+        Some(uid) if marker.adopt_predecessor => {
+            let claim = claim_of(conn, username).await?;
+            if let Some(claim) = claim
+                && claim_uid(&claim) == *uid
+                && marker.read(Some(&claim)) == Mark::Predecessor
+            {
+                return Ok(Found::Predecessor);
+            }
+        }
+        _ => {}
     }
+    Err(AclError::NotOurs {
+        name: username.to_owned(),
+        service: marker.service.clone(),
+        holder,
+    })
 }
 
 /// The server's error code and message; the client's own message for
@@ -552,9 +579,12 @@ pub async fn ensure_user_logins(
     }
     refuse_own_user(conn, username).await?;
     if let Some(marker) = marker {
-        if check_user(conn, username, marker).await?.is_none() {
-            claim(conn, username, marker).await?;
+        match check_user(conn, username, marker).await? {
+            Found::Missing => claim(conn, username, marker).await?,
+            Found::Predecessor => take_over_claim(conn, username, marker).await?,
+            Found::Ours => {}
         }
+        // `reset` first: a predecessor's marker goes, this one's is set.
         user.rules.push(owner_rule(&marker.uid));
     }
     user.apply(conn).await
@@ -572,27 +602,73 @@ async fn claim(
     username: &str,
     marker: &Marker,
 ) -> Result<(), AclError> {
-    let key = claim_key(username);
     let _: Option<String> = redis::cmd("SET")
-        .arg(&key)
-        .arg(&marker.uid)
+        .arg(claim_key(username))
+        .arg(marker.text())
         .arg("NX")
         .query_async(conn)
         .await
         .map_err(server_error("SET claim"))?;
-    let holder: Option<String> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(conn)
-        .await
-        .map_err(server_error("GET claim"))?;
-    match holder {
-        Some(uid) if uid == marker.uid => Ok(()),
+    match claim_of(conn, username).await? {
+        Some(claim) if claim_uid(&claim) == marker.uid => Ok(()),
         holder => Err(AclError::NotOurs {
             name: username.to_owned(),
             service: marker.service.clone(),
-            holder,
+            holder: holder.map(|claim| claim_uid(&claim)),
         }),
     }
+}
+
+/// Whether the user `username` was made for an earlier ServiceDatabase of
+/// the same namespace and name (and is not yet taken over): its keys were
+/// kept, not made new.
+pub async fn left_by_predecessor(
+    conn: &mut impl ConnectionLike,
+    username: &str,
+    marker: &Marker,
+) -> Result<bool, AclError> {
+    match check_user(conn, username, marker).await {
+        Ok(found) => Ok(found == Found::Predecessor),
+        // Refused by the provisioning that follows, naming the holder.
+        Err(AclError::NotOurs { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Passes a predecessor's claim on `username` to the service. Only one
+/// ServiceDatabase of a namespace and name exists at a time, so nobody
+/// else can be taking it over.
+async fn take_over_claim(
+    conn: &mut impl ConnectionLike,
+    username: &str,
+    marker: &Marker,
+) -> Result<(), AclError> {
+    tracing::info!(user = %username, service = %marker.service, "taking over the ACL user an earlier ServiceDatabase of this namespace and name left");
+    redis::cmd("SET")
+        .arg(claim_key(username))
+        .arg(marker.text())
+        .arg("XX")
+        .query_async::<Option<String>>(conn)
+        .await
+        .map(drop)
+        .map_err(server_error("SET claim"))
+}
+
+/// The claim on `username`, as stored.
+async fn claim_of(
+    conn: &mut impl ConnectionLike,
+    username: &str,
+) -> Result<Option<String>, AclError> {
+    redis::cmd("GET")
+        .arg(claim_key(username))
+        .query_async(conn)
+        .await
+        .map_err(server_error("GET claim"))
+}
+
+/// The uid a claim names: a marker's, or the bare uid of older claims.
+fn claim_uid(claim: &str) -> String {
+    crate::engine::logins::marked_uid(claim).unwrap_or_else(|| claim.to_owned())
 }
 
 /// Deletes the service's user if it is the service's (marked for it); a
@@ -606,15 +682,13 @@ pub async fn remove_marked_user(
 ) -> Result<bool, AclError> {
     validate_username(username)?;
     let key = claim_key(username);
-    let holder: Option<String> = redis::cmd("GET")
-        .arg(&key)
-        .query_async(conn)
-        .await
-        .map_err(server_error("GET claim"))?;
+    let holder = claim_of(conn, username)
+        .await?
+        .map(|claim| claim_uid(&claim));
     let released = match check_user(conn, username, marker).await {
-        Ok(Some(())) => remove_user(conn, username).await.map(|_| true),
+        Ok(Found::Ours | Found::Predecessor) => remove_user(conn, username).await.map(|_| true),
         // No user: the name is ours to clean up unless another claimed it.
-        Ok(None) => Ok(holder.as_ref().is_none_or(|uid| *uid == marker.uid)),
+        Ok(Found::Missing) => Ok(holder.as_ref().is_none_or(|uid| *uid == marker.uid)),
         Err(AclError::NotOurs { holder, .. }) => {
             tracing::info!(user = %username, holder = ?holder, "ACL user not servicedb's for this service; left as it is");
             Ok(false)

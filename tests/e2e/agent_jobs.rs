@@ -632,3 +632,207 @@ async fn shared_databases_are_backed_up_and_restored_by_their_jobs_run_for_real(
         "the scratch database is dropped with the service"
     );
 }
+
+/// Disaster recovery from the bucket alone: the service, its
+/// `DatabaseBackup`s and its database on the server are gone; a new
+/// ServiceDatabase with `bootstrap.fromArchive` finds the backups in the
+/// bucket by its namespace and name, and the agent restores the latest one
+/// completed before a time, or the latest of all. (The API server here has
+/// no namespace controller, so the namespace itself is kept and emptied.)
+#[tokio::test]
+async fn a_database_is_recovered_from_the_bucket_alone() {
+    let env = Env::new("agent-dr").await;
+    let pg = Postgres::start_new();
+    let s3 = S3::start();
+    s3.create_bucket("backups");
+    server(&env, "pg", &pg, json!({"from": "Same"})).await;
+    let creds = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds"},
+        "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}});
+    env.api::<Secret>()
+        .patch(
+            "s3-creds",
+            &PatchParams::apply("servicedb-e2e"),
+            &Patch::Apply(&creds),
+        )
+        .await
+        .expect("S3 credentials");
+    let destination = json!({"s3": {"bucket": "backups", "endpoint": s3.endpoint,
+        "region": "us-east-1", "credentialsSecret": "s3-creds"}});
+    let on_pg = |app: &str| {
+        json!({"engine": "Postgres", "isolation": "Database", "serverRef": {"name": "pg"},
+            "owner": {"podSelector": {"matchLabels": {"app": app}}}, "deletionPolicy": "Delete"})
+    };
+    let mut orders = on_pg("orders");
+    orders["backup"] = json!({"schedule": "@daily", "destination": destination});
+    apply(&env, "orders", orders).await;
+    let sdbs: Api<ServiceDatabase> = env.api();
+    wait_phase(&sdbs, "orders", Phase::Ready).await;
+    let secrets: Api<Secret> = env.api();
+    let count_as = async |secret: &Secret| -> i64 {
+        connect(
+            pg.port,
+            &secret_value(secret, "username"),
+            &secret_value(secret, "password"),
+            &secret_value(secret, "database"),
+        )
+        .await
+        .expect("the service's login")
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("count")
+        .get(0)
+    };
+    let secret = secrets.get("orders-db").await.expect("orders-db");
+    let session = connect(
+        pg.port,
+        &secret_value(&secret, "username"),
+        &secret_value(&secret, "password"),
+        &secret_value(&secret, "database"),
+    )
+    .await
+    .expect("the service's login");
+
+    // Two backups: 500 rows, then 600.
+    let mut between = String::new();
+    for (backup, sql) in [
+        (
+            "orders-1",
+            "CREATE TABLE orders (id int PRIMARY KEY); INSERT INTO orders SELECT generate_series(1, 500);",
+        ),
+        (
+            "orders-2",
+            "INSERT INTO orders SELECT generate_series(501, 600);",
+        ),
+    ] {
+        session.batch_execute(sql).await.expect("data");
+        manual_backup(&env, backup, "orders").await;
+        let (code, message) = run_job(&env, &format!("{backup}-backup")).await;
+        assert_eq!(code, 0, "{backup}: {message}");
+        wait_backup(&env, backup, BackupPhase::Completed).await;
+        if between.is_empty() {
+            // Manifests record whole seconds.
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+            between = k8s_openapi::jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string();
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+    }
+    drop(session);
+
+    // `servicedb agent list` reads them from the bucket, oldest first.
+    let dir = format!("s3://backups/{}/orders", env.ns);
+    let listed = tokio::process::Command::new(env!("CARGO_BIN_EXE_servicedb"))
+        .args([
+            "agent",
+            "list",
+            "--from",
+            &dir,
+            "--s3-endpoint",
+            &s3.endpoint,
+        ])
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .await
+        .expect("servicedb agent list");
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let names: Vec<&str> = lines.iter().filter_map(|l| l["name"].as_str()).collect();
+    assert_eq!(names, ["orders-1", "orders-2"], "{lines:?}");
+    assert!(lines.iter().all(|l| l["engine"] == "postgres"), "{lines:?}");
+
+    // Everything in the cluster and on the server goes: the backups'
+    // records (their archives are kept), the service and its database.
+    let backups: Api<servicedb::api::DatabaseBackup> = env.api();
+    for backup in ["orders-1", "orders-2"] {
+        backups
+            .delete(backup, &Default::default())
+            .await
+            .expect("delete the record");
+    }
+    sdbs.delete("orders", &Default::default())
+        .await
+        .expect("delete the service");
+    wait_for("everything gone", Duration::from_secs(60), || async {
+        let left = backups.list(&Default::default()).await.ok()?.items.len()
+            + sdbs.list(&Default::default()).await.ok()?.items.len();
+        (left == 0).then_some(())
+    })
+    .await;
+    let admin = connect(pg.port, &pg.admin_user, &pg.admin_password, "postgres")
+        .await
+        .expect("admin");
+    let database = secret_value(&secret, "database");
+    let left: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(left, 0, "the database is dropped");
+
+    // Recovered by the same namespace and name, as of `between`: 500 rows.
+    let mut recovered = on_pg("orders");
+    recovered["bootstrap"] =
+        json!({"fromArchive": {"destination": destination, "before": between}});
+    apply(&env, "orders", recovered).await;
+    let (code, message) = run_job(&env, "orders-db-restore").await;
+    assert_eq!(code, 0, "{message}");
+    let restored: Value = serde_json::from_str(&message).expect("the restore's result");
+    assert!(
+        restored["restored"]["location"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("/orders-1")),
+        "{restored}"
+    );
+    let ready = wait_phase(&sdbs, "orders", Phase::Ready).await;
+    let cond = ready
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Restored")
+        .expect("Restored");
+    assert_eq!(cond.reason, "Restored", "{}", cond.message);
+    assert!(
+        cond.message.contains(&dir) && cond.message.contains(&between),
+        "{}",
+        cond.message
+    );
+    let secret = get_when(&secrets, "orders-db").await;
+    assert_eq!(count_as(&secret).await, 500);
+
+    // Another one from the latest of that service's backups: 600 rows.
+    let mut latest = on_pg("orders-copy");
+    latest["bootstrap"] = json!({"fromArchive": {"destination": destination,
+        "source": format!("{}/orders", env.ns)}});
+    apply(&env, "orders-copy", latest).await;
+    let (code, message) = run_job(&env, "orders-copy-db-restore").await;
+    assert_eq!(code, 0, "{message}");
+    wait_phase(&sdbs, "orders-copy", Phase::Ready).await;
+    let secret = get_when(&secrets, "orders-copy-db").await;
+    assert_eq!(count_as(&secret).await, 600);
+
+    // Nothing before the first backup: the Job fails and says so.
+    let mut too_early = on_pg("orders-early");
+    too_early["bootstrap"] = json!({"fromArchive": {"destination": destination,
+        "source": format!("{}/orders", env.ns), "before": "2020-01-01T00:00:00Z"}});
+    apply(&env, "orders-early", too_early).await;
+    let (code, message) = run_job(&env, "orders-early-db-restore").await;
+    assert_ne!(code, 0);
+    assert!(
+        message.contains("no backup under") && message.contains("2020-01-01"),
+        "{message}"
+    );
+}

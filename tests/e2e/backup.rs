@@ -1005,3 +1005,39 @@ async fn the_backup_examples_work_as_the_readme_says() {
     set_ready_replicas(&sts, "orders-staging-db", 1).await;
     get_when(&env.api::<Job>(), "orders-staging-db-restore").await;
 }
+
+/// The README's disaster-recovery example: the restore Job it makes looks
+/// for the latest backup before the given time under the database's own
+/// directory of the bucket (the agent's choice is tested in agent_jobs).
+#[tokio::test]
+async fn the_recovery_example_restores_the_latest_backup_before_its_time() {
+    let env = Env::new("backup-recovery-example").await;
+    apply_manifest(
+        &env.client,
+        &env.ns,
+        &backup_example("orders-recovered.yaml"),
+    )
+    .await;
+    let sts: Api<StatefulSet> = env.api();
+    get_when(&sts, "orders-db").await;
+    set_ready_replicas(&sts, "orders-db", 1).await;
+    let job = get_when(&env.api::<Job>(), "orders-db-restore").await;
+    let args = job
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|p| p.containers[0].args.clone().unwrap_or_default())
+        .expect("the restore container");
+    let dir = format!("s3://backups/{}/orders", env.ns);
+    for want in [dir.as_str(), "--latest", "--before", "2026-12-01T06:00:00Z"] {
+        assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
+    }
+    let (status, reason, message) =
+        wait_condition(&env, "orders", "Restored", "False", "Restoring")
+            .await
+            .status
+            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Restored"))
+            .map(|c| (c.status, c.reason, c.message))
+            .expect("Restored");
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Restoring"));
+    assert!(message.contains(&dir), "{message}");
+}

@@ -337,3 +337,106 @@ async fn a_class_gives_its_backups_and_disruption_policy_and_the_database_overri
             .await;
     }
 }
+
+/// `pod` from the class, field by field under the database's own: the
+/// database's pods and its backup Jobs' pods carry the scheduling, pull
+/// Secrets, extra labels and annotations and the uid; servicedb's own
+/// labels cannot be set.
+#[tokio::test]
+async fn pod_settings_reach_the_database_and_its_jobs() {
+    let env = Env::new("class-pod").await;
+    let class_name = format!("{}-pinned", env.ns);
+    class(
+        &env,
+        &class_name,
+        json!({"pod": {"nodeSelector": {"disk": "ssd"}, "priorityClassName": "databases",
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}],
+            "imagePullSecrets": [{"name": "mirror"}], "runAsUser": 26,
+            "labels": {"team": "platform"}}}),
+    )
+    .await;
+    database(
+        &env,
+        "orders",
+        json!({"className": class_name, "pod": {"nodeSelector": {"zone": "a"}, "labels": {"team": "orders"},
+            "annotations": {"example.com/audit": "yes"},
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}]},
+            "backup": {"schedule": "@daily", "destination": {"volume": {"claimName": "backups"}}}}),
+    )
+    .await;
+    let sts = get_when(&env.api::<StatefulSet>(), "orders-db").await;
+    let template = sts.spec.expect("spec").template;
+    let cron = get_when(&env.api::<CronJob>(), "orders-db-backup").await;
+    let job_template = cron
+        .spec
+        .expect("spec")
+        .job_template
+        .spec
+        .expect("job spec")
+        .template;
+    for (what, template) in [("database", template), ("backup", job_template)] {
+        let meta = template.metadata.expect("metadata");
+        let labels = meta.labels.expect("labels");
+        assert_eq!(
+            labels.get("team").map(String::as_str),
+            Some("orders"),
+            "{what}: the database's own"
+        );
+        assert_eq!(
+            labels.get("servicedb.dev/instance").map(String::as_str),
+            Some("orders"),
+            "{what}: servicedb's labels stay"
+        );
+        assert_eq!(
+            meta.annotations
+                .unwrap_or_default()
+                .get("example.com/audit")
+                .map(String::as_str),
+            Some("yes"),
+            "{what}"
+        );
+        let pod = template.spec.expect("pod");
+        assert_eq!(
+            pod.node_selector,
+            Some([("zone".to_string(), "a".to_string())].into()),
+            "{what}: the database's nodeSelector replaces the class's"
+        );
+        assert_eq!(
+            pod.priority_class_name.as_deref(),
+            Some("databases"),
+            "{what}: from the class"
+        );
+        assert_eq!(pod.tolerations.map(|t| t.len()), Some(1), "{what}");
+        assert_eq!(
+            pod.image_pull_secrets.map(|s| s[0].name.clone()),
+            Some("mirror".to_string()),
+            "{what}"
+        );
+        assert_eq!(
+            pod.topology_spread_constraints.map(|t| t.len()),
+            Some(1),
+            "{what}"
+        );
+        let security = pod.security_context.expect("security context");
+        assert_eq!(
+            (security.run_as_user, security.fs_group),
+            (Some(26), Some(26)),
+            "{what}"
+        );
+    }
+
+    // servicedb's own labels are refused by the API server.
+    let refused = env
+        .api::<ServiceDatabase>()
+        .patch(
+            "orders",
+            &PatchParams::apply("servicedb-e2e").force(),
+            &Patch::Apply(&json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+                "metadata": {"name": "orders"},
+                "spec": {"engine": "Postgres", "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
+                    "pod": {"labels": {"servicedb.dev/instance": "other"}}}})),
+        )
+        .await
+        .expect_err("refused");
+    assert!(refused.to_string().contains("servicedb's own"), "{refused}");
+}

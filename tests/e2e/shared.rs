@@ -436,6 +436,112 @@ async fn a_service_whose_name_meets_another_on_the_server_gets_nothing_of_it() {
     );
 }
 
+/// GitOps re-applies a ServiceDatabase that was deleted with
+/// `deletionPolicy: Retain`: the new one (another UID, the same namespace
+/// and name) takes over the login, database and data left on the server,
+/// with the password its retained Secret holds. What was left is never
+/// another name's: `<ns>/x-orders` (the same login name) is still refused,
+/// and its deletion drops nothing.
+#[tokio::test]
+async fn a_retained_database_passes_to_the_same_namespace_and_name_only() {
+    let env = Env::new("retake").await;
+    let pg = Postgres::start_new();
+    server(&env, "pg", &pg, json!({"from": "All"})).await;
+    let other_ns = format!("{}-x", env.ns);
+    ensure_namespace(&env.client, &other_ns).await;
+    let first: Api<ServiceDatabase> = Api::namespaced(env.client.clone(), &other_ns);
+    let here: Api<ServiceDatabase> = env.api();
+    let secrets = Api::<Secret>::namespaced(env.client.clone(), &other_ns);
+
+    place(&env.client, &other_ns, "orders", "pg", &env.ns, "Retain").await;
+    let before = wait_phase(&first, "orders", Phase::Ready).await;
+    let secret = get_when(&secrets, "orders-db").await;
+    let (user, password, database) = (
+        secret_value(&secret, "username"),
+        secret_value(&secret, "password"),
+        secret_value(&secret, "database"),
+    );
+    connect(pg.port, &user, &password, &database)
+        .await
+        .expect("logs in")
+        .batch_execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (1)")
+        .await
+        .expect("writes");
+    first
+        .delete("orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("orders to be gone", Duration::from_secs(30), || async {
+        first.get_opt("orders").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    // Another ServiceDatabase of the same login name gets nothing of it.
+    place(&env.client, &env.ns, "x-orders", "pg", &env.ns, "Delete").await;
+    let refused = wait_phase(&here, "x-orders", Phase::Failed).await;
+    let cond = refused
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "SpecValid")
+        .expect("SpecValid");
+    assert_eq!(cond.reason, "NameConflict", "{}", cond.message);
+    assert!(
+        cond.message.contains(&format!("{other_ns}/orders")),
+        "{}",
+        cond.message
+    );
+    here.delete("x-orders", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for("x-orders to be gone", Duration::from_secs(30), || async {
+        here.get_opt("x-orders").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    // Re-applied from Git: Ready on the data it left, with the same password.
+    place(&env.client, &other_ns, "orders", "pg", &env.ns, "Retain").await;
+    let after = wait_phase(&first, "orders", Phase::Ready).await;
+    assert_ne!(after.metadata.uid, before.metadata.uid, "a new object");
+    let secret = get_when(&secrets, "orders-db").await;
+    assert_eq!(secret_value(&secret, "username"), user);
+    assert_eq!(secret_value(&secret, "password"), password);
+    let n: i64 = connect(pg.port, &user, &password, &database)
+        .await
+        .expect("the same login and password work")
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("the data is there")
+        .get(0);
+    assert_eq!(n, 1);
+    let admin = connect(pg.port, &pg.admin_user, &pg.admin_password, "postgres")
+        .await
+        .expect("admin");
+    let uid = after.metadata.uid.expect("uid");
+    for (what, query) in [
+        (
+            "role",
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1",
+        ),
+        (
+            "database",
+            "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1",
+        ),
+    ] {
+        let name = if what == "role" { &user } else { &database };
+        let comment: Option<String> = admin
+            .query_one(query, &[name])
+            .await
+            .expect("comment")
+            .get(0);
+        assert!(
+            comment.as_deref().is_some_and(|c| c.contains(&uid)),
+            "the {what} is marked for the new ServiceDatabase: {comment:?}"
+        );
+    }
+}
+
 pub(crate) async fn redis_as(
     port: u16,
     user: &str,
@@ -624,6 +730,68 @@ async fn redis_services_share_a_server_each_confined_to_its_key_prefix() {
         kept.as_deref(),
         Some("apples"),
         "the other service's keys are untouched"
+    );
+
+    // Retain keeps the user and its keys; the ServiceDatabase re-applied
+    // (a new UID) takes them over, claim and marker, with the same password.
+    let before = here
+        .get("cart")
+        .await
+        .expect("get")
+        .metadata
+        .uid
+        .expect("uid");
+    here.delete("cart", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(
+        "the Retain cart to be gone",
+        Duration::from_secs(30),
+        || async { here.get_opt("cart").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    place_of(
+        &env.client,
+        &env.ns,
+        "cart",
+        "Redis",
+        "shared-redis",
+        &env.ns,
+        "Retain",
+    )
+    .await;
+    let after = wait_phase(&here, "cart", Phase::Ready).await;
+    let uid = after.metadata.uid.expect("uid");
+    assert_ne!(uid, before, "a new object");
+    let again = get_when(&env.api::<Secret>(), "cart-db").await;
+    assert_eq!(secret_value(&again, "password"), password);
+    let mut conn = redis_as(cache.port, &user, &password)
+        .await
+        .expect("the same login and password work");
+    let got: String = redis::cmd("GET")
+        .arg(format!("{prefix}1"))
+        .query_async(&mut conn)
+        .await
+        .expect("reads its keys");
+    assert_eq!(got, "apples", "the keys are there");
+    let claim: String = redis::cmd("GET")
+        .arg(format!("servicedb-claim:{user}"))
+        .query_async(&mut admin)
+        .await
+        .expect("claim");
+    assert!(claim.contains(&uid), "{claim}");
+    let acl: Vec<String> = redis::cmd("ACL")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .expect("ACL LIST");
+    let rules = acl
+        .iter()
+        .find(|line| line.starts_with(&format!("user {user} ")))
+        .expect("the user");
+    assert!(
+        rules.contains(&format!("&servicedb-owner:{uid}")) && !rules.contains(&before),
+        "marked for the new ServiceDatabase only: {rules}"
     );
 
     let logs = env.operator.logs();

@@ -102,6 +102,38 @@ async fn the_api_server_rejects_invalid_manifests_naming_the_field() {
             &["spec.owner", "Required value"],
         ),
         (
+            "two-bootstraps",
+            with(
+                base(),
+                json!({"bootstrap": {"fromBackup": {"name": "b"}, "fromArchive": {"destination": {"volume": {"claimName": "b"}}}}}),
+            ),
+            &["spec.bootstrap", "one of fromBackup or fromArchive"],
+        ),
+        (
+            "archive-backup-and-before",
+            with(
+                base(),
+                json!({"bootstrap": {"fromArchive": {"destination": {"volume": {"claimName": "b"}}, "backup": "b1", "before": "2026-12-01T00:00:00Z"}}}),
+            ),
+            &["spec.bootstrap.fromArchive", "backup or before, not both"],
+        ),
+        (
+            "archive-bad-before",
+            with(
+                base(),
+                json!({"bootstrap": {"fromArchive": {"destination": {"volume": {"claimName": "b"}}, "before": "yesterday"}}}),
+            ),
+            &["spec.bootstrap.fromArchive.before", "RFC 3339"],
+        ),
+        (
+            "archive-bad-source",
+            with(
+                base(),
+                json!({"bootstrap": {"fromArchive": {"destination": {"volume": {"claimName": "b"}}, "source": "orders"}}}),
+            ),
+            &["spec.bootstrap.fromArchive.source", "namespace/name"],
+        ),
+        (
             "two-destinations",
             with(
                 base(),

@@ -1,6 +1,7 @@
 //! What GitOps tools make of servicedb's objects: Argo CD's health (the Lua
-//! scripts of `contrib/argocd/`, run by a real Lua 5.4 interpreter as Argo
-//! CD runs them: the object as the global `obj`, a table `hs` returned) and
+//! scripts of `contrib/argocd/`, run by a real Lua 5.1 interpreter, the
+//! language of gopher-lua that Argo CD embeds, as Argo CD runs them: the
+//! object as the global `obj`, a table `hs` returned) and
 //! Flux's kstatus (the documented rules of sigs.k8s.io/cli-utils/pkg/kstatus
 //! for custom resources). Shared by the e2e test, which takes the objects from
 //! a real API server, and the fast test over the fixtures it saved.
@@ -31,6 +32,8 @@ pub fn script(kind: &str) -> String {
 pub fn argocd_health(obj: &Value) -> (String, String) {
     let kind = obj["kind"].as_str().expect("object has a kind");
     let lua = mlua::Lua::new();
+    let version: String = lua.globals().get("_VERSION").expect("_VERSION");
+    assert_eq!(version, "Lua 5.1", "Argo CD's gopher-lua speaks Lua 5.1");
     // Argo CD hands the object over with JSON null as nil.
     let options = SerializeOptions::new()
         .serialize_none_to_null(false)

@@ -73,7 +73,7 @@ async fn suspend(sdb: &ServiceDatabase, ctx: &Context) -> Result<Vec<String>, Er
     let Some(server) = &db.server else {
         return Ok(Vec::new());
     };
-    let Some(marker) = provision::marker(sdb, server) else {
+    let Some(marker) = provision::marker(sdb, server, false) else {
         return Ok(Vec::new());
     };
     // The own login, and the twin (of the old or the new form) while the

@@ -296,12 +296,13 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
     // Held while this reconcile works on the shared server (login checks
     // included), so that one server's tenants cannot take every slot.
     let mut pass = None;
+    let mut taken_over = false;
     if let Some(server) = &db.server {
         // Every login must work (and a retired one must not) before the
         // Secret says so. Until a requested restore completed, the login
         // the restore Job uses may load its keys (Redis: RESTORE).
         let restoring = db.restore_from.is_some() && !restore::restored(sdb);
-        let Some(marker) = provision::marker(sdb, server) else {
+        let Some(marker) = provision::marker(sdb, server, true) else {
             return Err(Error::Invalid(Invalid {
                 field: "metadata",
                 reason: "NoUid",
@@ -333,17 +334,20 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&e)).await?;
             return Err(Error::Waiting(e));
         }
-        if let Err(e) = provisioned {
-            let Error::Provision(e) = e else {
-                return Err(e);
-            };
-            let outcome = status::Outcome::ServerUnavailable {
-                db: &db,
-                message: e.to_string(),
-            };
-            let status = status::compute(sdb, &outcome, now);
-            status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
-            return Err(e.into());
+        match provisioned {
+            Ok(provisioned) => taken_over = provisioned.taken_over,
+            Err(e) => {
+                let Error::Provision(e) = e else {
+                    return Err(e);
+                };
+                let outcome = status::Outcome::ServerUnavailable {
+                    db: &db,
+                    message: e.to_string(),
+                };
+                let status = status::compute(sdb, &outcome, now);
+                status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
+                return Err(e.into());
+            }
         }
     }
     if let Some(next) = &plan.logins.next {
@@ -377,6 +381,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         sdb,
         &db,
         ready_replicas > 0,
+        taken_over,
         &ctx.facts,
         &owner,
     )
@@ -563,7 +568,7 @@ async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Erro
         return Ok(());
     };
     if let Some(server) = &db.server {
-        let Some(marker) = provision::marker(sdb, server) else {
+        let Some(marker) = provision::marker(sdb, server, false) else {
             return Ok(());
         };
         let _pass = enter_server(server, ctx)?;

@@ -54,9 +54,11 @@ impl Error {
 /// What servicedb writes on every object it makes on `server` for `sdb`
 /// (see [`Marker`]). A ServiceDatabase whose status says it was given its
 /// logins already got them from a servicedb that did not mark objects yet:
-/// its unmarked objects are its own. `None` without a uid, which the API
-/// server always gives.
-pub fn marker(sdb: &ServiceDatabase, server: &ServerFacts) -> Option<Marker> {
+/// its unmarked objects are its own. `provisioning`: what an earlier
+/// ServiceDatabase of the same namespace and name left on the server is
+/// taken over (never when dropping or suspending). `None` without a uid,
+/// which the API server always gives.
+pub fn marker(sdb: &ServiceDatabase, server: &ServerFacts, provisioning: bool) -> Option<Marker> {
     use kube::ResourceExt;
     Some(Marker {
         uid: sdb.uid().filter(|uid| !uid.is_empty())?,
@@ -66,7 +68,18 @@ pub fn marker(sdb: &ServiceDatabase, server: &ServerFacts) -> Option<Marker> {
             .status
             .as_ref()
             .is_some_and(|s| s.credentials_rotated_at.is_some()),
+        adopt_predecessor: provisioning,
     })
+}
+
+/// What provisioning found on the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Provisioned {
+    /// The service's login and database were an earlier ServiceDatabase's
+    /// of the same namespace and name (deleted with `deletionPolicy:
+    /// Retain`), taken over in this pass. Looked up only while a restore is
+    /// pending: its data is not restored over.
+    pub taken_over: bool,
 }
 
 /// Makes sure the service's database exists and exactly the listed logins
@@ -78,11 +91,15 @@ pub async fn ensure(
     marker: &Marker,
     logins: &Logins,
     restoring: bool,
-) -> Result<(), Error> {
+) -> Result<Provisioned, Error> {
     match db.engine {
         Engine::Postgres => {
             let client = postgres(server, "postgres").await?;
             let fail = |e: postgres_users::UserError| postgres_error(server, e);
+            let taken_over = restoring
+                && postgres_users::left_by_predecessor(&client, &db.username, marker)
+                    .await
+                    .map_err(fail)?;
             if db.schema.is_some() {
                 postgres_users::ensure_schema_database(&client, &db.database)
                     .await
@@ -109,11 +126,16 @@ pub async fn ensure(
                 .await
                 .map_err(fail)?;
             }
-            verify_scratch(&client, db, marker).await.map_err(fail)
+            verify_scratch(&client, db, marker).await.map_err(fail)?;
+            Ok(Provisioned { taken_over })
         }
         Engine::Redis => {
             let mut conn = redis(server).await?;
             let prefix = crate::engine::redis::key_prefix(&db.username);
+            let taken_over = restoring
+                && redis_acl::left_by_predecessor(&mut conn, &db.username, marker)
+                    .await
+                    .map_err(|e| conflict_or(server, e.category(), e.to_string()))?;
             redis_acl::ensure_user_logins(
                 &mut conn,
                 &db.username,
@@ -125,10 +147,15 @@ pub async fn ensure(
             .await
             .map_err(|e| conflict_or(server, e.category(), e.to_string()))?;
             save_acl(&mut conn).await;
-            Ok(())
+            Ok(Provisioned { taken_over })
         }
         Engine::MongoDB => {
             let client = mongodb(server)?;
+            let taken_over = restoring
+                && mongodb_users::check_claim(&client, &db.database, marker)
+                    .await
+                    .map_err(|e| mongodb_error(server, e))?
+                    == mongodb_users::Claim::Predecessor;
             mongodb_users::ensure_service_logins(
                 &client,
                 &db.database,
@@ -137,7 +164,8 @@ pub async fn ensure(
                 Some(marker),
             )
             .await
-            .map_err(|e| mongodb_error(server, e))
+            .map_err(|e| mongodb_error(server, e))?;
+            Ok(Provisioned { taken_over })
         }
     }
 }

@@ -11,6 +11,9 @@
 //! counts when it is the one the StatefulSet mounts (`data-<name>-db-0`),
 //! carries servicedb's labels for this instance, and is older than this
 //! ServiceDatabase (a volume the StatefulSet made for this one is younger).
+//! On a shared server the same holds for the database an earlier one of the
+//! same namespace and name left there, which this one took over
+//! (`taken_over`, once; the status keeps it: `Restored=True, DataRetained`).
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -18,11 +21,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
 
-use super::validate::{Invalid, ValidatedDatabase};
+use super::validate::{Invalid, RestoreSource, ValidatedDatabase};
 use crate::api::ServiceDatabase;
 use crate::api::conditions::{is_true, types};
 use crate::api::database_backup::{BackupPhase, DatabaseBackup};
-use crate::build::backup::{Archive, restore_job, restore_job_name};
+use crate::build::backup::{Archive, Pick, restore_job, restore_job_name};
 use crate::build::statefulset::DATA_VOLUME;
 use crate::build::{LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts, instance_label};
 use crate::controller::jobs::{self, JobState, Report};
@@ -54,9 +57,10 @@ pub enum Restore {
     Completed { backup: String },
     /// The restore Job failed.
     Failed { backup: String, message: String },
-    /// Not restored: the instance runs on the data volume `volume` an
-    /// earlier ServiceDatabase of this name retained.
-    Retained { backup: String, volume: String },
+    /// Not restored: the instance runs on the data an earlier
+    /// ServiceDatabase of this name retained, `kept` (the data volume, or
+    /// the database on its shared server).
+    Retained { backup: String, kept: String },
 }
 
 /// Whether the status records the restore as done (`Restored=True`).
@@ -69,21 +73,42 @@ pub fn restored(sdb: &ServiceDatabase) -> bool {
     is_true(conditions, types::RESTORED) == Some(true)
 }
 
+/// Whether the status records that nothing was restored over retained data.
+fn retained(sdb: &ServiceDatabase) -> bool {
+    sdb.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == types::RESTORED && c.status == "True" && c.reason == DATA_RETAINED)
+    })
+}
+
+/// The `Restored` reason of [`Restore::Retained`].
+pub const DATA_RETAINED: &str = "DataRetained";
+
 pub async fn ensure(
     client: &Client,
     sdb: &ServiceDatabase,
     db: &ValidatedDatabase,
     instance_ready: bool,
+    taken_over: bool,
     facts: &OperatorFacts,
     owner: &OwnerReference,
 ) -> Result<Restore, Error> {
-    let Some(backup) = db.restore_from.clone() else {
+    let Some(source) = db.restore_from.clone() else {
         return Ok(Restore::NotRequested);
     };
-    if db.server.is_none()
-        && let Some(volume) = retained_volume(client, sdb, db).await?
-    {
-        return Ok(Restore::Retained { backup, volume });
+    let backup = source.describe();
+    if let Some(server) = &db.server {
+        if taken_over || retained(sdb) {
+            let kept = format!(
+                "database {} on DatabaseServer {}/{}",
+                db.database, server.namespace, server.name
+            );
+            return Ok(Restore::Retained { backup, kept });
+        }
+    } else if let Some(volume) = retained_volume(client, sdb, db).await? {
+        let kept = format!("data volume {volume}");
+        return Ok(Restore::Retained { backup, kept });
     }
     if restored(sdb) {
         return Ok(Restore::Completed { backup });
@@ -117,9 +142,49 @@ pub async fn ensure(
         });
     }
 
+    let archive = match source {
+        RestoreSource::Backup(name) => (completed_backup(client, db, &name).await?, Pick::This),
+        RestoreSource::Archive {
+            destination,
+            dir,
+            backup: one,
+            before,
+        } => {
+            let (location, name, pick) = match one {
+                Some(one) => (format!("{dir}/{one}"), one, Pick::This),
+                None => (dir, "latest".to_owned(), Pick::Latest { before }),
+            };
+            let archive = Archive {
+                name,
+                location,
+                destination,
+            };
+            (archive, pick)
+        }
+    };
+    if !instance_ready {
+        return Ok(Restore::WaitingForInstance { backup });
+    }
+    let (archive, pick) = archive;
+    let job = restore_job(db, &archive, &pick, facts, owner);
+    match jobs.create(&PostParams::default(), &job).await {
+        Ok(_) => tracing::info!(backup = %backup, job = %name, "restore started"),
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(Error::Create(e)),
+    }
+    Ok(Restore::Running { backup })
+}
+
+/// The archive of the Completed `DatabaseBackup` `backup` of this
+/// namespace; an error naming `spec.bootstrap.fromBackup.name` otherwise.
+async fn completed_backup(
+    client: &Client,
+    db: &ValidatedDatabase,
+    backup: &str,
+) -> Result<Archive, Error> {
     let field = "spec.bootstrap.fromBackup.name";
     let found = Api::<DatabaseBackup>::namespaced(client.clone(), &db.namespace)
-        .get_opt(&backup)
+        .get_opt(backup)
         .await
         .map_err(|source| Error::Read {
             kind: "DatabaseBackup",
@@ -157,21 +222,11 @@ pub async fn ensure(
             message: format!("DatabaseBackup {backup} does not record where its archive is"),
         }));
     };
-    if !instance_ready {
-        return Ok(Restore::WaitingForInstance { backup });
-    }
-    let archive = Archive {
-        name: backup.clone(),
+    Ok(Archive {
+        name: backup.to_owned(),
         location,
         destination,
-    };
-    let job = restore_job(db, &archive, facts, owner);
-    match jobs.create(&PostParams::default(), &job).await {
-        Ok(_) => tracing::info!(backup = %backup, job = %name, "restore started"),
-        Err(kube::Error::Api(e)) if e.code == 409 => {}
-        Err(e) => return Err(Error::Create(e)),
-    }
-    Ok(Restore::Running { backup })
+    })
 }
 
 /// The dedicated instance's data volume, if an earlier ServiceDatabase of this

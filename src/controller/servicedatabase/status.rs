@@ -121,14 +121,14 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                     types::RESTORED,
                     false,
                     "Restoring",
-                    format!("DatabaseBackup {backup} is restored once the instance is up"),
+                    format!("{backup} is restored once the instance is up"),
                 )),
                 Restore::Running { backup } => Some(Observed::new(
                     types::RESTORED,
                     false,
                     "Restoring",
                     format!(
-                        "Job {} restores DatabaseBackup {backup}",
+                        "Job {} restores {backup}",
                         crate::build::backup::restore_job_name(&db.name)
                     ),
                 )),
@@ -136,20 +136,20 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                     types::RESTORED,
                     true,
                     "Restored",
-                    format!("DatabaseBackup {backup} was restored"),
+                    format!("{backup} was restored"),
                 )),
                 Restore::Failed { backup, message } => Some(Observed::new(
                     types::RESTORED,
                     false,
                     "RestoreFailed",
-                    format!("restoring DatabaseBackup {backup} failed: {message}"),
+                    format!("restoring {backup} failed: {message}"),
                 )),
-                Restore::Retained { backup, volume } => Some(Observed::new(
+                Restore::Retained { backup, kept } => Some(Observed::new(
                     types::RESTORED,
                     true,
-                    "DataRetained",
+                    super::restore::DATA_RETAINED,
                     format!(
-                        "the data volume {volume} was kept from an earlier ServiceDatabase {}; DatabaseBackup {backup} is not restored over it",
+                        "the {kept} was kept from an earlier ServiceDatabase {}; {backup} is not restored over it",
                         db.name
                     ),
                 )),

@@ -74,8 +74,10 @@ pub struct ValidatedDatabase {
     pub credential_formats: Vec<crate::api::common::CredentialFormat>,
     /// Scheduled backups; `None` when `spec.backup` is unset.
     pub backup: Option<ValidatedBackup>,
-    /// The `DatabaseBackup` to restore into a new database.
-    pub restore_from: Option<String>,
+    /// What `spec.bootstrap` restores into a new database.
+    pub restore_from: Option<RestoreSource>,
+    /// `spec.pod` over the class's `pod`, field by field.
+    pub pod: crate::api::common::PodSettings,
     /// `spec.redis.scripting`: the service user of a dedicated Redis may run
     /// Lua scripts and functions.
     pub redis_scripting: bool,
@@ -218,6 +220,92 @@ pub const BACKUP_MOUNT: &str = "/backup";
 
 /// The agent's URL of a destination: S3 keys below the prefix (by default
 /// `<namespace>/<name>`), or a directory below the volume's mount.
+/// The ServiceDatabase's pod settings over its class's, field by field.
+fn pod_settings(
+    own: Option<&crate::api::common::PodSettings>,
+    class: Option<&crate::api::common::PodSettings>,
+) -> crate::api::common::PodSettings {
+    let (own, class) = (
+        own.cloned().unwrap_or_default(),
+        class.cloned().unwrap_or_default(),
+    );
+    crate::api::common::PodSettings {
+        node_selector: own.node_selector.or(class.node_selector),
+        tolerations: own.tolerations.or(class.tolerations),
+        affinity: own.affinity.or(class.affinity),
+        topology_spread_constraints: own
+            .topology_spread_constraints
+            .or(class.topology_spread_constraints),
+        priority_class_name: own.priority_class_name.or(class.priority_class_name),
+        image_pull_secrets: own.image_pull_secrets.or(class.image_pull_secrets),
+        labels: own.labels.or(class.labels),
+        annotations: own.annotations.or(class.annotations),
+        run_as_user: own.run_as_user.or(class.run_as_user),
+    }
+}
+
+/// Where `spec.bootstrap` restores from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RestoreSource {
+    /// A `DatabaseBackup` of this namespace (`fromBackup`).
+    Backup(String),
+    /// Backups in a store, with no object for them (`fromArchive`).
+    Archive {
+        destination: BackupDestination,
+        /// The directory holding the backups' directories.
+        dir: String,
+        /// One backup's directory name; the latest completed when `None`.
+        backup: Option<String>,
+        /// With no `backup`: the latest completed before this time.
+        before: Option<String>,
+    },
+}
+
+impl RestoreSource {
+    /// For people: `DatabaseBackup nightly`, `the latest backup under s3://…`.
+    pub fn describe(&self) -> String {
+        match self {
+            RestoreSource::Backup(name) => format!("DatabaseBackup {name}"),
+            RestoreSource::Archive {
+                dir,
+                backup: Some(backup),
+                ..
+            } => format!("backup {backup} under {dir}"),
+            RestoreSource::Archive {
+                dir, before: None, ..
+            } => format!("the latest backup under {dir}"),
+            RestoreSource::Archive {
+                dir,
+                before: Some(before),
+                ..
+            } => format!("the latest backup under {dir} completed before {before}"),
+        }
+    }
+}
+
+fn restore_source(
+    bootstrap: Option<&crate::api::service_database::BootstrapSpec>,
+    namespace: &str,
+    name: &str,
+) -> Option<RestoreSource> {
+    let bootstrap = bootstrap?;
+    if let Some(backup) = &bootstrap.from_backup {
+        return Some(RestoreSource::Backup(backup.name.clone()));
+    }
+    let archive = bootstrap.from_archive.as_ref()?;
+    let (namespace, name) = archive
+        .source
+        .as_deref()
+        .and_then(|source| source.split_once('/'))
+        .unwrap_or((namespace, name));
+    Some(RestoreSource::Archive {
+        destination: archive.destination.clone(),
+        dir: destination_url(&archive.destination, namespace, name),
+        backup: archive.backup.clone(),
+        before: archive.before.clone(),
+    })
+}
+
 pub fn destination_url(destination: &BackupDestination, namespace: &str, name: &str) -> String {
     match (&destination.s3, &destination.volume) {
         (Some(s3), _) => {
@@ -392,10 +480,10 @@ pub fn validate(
         && spec
             .bootstrap
             .as_ref()
-            .is_some_and(|b| b.from_backup.is_some())
+            .is_some_and(|b| b.from_backup.is_some() || b.from_archive.is_some())
     {
         return Err(Invalid::new(
-            "spec.bootstrap.fromBackup",
+            "spec.bootstrap",
             "Unsupported",
             "a backup cannot be restored into isolation Schema: pg_restore recreates a schema under the name it was dumped with, not this service's; restore into isolation Database or a Dedicated instance",
         ));
@@ -563,11 +651,8 @@ pub fn validate(
         restart_owners: credentials.restart_owners,
         credential_formats: credentials.format.clone(),
         backup,
-        restore_from: spec
-            .bootstrap
-            .as_ref()
-            .and_then(|b| b.from_backup.as_ref())
-            .map(|b| b.name.clone()),
+        restore_from: restore_source(spec.bootstrap.as_ref(), &namespace, &name),
+        pod: pod_settings(spec.pod.as_ref(), class.spec.pod.as_ref()),
         redis_scripting,
         monitoring,
         name,
@@ -830,10 +915,7 @@ mod tests {
         assert!(db.schema.is_some() && db.backup.is_some());
         edit(&mut sdb, "{bootstrap: {fromBackup: {name: b1}}}");
         let err = validate(&sdb, &class, Some(&server)).unwrap_err();
-        assert_eq!(
-            (err.field, err.reason),
-            ("spec.bootstrap.fromBackup", "Unsupported")
-        );
+        assert_eq!((err.field, err.reason), ("spec.bootstrap", "Unsupported"));
     }
 
     #[test]
@@ -884,7 +966,7 @@ mod tests {
         assert_eq!(backup.keep_last, Some(3));
         assert_eq!(backup.max_age, Some(std::time::Duration::from_secs(5400)));
         assert_eq!(backup.verify_schedule.as_deref(), Some("0 4 * * 0"));
-        assert_eq!(db.restore_from.as_deref(), Some("b1"));
+        assert_eq!(db.restore_from, Some(RestoreSource::Backup("b1".into())));
 
         edit(
             &mut sdb,
@@ -1083,5 +1165,48 @@ mod tests {
             "{}",
             err.message
         );
+    }
+    #[test]
+    fn an_archive_source_names_the_directory_the_backups_were_written_to() {
+        let class = class_with("{}");
+        let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
+        let namespace = sdb.metadata.namespace.clone().expect("namespace");
+        edit(
+            &mut sdb,
+            "{bootstrap: {fromArchive: {destination: {s3: {bucket: bk, credentialsSecret: s}}, before: '2026-12-01T00:00:00Z'}}}",
+        );
+        let source = validate(&sdb, &class, None).expect("valid").restore_from;
+        let Some(RestoreSource::Archive {
+            dir,
+            backup,
+            before,
+            ..
+        }) = source
+        else {
+            panic!("an archive source: {source:?}");
+        };
+        assert_eq!(dir, format!("s3://bk/{namespace}/orders"));
+        assert_eq!(
+            (backup, before.as_deref()),
+            (None, Some("2026-12-01T00:00:00Z"))
+        );
+        edit(
+            &mut sdb,
+            "{bootstrap: {fromArchive: {destination: {s3: {bucket: bk, credentialsSecret: s}}, source: old/billing, backup: b7}}}",
+        );
+        let source = validate(&sdb, &class, None)
+            .expect("valid")
+            .restore_from
+            .expect("source");
+        assert_eq!(source.describe(), "backup b7 under s3://bk/old/billing");
+        edit(
+            &mut sdb,
+            "{bootstrap: {fromArchive: {destination: {s3: {bucket: bk, prefix: flat, credentialsSecret: s}}, source: old/billing}}}",
+        );
+        let source = validate(&sdb, &class, None)
+            .expect("valid")
+            .restore_from
+            .expect("source");
+        assert_eq!(source.describe(), "the latest backup under s3://bk/flat");
     }
 }

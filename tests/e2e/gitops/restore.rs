@@ -160,3 +160,110 @@ async fn a_restored_database_recreated_from_git_keeps_its_data_after_its_backup_
         "kstatus readers see it stalled"
     );
 }
+
+/// The same on a shared server: the ServiceDatabase re-applied after a
+/// `Retain` deletion takes over the database its predecessor left there
+/// (real PostgreSQL), and restores nothing over it, though its backup aged
+/// out.
+#[tokio::test]
+async fn a_restored_shared_database_recreated_from_git_keeps_its_data() {
+    use crate::shared::{connect, server};
+    let env = Env::new("gitops-restore-shared").await;
+    let pg = crate::servers::Postgres::start_new();
+    server(&env, "pg", &pg, json!({"from": "Same"})).await;
+    let source = json!({
+        "apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+        "metadata": {"name": "orders"},
+        "spec": {"engine": "Postgres", "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
+            "backup": {"schedule": "0 2 * * *", "destination": {"s3": {"bucket": "backups",
+                "endpoint": "http://minio.storage:9000", "region": "eu-1", "credentialsSecret": "s3-creds"}}}}
+    });
+    apply(&env, &source).await;
+    manual_backup(&env, "golden", "orders").await;
+    succeed(&env, "golden-backup", manifest("golden", 77)).await;
+    wait_backup(&env, "golden", BackupPhase::Completed).await;
+
+    let mut manifest_in_git = restored_from("orders-copy", "golden");
+    manifest_in_git["spec"]["isolation"] = json!("Database");
+    manifest_in_git["spec"]["serverRef"] = json!({"name": "pg"});
+    let sdbs: Api<ServiceDatabase> = env.api();
+    let jobs: Api<Job> = env.api();
+    apply(&env, &manifest_in_git).await;
+    get_when(&jobs, "orders-copy-db-restore").await;
+    succeed(&env, "orders-copy-db-restore", json!({})).await;
+    wait_phase(&sdbs, "orders-copy", Phase::Ready).await;
+    wait_condition(&env, "orders-copy", "Restored", "True", "Restored").await;
+    let first_uid = sdbs.get("orders-copy").await.expect("sdb").uid();
+    let secret = get_when(&env.api(), "orders-copy-db").await;
+    let value = |key| crate::dedicated::secret_value(&secret, key);
+    let (user, password, database) = (value("username"), value("password"), value("database"));
+    connect(pg.port, &user, &password, &database)
+        .await
+        .expect("logs in")
+        .batch_execute("CREATE TABLE restored (id int); INSERT INTO restored VALUES (7)")
+        .await
+        .expect("writes");
+
+    sdbs.delete("orders-copy", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(
+        "orders-copy to be gone",
+        Duration::from_secs(30),
+        || async {
+            sdbs.get_opt("orders-copy")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    let backups: Api<DatabaseBackup> = env.api();
+    backups
+        .delete("golden", &DeleteParams::default())
+        .await
+        .expect("delete the backup");
+    wait_for("golden to be gone", Duration::from_secs(30), || async {
+        backups
+            .get_opt("golden")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    apply(&env, &manifest_in_git).await;
+    let recreated = wait_condition(&env, "orders-copy", "Restored", "True", "DataRetained").await;
+    assert_ne!(recreated.uid(), first_uid, "a new ServiceDatabase");
+    let (_, _, message) = condition(&recreated, "Restored").expect("Restored");
+    assert!(
+        message.contains(&format!("database {database}")) && message.contains("golden"),
+        "{message}"
+    );
+    wait_phase(&sdbs, "orders-copy", Phase::Ready).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        jobs.get_opt("orders-copy-db-restore")
+            .await
+            .expect("get")
+            .is_none(),
+        "nothing is restored over the retained data"
+    );
+    let n: i64 = connect(pg.port, &user, &password, &database)
+        .await
+        .expect("the same login and password work")
+        .query_one("SELECT id FROM restored", &[])
+        .await
+        .expect("the data of the first life is there")
+        .get::<_, i32>(0)
+        .into();
+    assert_eq!(n, 7);
+    // Still so on later passes: the status keeps it.
+    let again = sdbs.get("orders-copy").await.expect("sdb");
+    assert_eq!(
+        condition(&again, "Restored").map(|c| c.1),
+        Some("DataRetained".into())
+    );
+}

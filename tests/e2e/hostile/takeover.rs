@@ -544,6 +544,70 @@ async fn a_mongodb_claim_is_recorded_and_released_with_the_database() {
     );
 }
 
+/// `deletionPolicy: Retain` leaves the database and its claim; the
+/// ServiceDatabase re-applied (a new UID, the same namespace and name)
+/// takes the claim over, and the data is still there. (FerretDB: the
+/// service is never Ready here, see above; the claim is what decides.)
+#[tokio::test]
+async fn a_retained_mongodb_database_passes_to_the_same_namespace_and_name() {
+    let env = Env::new("takeover-mongo-retain").await;
+    let mongo = mongodb_server(&env).await;
+    let name = login_of(&env.ns, "kept");
+    let root = mongo_root(&mongo);
+    let spec = json!({"engine": "MongoDB", "isolation": "Database", "deletionPolicy": "Retain",
+                      "serverRef": {"name": "docs"}});
+    let api: Api<ServiceDatabase> = env.api();
+    let uid_of = async |api: &Api<ServiceDatabase>| {
+        api.get("kept")
+            .await
+            .expect("get")
+            .metadata
+            .uid
+            .expect("uid")
+    };
+    let claimed_by = async |uid: String| {
+        wait_for(
+            "the claim to name the ServiceDatabase",
+            Duration::from_secs(60),
+            || async {
+                let claim = mongo_claim(&root, &name).await?;
+                (claim.get_str("uid") == Ok(uid.as_str())).then_some(claim)
+            },
+        )
+        .await
+    };
+    place(&env.client, &env.ns, "kept", spec.clone()).await;
+    let first = uid_of(&api).await;
+    claimed_by(first.clone()).await;
+    root.database(&name)
+        .collection::<Document>("items")
+        .insert_one(doc! {"n": 1})
+        .await
+        .expect("insert");
+    delete_and_wait(&api, "kept").await;
+    assert!(
+        mongo_databases(&root).await.contains(&name),
+        "Retain keeps it"
+    );
+
+    place(&env.client, &env.ns, "kept", spec).await;
+    let second = uid_of(&api).await;
+    assert_ne!(first, second);
+    let claim = claimed_by(second).await;
+    assert_eq!(
+        claim.get_str("serviceDatabase"),
+        Ok(format!("{}/kept", env.ns).as_str()),
+        "{claim}"
+    );
+    let items = root
+        .database(&name)
+        .collection::<Document>("items")
+        .count_documents(doc! {})
+        .await
+        .expect("count");
+    assert_eq!(items, 1, "the data is still there");
+}
+
 /// FerretDB as the DatabaseServer `docs`, open to the test's namespace.
 async fn mongodb_server(env: &Env) -> FerretDb {
     let mongo = FerretDb::start();

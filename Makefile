@@ -31,9 +31,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## unit: pure tests of validate/build and library code.
+## unit: pure tests of validate/build and library code; the generated alerts
+## through promtool (Debian's prometheus).
 unit:
-	$(CARGO) test --locked --lib --bins --test readme --test gitops_health
+	hack/prereqs.sh promtool
+	$(CARGO) test --locked --lib --bins --test readme --test gitops_health --test dashboards
 
 ENGINE_TESTS := --test instance_postgres --test instance_redis --test instance_mongodb --test exporter_scrape
 

@@ -2,7 +2,7 @@
 # Makes sure the host has what the tests and `make run` need, installing the
 # Debian packages itself when it runs as root; otherwise it names what is
 # missing and how to get it, and fails.
-# Usage: hack/prereqs.sh [postgres] [redis] [prometheus] [file] [zstd] [go] [cargo]
+# Usage: hack/prereqs.sh [postgres] [redis] [prometheus] [promtool] [file] [zstd] [go] [cargo]
 set -euo pipefail
 
 missing_apt=()
@@ -20,6 +20,7 @@ for need in "$@"; do
               done ;;
     file)     command -v file >/dev/null || missing_apt+=(file) ;;
     zstd)     command -v zstd >/dev/null || missing_apt+=(zstd) ;;
+    promtool) command -v promtool >/dev/null || missing_apt+=(prometheus) ;;
     go)       command -v go >/dev/null ||
                 missing_other+=("go 1.24+ (https://go.dev/dl), to build the test control plane, FerretDB, versitygw and helm") ;;
     cargo)    command -v cargo >/dev/null || missing_other+=("cargo (Rust 1.89+, https://rustup.rs)") ;;

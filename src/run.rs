@@ -65,6 +65,14 @@ pub struct OperatorArgs {
         default_value = "app.kubernetes.io/name=servicedb"
     )]
     pub pod_labels: String,
+    /// Where the `runbook_url` of generated alerts points (sections of
+    /// docs/runbooks.md are appended as `#anchor`).
+    #[arg(
+        long,
+        env = "SERVICEDB_RUNBOOK_URL",
+        default_value = crate::build::monitoring::DEFAULT_RUNBOOK_URL
+    )]
+    pub runbook_url: String,
     /// Labels of the namespaces whose Prometheus may scrape the exporters
     /// of monitored databases, `k=v,k=v`.
     #[arg(
@@ -144,6 +152,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         binary_path: args.binary_path.clone(),
         namespace: args.namespace.clone(),
         pod_labels: parse_labels("--pod-labels", &args.pod_labels)?,
+        runbook_url: args.runbook_url.clone(),
         scraper: scraper(&args)?,
     };
     // The controllers' requests go out only while the Lease is surely ours

@@ -144,6 +144,7 @@ fn built(fixture: &str, admin_password: &str, app_password: &str) -> Children {
         binary_path: "/usr/local/bin/servicedb".into(),
         namespace: "servicedb-system".into(),
         pod_labels: BTreeMap::new(),
+        runbook_url: servicedb::build::monitoring::DEFAULT_RUNBOOK_URL.into(),
         scraper: Default::default(),
     };
     let creds = Credentials::single(&db, admin_password, app_password);

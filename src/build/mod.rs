@@ -3,6 +3,7 @@
 //! return complete k8s-openapi objects.
 
 pub mod backup;
+pub mod monitoring;
 pub mod network_policy;
 pub mod pdb;
 pub mod secret;
@@ -67,6 +68,9 @@ pub struct OperatorFacts {
     pub namespace: String,
     /// Labels of the operator's pods, admitted by NetworkPolicies.
     pub pod_labels: BTreeMap<String, String>,
+    /// Where alerts' `runbook_url` point: `docs/runbooks.md` of this
+    /// release, or a copy the platform team keeps.
+    pub runbook_url: String,
     /// The Prometheus that scrapes exporters, admitted to their port.
     pub scraper: Scraper,
 }
@@ -125,6 +129,8 @@ pub struct Children {
     /// The scheduled verifications, when `spec.backup.verify` is set and a
     /// backup completed.
     pub verify_cronjob: Option<CronJob>,
+    /// The Prometheus Operator objects, when monitoring is on.
+    pub monitoring: Option<monitoring::Monitoring>,
 }
 
 /// The objects of a dedicated instance.
@@ -172,6 +178,7 @@ pub fn children(
         credentials_secret: secret::credentials(db, creds, owner),
         backup_cronjob,
         verify_cronjob,
+        monitoring: monitoring::build(db, facts, owner),
     }
 }
 
@@ -234,6 +241,8 @@ pub fn object_meta(
     }
 }
 
+#[cfg(test)]
+mod monitoring_tests;
 #[cfg(test)]
 mod tests;
 

@@ -24,6 +24,7 @@ fn facts() -> OperatorFacts {
         binary_path: "/usr/local/bin/servicedb".into(),
         namespace: "servicedb-system".into(),
         pod_labels: BTreeMap::from([("app.kubernetes.io/name".into(), "servicedb".into())]),
+        runbook_url: super::monitoring::DEFAULT_RUNBOOK_URL.into(),
         scraper: Default::default(),
     }
 }

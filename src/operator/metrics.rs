@@ -8,7 +8,9 @@
 //! | `servicedb_leader` | gauge | — |
 //! | `servicedb_managed_objects` | gauge | `controller` |
 //!
-//! Every label value is a `&'static str` — a controller name or an error
+//! and the per-ServiceDatabase gauges of [`super::database_metrics`].
+//!
+//! Every label value of the metrics above is a `&'static str` — a controller name or an error
 //! enum's `category()` — so the number of series is fixed by the code and no
 //! object name or error message can blow up the time-series database.
 
@@ -55,6 +57,7 @@ pub struct Metrics {
     durations: HistogramFamily,
     leader: Gauge,
     managed_objects: Family<ControllerLabels, Gauge>,
+    databases: super::database_metrics::Databases,
 }
 
 impl Default for Metrics {
@@ -94,6 +97,9 @@ impl Default for Metrics {
             managed_objects.clone(),
         );
 
+        let databases = super::database_metrics::Databases::default();
+        registry.register_collector(Box::new(databases.clone()));
+
         Self {
             registry,
             reconciles,
@@ -101,6 +107,7 @@ impl Default for Metrics {
             durations,
             leader,
             managed_objects,
+            databases,
         }
     }
 }
@@ -139,6 +146,15 @@ impl Metrics {
         self.managed_objects
             .get_or_create(&ControllerLabels { controller })
             .set(count);
+    }
+
+    /// Exports one set of `servicedb_database_*` gauges per ServiceDatabase
+    /// of the controller's cache from now on.
+    pub fn observe_databases(
+        &self,
+        store: kube::runtime::reflector::Store<crate::api::ServiceDatabase>,
+    ) {
+        self.databases.observe(store);
     }
 
     /// All metrics in the OpenMetrics text format (see [`CONTENT_TYPE`]).

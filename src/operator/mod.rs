@@ -17,6 +17,7 @@
 //! 5. on graceful shutdown, stop the controllers, then
 //!    [`LeaderGuard::release`], then cancel the HTTP server.
 
+pub mod database_metrics;
 pub mod http;
 pub mod leader;
 pub mod metrics;

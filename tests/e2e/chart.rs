@@ -726,6 +726,7 @@ async fn operate(env: &Env, deploy: &Deployment, identity: &str) {
 
     backups(env).await;
     crate::storage::grows(env, "ledger-store").await;
+    crate::monitoring::under_chart_rbac(env).await;
 
     // Deletion: Retain orphans the Secrets, Delete removes them and the volume.
     make_pvc(env, "orders").await;

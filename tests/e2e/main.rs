@@ -33,6 +33,7 @@ mod gitops;
 mod hostile;
 mod kubectl_get;
 mod lifecycle;
+mod monitoring;
 mod redis_clients;
 mod rollout;
 mod rotation;

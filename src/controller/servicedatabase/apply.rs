@@ -72,10 +72,12 @@ pub enum Error {
 }
 
 /// How many objects were written; zero on an unchanged resync.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Applied {
     pub written: usize,
     pub deleted: usize,
+    /// The `MonitoringConfigured` condition; `None` when monitoring is off.
+    pub monitoring: Option<crate::api::conditions::Observed>,
 }
 
 /// Applies every child. The destructuring has no `..`: a new kind of child
@@ -92,6 +94,7 @@ pub async fn apply(
         credentials_secret,
         backup_cronjob,
         verify_cronjob,
+        monitoring,
     } = children;
     let stores = match cache {
         Some(cache) => cache.stores().await,
@@ -290,6 +293,11 @@ pub async fn apply(
         stores.map(|s| cache::instance_objects(&s.cronjobs, namespace, instance)),
     )
     .await?;
+    let (written, deleted, condition) =
+        super::monitoring::apply(client, namespace, owner, monitoring).await?;
+    out.written += written;
+    out.deleted += deleted;
+    out.monitoring = condition;
     Ok(out)
 }
 
@@ -703,6 +711,8 @@ pub mod cleanup {
         remove_all::<PodDisruptionBudget>(client, namespace, owner).await?;
         remove_all::<NetworkPolicy>(client, namespace, owner).await?;
         remove_all::<CronJob>(client, namespace, owner).await?;
+        crate::controller::servicedatabase::monitoring::remove_all(client, namespace, owner)
+            .await?;
         // The restore Job; backup Jobs belong to their DatabaseBackups, which
         // outlive the database.
         let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);

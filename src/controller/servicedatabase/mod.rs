@@ -20,6 +20,7 @@ pub mod cache;
 pub mod claim;
 pub mod dereference;
 pub mod final_backup;
+pub mod monitoring;
 pub mod provision;
 pub mod restore;
 pub mod rollout;
@@ -505,6 +506,12 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         now,
     );
     status.credentials_rotated_at = Some(Time(plan.issued_at));
+    status.conditions = monitoring::condition(
+        &status.conditions,
+        applied.monitoring.as_ref(),
+        sdb.metadata.generation,
+        now,
+    );
     if let Some(storage) = &storage {
         let generation = sdb.metadata.generation;
         status.conditions = crate::api::conditions::merge(
@@ -789,6 +796,7 @@ pub async fn run(
     let store = controller.store();
     let restoring = controller.store();
     let claims = controller.store();
+    ctx.metrics.observe_databases(controller.store());
     if ctx.service_databases.set(controller.store()).is_err() {
         tracing::warn!(
             "the ServiceDatabase controller started twice; name claims use the first cache"

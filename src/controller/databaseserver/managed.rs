@@ -136,7 +136,9 @@ pub async fn ensure(
     if let Some(instance) = children.instance.as_mut() {
         admit_allowed_namespaces(&mut instance.network_policy, server);
     }
-    let applied = apply::apply(client, None, &db.namespace, &db.name, children).await?;
+    // A managed server's status keeps no monitoring condition: always
+    // looked at.
+    let applied = apply::apply(client, None, &db.namespace, &db.name, children, true).await?;
     if applied.written > 0 || applied.deleted > 0 {
         tracing::info!(
             written = applied.written,

@@ -88,6 +88,7 @@ pub async fn apply(
     namespace: &str,
     instance: &str,
     children: Children,
+    monitored_before: bool,
 ) -> Result<Applied, Error> {
     let Children {
         instance: dedicated,
@@ -293,11 +294,16 @@ pub async fn apply(
         stores.map(|s| cache::instance_objects(&s.cronjobs, namespace, instance)),
     )
     .await?;
-    let (written, deleted, condition) =
-        super::monitoring::apply(client, namespace, owner, monitoring).await?;
-    out.written += written;
-    out.deleted += deleted;
-    out.monitoring = condition;
+    // Monitoring never on, and not on now: nothing of it to look up (no
+    // discovery request, no prune), so an unmonitored database's pass costs
+    // nothing more.
+    if monitoring.is_some() || monitored_before {
+        let (written, deleted, condition) =
+            super::monitoring::apply(client, namespace, owner, monitoring).await?;
+        out.written += written;
+        out.deleted += deleted;
+        out.monitoring = condition;
+    }
     Ok(out)
 }
 

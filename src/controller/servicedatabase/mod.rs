@@ -482,6 +482,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         &db.namespace,
         &db.name,
         children,
+        monitoring::recorded(sdb),
     )
     .await?;
     if applied.written > 0 || applied.deleted > 0 {

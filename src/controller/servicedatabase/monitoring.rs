@@ -46,6 +46,17 @@ async fn served(client: &Client) -> Result<BTreeSet<&'static str>, Error> {
     }
 }
 
+/// Whether the status says monitoring objects were looked after (the
+/// `MonitoringConfigured` condition): only then may some be left to prune
+/// once monitoring is off.
+pub fn recorded(sdb: &crate::api::ServiceDatabase) -> bool {
+    sdb.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == MONITORING_CONFIGURED)
+    })
+}
+
 /// Applies `built` where its kinds are served and prunes the rest. Returns
 /// the `MonitoringConfigured` condition; `None` when monitoring is off.
 pub async fn apply(

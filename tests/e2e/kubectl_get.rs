@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use servicedb::api::database_backup::BackupPhase;
-use servicedb::api::{DatabaseClass, Phase, ServiceDatabase};
+use servicedb::api::{DatabaseClass, DatabaseServer, Phase, ServiceDatabase};
 
 use crate::backup::{manifest, manual_backup, succeed, wait_backup};
 use crate::dedicated::wait_phase;
@@ -147,6 +147,14 @@ async fn kubectl_get_shows_servers_backups_and_databases_at_a_glance() {
         .map(|c| c.reason.clone())
         .expect("a Ready condition");
 
+    // The server's status is its own controller's (counts are debounced):
+    // not necessarily written by the time its tenant is Ready.
+    let servers_api: Api<DatabaseServer> = env.api();
+    wait_for("the server's status", Duration::from_secs(30), || async {
+        let status = servers_api.get("shared-pg").await.ok()?.status?;
+        (status.mode.is_some() && status.databases == Some(1)).then_some(())
+    })
+    .await;
     let servers = get(&env.ns, "dbs");
     assert_eq!(
         headers(&servers),

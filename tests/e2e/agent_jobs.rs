@@ -25,7 +25,7 @@ use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{Phase, ServiceDatabase};
 
 use crate::backup::{agent_pod, finish_job, manual_backup, wait_backup};
-use crate::dedicated::{get_when, secret_value, wait_phase};
+use crate::dedicated::{credentials, get_when, secret_value, wait_phase};
 use crate::harness::{Env, wait_for};
 use crate::s3::S3;
 use crate::servers::{Postgres, Redis};
@@ -669,28 +669,20 @@ async fn a_database_is_recovered_from_the_bucket_alone() {
     wait_phase(&sdbs, "orders", Phase::Ready).await;
     let secrets: Api<Secret> = env.api();
     let count_as = async |secret: &Secret| -> i64 {
-        connect(
-            pg.port,
-            &secret_value(secret, "username"),
-            &secret_value(secret, "password"),
-            &secret_value(secret, "database"),
-        )
-        .await
-        .expect("the service's login")
-        .query_one("SELECT count(*) FROM orders", &[])
-        .await
-        .expect("count")
-        .get(0)
+        let (user, password, database) = credentials(secret);
+        connect(pg.port, &user, &password, &database)
+            .await
+            .expect("the service's login")
+            .query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .expect("count")
+            .get(0)
     };
     let secret = secrets.get("orders-db").await.expect("orders-db");
-    let session = connect(
-        pg.port,
-        &secret_value(&secret, "username"),
-        &secret_value(&secret, "password"),
-        &secret_value(&secret, "database"),
-    )
-    .await
-    .expect("the service's login");
+    let (user, password, database) = credentials(&secret);
+    let session = connect(pg.port, &user, &password, &database)
+        .await
+        .expect("the service's login");
 
     // Two backups: 500 rows, then 600.
     let mut between = String::new();
@@ -771,7 +763,6 @@ async fn a_database_is_recovered_from_the_bucket_alone() {
     let admin = connect(pg.port, &pg.admin_user, &pg.admin_password, "postgres")
         .await
         .expect("admin");
-    let database = secret_value(&secret, "database");
     let left: i64 = admin
         .query_one(
             "SELECT count(*) FROM pg_database WHERE datname = $1",

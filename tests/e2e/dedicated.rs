@@ -76,6 +76,15 @@ pub fn secret_value(secret: &Secret, key: &str) -> String {
     String::from_utf8(bytes).expect("utf-8 secret value")
 }
 
+/// Username, password and database of a credentials Secret.
+pub fn credentials(secret: &Secret) -> (String, String, String) {
+    (
+        secret_value(secret, "username"),
+        secret_value(secret, "password"),
+        secret_value(secret, "database"),
+    )
+}
+
 pub async fn get_when<K>(api: &Api<K>, name: &str) -> K
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,

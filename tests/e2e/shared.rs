@@ -12,7 +12,8 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 use servicedb::api::{DatabaseServer, Phase, ServiceDatabase};
 
-use crate::dedicated::{get_when, secret_value, wait_phase};
+use crate::backup::condition;
+use crate::dedicated::{credentials, get_when, secret_value, wait_phase};
 use crate::harness::{Env, apply_manifest, ensure_namespace, wait_for};
 use crate::servers::{Postgres, Redis};
 
@@ -455,12 +456,7 @@ async fn a_retained_database_passes_to_the_same_namespace_and_name_only() {
 
     place(&env.client, &other_ns, "orders", "pg", &env.ns, "Retain").await;
     let before = wait_phase(&first, "orders", Phase::Ready).await;
-    let secret = get_when(&secrets, "orders-db").await;
-    let (user, password, database) = (
-        secret_value(&secret, "username"),
-        secret_value(&secret, "password"),
-        secret_value(&secret, "database"),
-    );
+    let (user, password, database) = credentials(&get_when(&secrets, "orders-db").await);
     connect(pg.port, &user, &password, &database)
         .await
         .expect("logs in")
@@ -479,19 +475,9 @@ async fn a_retained_database_passes_to_the_same_namespace_and_name_only() {
     // Another ServiceDatabase of the same login name gets nothing of it.
     place(&env.client, &env.ns, "x-orders", "pg", &env.ns, "Delete").await;
     let refused = wait_phase(&here, "x-orders", Phase::Failed).await;
-    let cond = refused
-        .status
-        .expect("status")
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "SpecValid")
-        .expect("SpecValid");
-    assert_eq!(cond.reason, "NameConflict", "{}", cond.message);
-    assert!(
-        cond.message.contains(&format!("{other_ns}/orders")),
-        "{}",
-        cond.message
-    );
+    let (_, reason, message) = condition(&refused, "SpecValid").expect("SpecValid");
+    assert_eq!(reason, "NameConflict", "{message}");
+    assert!(message.contains(&format!("{other_ns}/orders")), "{message}");
     here.delete("x-orders", &DeleteParams::default())
         .await
         .expect("delete");

@@ -180,26 +180,24 @@ async fn prune(
         owner.instance,
         crate::build::monitoring::COMPONENT
     );
-    {
-        let list = api
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|source| Error::List { kind, source })?;
-        for object in list {
-            let name = object.name_any();
-            if keep.contains(&(kind, name.clone()))
-                || controller_uid(&object.metadata).as_deref() != Some(owner.uid)
-            {
-                continue;
-            }
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => continue,
-                Err(source) => return Err(Error::Delete { kind, name, source }),
-            }
-            tracing::info!(kind, name, "removed: no longer built");
-            deleted += 1;
+    let list = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|source| Error::List { kind, source })?;
+    for object in list {
+        let name = object.name_any();
+        if keep.contains(&(kind, name.clone()))
+            || controller_uid(&object.metadata).as_deref() != Some(owner.uid)
+        {
+            continue;
         }
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => continue,
+            Err(source) => return Err(Error::Delete { kind, name, source }),
+        }
+        tracing::info!(kind, name, "removed: no longer built");
+        deleted += 1;
     }
     Ok(deleted)
 }

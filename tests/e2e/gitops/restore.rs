@@ -194,9 +194,8 @@ async fn a_restored_shared_database_recreated_from_git_keeps_its_data() {
     wait_phase(&sdbs, "orders-copy", Phase::Ready).await;
     wait_condition(&env, "orders-copy", "Restored", "True", "Restored").await;
     let first_uid = sdbs.get("orders-copy").await.expect("sdb").uid();
-    let secret = get_when(&env.api(), "orders-copy-db").await;
-    let value = |key| crate::dedicated::secret_value(&secret, key);
-    let (user, password, database) = (value("username"), value("password"), value("database"));
+    let (user, password, database) =
+        crate::dedicated::credentials(&get_when(&env.api(), "orders-copy-db").await);
     connect(pg.port, &user, &password, &database)
         .await
         .expect("logs in")

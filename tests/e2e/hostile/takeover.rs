@@ -12,7 +12,7 @@ use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 use servicedb::engine::mongodb_users::{self, CLAIMS_DATABASE, Login, UserSpec};
 
-use crate::dedicated::{get_when, secret_value, wait_phase};
+use crate::dedicated::{credentials, get_when, secret_value, wait_phase};
 use crate::ferretdb::FerretDb;
 use crate::harness::{Env, ensure_namespace, wait_for};
 use crate::rotation::{place, reconciled_in, request_rotation, secret_when};
@@ -27,15 +27,6 @@ fn login_of(namespace: &str, name: &str) -> String {
 fn shared_spec(server: &str, server_ns: &str) -> serde_json::Value {
     json!({"engine": "Postgres", "isolation": "Database", "deletionPolicy": "Delete",
            "serverRef": {"name": server, "namespace": server_ns}})
-}
-
-/// Username, password and database of a credentials Secret.
-fn credentials(secret: &Secret) -> (String, String, String) {
-    (
-        secret_value(secret, "username"),
-        secret_value(secret, "password"),
-        secret_value(secret, "database"),
-    )
 }
 
 /// Ready or refused: the phase the operator settled on.

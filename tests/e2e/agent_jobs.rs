@@ -60,10 +60,8 @@ async fn run_job(env: &Env, name: &str) -> (i32, String) {
         std::fs::create_dir_all(&local).expect("volume dir");
         if let Some(source) = &volume.secret {
             let secret_name = source.secret_name.as_deref().expect("secretName");
-            let data = secrets
-                .get(secret_name)
+            let data = pod_secret(&secrets, secret_name, name)
                 .await
-                .unwrap_or_else(|e| panic!("Secret {secret_name} of {name}: {e}"))
                 .data
                 .unwrap_or_default();
             let items: Vec<(String, String)> = match &source.items {
@@ -149,6 +147,18 @@ async fn run_job(env: &Env, name: &str) -> (i32, String) {
     (code, message)
 }
 
+/// A Secret the pod refers to. Like the kubelet, which retries a container
+/// whose Secret is not there yet, this waits for it: the operator may create
+/// a Job in the same pass as (and just before) the Secret its pod reads.
+async fn pod_secret(secrets: &Api<Secret>, secret: &str, job: &str) -> Secret {
+    wait_for(
+        &format!("Secret {secret} of {job}"),
+        Duration::from_secs(30),
+        || async { secrets.get_opt(secret).await.ok().flatten() },
+    )
+    .await
+}
+
 /// The container's environment as the kubelet would set it.
 async fn resolve_env<'a>(
     secrets: &Api<Secret>,
@@ -162,10 +172,7 @@ async fn resolve_env<'a>(
         } else {
             let from = var.value_from.as_ref().expect("value or valueFrom");
             if let Some(key) = &from.secret_key_ref {
-                let secret = secrets
-                    .get(&key.name)
-                    .await
-                    .unwrap_or_else(|e| panic!("Secret {} of {job}: {e}", key.name));
+                let secret = pod_secret(secrets, &key.name, job).await;
                 secret_value(&secret, &key.key)
             } else {
                 let field = from.field_ref.as_ref().expect("a field reference");

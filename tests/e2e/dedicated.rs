@@ -507,3 +507,99 @@ async fn the_shop_example_becomes_three_private_instances() {
         wait_phase(&sdb_api, &name, Phase::Degraded).await;
     }
 }
+
+/// The InstanceReady condition of a ServiceDatabase: (status, reason, message).
+fn instance_condition(sdb: &ServiceDatabase, type_: &str) -> Option<(String, String, String)> {
+    sdb.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// A dedicated instance whose pod cannot start says why, in its status and a
+/// Warning Event, as on-call would otherwise read it from `kubectl describe
+/// pod`: here the image cannot be pulled. The test plays the StatefulSet
+/// controller and the kubelet (the real-cluster tier sees a real one).
+#[tokio::test]
+async fn an_instance_that_cannot_start_says_why() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::PostParams;
+    let env = Env::new("stuck").await;
+    let body = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+        "metadata": {"name": "catalog"},
+        "spec": {"engine": "MongoDB", "owner": {"podSelector": {"matchLabels": {"app": "catalog"}}}}});
+    let sdbs: Api<ServiceDatabase> = env.api();
+    sdbs.patch(
+        "catalog",
+        &PatchParams::apply("servicedb-e2e"),
+        &Patch::Apply(&body),
+    )
+    .await
+    .expect("apply");
+    let statefulsets: Api<StatefulSet> = env.api();
+    let sts = get_when(&statefulsets, "catalog-db").await;
+    let template = sts.spec.expect("spec").template;
+    let container = &template.spec.as_ref().expect("pod spec").containers[0];
+    let image = container.image.clone().expect("image");
+    assert!(image.starts_with("docker.io/library/mongo:"), "{image}");
+
+    // The StatefulSet's pod, whose image cannot be pulled.
+    let pods: Api<Pod> = env.api();
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "catalog-db-0", "labels": template.metadata.and_then(|m| m.labels)},
+        "spec": {"containers": [{"name": container.name, "image": image}]}}))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create the pod");
+    let pulling = json!({"status": {"phase": "Pending", "containerStatuses": [{
+        "name": container.name, "image": image, "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"waiting": {"reason": "ImagePullBackOff",
+            "message": format!("Back-off pulling image \"{image}\"")}}}]}});
+    pods.patch_status(
+        "catalog-db-0",
+        &PatchParams::default(),
+        &Patch::Merge(&pulling),
+    )
+    .await
+    .expect("pod status");
+    let stuck = wait_for(
+        "InstanceReady names the image",
+        Duration::from_secs(60),
+        || async {
+            let sdb = sdbs.get("catalog").await.ok()?;
+            let (status, reason, message) = instance_condition(&sdb, "InstanceReady")?;
+            (status == "False" && reason == "ImagePullFailed").then_some((sdb, message))
+        },
+    )
+    .await;
+    let (sdb, message) = stuck;
+    assert!(
+        message.contains(&format!("cannot pull image {image}")) && message.contains("catalog-db-0"),
+        "{message}"
+    );
+    let (_, ready_reason, ready_message) = instance_condition(&sdb, "Ready").expect("Ready");
+    assert_eq!(ready_reason, "ImagePullFailed", "{ready_message}");
+    assert_eq!(
+        sdb.status.as_ref().map(|s| s.phase),
+        Some(Phase::Provisioning)
+    );
+    let events = crate::database_server::events_for(&env, "catalog").await;
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, m)| t == "Warning" && r == "ImagePullFailed" && m.contains(&image)),
+        "{events:?}"
+    );
+
+    // Once the pod runs and is ready, the status says so.
+    set_ready_replicas(&statefulsets, "catalog-db", 1).await;
+    let ready = wait_phase(&sdbs, "catalog", Phase::Ready).await;
+    let (status, reason, _) = instance_condition(&ready, "InstanceReady").expect("InstanceReady");
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", "InstanceReady")
+    );
+}

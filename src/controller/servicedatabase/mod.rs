@@ -20,6 +20,7 @@ pub mod cache;
 pub mod claim;
 pub mod dereference;
 pub mod final_backup;
+pub mod instance;
 pub mod monitoring;
 pub mod provision;
 pub mod restore;
@@ -199,6 +200,9 @@ const PROVISIONED_FRESH: Duration = Duration::from_secs(50);
 const BACKUP_RESYNC: Duration = Duration::from_secs(300);
 /// The pass after the one that saw a restore complete.
 const RESTORE_DONE_RECHECK: Duration = Duration::from_millis(100);
+/// Re-check of a dedicated instance that is not ready: its pod's trouble
+/// (an image pull, a crash loop) changes nothing servicedb watches.
+const INSTANCE_RECHECK: Duration = Duration::from_secs(30);
 /// Re-check while deletion waits for the final backup.
 const FINAL_BACKUP_RECHECK: Duration = Duration::from_secs(10);
 
@@ -492,6 +496,18 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             "children updated"
         );
     }
+    // A dedicated instance that is not ready: its pod tells why.
+    let not_ready = if db.server.is_none() && ready_replicas == 0 {
+        let pod = instance::pod(&ctx.client, &db.namespace, &db.instance_name())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "reading the instance's pod");
+                None
+            });
+        Some(instance::diagnose(&db.instance_name(), pod.as_ref()))
+    } else {
+        None
+    };
     let storage = storage::grow(&ctx.client, &db).await?;
     let rollout = rollout::ensure(sdb, &db, &plan, ctx, now.0).await;
     let behind = rollout.as_ref().is_some_and(|c| !c.status);
@@ -503,6 +519,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
             backups: &backups,
             restore: &restore,
             rollout,
+            not_ready: not_ready.as_ref(),
         },
         now,
     );
@@ -536,6 +553,10 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         .map_or(resync, |due| due.min(resync));
     if behind {
         due = due.min(rollout::RECHECK);
+    }
+    if not_ready.is_some() {
+        // Nothing announces a pod's image pull or crash loop here: look again.
+        due = due.min(INSTANCE_RECHECK);
     }
     if storage.as_ref().is_some_and(|v| v.resizing) {
         due = due.min(storage::RECHECK);

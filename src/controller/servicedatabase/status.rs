@@ -7,6 +7,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource};
 
 use super::backups::BackupState;
+use super::instance::NotReady;
 use super::restore::Restore;
 use super::validate::{Invalid, ValidatedDatabase};
 use crate::api::conditions::{Observed, kstatus, merge, types};
@@ -31,6 +32,8 @@ pub enum Outcome<'a> {
         restore: &'a Restore,
         /// `CredentialsRolledOut`, when it was looked at.
         rollout: Option<Observed>,
+        /// Why the dedicated instance's pod is not ready, when it is not.
+        not_ready: Option<&'a NotReady>,
     },
     /// Being deleted with `deletionPolicy: Snapshot`, waiting for the final
     /// backup (`failed`: it failed).
@@ -113,6 +116,7 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
             backups,
             restore,
             rollout,
+            not_ready,
         } => {
             let instance_ready = *ready_replicas > 0;
             let restored = match restore {
@@ -172,6 +176,13 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                     true,
                     "InstanceReady",
                     "the database instance accepts connections",
+                )
+            } else if let Some(not_ready) = not_ready {
+                Observed::new(
+                    types::INSTANCE_READY,
+                    false,
+                    not_ready.reason,
+                    not_ready.message.clone(),
                 )
             } else {
                 Observed::new(
@@ -234,6 +245,8 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
                         restored.reason,
                         restored.message.clone(),
                     )
+                } else if let Some(stuck) = not_ready.filter(|n| n.stuck && !instance_ready) {
+                    Observed::new(types::READY, false, stuck.reason, stuck.message.clone())
                 } else {
                     Observed::new(
                         types::READY,
@@ -284,12 +297,17 @@ pub fn compute(sdb: &ServiceDatabase, outcome: &Outcome<'_>, now: &Time) -> Serv
 }
 
 /// Condition reasons that are a Warning Event when they appear.
-const WARNINGS: [&str; 5] = [
+const WARNINGS: [&str; 10] = [
     "BackupFailed",
     "BackupOverdue",
     "VerifyFailed",
     "RestoreFailed",
     "FinalBackupFailed",
+    "ImagePullFailed",
+    "CrashLooping",
+    "Unschedulable",
+    "VolumeNotBound",
+    "ContainerConfigError",
 ];
 
 /// Writes the status if it changed, and records an Event when the phase or
@@ -342,8 +360,14 @@ pub async fn update(
     if let Some(event) = event {
         crate::controller::publish(recorder, &event, &sdb.object_ref(&())).await;
     }
-    // Backup trouble is a Warning of its own, once per new reason.
-    for type_ in [types::BACKUP_HEALTHY, types::RESTORED, types::FINAL_BACKUP] {
+    // Backup trouble and a stuck instance are a Warning of their own, once
+    // per new reason.
+    for type_ in [
+        types::BACKUP_HEALTHY,
+        types::RESTORED,
+        types::FINAL_BACKUP,
+        types::INSTANCE_READY,
+    ] {
         let Some(c) = status.conditions.iter().find(|c| c.type_ == type_) else {
             continue;
         };
@@ -352,7 +376,11 @@ pub async fn update(
                 type_: EventType::Warning,
                 reason: c.reason.clone(),
                 note: Some(c.message.chars().take(1000).collect()),
-                action: "Backup".into(),
+                action: if type_ == types::INSTANCE_READY {
+                    "Observe".into()
+                } else {
+                    "Backup".into()
+                },
                 secondary: None,
             };
             crate::controller::publish(recorder, &event, &sdb.object_ref(&())).await;
@@ -390,6 +418,7 @@ mod tests {
                 backups: &backups,
                 restore: &running,
                 rollout: None,
+                not_ready: None,
             },
             &now,
         );
@@ -417,6 +446,7 @@ mod tests {
                 backups: &backups,
                 restore: &done,
                 rollout: None,
+                not_ready: None,
             },
             &now,
         );

@@ -1,5 +1,5 @@
 # servicedb — the make targets are the interface.
-#   make run     run the operator (current cluster, or a local control plane)
+#   make run     servicedb and the shop (current cluster, or a real local one)
 #   make test    unit, engine and end-to-end tests
 #   make crds    regenerate crds/ from the code
 #   make lint    rustfmt + clippy, warnings are errors
@@ -73,7 +73,9 @@ e2e: build
 	hack/s3/build.sh >/dev/null
 	hack/e2e.sh
 
-test: unit engine agent e2e
+## test: every tier; the last, cluster-e2e, brings up a real single-node
+## cluster (root: it starts a kubelet and changes the host's network).
+test: unit engine agent e2e cluster-e2e
 
 ## bench: every benchmark (figures, not pass/fail).
 bench: bench-provision bench-backup
@@ -86,7 +88,8 @@ bench-provision:
 	hack/prereqs.sh postgres redis go
 	hack/bench.sh
 
-## run: the operator against the current cluster, or a local control plane.
+## run: the operator against the current cluster; with none, a real local
+## cluster (root; hack/cluster) with servicedb installed by its chart.
 run: build
 	hack/prereqs.sh go
 	hack/run.sh

@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# make run: the operator against the current cluster, or — when there is
-# none — against a local control plane (etcd + kube-apiserver from
-# hack/testenv). Installs crds/, applies examples/manifests into namespace
-# `shop`, starts the operator and shows `kubectl get sdb`.
-#   hack/run.sh          run in the foreground until Ctrl-C
-#   RUN_DETACH=1 hack/run.sh   leave it running; stop with `hack/run.sh stop`
+# make run: servicedb and the shop (examples/manifests, namespace `shop`).
+#
+# Where it runs:
+#   - KUBECONFIG (or ~/.kube/config) names a cluster: crds/ are applied and
+#     the operator runs from this machine (this build) against it;
+#   - otherwise, as root: a real single-node cluster (hack/cluster) is
+#     brought up, the images built and imported, servicedb installed with its
+#     Helm chart (in-cluster, 2 replicas, leader election), the shop applied
+#     in a namespace enforcing the `restricted` Pod Security Standard, and
+#     the run ends by showing the databases Ready and the shop's own pods
+#     writing and reading through their Secrets;
+#   - otherwise (not root, or RUN_CLUSTER=apiserver): a local control plane
+#     alone (etcd + kube-apiserver, hack/testenv), where nothing runs a pod.
+#
+#   hack/run.sh               run in the foreground until Ctrl-C
+#   RUN_DETACH=1 hack/run.sh  leave it running; stop with `hack/run.sh stop`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${RUN_DIR:-$HOME/.cache/servicedb/testenv-run}
+cluster_dir=${CLUSTER_DIR:-$HOME/.cache/servicedb/cluster}
 ns=${RUN_NAMESPACE:-shop}
-bin=${CARGO_TARGET_DIR:-target}/debug/servicedb
+target=${CARGO_TARGET_DIR:-target}
+bin=$target/debug/servicedb
+static=$target/x86_64-unknown-linux-gnu/release/servicedb
 mkdir -p "$dir"
+say() { printf 'run: %s\n' "$*" >&2; }
 
 stop() {
   if [ -f "$dir/operator.pid" ]; then
@@ -19,26 +33,107 @@ stop() {
     rm -f "$dir/operator.pid"
   fi
   [ -f "$dir/local" ] && hack/testenv/down.sh "$dir" >/dev/null && rm -f "$dir/local"
+  # Only a cluster make run started itself is taken down.
+  [ -f "$dir/cluster" ] && hack/cluster/down.sh "$cluster_dir" >/dev/null && rm -f "$dir/cluster"
   echo "stopped"
 }
 [ "${1:-}" = stop ] && { stop; exit 0; }
 
+if [ -n "${KUBECONFIG:-}" ] || [ -f "$HOME/.kube/config" ]; then
+  mode=current
+elif [ "$(id -u)" = 0 ] && [ "${RUN_CLUSTER:-}" != apiserver ]; then
+  mode=cluster
+else
+  mode=apiserver
+fi
+
 kubectl_bin=$(command -v kubectl || true)
 [ -n "$kubectl_bin" ] || kubectl_bin="$(hack/testenv/build.sh)/kubectl"
-if [ -n "${KUBECONFIG:-}" ] || [ -f "$HOME/.kube/config" ]; then
-  if "$kubectl_bin" --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
-    echo "run: using the current cluster ($("$kubectl_bin" config current-context 2>/dev/null || echo KUBECONFIG))"
+k() { "$kubectl_bin" "$@"; }
+
+# --- the real single-node cluster, servicedb from its chart ------------------
+if [ "$mode" = cluster ]; then
+  start=$SECONDS
+  say "no cluster configured: a real single-node cluster (hack/cluster) with servicedb installed by its Helm chart"
+  say "building the statically linked binary (the operator image; cached after the first run)"
+  make -s static >&2
+  say "building the cluster's parts (kubelet, containerd's CNI, CoreDNS, kube-router, ...; cached)"
+  hack/cluster/build.sh >/dev/null
+  helm=$(hack/helm.sh)
+  [ -s "$cluster_dir/kubeconfig" ] || touch "$dir/cluster"
+  say "starting the cluster ($cluster_dir)"
+  export KUBECONFIG
+  KUBECONFIG=$(hack/cluster/up.sh "$cluster_dir")
+  say "building and importing the images (postgres:17, redis:8.0 from Debian; the operator's)"
+  hack/cluster/images.sh --operator "$static" --import "$cluster_dir/containerd/containerd.sock" >/dev/null
+  k apply --server-side --force-conflicts --field-manager=servicedb-install -f crds/ >/dev/null
+  k wait --for=condition=Established crd --all --timeout=60s >/dev/null
+  say "installing servicedb with the Helm chart (namespace servicedb-system)"
+  # The image's tag stays the chart's; a rebuilt binary rolls the operator.
+  "$helm" upgrade --install servicedb charts/servicedb -n servicedb-system --create-namespace \
+    --set operator.logFormat=text \
+    --set-string "podAnnotations.servicedb\.dev/binary=$(sha256sum "$static" | cut -c1-16)" \
+    --wait --timeout 5m >/dev/null
+  k create namespace "$ns" --dry-run=client -o yaml | k apply -f - >/dev/null
+  k label --overwrite namespace "$ns" pod-security.kubernetes.io/enforce=restricted >/dev/null
+  k apply -n "$ns" -f examples/manifests/ >/dev/null
+  say "the shop is applied; waiting for orders (PostgreSQL 17) and cart (Redis 8.0) to be Ready"
+  deadline=$((SECONDS + ${RUN_TIMEOUT:-600}))
+  while :; do
+    phases=$(k get sdb -n "$ns" orders cart -o jsonpath='{range .items[*]}{.status.phase}{" "}{end}' 2>/dev/null || true)
+    [ "$phases" = "Ready Ready " ] && break
+    if [ $SECONDS -ge $deadline ]; then
+      k get sdb,pods -n "$ns" >&2 || true
+      say "orders and cart are not Ready after ${RUN_TIMEOUT:-600}s; their conditions:"
+      k get sdb -n "$ns" -o jsonpath='{range .items[*]}{.metadata.name}: {range .status.conditions[?(@.status!="True")]}{.type}={.reason}: {.message}; {end}{"\n"}{end}' >&2 || true
+      exit 1
+    fi
+    sleep 5
+  done
+  say "waiting for the shop's pods to write and read through their Secrets"
+  for app in orders cart; do
+    until k logs -n "$ns" "deploy/$app" 2>/dev/null | grep -q "^$app:"; do
+      [ $SECONDS -lt $deadline ] || { say "deploy/$app logged nothing"; k get pods -n "$ns" >&2; exit 1; }
+      sleep 2
+    done
+  done
+  echo
+  k get sdb -n "$ns"
+  echo
+  for app in orders cart; do
+    k logs -n "$ns" "deploy/$app" | grep "^$app:" | tail -1
+  done
+  echo
+  echo "catalog: $(k get sdb -n "$ns" catalog -o jsonpath='{.status.conditions[?(@.type=="InstanceReady")].reason}: {.status.conditions[?(@.type=="InstanceReady")].message}')"
+  echo "  (no MongoDB server package exists in Debian, so no mongo image is built here; on a cluster that can pull mongo it runs)"
+  echo
+  echo "Ready in $((SECONDS - start))s. Try:  export KUBECONFIG=$KUBECONFIG PATH=$(dirname "$kubectl_bin"):\$PATH"
+  echo "  kubectl get sdb -n $ns; kubectl logs -n $ns deploy/orders; kubectl logs -n servicedb-system deploy/servicedb"
+  if [ -n "${RUN_DETACH:-}" ]; then
+    echo "Left running; stop with: make stop"
+    exit 0
+  fi
+  trap stop EXIT INT TERM
+  echo "Following the shop's logs; Ctrl-C stops${dir:+ (and takes the cluster down if make run started it)}."
+  k logs -n "$ns" -f -l 'app in (orders,cart)' --prefix --max-log-requests 10 || true
+  exit 0
+fi
+
+# --- the operator from this machine -----------------------------------------
+if [ "$mode" = current ]; then
+  if k --request-timeout=5s get --raw /readyz >/dev/null 2>&1; then
+    say "using the current cluster ($(k config current-context 2>/dev/null || echo KUBECONFIG))"
   else
-    echo "run: the configured cluster does not answer; unset KUBECONFIG to use a local control plane" >&2
+    say "the configured cluster does not answer; unset KUBECONFIG to use a local cluster" >&2
     exit 1
   fi
 else
+  [ "$(id -u)" = 0 ] || say "not root: no real cluster can be started here; a local control plane only (no pod runs)"
   export KUBECONFIG
   KUBECONFIG=$(hack/testenv/up.sh "$dir")
   touch "$dir/local"
-  echo "run: no cluster configured; started a local control plane (KUBECONFIG=$KUBECONFIG)"
+  say "started a local control plane (KUBECONFIG=$KUBECONFIG)"
 fi
-k() { "$kubectl_bin" "$@"; }
 
 k apply --server-side --field-manager=servicedb-install -f crds/ >/dev/null
 k wait --for=condition=Established crd --all --timeout=60s >/dev/null
@@ -61,7 +156,7 @@ echo
 k get sdb -n "$ns"
 echo
 echo "Operator log: $dir/operator.log   metrics: http://127.0.0.1:${RUN_HTTP_PORT:-8080}/metrics"
-[ -f "$dir/local" ] && echo "The local control plane has no kubelet: instances stay Provisioning. Use a real cluster (kind, k3d) to run the databases."
+[ -f "$dir/local" ] && echo "The local control plane has no kubelet: instances stay Provisioning. Run make run as root for a real local cluster, or point KUBECONFIG at one."
 if [ -n "${RUN_DETACH:-}" ]; then
   echo "Left running; stop with: make stop"
   exit 0

@@ -356,6 +356,50 @@ async fn backups_to_s3_and_a_directory_restore_identical_data() {
         assert!(after == before, "restored from {from}: the data differs");
     }
 
+    // As a dedicated instance's restore Job does: the administrator
+    // restores, and `--restore-role` makes the service's role own (and so
+    // read) what was restored.
+    f.recreate(DATABASE).await;
+    let mut args = vec!["restore".to_owned()];
+    args.extend(f.db_args(DATABASE));
+    let admin = args.iter().position(|a| a == ROLE).expect("role arg");
+    args[admin] = f.pg.admin_user.clone();
+    args.extend(
+        [
+            "--restore-role",
+            ROLE,
+            "--from",
+            "s3://backups/shop/orders/orders-1",
+            "--s3-endpoint",
+            &f.s3.endpoint,
+        ]
+        .map(str::to_owned),
+    );
+    let mut env = f.s3.env();
+    env.push(("SERVICEDB_PASSWORD".to_owned(), f.pg.admin_password.clone()));
+    f.run(&args, &env).json();
+    let service = f.service(DATABASE).await;
+    let owners: Vec<String> = service
+        .query(
+            "SELECT DISTINCT tableowner::text FROM pg_tables WHERE schemaname = 'public'",
+            &[],
+        )
+        .await
+        .expect("owners")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        owners,
+        [ROLE],
+        "the service's role owns the restored tables"
+    );
+    assert!(
+        snapshot(&service).await == before,
+        "the service reads the data its administrator restored"
+    );
+    drop(service);
+
     // Verify into an empty scratch database.
     f.recreate("orders-scratch").await;
     let verified = f

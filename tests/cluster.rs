@@ -11,9 +11,15 @@
 //! the instance manager from). The operator itself runs from the host (this
 //! build's binary), as `make run` does against a cluster.
 
+#[path = "common/mod.rs"]
+#[allow(dead_code)] // shared with the other test crates
+mod common;
 #[path = "e2e/harness.rs"]
 #[allow(dead_code)] // shared with tests/e2e, which uses all of it
 mod harness;
+#[path = "agent_common/s3.rs"]
+#[allow(dead_code)] // shared with the agent tests, which use all of it
+mod s3;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -599,4 +605,287 @@ fn the_operator_image_is_what_the_dockerfile_describes() {
     );
     // ENTRYPOINT runs the binary the COPY put there.
     assert_eq!(entrypoint[0], target);
+}
+
+/// Waits for the ServiceDatabase's `InstanceReady` to turn False with
+/// `reason`; returns its message.
+async fn wait_instance_reason(world: &World, name: &str, reason: &str) -> String {
+    let api = world.api::<ServiceDatabase>();
+    wait_for(
+        &format!("{name}: InstanceReady {reason}"),
+        Duration::from_secs(180),
+        || async {
+            let sdb = api.get(name).await.ok()?;
+            let (status, found, message) = condition(&sdb, "InstanceReady")?;
+            (status == "False" && found == reason).then_some(message)
+        },
+    )
+    .await
+}
+
+/// On-call reads why an instance does not start from its status: MongoDB's
+/// image cannot be pulled here (no registry, no MongoDB package), and a
+/// memory request no node has leaves the pod unscheduled. Both are the
+/// kubelet's and the scheduler's own words, not played.
+#[tokio::test]
+async fn an_instance_that_cannot_start_says_why_in_its_status() {
+    let world = World::new("stuck").await;
+    create_database(
+        &world,
+        "catalog",
+        json!({
+            "engine": "MongoDB",
+            "version": "8.0",
+            "owner": {"podSelector": {"matchLabels": {"app": "catalog"}}},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    create_database(
+        &world,
+        "huge",
+        json!({
+            "engine": "Postgres",
+            "version": "17",
+            "owner": {"podSelector": {"matchLabels": {"app": "huge"}}},
+            "resources": {"requests": {"memory": "64Ti"}, "limits": {"memory": "64Ti"}},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    let message = wait_instance_reason(&world, "catalog", "ImagePullFailed").await;
+    assert!(
+        message.contains("cannot pull image docker.io/library/mongo:8.0"),
+        "{message}"
+    );
+    let message = wait_instance_reason(&world, "huge", "Unschedulable").await;
+    assert!(message.contains("Insufficient memory"), "{message}");
+    let sdb = world
+        .api::<ServiceDatabase>()
+        .get("huge")
+        .await
+        .expect("huge");
+    let (_, reason, _) = condition(&sdb, "Ready").expect("Ready");
+    assert_eq!(reason, "Unschedulable");
+    world.finish().await;
+}
+
+/// The node's address (the API server's, in the kubeconfig): where a host
+/// process listens for pods to reach it.
+fn node_ip() -> String {
+    let path = kubeconfig_path();
+    let kubeconfig = Kubeconfig::read_from(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+    let server = kubeconfig
+        .clusters
+        .first()
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .expect("the kubeconfig names a server");
+    server
+        .trim_start_matches("https://")
+        .split(':')
+        .next()
+        .expect("a host")
+        .to_owned()
+}
+
+/// Waits for a DatabaseBackup's phase; on failure, says what it showed.
+async fn wait_backup_phase(world: &World, name: &str, phase: &str) -> serde_json::Value {
+    let api = world.api::<servicedb::api::DatabaseBackup>();
+    wait_for(
+        &format!("DatabaseBackup {name} {phase}"),
+        Duration::from_secs(240),
+        || async {
+            let backup = api.get(name).await.ok()?;
+            let status = serde_json::to_value(backup.status?).ok()?;
+            if status["phase"] == "Failed" && phase != "Failed" {
+                panic!("DatabaseBackup {name} failed: {status}");
+            }
+            (status["phase"] == phase).then_some(status)
+        },
+    )
+    .await
+}
+
+/// Backups as real Jobs on the real cluster: the agent's pods (admitted
+/// under `restricted`) back a dedicated PostgreSQL up to a real S3 server
+/// (versitygw on the node's address), the newest archive is restored into a
+/// new ServiceDatabase with the same rows, and a verify Job started from the
+/// verify CronJob (as `kubectl create job --from` would) passes.
+#[tokio::test]
+async fn backups_run_as_jobs_to_s3_and_restore_into_a_new_database() {
+    let world = World::new("backup").await;
+    let s3 = s3::S3::start_on(&node_ip());
+    s3.create_bucket("backups");
+    let creds: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "s3-creds"},
+        "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+    }))
+    .expect("Secret");
+    world
+        .api::<Secret>()
+        .create(&PostParams::default(), &creds)
+        .await
+        .expect("S3 credentials");
+    let destination = json!({"s3": {"bucket": "backups", "endpoint": s3.endpoint,
+        "region": "us-east-1", "credentialsSecret": "s3-creds"}});
+    create_database(
+        &world,
+        "orders",
+        json!({
+            "engine": "Postgres",
+            "version": "17",
+            "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
+            "backup": {"schedule": "0 2 * * *", "destination": destination,
+                "verify": {"schedule": "0 4 * * 0"}},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    wait_ready(&world, "orders").await;
+
+    // The owner writes 1000 rows.
+    let write = format!(
+        r#"export PGCONNECT_TIMEOUT=3
+for i in $(seq {OWNER_RETRIES}); do psql "$DATABASE_URL" -c 'select 1' >/dev/null 2>&1 && break; sleep 1; done
+psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At \
+  -c "create table orders (id int primary key, item text)" \
+  -c "insert into orders select i, 'item ' || i from generate_series(1, 1000) i" \
+  -c "select count(*) from orders""#
+    );
+    let (code, log) = run_client(
+        &world,
+        &world.ns,
+        "writer",
+        BTreeMap::from([("app", "orders")]),
+        "docker.io/library/postgres:17",
+        "orders-db",
+        &write,
+    )
+    .await;
+    assert_eq!(
+        (code, log.trim().lines().last()),
+        (0, Some("1000")),
+        "the owner wrote its rows: {log}"
+    );
+
+    // A backup taken by hand runs as a Job and lands in the bucket.
+    let backup: servicedb::api::DatabaseBackup = serde_json::from_value(json!({
+        "apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseBackup",
+        "metadata": {"name": "orders-1"},
+        "spec": {"serviceDatabaseRef": {"name": "orders"}}
+    }))
+    .expect("DatabaseBackup");
+    world
+        .api::<servicedb::api::DatabaseBackup>()
+        .create(&PostParams::default(), &backup)
+        .await
+        .expect("creating the DatabaseBackup");
+    let status = wait_backup_phase(&world, "orders-1", "Completed").await;
+    let location = status["location"].as_str().expect("location").to_owned();
+    assert!(location.starts_with("s3://backups/"), "{location}");
+    let stored: Vec<_> = walk(&s3.bucket_dir("backups"));
+    assert!(
+        stored
+            .iter()
+            .any(|p| p.ends_with("orders-1") || p.contains("/orders-1/")),
+        "the archive is in the bucket: {stored:?}"
+    );
+    let job_pod = world
+        .api::<Pod>()
+        .list(
+            &kube::api::ListParams::default()
+                .labels("batch.kubernetes.io/job-name=orders-1-backup"),
+        )
+        .await
+        .expect("the backup Job's pods")
+        .items;
+    assert!(
+        job_pod
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")),
+        "the backup Job's pod ran to completion on the node"
+    );
+
+    // Restored into a new ServiceDatabase: the same rows.
+    create_database(
+        &world,
+        "orders-copy",
+        json!({
+            "engine": "Postgres",
+            "version": "17",
+            "owner": {"podSelector": {"matchLabels": {"app": "orders-copy"}}},
+            "bootstrap": {"fromBackup": {"name": "orders-1"}},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    let copy = wait_ready(&world, "orders-copy").await;
+    let (_, reason, message) = condition(&copy, "Restored").expect("Restored");
+    assert_eq!(reason, "Restored", "{message}");
+    let read = format!(
+        r#"export PGCONNECT_TIMEOUT=3
+for i in $(seq {OWNER_RETRIES}); do psql "$DATABASE_URL" -c 'select 1' >/dev/null 2>&1 && break; sleep 1; done
+psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At -c "select count(*), sum(id), max(item) from orders""#
+    );
+    let (code, log) = run_client(
+        &world,
+        &world.ns,
+        "reader",
+        BTreeMap::from([("app", "orders-copy")]),
+        "docker.io/library/postgres:17",
+        "orders-copy-db",
+        &read,
+    )
+    .await;
+    assert_eq!(
+        (code, log.trim()),
+        (0, "1000|500500|item 999"),
+        "the copy holds the same rows"
+    );
+
+    // The verify CronJob's Job restores the newest archive into a scratch
+    // database and checks it: the backup is marked verified.
+    let cronjob = world
+        .api::<k8s_openapi::api::batch::v1::CronJob>()
+        .get("orders-db-verify")
+        .await
+        .expect("the verify CronJob");
+    let template = cronjob.spec.expect("spec").job_template;
+    let job: k8s_openapi::api::batch::v1::Job = serde_json::from_value(json!({
+        "metadata": {"name": "orders-db-verify-now",
+            "labels": template.metadata.as_ref().and_then(|m| m.labels.clone()),
+            "annotations": {"cronjob.kubernetes.io/instantiate": "manual"}},
+        "spec": template.spec,
+    }))
+    .expect("Job");
+    world
+        .api::<k8s_openapi::api::batch::v1::Job>()
+        .create(&PostParams::default(), &job)
+        .await
+        .expect("creating the verify Job");
+    let backups = world.api::<servicedb::api::DatabaseBackup>();
+    wait_for("orders-1 verified", Duration::from_secs(240), || async {
+        let b = backups.get("orders-1").await.ok()?;
+        b.status?.verified.filter(|v| *v)
+    })
+    .await;
+    world.finish().await;
+}
+
+/// Every file under `dir`, as paths relative to it.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
+    out
 }

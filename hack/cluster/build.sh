@@ -23,6 +23,8 @@ CACHE=${SERVICEDB_CACHE:-$HOME/.cache/servicedb}
 OUT=$CACHE/cluster-$K8S/bin
 mkdir -p "$OUT"
 command -v go >/dev/null || { echo "build.sh: go 1.24+ is needed (https://go.dev/dl)" >&2; exit 1; }
+command -v gcc >/dev/null && [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ "$(id -u)" -ne 0 ] ||
+  "$(dirname "$0")/packages.sh"
 command -v gcc >/dev/null && [ -f /usr/lib/x86_64-linux-gnu/libc.a ] ||
   { echo "build.sh: gcc and libc6-dev are needed to build pause (apt-get install gcc libc6-dev)" >&2; exit 1; }
 exec 9>"$OUT/.build.lock"

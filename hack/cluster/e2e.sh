@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ $# -eq 1 ] || { echo "usage: $0 STATIC_BINARY" >&2; exit 2; }
 static=$1
+[ "$(id -u)" = 0 ] || { echo "cluster-e2e: the real-cluster tier starts a kubelet and changes the host's network: run it (make test) as root" >&2; exit 1; }
 dir=${CLUSTER_DIR:-${SERVICEDB_CACHE:-$HOME/.cache/servicedb}/cluster}
 step() { local what=$1 start=$SECONDS; shift; "$@"; echo "cluster-e2e: $what took $((SECONDS - start))s" >&2; }
 

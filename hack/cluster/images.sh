@@ -25,6 +25,7 @@ while [ $# -gt 0 ]; do
     *) echo "usage: $0 [--operator BIN] [--import SOCKET]" >&2; exit 2 ;;
   esac
 done
+"$here/packages.sh"
 mkdir -p "$OUT"
 exec 8>"$OUT/.build.lock"
 flock 8

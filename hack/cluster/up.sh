@@ -41,23 +41,7 @@ if any_running; then
 fi
 
 # --- host prerequisites ------------------------------------------------------
-packages=(containerd runc containernetworking-plugins iptables ipset conntrack socat ethtool
-  mmdebstrap busybox-static openssl gcc libc6-dev iproute2 kmod file binutils)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them with"
-  log "installing ${missing[*]} (apt-get)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  # policy-rc.d: Debian's containerd package must not start the system's own daemon.
-  policy=/usr/sbin/policy-rc.d
-  [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' >"$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  rm -f "$policy"; trap - EXIT
-fi
+"$(dirname "$0")/packages.sh"
 command -v go >/dev/null || die "go 1.24+ is needed to build the cluster's programs (https://go.dev/dl)"
 [ -d /proc/sys/net/bridge ] || modprobe br_netfilter 2>/dev/null || true
 [ -d /proc/sys/net/bridge ] ||

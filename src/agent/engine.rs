@@ -49,6 +49,11 @@ pub struct DatabaseArgs {
     /// `isolation: Schema` owns one schema of a database it shares.
     #[arg(long, env = "SERVICEDB_SCHEMA")]
     pub schema: Option<String>,
+    /// PostgreSQL restore: what is restored is created as (and owned by)
+    /// this role (`pg_restore --role`), so that a dedicated instance's
+    /// administrator restores the service's data for the service's role.
+    #[arg(long, env = "SERVICEDB_RESTORE_ROLE")]
+    pub restore_role: Option<String>,
     /// MongoDB: the database the user is defined in; default: --database.
     #[arg(long, env = "SERVICEDB_AUTH_DATABASE")]
     pub auth_database: Option<String>,

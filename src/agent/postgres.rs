@@ -50,6 +50,8 @@ pub struct Postgres {
     bin_dir: Option<PathBuf>,
     /// `--schema`: the one schema this service owns in a shared database.
     schema: Option<String>,
+    /// `--restore-role`: the role a restore creates objects as.
+    restore_role: Option<String>,
     /// libpq's TLS settings for pg_dump and pg_restore.
     ssl_env: Vec<(&'static str, String)>,
     client: tokio_postgres::Client,
@@ -242,6 +244,7 @@ impl Postgres {
             password,
             bin_dir: args.pg_bin_dir.clone(),
             schema: args.schema.clone().filter(|s| !s.is_empty()),
+            restore_role: args.restore_role.clone().filter(|r| !r.is_empty()),
             ssl_env,
             client,
             server_version,
@@ -319,6 +322,11 @@ impl Postgres {
                 "--single-transaction",
                 "--no-password",
             ])
+            .args(
+                self.restore_role
+                    .iter()
+                    .map(|role| format!("--role={role}")),
+            )
             // pg_restore without --dbname writes a script instead of
             // restoring; a conninfo string keeps any database name literal.
             .arg(format!(

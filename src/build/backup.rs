@@ -241,6 +241,10 @@ pub fn restore_job(
 ) -> Job {
     let mut args = vec!["agent".into(), "restore".into()];
     args.extend(connection_args(db, &db.database));
+    if db.engine == crate::api::Engine::Postgres && db.server.is_none() {
+        // The administrator restores, the service's role owns what it made.
+        args.extend(["--restore-role".into(), db.username.clone()]);
+    }
     args.extend(["--from".into(), from.location.clone()]);
     if let Pick::Latest { before } = pick {
         args.push("--latest".into());

@@ -1063,6 +1063,15 @@ mod backups {
         let args = pod.containers[0].args.clone().unwrap();
         assert_eq!(args[..2], ["agent", "restore"]);
         assert_eq!(arg(&args, "--database"), "orders");
+        // The administrator restores; what it makes belongs to the service.
+        assert_eq!(arg(&args, "--username"), "postgres");
+        assert_eq!(arg(&args, "--restore-role"), db.username);
+        let mut argv = vec!["servicedb".to_string()];
+        argv.extend(args.clone());
+        assert!(
+            Cli::try_parse_from(&argv).is_ok(),
+            "the agent accepts the restore Job's arguments: {argv:?}"
+        );
 
         let delete = backup::delete_job(
             "shop",

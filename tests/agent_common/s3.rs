@@ -27,8 +27,14 @@ pub fn cache_dir() -> PathBuf {
 
 /// Waits until `child` listens on `port`; panics with its log if it exits.
 pub fn wait_for_port(what: &str, port: u16, child: &mut Child, log: &Path) {
+    wait_for_address(what, "127.0.0.1", port, child, log)
+}
+
+/// Waits until `child` listens on `host`:`port`; panics with its log if it
+/// exits.
+pub fn wait_for_address(what: &str, host: &str, port: u16, child: &mut Child, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((host, port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
                 "{what} exited ({status}) before listening:\n{}",
@@ -52,6 +58,12 @@ pub struct S3 {
 
 impl S3 {
     pub fn start() -> S3 {
+        S3::start_on("127.0.0.1")
+    }
+
+    /// versitygw listening on `host` (an address pods reach, for the
+    /// real-cluster tier).
+    pub fn start_on(host: &str) -> S3 {
         let binary = cache_dir().join(format!("versitygw-{VERSITYGW_VERSION}/bin/versitygw"));
         assert!(
             binary.is_file(),
@@ -68,7 +80,7 @@ impl S3 {
         let log = std::fs::File::create(&log_path).expect("log");
         let mut child = Command::new(binary)
             .arg("--port")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{host}:{port}"))
             .arg("--quiet")
             .arg("posix")
             .arg(root.path().join("gw"))
@@ -80,11 +92,11 @@ impl S3 {
             .stderr(log)
             .spawn()
             .expect("starting versitygw");
-        wait_for_port("versitygw", port, &mut child, &log_path);
+        wait_for_address("versitygw", host, port, &mut child, &log_path);
         S3 {
             child,
             root,
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("http://{host}:{port}"),
             access_key,
             secret_key,
         }

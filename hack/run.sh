@@ -58,7 +58,7 @@ if [ "$mode" = cluster ]; then
   say "building the statically linked binary (the operator image; cached after the first run)"
   make -s static >&2
   say "building the cluster's parts (kubelet, containerd's CNI, CoreDNS, kube-router, ...; cached)"
-  hack/cluster/build.sh >/dev/null
+  kubectl_bin="$(hack/cluster/build.sh)/kubectl"
   helm=$(hack/helm.sh)
   [ -s "$cluster_dir/kubeconfig" ] || touch "$dir/cluster"
   say "starting the cluster ($cluster_dir)"
@@ -76,7 +76,7 @@ if [ "$mode" = cluster ]; then
     --wait --timeout 5m >/dev/null
   k create namespace "$ns" --dry-run=client -o yaml | k apply -f - >/dev/null
   k label --overwrite namespace "$ns" pod-security.kubernetes.io/enforce=restricted >/dev/null
-  k apply -n "$ns" -f examples/manifests/ >/dev/null
+  k apply -n "$ns" --server-side --field-manager=servicedb-run -f examples/manifests/ >/dev/null
   say "the shop is applied; waiting for orders (PostgreSQL 17) and cart (Redis 8.0) to be Ready"
   deadline=$((SECONDS + ${RUN_TIMEOUT:-600}))
   while :; do
@@ -97,18 +97,23 @@ if [ "$mode" = cluster ]; then
       sleep 2
     done
   done
+  # catalog's pod tries to pull mongo first; its status says so once it failed.
+  instance() { k get sdb -n "$ns" catalog -o jsonpath="{.status.conditions[?(@.type==\"InstanceReady\")].$1}" 2>/dev/null; }
+  for _ in $(seq 45); do
+    case $(instance reason) in Starting|'') sleep 2 ;; *) break ;; esac
+  done
   echo
   k get sdb -n "$ns"
   echo
   for app in orders cart; do
-    k logs -n "$ns" "deploy/$app" | grep "^$app:" | tail -1
+    k logs -n "$ns" "deploy/$app" 2>/dev/null | grep "^$app:" | tail -1
   done
   echo
-  echo "catalog: $(k get sdb -n "$ns" catalog -o jsonpath='{.status.conditions[?(@.type=="InstanceReady")].reason}: {.status.conditions[?(@.type=="InstanceReady")].message}')"
+  echo "catalog: $(instance reason): $(instance message | cut -c1-160)"
   echo "  (no MongoDB server package exists in Debian, so no mongo image is built here; on a cluster that can pull mongo it runs)"
   echo
   echo "Ready in $((SECONDS - start))s. Try:  export KUBECONFIG=$KUBECONFIG PATH=$(dirname "$kubectl_bin"):\$PATH"
-  echo "  kubectl get sdb -n $ns; kubectl logs -n $ns deploy/orders; kubectl logs -n servicedb-system deploy/servicedb"
+  echo "  kubectl get sdb -n $ns; kubectl logs -n $ns deploy/orders; kubectl logs -n servicedb-system -l app.kubernetes.io/name=servicedb"
   if [ -n "${RUN_DETACH:-}" ]; then
     echo "Left running; stop with: make stop"
     exit 0

@@ -64,7 +64,9 @@ struct World {
     ns: String,
     /// Other namespaces the test made (deleted with `ns`).
     others: Vec<String>,
-    operator: Operator,
+    /// The operator on this machine, or none when the chart runs it in the
+    /// cluster ([`World::in_cluster`]).
+    operator: Option<Operator>,
     _serial: std::sync::MutexGuard<'static, ()>,
 }
 
@@ -72,6 +74,57 @@ impl World {
     // Each #[tokio::test] has its own runtime: the guard serialises whole tests.
     #[allow(clippy::await_holding_lock)]
     async fn new(test: &str) -> World {
+        let mut world = World::without_operator(test).await;
+        world.operator = Some(Operator::start_with_env(
+            test,
+            &[("KUBECONFIG", &kubeconfig_path())],
+        ));
+        world
+    }
+
+    /// servicedb installed by its Helm chart, as `make run` installs it: two
+    /// replicas in the cluster, leader election, the chart's RBAC; the image
+    /// is the one `hack/cluster/images.sh` imported. A rotation needs this:
+    /// the operator checks the new login through the instance's Service
+    /// name, which only the cluster's DNS resolves.
+    async fn in_cluster(test: &str) -> World {
+        let world = World::without_operator(test).await;
+        let archive = std::env::var("SERVICEDB_OPERATOR_IMAGE_ARCHIVE")
+            .expect("SERVICEDB_OPERATOR_IMAGE_ARCHIVE (make cluster-e2e)");
+        let helm = sh("hack/helm.sh");
+        let out = std::process::Command::new(helm.trim())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("KUBECONFIG", kubeconfig_path())
+            .args([
+                "upgrade",
+                "--install",
+                "servicedb",
+                "charts/servicedb",
+                "-n",
+                OPERATOR_NS,
+                "--set",
+                "operator.logFormat=text",
+                "--set-string",
+                &format!(
+                    "podAnnotations.servicedb\\.dev/image-archive={}",
+                    archive_tag(&archive)
+                ),
+                "--wait",
+                "--timeout",
+                "5m",
+            ])
+            .output()
+            .expect("running helm");
+        assert!(
+            out.status.success(),
+            "helm install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        world
+    }
+
+    #[allow(clippy::await_holding_lock)]
+    async fn without_operator(test: &str) -> World {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
         let client = client().await;
         install_crds(&client).await;
@@ -80,12 +133,11 @@ impl World {
         let ns = format!("cluster-{test}-{suffix}");
         create_restricted_namespace(&client, &ns).await;
         apply_manifest(&client, &ns, &example("00-databaseclasses.yaml")).await;
-        let operator = Operator::start_with_env(test, &[("KUBECONFIG", &kubeconfig_path())]);
         World {
             client,
             ns,
             others: vec![],
-            operator,
+            operator: None,
             _serial: serial,
         }
     }
@@ -126,7 +178,16 @@ impl World {
 
     /// Stops the operator and deletes the namespaces (not waiting for it).
     async fn finish(mut self) {
-        self.operator.stop();
+        match self.operator.as_mut() {
+            Some(operator) => operator.stop(),
+            None => {
+                let helm = sh("hack/helm.sh");
+                let _ = std::process::Command::new(helm.trim())
+                    .env("KUBECONFIG", kubeconfig_path())
+                    .args(["uninstall", "servicedb", "-n", OPERATOR_NS, "--wait"])
+                    .output();
+            }
+        }
         for ns in std::iter::once(&self.ns).chain(&self.others) {
             let _ = Api::<Namespace>::all(self.client.clone())
                 .delete(ns, &DeleteParams::default())
@@ -208,7 +269,10 @@ async fn wait_ready(world: &World, name: &str) -> ServiceDatabase {
             panic!(
                 "ServiceDatabase {name} not Ready after 240s; status: {:?}\npods: {pod_states:#?}\noperator log: {}",
                 sdb.status,
-                world.operator.log.display()
+                world.operator.as_ref().map_or(
+                    "kubectl logs -n servicedb-system -l app.kubernetes.io/name=servicedb".into(),
+                    |o| o.log.display().to_string()
+                )
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -294,7 +358,7 @@ async fn run_client(
         .unwrap_or_else(|e| panic!("creating pod {name}: {e}"));
     let ended = wait_for(
         &format!("client pod {name} to end"),
-        Duration::from_secs(120),
+        Duration::from_secs(300),
         || async {
             let pod = pods.get(name).await.ok()?;
             let status = pod.status?;
@@ -418,6 +482,83 @@ echo REFUSED; exit 3"#
         (code, log.trim()),
         (3, "REFUSED"),
         "a pod in another namespace must not reach the database, whatever its labels"
+    );
+    // The database pod is deleted: the instance manager stops PostgreSQL
+    // cleanly on SIGTERM, a new pod starts on the same volume, and the data
+    // and the password are what they were.
+    let secrets = world.api::<Secret>();
+    let password_before = secrets.get(&secret).await.expect("the Secret").data;
+    let pods = world.api::<Pod>();
+    let old = pods.get("orders-db-0").await.expect("the database pod");
+    let params = LogParams {
+        follow: true,
+        container: Some("database".into()),
+        ..Default::default()
+    };
+    let mut stream = Box::pin(
+        pods.log_stream("orders-db-0", &params)
+            .await
+            .expect("following the database container's log"),
+    );
+    pods.delete("orders-db-0", &DeleteParams::default())
+        .await
+        .expect("deleting the database pod");
+    let mut last_words = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        futures::AsyncReadExt::read_to_string(&mut stream, &mut last_words),
+    )
+    .await
+    .expect("the database container ends within its grace period")
+    .expect("reading its log");
+    assert!(
+        last_words.contains("shutting down")
+            && last_words.contains("stopped")
+            && !last_words.contains("did not stop cleanly"),
+        "SIGTERM stops the server cleanly; the container's last log:\n{last_words}"
+    );
+    wait_for(
+        "a new, ready database pod",
+        Duration::from_secs(240),
+        || async {
+            let pod = pods.get("orders-db-0").await.ok()?;
+            let ready = pod
+                .status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .any(|c| c.name == "database" && c.ready);
+            (pod.metadata.uid != old.metadata.uid && ready).then_some(())
+        },
+    )
+    .await;
+    let read_script = format!(
+        r#"export PGCONNECT_TIMEOUT=3
+for i in $(seq {OWNER_RETRIES}); do
+  psql "$DATABASE_URL" -c 'select 1' >/dev/null 2>&1 && break
+  sleep 1
+done
+psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At -c "select item from orders where id = 1""#
+    );
+    let (code, log) = run_client(
+        &world,
+        &world.ns,
+        "owner-again",
+        BTreeMap::from([("app", "orders")]),
+        "docker.io/library/postgres:17",
+        &secret,
+        &read_script,
+    )
+    .await;
+    assert_eq!(
+        (code, log.trim()),
+        (0, "written by the owner"),
+        "the row survives the pod, read with the same Secret"
+    );
+    assert!(
+        secrets.get(&secret).await.expect("the Secret").data == password_before,
+        "the credentials did not change"
     );
     world.finish().await;
 }
@@ -888,4 +1029,145 @@ fn walk(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// A credential rotation as the live service sees it: the Secret switches to
+/// a new password once it works, the new password works at once,
+/// the replaced one keeps working through the grace period and is refused
+/// after it. The instance manager in the pod makes and retires the logins
+/// from the Secret the kubelet refreshes in its volume.
+#[tokio::test]
+async fn a_rotation_keeps_the_old_password_for_its_grace_period_only() {
+    let world = World::in_cluster("rotate").await;
+    create_database(
+        &world,
+        "cart",
+        json!({
+            "engine": "Redis",
+            "version": "8.0",
+            "owner": {"podSelector": {"matchLabels": {"app": "cart"}}},
+            "credentials": {"gracePeriod": "90s"},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    wait_ready(&world, "cart").await;
+    let secrets = world.api::<Secret>();
+    let before = secrets.get("cart-db").await.expect("cart-db");
+    let value = |s: &Secret, key: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .unwrap_or_default()
+    };
+    // The replaced login's keys, as a pod that read the Secret earlier keeps them.
+    let old: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "cart-db-before"},
+        "stringData": {"REDIS_URL": value(&before, "REDIS_URL")}
+    }))
+    .expect("Secret");
+    secrets
+        .create(&PostParams::default(), &old)
+        .await
+        .expect("a copy of the old keys");
+
+    let patch = json!({"metadata": {"annotations": {"servicedb.dev/rotate-credentials": "now"}}});
+    world
+        .api::<ServiceDatabase>()
+        .patch(
+            "cart",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("requesting a rotation");
+    let after = wait_for(
+        "the Secret switches to a new password",
+        Duration::from_secs(240),
+        || async {
+            let s = secrets.get("cart-db").await.ok()?;
+            (value(&s, "password") != value(&before, "password")).then_some(s)
+        },
+    )
+    .await;
+    // Redis keeps one ACL user with two passwords during the grace period.
+    assert_eq!(value(&after, "username"), value(&before, "username"));
+
+    let ping = |secret: &'static str, name: &'static str| {
+        let script = format!(
+            r#"for i in $(seq {OWNER_RETRIES}); do
+  [ "$(timeout 3 redis-cli --no-auth-warning -u "$REDIS_URL" PING 2>/dev/null)" = PONG ] && {{ echo PONG; exit 0; }}
+  sleep 1
+done
+timeout 3 redis-cli --no-auth-warning -u "$REDIS_URL" PING 2>&1 | tail -1; exit 3"#
+        );
+        let world = &world;
+        async move {
+            run_client(
+                world,
+                &world.ns,
+                name,
+                BTreeMap::from([("app", "cart")]),
+                "docker.io/library/redis:8.0",
+                secret,
+                &script,
+            )
+            .await
+        }
+    };
+    let (code, log) = ping("cart-db", "new-login").await;
+    assert_eq!(
+        (code, log.trim()),
+        (0, "PONG"),
+        "the new password works at once"
+    );
+    let (code, log) = ping("cart-db-before", "old-login-in-grace").await;
+    assert_eq!(
+        (code, log.trim()),
+        (0, "PONG"),
+        "the replaced password works during the grace period"
+    );
+
+    // After the grace period, a client on the old password is refused.
+    let refused = r#"for i in $(seq 240); do
+  out=$(timeout 3 redis-cli --no-auth-warning -u "$REDIS_URL" PING 2>&1 | tr '\n' ' ')
+  case $out in *WRONGPASS*|*NOAUTH*|*invalid*) echo "REFUSED: $out"; exit 0 ;; esac
+  sleep 1
+done
+echo "still accepted"; exit 3"#;
+    let (code, log) = run_client(
+        &world,
+        &world.ns,
+        "old-login-after-grace",
+        BTreeMap::from([("app", "cart")]),
+        "docker.io/library/redis:8.0",
+        "cart-db-before",
+        refused,
+    )
+    .await;
+    assert_eq!(
+        code, 0,
+        "the old password is refused after the grace period: {log}"
+    );
+    assert!(
+        log.contains("WRONGPASS") || log.contains("NOAUTH") || log.contains("invalid"),
+        "{log}"
+    );
+    world.finish().await;
+}
+
+/// The part of an image archive's name that changes with its content
+/// (`servicedb-0.1.0-<hash>.tar`): a new one rolls the chart's pods.
+fn archive_tag(archive: &str) -> String {
+    std::path::Path::new(archive)
+        .file_stem()
+        .map(|s| {
+            s.to_string_lossy()
+                .rsplit('-')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .unwrap_or_default()
 }

@@ -77,6 +77,7 @@ struct Cli {
 }
 
 #[derive(clap::Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per test
 enum Cmd {
     Instance(crate::instance::Args),
     Agent(crate::agent::Args),

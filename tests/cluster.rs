@@ -379,6 +379,18 @@ async fn run_client(
     (ended.exit_code, log)
 }
 
+/// `psql` lines run by an owner's pod, once its first connection works.
+fn owner_psql(commands: &str) -> String {
+    format!(
+        r#"export PGCONNECT_TIMEOUT=3
+for i in $(seq {OWNER_RETRIES}); do
+  psql "$DATABASE_URL" -c 'select 1' >/dev/null 2>&1 && break
+  sleep 1
+done
+{commands}"#
+    )
+}
+
 /// The first connection of a new owner pod is retried for a while:
 /// kube-router admits a pod's address a second or two after it starts.
 const OWNER_RETRIES: u32 = 20;
@@ -413,16 +425,11 @@ async fn dedicated_postgres_runs_and_admits_only_its_owner() {
         .expect("the status names the credentials Secret");
 
     // The owner: psql with the Secret's DATABASE_URL only.
-    let owner_script = format!(
-        r#"export PGCONNECT_TIMEOUT=3
-for i in $(seq {OWNER_RETRIES}); do
-  psql "$DATABASE_URL" -c 'select 1' >/dev/null 2>&1 && break
-  sleep 1
-done
-psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At \
+    let owner_script = owner_psql(
+        r#"psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At \
   -c "create table orders (id int primary key, item text)" \
   -c "insert into orders values (1, 'written by the owner')" \
-  -c "select item from orders where id = 1""#
+  -c "select item from orders where id = 1""#,
     );
     let (code, log) = run_client(
         &world,
@@ -533,13 +540,8 @@ echo REFUSED; exit 3"#
         },
     )
     .await;
-    let read_script = format!(
-        r#"export PGCONNECT_TIMEOUT=3
-for i in $(seq {OWNER_RETRIES}); do
-  psql "$DATABASE_URL" -c 'select 1' >/dev/null 2>&1 && break
-  sleep 1
-done
-psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At -c "select item from orders where id = 1""#
+    let read_script = owner_psql(
+        r#"psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At -c "select item from orders where id = 1""#,
     );
     let (code, log) = run_client(
         &world,
@@ -886,13 +888,11 @@ async fn backups_run_as_jobs_to_s3_and_restore_into_a_new_database() {
     wait_ready(&world, "orders").await;
 
     // The owner writes 1000 rows.
-    let write = format!(
-        r#"export PGCONNECT_TIMEOUT=3
-for i in $(seq {OWNER_RETRIES}); do psql "$DATABASE_URL" -c 'select 1' >/dev/null 2>&1 && break; sleep 1; done
-psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At \
+    let write = owner_psql(
+        r#"psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At \
   -c "create table orders (id int primary key, item text)" \
   -c "insert into orders select i, 'item ' || i from generate_series(1, 1000) i" \
-  -c "select count(*) from orders""#
+  -c "select count(*) from orders""#,
     );
     let (code, log) = run_client(
         &world,
@@ -964,10 +964,8 @@ psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At \
     let copy = wait_ready(&world, "orders-copy").await;
     let (_, reason, message) = condition(&copy, "Restored").expect("Restored");
     assert_eq!(reason, "Restored", "{message}");
-    let read = format!(
-        r#"export PGCONNECT_TIMEOUT=3
-for i in $(seq {OWNER_RETRIES}); do psql "$DATABASE_URL" -c 'select 1' >/dev/null 2>&1 && break; sleep 1; done
-psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At -c "select count(*), sum(id), max(item) from orders""#
+    let read = owner_psql(
+        r#"psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At -c "select count(*), sum(id), max(item) from orders""#,
     );
     let (code, log) = run_client(
         &world,

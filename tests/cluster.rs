@@ -1169,3 +1169,96 @@ fn archive_tag(archive: &str) -> String {
         })
         .unwrap_or_default()
 }
+
+/// The chart's two operator replicas: the leader's pod is deleted while
+/// three databases are being provisioned; the standby takes the Lease over
+/// and finishes them. Nothing is made twice (each StatefulSet and each
+/// Secret's password is the one first made), and neither replica's log has a
+/// `forbidden`: the chart's RBAC is enough.
+#[tokio::test]
+async fn the_standby_operator_finishes_what_the_deleted_leader_started() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let world = World::in_cluster("failover").await;
+    let leases: Api<Lease> = Api::namespaced(world.client.clone(), OPERATOR_NS);
+    let holder = || async {
+        leases
+            .get("servicedb-operator")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+            .filter(|h| !h.is_empty())
+    };
+    let leader = wait_for("a leader", Duration::from_secs(60), holder).await;
+    let names = ["cart-a", "cart-b", "cart-c"];
+    for name in names {
+        create_database(
+            &world,
+            name,
+            json!({
+                "engine": "Redis",
+                "version": "8.0",
+                "owner": {"podSelector": {"matchLabels": {"app": name}}},
+                "deletionPolicy": "Delete"
+            }),
+        )
+        .await;
+    }
+    // What the leader made first: each StatefulSet and Secret.
+    let statefulsets = world.api::<StatefulSet>();
+    let secrets = world.api::<Secret>();
+    let first = wait_for("the first children", Duration::from_secs(60), || async {
+        let mut made = vec![];
+        for name in names {
+            let sts = statefulsets.get_opt(&format!("{name}-db")).await.ok()??;
+            let secret = secrets.get_opt(&format!("{name}-db")).await.ok()??;
+            made.push((sts.metadata.uid, secret.data));
+        }
+        Some(made)
+    })
+    .await;
+    let operator_pods: Api<Pod> = Api::namespaced(world.client.clone(), OPERATOR_NS);
+    operator_pods
+        .delete(&leader, &DeleteParams::default())
+        .await
+        .expect("deleting the leader's pod");
+    let next = wait_for("another leader", Duration::from_secs(120), || async {
+        holder().await.filter(|h| *h != leader)
+    })
+    .await;
+    for name in names {
+        wait_ready(&world, name).await;
+    }
+    let mut last = vec![];
+    for name in names {
+        let sts = statefulsets
+            .get(&format!("{name}-db"))
+            .await
+            .expect("StatefulSet");
+        let secret = secrets.get(&format!("{name}-db")).await.expect("Secret");
+        last.push((sts.metadata.uid, secret.data));
+    }
+    assert!(first == last, "the new leader made nothing anew");
+    let pods = operator_pods
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=servicedb"))
+        .await
+        .expect("the operator's pods")
+        .items;
+    assert!(
+        pods.iter()
+            .any(|p| p.metadata.name.as_deref() == Some(next.as_str())),
+        "the new leader is one of the chart's pods: {next}"
+    );
+    for pod in &pods {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let log = operator_pods
+            .logs(&name, &LogParams::default())
+            .await
+            .unwrap_or_default();
+        assert!(
+            !log.to_lowercase().contains("forbidden"),
+            "{name}'s log has a forbidden:\n{log}"
+        );
+    }
+    world.finish().await;
+}

@@ -1262,3 +1262,131 @@ async fn the_standby_operator_finishes_what_the_deleted_leader_started() {
     }
     world.finish().await;
 }
+
+/// A backup schedule fires from its CronJob on the real cluster: the
+/// CronJob controller starts the Job at the next minute, the agent stores
+/// the archive on a PersistentVolumeClaim (local-path), the operator
+/// records the run as a DatabaseBackup, and a new ServiceDatabase restored
+/// from it holds the key the owner wrote.
+#[tokio::test]
+async fn a_scheduled_backup_lands_on_a_volume_and_restores() {
+    let world = World::new("schedule").await;
+    let claim: k8s_openapi::api::core::v1::PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "backups"},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}}
+    }))
+    .expect("PVC");
+    world
+        .api::<k8s_openapi::api::core::v1::PersistentVolumeClaim>()
+        .create(&PostParams::default(), &claim)
+        .await
+        .expect("the backups' volume claim");
+    create_database(
+        &world,
+        "cart",
+        json!({
+            "engine": "Redis",
+            "version": "8.0",
+            "owner": {"podSelector": {"matchLabels": {"app": "cart"}}},
+            "backup": {"schedule": "* * * * *",
+                "destination": {"volume": {"claimName": "backups"}}},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    wait_ready(&world, "cart").await;
+    let write = format!(
+        r#"cli() {{ timeout 5 redis-cli --no-auth-warning -u "$REDIS_URL" "$@"; }}
+for i in $(seq {OWNER_RETRIES}); do
+  [ "$(cli PING 2>/dev/null)" = PONG ] && break
+  sleep 1
+done
+cli SET "${{keyPrefix}}basket" 'kept by the schedule'"#
+    );
+    let (code, log) = run_client(
+        &world,
+        &world.ns,
+        "owner",
+        BTreeMap::from([("app", "cart")]),
+        "docker.io/library/redis:8.0",
+        "cart-db",
+        &write,
+    )
+    .await;
+    assert_eq!((code, log.trim()), (0, "OK"), "the owner wrote its key");
+    let written = std::time::SystemTime::now();
+
+    // The first run that started after the key was written.
+    let backups = world.api::<servicedb::api::DatabaseBackup>();
+    let scheduled = wait_for(
+        "a completed scheduled backup",
+        Duration::from_secs(180),
+        || async {
+            backups
+                .list(&Default::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|b| {
+                    let status = b.status.as_ref();
+                    status.is_some_and(|s| {
+                        s.phase == servicedb::api::database_backup::BackupPhase::Completed
+                            && s.started_at
+                                .as_ref()
+                                .is_some_and(|t| std::time::SystemTime::from(t.0) > written)
+                    })
+                })
+        },
+    )
+    .await;
+    let name = scheduled.metadata.name.clone().expect("name");
+    let location = scheduled
+        .status
+        .as_ref()
+        .and_then(|s| s.location.clone())
+        .unwrap_or_default();
+    assert!(
+        !location.starts_with("s3://"),
+        "{name} is stored on the volume: {location}"
+    );
+
+    create_database(
+        &world,
+        "cart-copy",
+        json!({
+            "engine": "Redis",
+            "version": "8.0",
+            "owner": {"podSelector": {"matchLabels": {"app": "cart-copy"}}},
+            "bootstrap": {"fromBackup": {"name": name}},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    wait_ready(&world, "cart-copy").await;
+    let read = format!(
+        r#"cli() {{ timeout 5 redis-cli --no-auth-warning -u "$REDIS_URL" "$@"; }}
+for i in $(seq {OWNER_RETRIES}); do
+  [ "$(cli PING 2>/dev/null)" = PONG ] && break
+  sleep 1
+done
+cli GET "${{keyPrefix}}basket""#
+    );
+    let (code, log) = run_client(
+        &world,
+        &world.ns,
+        "reader",
+        BTreeMap::from([("app", "cart-copy")]),
+        "docker.io/library/redis:8.0",
+        "cart-copy-db",
+        &read,
+    )
+    .await;
+    assert_eq!(
+        (code, log.trim()),
+        (0, "kept by the schedule"),
+        "the copy holds the key"
+    );
+    world.finish().await;
+}

@@ -28,6 +28,11 @@ pub struct StoreArgs {
     /// S3 region. Default: `AWS_REGION`, else `us-east-1`.
     #[arg(long, env = "SERVICEDB_S3_REGION")]
     pub s3_region: Option<String>,
+    /// A mounted volume that holds the destination directory: directories
+    /// missing under it (a new namespace's or service's) are made. The
+    /// volume itself is never made, so a missing mount still fails.
+    #[arg(long, env = "SERVICEDB_VOLUME_ROOT")]
+    pub volume_root: Option<std::path::PathBuf>,
 }
 
 /// A destination: the kind of store and the place inside it.
@@ -128,6 +133,14 @@ fn open_base(base: &Base, args: &StoreArgs) -> anyhow::Result<Arc<dyn ObjectStor
     match base {
         Base::S3 { bucket, .. } => s3_store(bucket, args),
         Base::File { dir } => {
+            if let Some(root) = &args.volume_root
+                && dir.starts_with(root)
+                && root.is_dir()
+                && !dir.exists()
+            {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("making directory {} on the volume", dir.display()))?;
+            }
             let meta = std::fs::metadata(dir).with_context(|| {
                 format!("destination directory {} is not accessible", dir.display())
             })?;
@@ -297,6 +310,40 @@ fn s3_store(bucket: &str, args: &StoreArgs) -> anyhow::Result<Arc<dyn ObjectStor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_services_directory_is_made_on_the_volume_only() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("shop/cart");
+        let url = format!("file://{}", dir.display());
+        let backup = BackupUrl::from_destination(&url, "cart-1").expect("url");
+        let plain = StoreArgs {
+            s3_endpoint: None,
+            s3_region: None,
+            volume_root: None,
+        };
+        let Err(missing) = backup.open(&plain) else {
+            panic!("no volume root: refused");
+        };
+        assert!(missing.to_string().contains("not accessible"), "{missing}");
+        assert!(!dir.exists());
+        let on_volume = StoreArgs {
+            volume_root: Some(root.path().to_path_buf()),
+            ..plain
+        };
+        backup.open(&on_volume).expect("made under the volume");
+        assert!(dir.is_dir());
+        // A volume that is not mounted is never made.
+        let elsewhere = StoreArgs {
+            volume_root: Some(root.path().join("not-mounted")),
+            s3_endpoint: None,
+            s3_region: None,
+        };
+        let url = format!("file://{}/not-mounted/shop/cart", root.path().display());
+        let backup = BackupUrl::from_destination(&url, "cart-1").expect("url");
+        assert!(backup.open(&elsewhere).is_err());
+        assert!(!root.path().join("not-mounted").exists());
+    }
 
     #[test]
     fn s3_destination_and_name() {

@@ -426,6 +426,10 @@ fn s3_args(destination: &BackupDestination) -> Vec<String> {
             args.extend(["--s3-region".into(), region.clone()]);
         }
     }
+    if destination.volume.is_some() {
+        // The service's directory on a new volume is made by its first backup.
+        args.extend(["--volume-root".into(), BACKUP_MOUNT.into()]);
+    }
     args
 }
 

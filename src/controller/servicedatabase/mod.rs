@@ -497,6 +497,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
         );
     }
     // A dedicated instance that is not ready: its pod tells why.
+    let mut pod_seen = false;
     let not_ready = if db.server.is_none() && ready_replicas == 0 {
         let pod = instance::pod(&ctx.client, &db.namespace, &db.instance_name())
             .await
@@ -504,6 +505,7 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
                 tracing::warn!(error = %e, "reading the instance's pod");
                 None
             });
+        pod_seen = pod.is_some();
         Some(instance::diagnose(&db.instance_name(), pod.as_ref()))
     } else {
         None
@@ -554,8 +556,10 @@ async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Erro
     if behind {
         due = due.min(rollout::RECHECK);
     }
-    if not_ready.is_some() {
-        // Nothing announces a pod's image pull or crash loop here: look again.
+    if not_ready.is_some() && pod_seen {
+        // Nothing announces a pod's image pull or crash loop here: look
+        // again. Without a pod there is nothing to read until the
+        // StatefulSet (watched) makes one.
         due = due.min(INSTANCE_RECHECK);
     }
     if storage.as_ref().is_some_and(|v| v.resizing) {

@@ -132,6 +132,32 @@ impl Fixture {
         env
     }
 
+    /// `servicedb agent <command>` on `database` as the server's
+    /// administrator (a dedicated instance's Jobs), from the S3 backup
+    /// `orders-1`; its JSON result.
+    fn as_admin(&self, command: &str, database: &str, extra: &[&str]) -> serde_json::Value {
+        let mut args = vec![command.to_owned()];
+        args.extend(self.db_args(database));
+        let admin = args.iter().position(|a| a == ROLE).expect("role arg");
+        args[admin] = self.pg.admin_user.clone();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args.extend(
+            [
+                "--from",
+                "s3://backups/shop/orders/orders-1",
+                "--s3-endpoint",
+                &self.s3.endpoint,
+            ]
+            .map(str::to_owned),
+        );
+        let mut env = self.s3.env();
+        env.push((
+            "SERVICEDB_PASSWORD".to_owned(),
+            self.pg.admin_password.clone(),
+        ));
+        self.run(&args, &env).json()
+    }
+
     fn db_args(&self, database: &str) -> Vec<String> {
         [
             "--engine",
@@ -360,24 +386,7 @@ async fn backups_to_s3_and_a_directory_restore_identical_data() {
     // restores, and `--restore-role` makes the service's role own (and so
     // read) what was restored.
     f.recreate(DATABASE).await;
-    let mut args = vec!["restore".to_owned()];
-    args.extend(f.db_args(DATABASE));
-    let admin = args.iter().position(|a| a == ROLE).expect("role arg");
-    args[admin] = f.pg.admin_user.clone();
-    args.extend(
-        [
-            "--restore-role",
-            ROLE,
-            "--from",
-            "s3://backups/shop/orders/orders-1",
-            "--s3-endpoint",
-            &f.s3.endpoint,
-        ]
-        .map(str::to_owned),
-    );
-    let mut env = f.s3.env();
-    env.push(("SERVICEDB_PASSWORD".to_owned(), f.pg.admin_password.clone()));
-    f.run(&args, &env).json();
+    f.as_admin("restore", DATABASE, &["--restore-role", ROLE]);
     let service = f.service(DATABASE).await;
     let owners: Vec<String> = service
         .query(
@@ -429,22 +438,7 @@ async fn backups_to_s3_and_a_directory_restore_identical_data() {
     // The verify CronJob's scratch database (`*_verify`, as the instance's
     // administrator) is made afresh, so runs repeat, and dropped afterwards.
     for _ in 0..2 {
-        let mut args = vec!["verify".to_owned()];
-        args.extend(f.db_args("orders_verify"));
-        let admin = args.iter().position(|a| a == ROLE).expect("role arg");
-        args[admin] = f.pg.admin_user.clone();
-        args.extend(
-            [
-                "--from",
-                "s3://backups/shop/orders/orders-1",
-                "--s3-endpoint",
-                &f.s3.endpoint,
-            ]
-            .map(str::to_owned),
-        );
-        let mut env = f.s3.env();
-        env.push(("SERVICEDB_PASSWORD".to_owned(), f.pg.admin_password.clone()));
-        let verified = f.run(&args, &env).json();
+        let verified = f.as_admin("verify", "orders_verify", &[]);
         assert_eq!(verified["checks"]["rows"], 500 + 20000 + 3);
     }
     let left: i64 = f

@@ -75,25 +75,22 @@ pub fn diagnose(instance: &str, pod: Option<&Pod>) -> NotReady {
             format!("pod {pod_name} cannot be scheduled: {message}"),
         );
     }
-    let statuses = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten());
-    for container in statuses {
-        if let Some(found) = container_trouble(&pod_name, container) {
-            return found;
-        }
-    }
-    let waiting = status
+    let statuses: Vec<&ContainerStatus> = status
         .init_container_statuses
         .iter()
         .flatten()
         .chain(status.container_statuses.iter().flatten())
-        .find_map(|c| {
-            let reason = c.state.as_ref()?.waiting.as_ref()?.reason.clone()?;
-            Some(format!("container {} is {reason}", c.name))
-        });
+        .collect();
+    if let Some(found) = statuses
+        .iter()
+        .find_map(|c| container_trouble(&pod_name, c))
+    {
+        return found;
+    }
+    let waiting = statuses.iter().find_map(|c| {
+        let reason = c.state.as_ref()?.waiting.as_ref()?.reason.clone()?;
+        Some(format!("container {} is {reason}", c.name))
+    });
     if let Some(waiting) = waiting {
         return NotReady::starting(format!("pod {pod_name}: {waiting}"));
     }

@@ -565,6 +565,9 @@ async fn an_instance_that_cannot_start_says_why() {
     )
     .await
     .expect("pod status");
+    // The StatefulSet controller records the pod it made (none ready yet);
+    // that is the change the operator is woken by.
+    set_ready_replicas(&statefulsets, "catalog-db", 0).await;
     let stuck = wait_for(
         "InstanceReady names the image",
         Duration::from_secs(60),

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod controller;
 pub mod engine;
 pub mod instance;
+pub mod model;
 pub mod operator;
 pub mod password;
 pub mod run;

@@ -31,8 +31,8 @@ use kube::Resource;
 use rand::distr::{Alphanumeric, SampleString};
 use servicedb::api::{DatabaseClass, ServiceDatabase};
 use servicedb::build::{Children, Credentials, OperatorFacts};
-use servicedb::controller::servicedatabase::validate::validate;
 use servicedb::engine::monitoring;
+use servicedb::model::database::validate;
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const POSTGRES_EXPORTER: &str = "/usr/bin/prometheus-postgres-exporter";
@@ -400,8 +400,7 @@ async fn prometheus_scrapes_the_built_exporters_logged_in_with_their_monitoring_
 
     // A second service's database, made as on a shared server (a managed
     // DatabaseServer is such an instance): the exporter reports it too.
-    let shared =
-        servicedb::controller::servicedatabase::validate::shared_identifier("shop", "orders");
+    let shared = servicedb::model::naming::shared_identifier("shop", "orders");
     {
         let (admin, connection) = tokio_postgres::Config::new()
             .host("127.0.0.1")

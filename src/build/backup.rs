@@ -24,10 +24,8 @@ use super::{MAX_CRONJOB_NAME, MAX_NAME, fit_object_name};
 use super::{labels, object_meta};
 use crate::api::Engine;
 use crate::api::common::BackupDestination;
-use crate::controller::servicedatabase::validate::{
-    BACKUP_MOUNT, ValidatedBackup, ValidatedDatabase,
-};
 use crate::engine::tls::TlsMode;
+use crate::model::database::{BACKUP_MOUNT, ValidatedBackup, ValidatedDatabase};
 
 /// On a backup Job: the `DatabaseBackup` it takes. Scheduled Jobs (made by
 /// the CronJob) lack it until they are recorded; their `DatabaseBackup` is
@@ -89,10 +87,7 @@ pub fn verify_cronjob_name(db: &ValidatedDatabase) -> String {
 /// `orders` → `orders-db-restore`.
 pub fn restore_job_name(name: &str) -> String {
     fit_object_name(
-        &format!(
-            "{}-restore",
-            crate::controller::servicedatabase::validate::instance_name(name)
-        ),
+        &format!("{}-restore", crate::model::naming::instance_name(name)),
         MAX_NAME,
     )
 }

@@ -19,8 +19,8 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use crate::controller::servicedatabase::validate::ValidatedDatabase;
 use crate::engine::logins::{Login, Logins};
+use crate::model::database::ValidatedDatabase;
 
 /// Field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "servicedb";

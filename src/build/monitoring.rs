@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::{OperatorFacts, object_meta, selector_labels};
 use crate::api::Engine;
-use crate::controller::servicedatabase::validate::ValidatedDatabase;
+use crate::model::database::ValidatedDatabase;
 
 /// API group and version of the Prometheus Operator's kinds.
 pub const GROUP: &str = "monitoring.coreos.com";

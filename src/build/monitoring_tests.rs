@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use super::monitoring::{AlertRule, DEFAULT_RUNBOOK_URL, build, rule_groups, rules_file};
 use super::*;
 use crate::api::{DatabaseClass, Engine, ServiceDatabase};
-use crate::controller::servicedatabase::dereference::ServerFacts;
-use crate::controller::servicedatabase::validate::validate;
+use crate::model::database::validate;
+use crate::model::server::ServerFacts;
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));

@@ -19,8 +19,8 @@ use super::{
     LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts, Scraper,
     object_meta, selector_labels,
 };
-use crate::controller::servicedatabase::validate::ValidatedDatabase;
 use crate::engine::exporter;
+use crate::model::database::ValidatedDatabase;
 
 pub fn build(
     db: &ValidatedDatabase,

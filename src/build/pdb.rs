@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{object_meta, selector_labels};
 use crate::api::common::Disruption;
-use crate::controller::servicedatabase::validate::ValidatedDatabase;
+use crate::model::database::ValidatedDatabase;
 
 pub fn build(db: &ValidatedDatabase, owner: &OwnerReference) -> PodDisruptionBudget {
     PodDisruptionBudget {

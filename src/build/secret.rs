@@ -9,11 +9,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use super::{Credentials, object_meta};
 use crate::api::Engine;
 use crate::api::common::CredentialFormat;
-use crate::controller::servicedatabase::validate::ValidatedDatabase;
 use crate::engine::Connection;
 use crate::engine::logins::Login;
 use crate::engine::monitoring;
 use crate::engine::tls::TlsMode;
+use crate::model::database::ValidatedDatabase;
 
 /// Component label of the service's credentials Secret.
 pub const COMPONENT_CREDENTIALS: &str = "credentials";

@@ -7,8 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{object_meta, selector_labels};
-use crate::controller::servicedatabase::validate::ValidatedDatabase;
 use crate::engine::exporter;
+use crate::model::database::ValidatedDatabase;
 
 /// `<name>-db-hl`, governing the StatefulSet.
 pub fn headless(db: &ValidatedDatabase, owner: &OwnerReference) -> Service {

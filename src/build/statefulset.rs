@@ -21,8 +21,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{OperatorFacts, labels, object_meta, selector_labels, service};
 use crate::api::DeletionPolicy;
-use crate::controller::servicedatabase::validate::{ValidatedDatabase, ValidatedMonitoring};
 use crate::engine::exporter::{self, EnvValue};
+use crate::model::database::{ValidatedDatabase, ValidatedMonitoring};
 
 /// Where the data volume is mounted; the instance manager keeps the engine's
 /// files below it.

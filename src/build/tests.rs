@@ -11,7 +11,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use super::*;
 use crate::api::{DatabaseClass, ServiceDatabase};
-use crate::controller::servicedatabase::validate::validate;
+use crate::model::database::validate;
 
 fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -522,7 +522,7 @@ fn redis_and_mongodb_instances_get_their_image_port_and_secret_keys() {
 
 #[test]
 fn a_database_on_a_shared_server_is_only_a_secret_pointing_at_the_server() {
-    use crate::controller::servicedatabase::dereference::ServerFacts;
+    use crate::model::server::ServerFacts;
     let class: DatabaseClass = fixture("class-postgres.yaml");
     let mut class = class;
     class.spec.allowed_isolations = None;
@@ -566,8 +566,8 @@ fn a_database_on_a_shared_server_is_only_a_secret_pointing_at_the_server() {
 
 #[test]
 fn a_server_reached_over_tls_gives_its_ca_to_the_service_and_to_the_backup_agent() {
-    use crate::controller::servicedatabase::dereference::ServerFacts;
     use crate::engine::tls::{TlsMode, TlsSettings};
+    use crate::model::server::ServerFacts;
     let mut class: DatabaseClass = fixture("class-postgres.yaml");
     class.spec.allowed_isolations = None;
     let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
@@ -642,9 +642,9 @@ mod formats {
     //! instance and on a shared server, always for the current login.
     use super::*;
     use crate::api::Engine;
-    use crate::controller::servicedatabase::dereference::ServerFacts;
     use crate::engine::logins::{Login, Logins};
     use crate::engine::tls::{TlsMode, TlsSettings};
+    use crate::model::server::ServerFacts;
 
     fn fixture_of(engine: Engine) -> &'static str {
         match engine {
@@ -912,7 +912,7 @@ mod backups {
         validate(&sdb, &class, None).unwrap()
     }
 
-    use crate::controller::servicedatabase::validate::ValidatedDatabase;
+    use crate::model::database::ValidatedDatabase;
 
     fn owner() -> OwnerReference {
         let sdb: ServiceDatabase = fixture("sdb-orders.yaml");
@@ -1243,7 +1243,8 @@ mod backups {
     #[test]
     fn every_derived_name_fits_for_the_longest_names_the_crds_admit() {
         use crate::controller::databaseserver::managed;
-        use crate::controller::servicedatabase::{final_backup, validate::instance_name};
+        use crate::controller::servicedatabase::final_backup;
+        use crate::model::naming::instance_name;
         use kube::ResourceExt;
         let longest = "payments-reconciliation-ledger-export-v2";
         assert_eq!(longest.len(), 40, "the CRD's maximum");
@@ -1353,7 +1354,7 @@ mod backups {
         );
         assert_eq!(
             managed_children.statefulset.metadata.name.clone().unwrap(),
-            instance_name(&managed::instance(&server.name_any()))
+            instance_name(&crate::model::naming::managed_instance(&server.name_any()))
         );
         for meta in [
             &managed_children.headless_service.metadata,

@@ -14,7 +14,7 @@ use super::output::or_none;
 use super::{Kube, WaitArgs, get_database, poll};
 use crate::api::ServiceDatabase;
 use crate::api::conditions::types;
-use crate::controller::servicedatabase::rotation::ROTATE_ANNOTATION;
+use crate::model::rotation::ROTATE_ANNOTATION;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -15,7 +15,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
-use super::servicedatabase::dereference::ServerFacts;
+use crate::model::server::ServerFacts;
 
 /// Idle PostgreSQL sessions kept per server and database.
 pub const IDLE_PER_DATABASE: usize = 4;

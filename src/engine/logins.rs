@@ -263,8 +263,8 @@ mod tests {
 
     #[test]
     fn long_names_keep_owner_twin_and_scratch_spaces_apart() {
-        use crate::controller::servicedatabase::validate::shared_identifier;
         use crate::engine::postgres_users::{MAX_NAME_BYTES, scratch_name};
+        use crate::model::naming::shared_identifier;
         let namespace = "n".repeat(63);
         for name in ["o".repeat(40), format!("{}-b", "o".repeat(38))] {
             let owner = shared_identifier(&namespace, &name);

@@ -18,7 +18,7 @@ use kube::api::{Patch, PatchParams};
 use serde::Deserialize;
 use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
-use servicedb::controller::servicedatabase::rotation::ROTATE_ANNOTATION;
+use servicedb::model::rotation::ROTATE_ANNOTATION;
 
 use crate::dedicated::{get_when, wait_phase};
 use crate::harness::{Env, wait_for};

@@ -11,7 +11,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
-use servicedb::controller::servicedatabase::rotation::ISSUED_AT;
+use servicedb::model::rotation::ISSUED_AT;
 
 use crate::backup::condition;
 use crate::database_server::events_for;

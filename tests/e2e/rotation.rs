@@ -17,7 +17,7 @@ use crate::harness::{Env, ensure_namespace, wait_for};
 use crate::servers::{Postgres, Redis};
 use crate::shared::{connect, redis_as, server, server_of};
 
-use servicedb::controller::servicedatabase::rotation::{ISSUED_AT, ROTATE_ANNOTATION as ROTATE};
+use servicedb::model::rotation::{ISSUED_AT, ROTATE_ANNOTATION as ROTATE};
 
 pub(crate) async fn place(
     client: &kube::Client,

@@ -39,7 +39,8 @@ use crate::build::backup::{
     Archive, LABEL_BACKUP, backup_job, backup_job_name, component, delete_job, delete_job_name,
 };
 use crate::build::{LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY};
-use crate::controller::servicedatabase::{dereference, validate};
+use crate::controller::servicedatabase::dereference;
+use crate::model::database as validate;
 
 /// Name of the controller in metrics and logs.
 pub const CONTROLLER: &str = "databasebackup";

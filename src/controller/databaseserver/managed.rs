@@ -20,26 +20,10 @@ use crate::api::database_class::ClassMonitoringSpec;
 use crate::api::database_server::NamespacesFrom;
 use crate::api::{DatabaseServer, ServiceDatabase};
 use crate::build::{Credentials, OperatorFacts};
-use crate::controller::servicedatabase::{apply, dereference, rotation, validate};
+use crate::controller::servicedatabase::{apply, dereference};
 use crate::engine::logins::Logins;
-
-/// The name the server's instance is built under.
-pub fn instance(server: &str) -> String {
-    format!("{server}-server")
-}
-
-/// Where clients reach a managed server, inside the cluster.
-pub fn host(server: &str, namespace: &str) -> String {
-    format!(
-        "{}.{namespace}.svc",
-        validate::instance_name(&instance(server))
-    )
-}
-
-/// The Secret with the managed server's administrator login.
-pub fn admin_secret(server: &str) -> String {
-    format!("{}-admin", validate::instance_name(&instance(server)))
-}
+use crate::model::naming::{managed_host, managed_instance};
+use crate::model::{database as validate, rotation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -66,7 +50,7 @@ pub fn as_service_database(server: &DatabaseServer) -> Option<ServiceDatabase> {
         "monitoring": managed.monitoring,
     });
     let mut sdb = ServiceDatabase::new(
-        &instance(&server.name_any()),
+        &managed_instance(&server.name_any()),
         serde_json::from_value(spec).ok()?,
     );
     sdb.metadata.namespace = server.namespace();
@@ -149,7 +133,7 @@ pub async fn ensure(
     let namespace = server.namespace().unwrap_or_default();
     Ok(Target {
         engine: server.spec.engine,
-        host: host(&server.name_any(), &namespace),
+        host: managed_host(&server.name_any(), &namespace),
         port: u16::try_from(db.engine_spec.port()).unwrap_or(0),
         tls: Default::default(),
         username: db.engine_spec.admin_username().to_string(),
@@ -204,6 +188,7 @@ pub fn admit_allowed_namespaces(policy: &mut NetworkPolicy, server: &DatabaseSer
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::naming::managed_admin_secret;
 
     fn server(spec: serde_json::Value) -> DatabaseServer {
         let mut s = DatabaseServer::new("shared-pg", serde_json::from_value(spec).unwrap());
@@ -225,10 +210,13 @@ mod tests {
             Some("20Gi")
         );
         assert_eq!(
-            host("shared-pg", "platform"),
+            managed_host("shared-pg", "platform"),
             "shared-pg-server-db.platform.svc"
         );
-        assert_eq!(admin_secret("shared-pg"), "shared-pg-server-db-admin");
+        assert_eq!(
+            managed_admin_secret("shared-pg"),
+            "shared-pg-server-db-admin"
+        );
         let external = server(serde_json::json!({"engine": "Redis",
             "external": {"host": "r", "port": 6379, "adminSecretRef": {"name": "a"}}}));
         assert!(as_service_database(&external).is_none());

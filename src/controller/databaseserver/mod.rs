@@ -9,17 +9,14 @@
 //! a backoff of 2 s doubling up to a minute. Only `external` servers are
 //! probed; a `managed` one is first built as a dedicated instance
 //! ([`managed`]) and probed at its Service.
-//! [`admits`] decides `spec.allowedNamespaces` for the ServiceDatabase
-//! controller.
+//! Which namespaces a server admits is decided in
+//! [`crate::model::admission`].
 
-pub mod admission;
 pub mod dereference;
 pub mod managed;
 pub mod probe;
 pub mod status;
 pub mod validate;
-
-pub use admission::admits;
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};

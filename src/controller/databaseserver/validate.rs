@@ -1,16 +1,13 @@
 //! Step 2 of the DatabaseServer pipeline (pure): spec + admin Secret → the
 //! target to probe, or an [`Invalid`] naming the field to change.
 
-use std::collections::BTreeMap;
 use std::fmt;
-
-use k8s_openapi::ByteString;
 
 use crate::api::DatabaseServer;
 use crate::api::common::Engine;
-use crate::api::database_server::{TlsMode, TlsSpec};
-pub use crate::controller::servicedatabase::validate::Invalid;
 use crate::engine::tls::TlsSettings;
+pub use crate::model::database::Invalid;
+pub use crate::model::server::{SecretData, tls_settings};
 
 const SECRET_FIELD: &str = "spec.external.adminSecretRef";
 
@@ -38,9 +35,6 @@ impl fmt::Debug for Target {
             .finish()
     }
 }
-
-/// The data of the admin Secret, `None` when it does not exist.
-pub type SecretData = Option<BTreeMap<String, ByteString>>;
 
 /// Checks what the API server cannot: that this release can reach the server
 /// and that the admin Secret holds a login.
@@ -100,62 +94,6 @@ pub fn validate(
     })
 }
 
-/// The TLS settings, with the CA checked: a CA Secret that is missing,
-/// lacks `ca.crt` or holds no certificate is named in the condition.
-pub fn tls_settings(
-    spec: Option<&TlsSpec>,
-    ca_secret: &SecretData,
-) -> Result<TlsSettings, Invalid> {
-    const FIELD: &str = "spec.external.tls.caSecretRef";
-    let Some(spec) = spec else {
-        return Ok(TlsSettings::default());
-    };
-    let ca_pem = match &spec.ca_secret_ref {
-        None => None,
-        Some(ca) => {
-            let Some(data) = ca_secret else {
-                return Err(invalid(
-                    FIELD,
-                    "SecretNotFound",
-                    format!("Secret {} does not exist", ca.name),
-                ));
-            };
-            let pem = data
-                .get("ca.crt")
-                .and_then(|v| String::from_utf8(v.0.clone()).ok())
-                .ok_or_else(|| {
-                    invalid(
-                        FIELD,
-                        "SecretKeyMissing",
-                        format!("Secret {} has no UTF-8 key \"ca.crt\"", ca.name),
-                    )
-                })?;
-            crate::engine::tls::ca_certificates(&pem).map_err(|e| {
-                invalid(
-                    FIELD,
-                    "InvalidCertificate",
-                    format!("Secret {}: {e}", ca.name),
-                )
-            })?;
-            Some(pem)
-        }
-    };
-    if spec.mode == Some(TlsMode::Disable) && ca_pem.is_some() {
-        return Err(invalid(
-            "spec.external.tls.mode",
-            "TlsDisabled",
-            "a CA is given but mode is Disable; set mode VerifyFull or Require",
-        ));
-    }
-    // A CA is given to be checked against: unset, the mode verifies.
-    let mode = spec.mode.unwrap_or(if ca_pem.is_some() {
-        TlsMode::VerifyFull
-    } else {
-        TlsMode::Disable
-    });
-    Ok(TlsSettings { mode, ca_pem })
-}
-
 fn invalid(field: &'static str, reason: &'static str, message: impl Into<String>) -> Invalid {
     Invalid {
         field,
@@ -167,6 +105,8 @@ fn invalid(field: &'static str, reason: &'static str, message: impl Into<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::database_server::{TlsMode, TlsSpec};
+    use k8s_openapi::ByteString;
     use serde_json::json;
 
     fn server(spec: serde_json::Value) -> DatabaseServer {

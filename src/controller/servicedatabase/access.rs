@@ -17,10 +17,10 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 
-use super::validate::Invalid;
 use super::{Error, claim, dereference, provision, status, validate};
 use crate::api::ServiceDatabase;
 use crate::controller::Context;
+use crate::model::database::Invalid;
 
 /// Disables the service's logins on a server that no longer admits its
 /// namespace, and reports `not_admitted` with what was done.

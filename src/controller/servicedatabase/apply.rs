@@ -767,7 +767,7 @@ pub mod cleanup {
         owner: Owner<'_>,
     ) -> Result<Vec<PersistentVolumeClaim>, Error> {
         let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-        let name = crate::controller::servicedatabase::validate::instance_name(owner.instance);
+        let name = crate::model::naming::instance_name(owner.instance);
         let live = statefulsets
             .get_opt(&name)
             .await

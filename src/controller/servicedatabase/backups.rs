@@ -12,7 +12,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
-use super::validate::{ValidatedBackup, ValidatedDatabase};
 use crate::api::ServiceDatabase;
 use crate::api::common::LocalObjectRef;
 use crate::api::conditions::{Observed, types};
@@ -23,6 +22,7 @@ use crate::build::{
     LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, instance_selectors,
 };
 use crate::controller::jobs::{self, JobState, Report};
+use crate::model::database::{ValidatedBackup, ValidatedDatabase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -24,9 +24,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{Api, ResourceExt};
 
-use super::dereference::server_identity;
-use super::validate::shared_identifier;
 use crate::api::{DatabaseServer, Isolation, ServiceDatabase};
+use crate::model::naming::shared_identifier;
+use crate::model::server::server_identity;
 
 /// Who else holds `sdb`'s login name on its shared server, from the
 /// controller's cache once it is complete; `None` before the controller

@@ -13,10 +13,12 @@ use kube::runtime::reflector::ObjectRef;
 
 use super::apply::{Owner, belongs_to_another};
 use super::cache::{self, Cache, Lookup, Stores};
-use super::rotation::Recorded;
-use super::validate::{Invalid, instance_name};
 use crate::api::{DatabaseClass, ServiceDatabase};
 use crate::build::{LABEL_MANAGED_BY, MANAGED_BY, instance_label};
+use crate::model::database::Invalid;
+use crate::model::naming::{instance_name, managed_admin_secret, managed_host};
+use crate::model::rotation::Recorded;
+use crate::model::server::{DEFAULT_SCHEMA_DATABASE, ServerFacts};
 
 /// What the cluster says about a ServiceDatabase's surroundings.
 pub struct Dereferenced {
@@ -29,52 +31,6 @@ pub struct Dereferenced {
     pub ready_replicas: i32,
     /// The shared server named by `spec.serverRef`, when there is one.
     pub server: Option<ServerFacts>,
-}
-
-/// What the pipeline needs of a shared `DatabaseServer`.
-#[derive(Clone)]
-pub struct ServerFacts {
-    pub name: String,
-    pub namespace: String,
-    pub engine: crate::api::Engine,
-    pub host: String,
-    pub port: i32,
-    pub admin_username: String,
-    pub admin_password: String,
-    /// Postgres: the database whose schemas isolation `Schema` hands out.
-    pub schema_database: String,
-    /// TLS towards the server.
-    pub tls: crate::engine::tls::TlsSettings,
-}
-
-#[cfg(test)]
-impl ServerFacts {
-    /// A shared PostgreSQL server `shop/shared` at `pg.example.com:5432`,
-    /// administrator password `admin-secret`, plain TCP.
-    pub fn example() -> ServerFacts {
-        ServerFacts {
-            name: "shared".into(),
-            namespace: "shop".into(),
-            engine: crate::api::Engine::Postgres,
-            host: "pg.example.com".into(),
-            port: 5432,
-            admin_username: "admin".into(),
-            admin_password: "admin-secret".into(),
-            schema_database: DEFAULT_SCHEMA_DATABASE.into(),
-            tls: Default::default(),
-        }
-    }
-}
-
-impl std::fmt::Debug for ServerFacts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerFacts")
-            .field("name", &self.name)
-            .field("namespace", &self.namespace)
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .finish_non_exhaustive()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -454,11 +410,7 @@ async fn server(
         .name
         .get_or_insert_with(|| own_namespace.clone());
     if admission == Admission::Required
-        && !crate::controller::databaseserver::admits(
-            &server.spec.allowed_namespaces,
-            &namespace,
-            &candidate,
-        )
+        && !crate::model::admission::admits(&server.spec.allowed_namespaces, &namespace, &candidate)
     {
         return Err(invalid(
             field,
@@ -477,10 +429,9 @@ async fn server(
     let Some(external) = &server.spec.external else {
         // servicedb runs the server: reached at its instance's Service with
         // the administrator Secret it made.
-        use crate::controller::databaseserver::managed;
         let spec = crate::engine::for_engine(server.spec.engine);
         let admin = secrets
-            .get_opt(&managed::admin_secret(&name))
+            .get_opt(&managed_admin_secret(&name))
             .await
             .map_err(|source| Error::Read {
                 kind: "Secret",
@@ -498,7 +449,7 @@ async fn server(
                 )
             })?;
         return Ok(ServerFacts {
-            host: managed::host(&name, &namespace),
+            host: managed_host(&name, &namespace),
             port: spec.port(),
             admin_username: spec.admin_username().to_string(),
             admin_password: admin,
@@ -545,17 +496,14 @@ async fn server(
             .map(|s| s.data.unwrap_or_default()),
         None => None,
     };
-    let tls = crate::controller::databaseserver::validate::tls_settings(
-        external.tls.as_ref(),
-        &ca_secret,
-    )
-    .map_err(|e| {
-        invalid(
-            field,
-            "ServerTlsInvalid",
-            format!("DatabaseServer {namespace}/{name}: {e}"),
-        )
-    })?;
+    let tls =
+        crate::model::server::tls_settings(external.tls.as_ref(), &ca_secret).map_err(|e| {
+            invalid(
+                field,
+                "ServerTlsInvalid",
+                format!("DatabaseServer {namespace}/{name}: {e}"),
+            )
+        })?;
     Ok(ServerFacts {
         tls,
         name,
@@ -568,30 +516,3 @@ async fn server(
         schema_database,
     })
 }
-
-/// Which server a DatabaseServer reaches, as `host:port` (the host in
-/// lower case, without a trailing dot): two DatabaseServers with the same
-/// identity are one server. A managed server is its instance's Service.
-/// Different names of one host (an IP address and a DNS name) are not
-/// recognised as one.
-pub fn server_identity(server: &crate::api::DatabaseServer) -> Option<String> {
-    let (host, port) = match (&server.spec.external, &server.spec.managed) {
-        (Some(external), _) => (external.host.clone(), external.port),
-        (None, Some(_)) => (
-            crate::controller::databaseserver::managed::host(
-                &server.name_any(),
-                &server.namespace()?,
-            ),
-            crate::engine::for_engine(server.spec.engine).port(),
-        ),
-        (None, None) => return None,
-    };
-    Some(format!(
-        "{}:{port}",
-        host.trim_end_matches('.').to_ascii_lowercase()
-    ))
-}
-
-/// The database holding the schemas of isolation `Schema`, unless the
-/// DatabaseServer names another.
-pub const DEFAULT_SCHEMA_DATABASE: &str = "servicedb";

@@ -56,7 +56,7 @@ pub fn name(sdb: &ServiceDatabase) -> String {
 pub async fn ensure(client: &Client, sdb: &ServiceDatabase) -> Result<Final, Error> {
     // The backups it gets, its class's defaults included.
     let backup = match super::dereference::dereference_ignoring_admission(client, sdb).await {
-        Ok(found) => super::validate::validate(sdb, &found.class, found.server.as_ref())
+        Ok(found) => crate::model::database::validate(sdb, &found.class, found.server.as_ref())
             .ok()
             .and_then(|db| db.backup),
         Err(super::dereference::Error::Read { kind, source }) => {

@@ -25,11 +25,9 @@ pub mod monitoring;
 pub mod provision;
 pub mod restore;
 pub mod rollout;
-pub mod rotation;
 pub mod status;
 pub mod storage;
 pub mod trigger;
-pub mod validate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,7 +54,9 @@ use crate::api::{
     DatabaseBackup, DatabaseClass, DatabaseServer, DeletionPolicy, Engine, ServiceDatabase,
 };
 use crate::build::{Credentials, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY};
-use validate::{Invalid, instance_name};
+use crate::model::database::{self as validate, Invalid};
+use crate::model::naming::instance_name;
+use crate::model::rotation;
 
 /// Name of the controller in metrics and logs.
 pub const CONTROLLER: &str = "servicedatabase";
@@ -707,7 +707,7 @@ const SERVER_BUSY_RETRY: Duration = Duration::from_secs(1);
 /// not to answer (the status says so) or while as many reconciles as the
 /// limit allows work on it (tried again in a moment).
 async fn enter_server(
-    server: &dereference::ServerFacts,
+    server: &crate::model::server::ServerFacts,
     ctx: &Context,
 ) -> Result<super::server_gate::Pass, Error> {
     use super::server_gate::{Closed, key};
@@ -732,7 +732,7 @@ async fn enter_server(
 /// Runs `work` on `server` within [`SERVER_WORK_DEADLINE`] and tells the
 /// gate whether the server answered.
 async fn on_server<T>(
-    server: &dereference::ServerFacts,
+    server: &crate::model::server::ServerFacts,
     ctx: &Context,
     work: impl std::future::Future<Output = Result<T, provision::Error>>,
 ) -> Result<T, Error> {
@@ -756,12 +756,12 @@ async fn on_server<T>(
 }
 
 /// The DatabaseServer's `namespace/name`: what the gate knows down.
-fn server_via(server: &dereference::ServerFacts) -> String {
+fn server_via(server: &crate::model::server::ServerFacts) -> String {
     format!("{}/{}", server.namespace, server.name)
 }
 
 /// `namespace/name (host:port)`, as provisioning errors name a server.
-fn server_display(server: &dereference::ServerFacts) -> String {
+fn server_display(server: &crate::model::server::ServerFacts) -> String {
     format!(
         "{}/{} ({}:{})",
         server.namespace, server.name, server.host, server.port

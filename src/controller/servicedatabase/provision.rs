@@ -6,8 +6,6 @@
 
 use std::time::Duration;
 
-use super::dereference::ServerFacts;
-use super::validate::ValidatedDatabase;
 use crate::api::Engine;
 use crate::api::ServiceDatabase;
 use crate::controller::sessions::Sessions;
@@ -15,6 +13,8 @@ use crate::engine::logins::{Login, Logins, Marker};
 use crate::engine::mongodb_users;
 use crate::engine::postgres_users::{self, ServiceUser};
 use crate::engine::redis_acl;
+use crate::model::database::ValidatedDatabase;
+use crate::model::server::ServerFacts;
 
 /// How long a connection to a shared server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -21,7 +21,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
 
-use super::validate::{Invalid, RestoreSource, ValidatedDatabase};
 use crate::api::ServiceDatabase;
 use crate::api::conditions::{is_true, types};
 use crate::api::database_backup::{BackupPhase, DatabaseBackup};
@@ -29,6 +28,7 @@ use crate::build::backup::{Archive, Pick, restore_job, restore_job_name};
 use crate::build::statefulset::DATA_VOLUME;
 use crate::build::{LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts, instance_label};
 use crate::controller::jobs::{self, JobState, Report};
+use crate::model::database::{Invalid, RestoreSource, ValidatedDatabase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -36,11 +36,11 @@ use kube::{Api, Client, Resource};
 use serde_json::json;
 
 use super::Context;
-use super::rotation::Plan;
-use super::validate::ValidatedDatabase;
 use crate::api::ServiceDatabase;
 use crate::api::conditions::{Observed, types};
 use crate::build::{LABEL_MANAGED_BY, MANAGED_BY};
+use crate::model::database::ValidatedDatabase;
+use crate::model::rotation::Plan;
 
 /// On pod templates and pods: the credentials generation they started with;
 /// the same key and value as the Secret's annotation.

@@ -9,10 +9,10 @@ use kube::{Client, Resource};
 use super::backups::BackupState;
 use super::instance::NotReady;
 use super::restore::Restore;
-use super::validate::{Invalid, ValidatedDatabase};
 use crate::api::conditions::{Observed, kstatus, merge, types};
 use crate::api::service_database::Endpoint;
 use crate::api::{Phase, ServiceDatabase, ServiceDatabaseStatus};
+use crate::model::database::{Invalid, ValidatedDatabase};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -404,7 +404,7 @@ mod tests {
     fn a_restoring_database_is_not_ready_until_the_restore_completed() {
         let class: DatabaseClass = fixture("class-postgres.yaml");
         let sdb: ServiceDatabase = fixture("sdb-orders.yaml");
-        let db = super::super::validate::validate(&sdb, &class, None).unwrap();
+        let db = crate::model::database::validate(&sdb, &class, None).unwrap();
         let now = Time("2026-01-01T00:00:00Z".parse().unwrap());
         let backups = BackupState::default();
         let running = Restore::Running {

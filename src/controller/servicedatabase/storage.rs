@@ -13,10 +13,10 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
-use super::validate::ValidatedDatabase;
 use crate::api::conditions::Observed;
 use crate::api::conditions::types::STORAGE_RESIZED;
 use crate::build::statefulset::DATA_VOLUME;
+use crate::model::database::ValidatedDatabase;
 
 /// How often a volume that is being expanded is looked at again.
 pub const RECHECK: Duration = Duration::from_secs(30);

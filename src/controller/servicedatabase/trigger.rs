@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use kube::{Resource, ResourceExt};
 
-use super::dereference::ServerFacts;
 use crate::api::ServiceDatabase;
 use crate::engine::logins::Logins;
+use crate::model::server::ServerFacts;
 
 /// The hash of what a user can change on a ServiceDatabase that a pass
 /// reacts to; the same hash means the event is the operator's own write
@@ -183,7 +183,7 @@ mod tests {
         spec.metadata.generation = Some(2);
         let mut rotate = before.clone();
         rotate.annotations_mut().insert(
-            super::super::rotation::ROTATE_ANNOTATION.into(),
+            crate::model::rotation::ROTATE_ANNOTATION.into(),
             "now".into(),
         );
         let mut deleting = before.clone();

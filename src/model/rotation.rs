@@ -401,7 +401,7 @@ mod tests {
 
     #[test]
     fn durations_parse_like_go() {
-        use super::super::validate::parse_duration;
+        use crate::model::database::parse_duration;
         assert_eq!(
             parse_duration("720h"),
             Some(Duration::from_secs(720 * 3600))

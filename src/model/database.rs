@@ -1,5 +1,7 @@
-//! Step 2 of the ServiceDatabase pipeline (pure): spec + class → one
-//! validated value that every builder reads, or an error naming the field.
+//! A ServiceDatabase checked against its class (step 2 of the
+//! ServiceDatabase pipeline, pure): one validated value that every builder
+//! reads, or an error naming the field. Managed servers' instances are
+//! validated here too.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +9,8 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use super::dereference::ServerFacts;
+use super::naming::{instance_name, shared_identifier};
+use super::server::ServerFacts;
 use crate::api::common::{BackupDestination, Disruption, StorageSpec};
 use crate::api::{DatabaseClass, DeletionPolicy, Engine, Isolation, ServiceDatabase};
 use crate::engine::{EngineSpec, for_engine};
@@ -422,12 +425,6 @@ impl ValidatedDatabase {
     }
 }
 
-/// `orders` → `orders-db`: children are suffixed so they never clash with the
-/// service's own Deployment and Service, which usually share its name.
-pub fn instance_name(name: &str) -> String {
-    format!("{name}-db")
-}
-
 /// Validates a ServiceDatabase against its class.
 pub fn validate(
     sdb: &ServiceDatabase,
@@ -705,13 +702,6 @@ pub fn validate(
     })
 }
 
-/// `shop` + `orders` → `shop_orders`; names too long for an identifier (63
-/// bytes, less the `_b` of the rotation twin) keep a readable start and a
-/// hash of the whole.
-pub fn shared_identifier(namespace: &str, name: &str) -> String {
-    crate::engine::fit_name(&format!("{namespace}_{name}").replace('-', "_"), 61)
-}
-
 fn check_cron(field: &'static str, schedule: &str) -> Result<(), Invalid> {
     croner::parser::CronParser::new()
         .parse(schedule)
@@ -864,7 +854,7 @@ mod tests {
 
     #[test]
     fn what_the_agent_cannot_do_on_a_shared_server_is_refused() {
-        use crate::controller::servicedatabase::dereference::ServerFacts;
+        use crate::model::server::ServerFacts;
         let mut class: DatabaseClass = fixture("class-postgres.yaml");
         class.spec.allowed_isolations = None;
         let mut server = ServerFacts::example();
@@ -909,7 +899,7 @@ mod tests {
 
     #[test]
     fn redis_scripting_is_for_a_dedicated_redis_only() {
-        use crate::controller::servicedatabase::dereference::ServerFacts;
+        use crate::model::server::ServerFacts;
         let mut class: DatabaseClass = fixture("class-postgres.yaml");
         class.spec.engine = Engine::Redis;
         class.spec.allowed_isolations = None;
@@ -947,7 +937,7 @@ mod tests {
 
     #[test]
     fn a_schema_takes_backups_but_no_restore() {
-        use crate::controller::servicedatabase::dereference::ServerFacts;
+        use crate::model::server::ServerFacts;
         let mut class: DatabaseClass = fixture("class-postgres.yaml");
         class.spec.allowed_isolations = None;
         let server = ServerFacts::example();
@@ -969,7 +959,7 @@ mod tests {
         let mut sdb: ServiceDatabase = fixture("sdb-orders.yaml");
         let db = validate(&sdb, &class, None).unwrap();
         assert_eq!(db.rotate_every, None);
-        assert_eq!(db.grace_period, super::super::rotation::DEFAULT_GRACE);
+        assert_eq!(db.grace_period, crate::model::rotation::DEFAULT_GRACE);
         edit(
             &mut sdb,
             "{credentials: {rotateEvery: 720h, gracePeriod: 90s}}",

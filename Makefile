@@ -35,7 +35,7 @@ lint:
 ## through promtool (Debian's prometheus).
 unit:
 	hack/prereqs.sh promtool
-	$(CARGO) test --locked --lib --bins --test readme --test gitops_health --test dashboards
+	$(CARGO) test --locked --lib --bins --test readme --test gitops_health --test dashboards --test architecture
 
 ENGINE_TESTS := --test instance_postgres --test instance_redis --test instance_mongodb --test exporter_scrape
 

@@ -20,7 +20,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use super::secret::CA_KEY;
 use super::statefulset::{BIN_DIR, install_container, mount, restricted_container};
 use super::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, MANAGED_BY, OperatorFacts};
-use super::{MAX_CRONJOB_NAME, MAX_NAME, fit_object_name};
 use super::{labels, object_meta};
 use crate::api::Engine;
 use crate::api::common::BackupDestination;
@@ -73,37 +72,10 @@ pub struct Archive {
     pub destination: BackupDestination,
 }
 
-/// `orders` → `orders-db-backup` (at most 50 characters for the longest
-/// name a ServiceDatabase may have, within a CronJob's 52).
-pub fn backup_cronjob_name(db: &ValidatedDatabase) -> String {
-    fit_object_name(&format!("{}-backup", db.instance_name()), MAX_CRONJOB_NAME)
-}
-
-/// `orders` → `orders-db-verify`.
-pub fn verify_cronjob_name(db: &ValidatedDatabase) -> String {
-    fit_object_name(&format!("{}-verify", db.instance_name()), MAX_CRONJOB_NAME)
-}
-
-/// `orders` → `orders-db-restore`.
-pub fn restore_job_name(name: &str) -> String {
-    fit_object_name(
-        &format!("{}-restore", crate::model::naming::instance_name(name)),
-        MAX_NAME,
-    )
-}
-
-/// The Job of a `DatabaseBackup` created by hand (or the final one):
-/// `<backup>-backup`, shortened with a hash when that is too long.
-pub fn backup_job_name(backup: &str) -> String {
-    fit_object_name(&format!("{backup}-backup"), MAX_NAME)
-}
-
-/// The Job that deletes a `DatabaseBackup`'s archive: `<backup>-delete`,
-/// shortened with a hash when that is too long (a scheduled backup is named
-/// after its Job and may already have 63 characters).
-pub fn delete_job_name(backup: &str) -> String {
-    fit_object_name(&format!("{backup}-delete"), MAX_NAME)
-}
+pub use crate::model::naming::{
+    backup_cronjob_name, backup_job_name, delete_job_name, restore_job_name, scratch_database,
+    verify_cronjob_name,
+};
 
 /// The scheduled backups: the Jobs it makes are recorded as `DatabaseBackup`s
 /// named after the Job, which is also the archive's name.
@@ -344,19 +316,6 @@ fn backup_args(
     args.extend(s3_args(destination));
     args.extend(["--termination-log".into(), TERMINATION_LOG.into()]);
     args
-}
-
-/// Where a verification restores: `<database>_verify` on a dedicated
-/// instance (its administrator makes it afresh), the scratch database the
-/// operator keeps for the service on a shared PostgreSQL server
-/// (`<login>-verify`), or for Redis the logical database 1 (the service's
-/// data lives in 0).
-pub fn scratch_database(db: &ValidatedDatabase) -> String {
-    match (db.engine, &db.server) {
-        (crate::api::Engine::Redis, _) => "1".into(),
-        (_, Some(_)) => crate::engine::postgres_users::scratch_name(&db.username),
-        _ => format!("{}_verify", db.database),
-    }
 }
 
 /// How the agent reaches the database. A dedicated instance is reached as

@@ -39,22 +39,7 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const MANAGED_BY: &str = "servicedb";
 
-/// Most characters of a Kubernetes object name servicedb derives: names
-/// are also label values (`batch.kubernetes.io/job-name`, `servicedb.dev/
-/// backup`) and Service names, both DNS labels of at most 63.
-pub const MAX_NAME: usize = 63;
-/// Most characters of a CronJob name: the CronJob controller appends `-`
-/// and the scheduled minute to name its Jobs, and the API server reserves 11
-/// characters for that.
-pub const MAX_CRONJOB_NAME: usize = MAX_NAME - 11;
-
-/// `name` if it has at most `max` characters, else its start, `-` and 8 hex
-/// digits of a hash of the whole: readable, and two long names that share
-/// their start still differ. Kubernetes names have no `_`, so the only one
-/// [`crate::engine::fit_name`] puts in is its separator.
-pub fn fit_object_name(name: &str, max: usize) -> String {
-    crate::engine::fit_name(name, max).replace('_', "-")
-}
+pub use crate::model::naming::{MAX_CRONJOB_NAME, MAX_NAME, fit_object_name};
 
 /// Facts about the running operator that builders need (never read from the
 /// environment inside a reconcile).

@@ -1242,9 +1242,8 @@ mod backups {
 
     #[test]
     fn every_derived_name_fits_for_the_longest_names_the_crds_admit() {
-        use crate::controller::databaseserver::managed;
-        use crate::controller::servicedatabase::final_backup;
-        use crate::model::naming::instance_name;
+        use crate::model::managed;
+        use crate::model::naming::{final_backup_name, instance_name};
         use kube::ResourceExt;
         let longest = "payments-reconciliation-ledger-export-v2";
         assert_eq!(longest.len(), 40, "the CRD's maximum");
@@ -1298,7 +1297,7 @@ mod backups {
         names.push((backup::restore_job_name(longest), 63));
         let mut final_of = sdb.clone();
         final_of.metadata.uid = Some("6b1f9b4e-0000-4000-8000-000000000001".into());
-        let final_backup = final_backup::name(&final_of);
+        let final_backup = final_backup_name(&final_of);
         names.push((final_backup.clone(), 63));
         names.push((backup::backup_job_name(&final_backup), 63));
         // The longest DatabaseBackup name (the CRD's maximum).
@@ -1338,7 +1337,7 @@ mod backups {
             "metadata": {"name": "s".repeat(42), "namespace": "platform", "uid": "u1"},
             "spec": {"engine": "Postgres", "managed": {}}}))
         .unwrap();
-        let as_sdb = managed::as_service_database(&server).unwrap();
+        let as_sdb = managed::instance_of(&server).unwrap();
         let db = validate(&as_sdb, &bare_class(crate::api::Engine::Postgres), None).unwrap();
         let owner = server.controller_owner_ref(&()).unwrap();
         let managed_children = flat(children(&db, &creds, &facts(), &owner, None));
@@ -1354,7 +1353,7 @@ mod backups {
         );
         assert_eq!(
             managed_children.statefulset.metadata.name.clone().unwrap(),
-            instance_name(&crate::model::naming::managed_instance(&server.name_any()))
+            instance_name(&managed::managed_instance(&server.name_any()))
         );
         for meta in [
             &managed_children.headless_service.metadata,

@@ -1,10 +1,15 @@
 //! Controllers, one folder per kind, each a fixed pipeline:
 //! dereference → validate → build → apply → status.
 
+pub mod apply;
+pub mod cache;
 pub mod databasebackup;
 pub mod databaseclass;
 pub mod databaseserver;
+pub mod dereference;
 pub mod jobs;
+pub mod monitoring;
+pub mod own_writes;
 pub mod server_gate;
 pub mod servicedatabase;
 pub mod sessions;
@@ -33,7 +38,7 @@ pub struct Context {
     /// which servers do not answer (see [`server_gate`]).
     pub servers: server_gate::ServerGate,
     /// The ServiceDatabase controller's stores and its own last writes.
-    pub cache: servicedatabase::cache::Cache,
+    pub cache: cache::Cache,
     /// What the last provisioning of each shared database was given.
     pub provisioned: servicedatabase::trigger::Provisioned,
     /// Administrator sessions to the shared servers, kept between passes.

@@ -866,7 +866,7 @@ mod tests {
         let verified =
             validate(&sdb, &class, Some(&server)).expect("Postgres verifies on a shared server");
         assert_eq!(
-            crate::build::backup::scratch_database(&verified),
+            crate::model::naming::scratch_database(&verified),
             "shop_orders-verify",
             "in the scratch database the operator keeps for the service"
         );

@@ -5,6 +5,7 @@
 
 pub mod admission;
 pub mod database;
+pub mod managed;
 pub mod naming;
 pub mod rotation;
 pub mod server;

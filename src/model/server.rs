@@ -65,7 +65,7 @@ pub fn server_identity(server: &crate::api::DatabaseServer) -> Option<String> {
     let (host, port) = match (&server.spec.external, &server.spec.managed) {
         (Some(external), _) => (external.host.clone(), external.port),
         (None, Some(_)) => (
-            super::naming::managed_host(&server.name_any(), &server.namespace()?),
+            super::managed::managed_host(&server.name_any(), &server.namespace()?),
             crate::engine::for_engine(server.spec.engine).port(),
         ),
         (None, None) => return None,

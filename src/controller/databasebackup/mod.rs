@@ -39,7 +39,7 @@ use crate::build::backup::{
     Archive, LABEL_BACKUP, backup_job, backup_job_name, component, delete_job, delete_job_name,
 };
 use crate::build::{LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY};
-use crate::controller::servicedatabase::dereference;
+use crate::controller::dereference;
 use crate::model::database as validate;
 
 /// Name of the controller in metrics and logs.
@@ -212,7 +212,7 @@ async fn run(backup: &DatabaseBackup, ctx: &Context) -> Result<Action, Error> {
         })
     {
         tracing::info!(job = %stale.name_any(), "removing the Job of an earlier backup of this name");
-        crate::controller::servicedatabase::apply::delete(&jobs_api, &job_name)
+        crate::controller::apply::delete(&jobs_api, &job_name)
             .await
             .map_err(|source| Error::Read {
                 kind: "Job",
@@ -405,7 +405,7 @@ async fn delete_archive(backup: &DatabaseBackup, ctx: &Context) -> Result<Action
                 .unwrap_or_default();
             // The next attempt gets a fresh Job; the report (an Event) says
             // why this one failed.
-            crate::controller::servicedatabase::apply::delete(&jobs_api, &name)
+            crate::controller::apply::delete(&jobs_api, &name)
                 .await
                 .map_err(|source| Error::Read {
                     kind: "Job",

@@ -16,13 +16,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{Client, Resource, ResourceExt};
 
 use super::validate::{Invalid, Target};
+use crate::api::DatabaseServer;
 use crate::api::database_class::ClassMonitoringSpec;
 use crate::api::database_server::NamespacesFrom;
-use crate::api::{DatabaseServer, ServiceDatabase};
 use crate::build::{Credentials, OperatorFacts};
-use crate::controller::servicedatabase::{apply, dereference};
+use crate::controller::{apply, dereference};
 use crate::engine::logins::Logins;
-use crate::model::naming::{managed_host, managed_instance};
+use crate::model::managed::{instance_of, managed_host};
 use crate::model::{database as validate, rotation};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,38 +35,13 @@ pub enum Error {
     Apply(#[from] apply::Error),
 }
 
-/// The dedicated instance a managed server is: its spec in the terms of a
-/// ServiceDatabase (the server's class, version, storage and resources).
-pub fn as_service_database(server: &DatabaseServer) -> Option<ServiceDatabase> {
-    let managed = server.spec.managed.as_ref()?;
-    let spec = serde_json::json!({
-        "engine": server.spec.engine,
-        "version": managed.version,
-        "className": managed.class_name,
-        "owner": {"podSelector": {}},
-        "storage": managed.storage,
-        "resources": managed.resources,
-        "deletionPolicy": "Retain",
-        "monitoring": managed.monitoring,
-    });
-    let mut sdb = ServiceDatabase::new(
-        &managed_instance(&server.name_any()),
-        serde_json::from_value(spec).ok()?,
-    );
-    sdb.metadata.namespace = server.namespace();
-    // Its children are the server's: the checks that a child is this
-    // resource's own compare the server's UID.
-    sdb.metadata.uid = server.uid();
-    Some(sdb)
-}
-
 /// Builds and applies the server's instance; the target to probe.
 pub async fn ensure(
     client: &Client,
     server: &DatabaseServer,
     facts: &OperatorFacts,
 ) -> Result<Target, Error> {
-    let Some(sdb) = as_service_database(server) else {
+    let Some(sdb) = instance_of(server) else {
         return Err(Error::Invalid(Invalid {
             field: "spec.managed",
             reason: "InvalidSpec",
@@ -182,56 +157,5 @@ pub fn admit_allowed_namespaces(policy: &mut NetworkPolicy, server: &DatabaseSer
     {
         // The first peer is the owner's pods; the operator's stays.
         *first = peer;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::naming::managed_admin_secret;
-
-    fn server(spec: serde_json::Value) -> DatabaseServer {
-        let mut s = DatabaseServer::new("shared-pg", serde_json::from_value(spec).unwrap());
-        s.metadata.namespace = Some("platform".into());
-        s.metadata.uid = Some("u1".into());
-        s
-    }
-
-    #[test]
-    fn a_managed_server_is_a_dedicated_instance_under_its_own_name() {
-        let s = server(serde_json::json!({"engine": "Postgres",
-            "managed": {"version": "16", "storage": {"size": "20Gi"}}}));
-        let sdb = as_service_database(&s).expect("managed");
-        assert_eq!(sdb.name_any(), "shared-pg-server");
-        assert_eq!(sdb.namespace().as_deref(), Some("platform"));
-        assert_eq!(sdb.spec.version.as_deref(), Some("16"));
-        assert_eq!(
-            sdb.spec.storage.and_then(|s| s.size).as_deref(),
-            Some("20Gi")
-        );
-        assert_eq!(
-            managed_host("shared-pg", "platform"),
-            "shared-pg-server-db.platform.svc"
-        );
-        assert_eq!(
-            managed_admin_secret("shared-pg"),
-            "shared-pg-server-db-admin"
-        );
-        let external = server(serde_json::json!({"engine": "Redis",
-            "external": {"host": "r", "port": 6379, "adminSecretRef": {"name": "a"}}}));
-        assert!(as_service_database(&external).is_none());
-    }
-
-    #[test]
-    fn a_monitored_managed_server_is_a_monitored_instance() {
-        let unmonitored = server(serde_json::json!({"engine": "Postgres", "managed": {}}));
-        assert_eq!(
-            as_service_database(&unmonitored).unwrap().spec.monitoring,
-            None
-        );
-        let monitored = server(serde_json::json!({"engine": "Postgres",
-            "managed": {"monitoring": {"enabled": true}}}));
-        let sdb = as_service_database(&monitored).unwrap();
-        assert_eq!(sdb.spec.monitoring.and_then(|m| m.enabled), Some(true));
     }
 }

@@ -17,9 +17,11 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 
-use super::{Error, claim, dereference, provision, status, validate};
+use super::{Error, claim, provision, status};
 use crate::api::ServiceDatabase;
 use crate::controller::Context;
+use crate::controller::dereference;
+use crate::model::database as validate;
 use crate::model::database::Invalid;
 
 /// Disables the service's logins on a server that no longer admits its

@@ -144,7 +144,7 @@ pub async fn observe(
                 });
             }
         }
-        crate::controller::servicedatabase::apply::delete(&api, &name)
+        crate::controller::apply::delete(&api, &name)
             .await
             .map_err(|source| Error::Expire {
                 name: name.clone(),

@@ -28,6 +28,32 @@ use crate::api::{DatabaseServer, Isolation, ServiceDatabase};
 use crate::model::naming::shared_identifier;
 use crate::model::server::server_identity;
 
+/// Step 3 of a live pass: never touch a login or data that another
+/// ServiceDatabase holds on the same shared server; retried with backoff,
+/// and at once when the holder changes.
+pub async fn check(
+    sdb: &ServiceDatabase,
+    ctx: &crate::controller::Context,
+    db: &crate::model::database::ValidatedDatabase,
+) -> Result<(), super::live::Stop> {
+    let Some(server) = &db.server else {
+        return Ok(());
+    };
+    let Some(holder) = holder(sdb, ctx).await else {
+        return Ok(());
+    };
+    Err(super::live::Stop::Waiting(
+        crate::model::database::Invalid {
+            field: "metadata.name",
+            reason: "NameConflict",
+            message: format!(
+                "on DatabaseServer {}/{} the login, database and key prefix {:?} made from this namespace and name are held by ServiceDatabase {holder}; rename this ServiceDatabase or place it on another server",
+                server.namespace, server.name, db.username
+            ),
+        },
+    ))
+}
+
 /// Who else holds `sdb`'s login name on its shared server, from the
 /// controller's cache once it is complete; `None` before the controller
 /// started. A holder the cache still has is looked up on the API server

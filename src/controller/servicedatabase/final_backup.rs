@@ -46,31 +46,25 @@ pub enum Final {
     Unavailable(String),
 }
 
-/// `orders` with uid `3f2a…` → `orders-final-3f2a9c1d`: one per incarnation.
-pub fn name(sdb: &ServiceDatabase) -> String {
-    let uid = sdb.uid().unwrap_or_default();
-    let short: String = uid.chars().filter(|c| *c != '-').take(8).collect();
-    format!("{}-final-{short}", sdb.name_any())
-}
-
 pub async fn ensure(client: &Client, sdb: &ServiceDatabase) -> Result<Final, Error> {
     // The backups it gets, its class's defaults included.
-    let backup = match super::dereference::dereference_ignoring_admission(client, sdb).await {
-        Ok(found) => crate::model::database::validate(sdb, &found.class, found.server.as_ref())
-            .ok()
-            .and_then(|db| db.backup),
-        Err(super::dereference::Error::Read { kind, source }) => {
-            return Err(Error::Dereference { kind, source });
-        }
-        Err(_) => None,
-    };
+    let backup =
+        match crate::controller::dereference::dereference_ignoring_admission(client, sdb).await {
+            Ok(found) => crate::model::database::validate(sdb, &found.class, found.server.as_ref())
+                .ok()
+                .and_then(|db| db.backup),
+            Err(crate::controller::dereference::Error::Read { kind, source }) => {
+                return Err(Error::Dereference { kind, source });
+            }
+            Err(_) => None,
+        };
     let Some(backup) = backup else {
         return Ok(Final::Unavailable(
             "deletionPolicy Snapshot needs backups (spec.backup or the class's); no final backup can be taken".into(),
         ));
     };
     let namespace = sdb.namespace().unwrap_or_default();
-    let name = name(sdb);
+    let name = crate::model::naming::final_backup_name(sdb);
     let api: Api<DatabaseBackup> = Api::namespaced(client.clone(), &namespace);
     let existing = api.get_opt(&name).await.map_err(|source| Error::Read {
         name: name.clone(),

@@ -14,14 +14,13 @@
 //! `Snapshot` waits for a final `DatabaseBackup` ([`final_backup`]).
 
 pub mod access;
-pub mod apply;
 pub mod backups;
-pub mod cache;
 pub mod claim;
-pub mod dereference;
+pub mod cleanup;
+pub mod credentials;
 pub mod final_backup;
 pub mod instance;
-pub mod monitoring;
+pub mod live;
 pub mod provision;
 pub mod restore;
 pub mod rollout;
@@ -39,10 +38,8 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{PredicateConfig, WatchStreamExt, reflector, watcher};
@@ -50,12 +47,10 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{Instrument, info_span};
 
 use super::Context;
-use crate::api::{
-    DatabaseBackup, DatabaseClass, DatabaseServer, DeletionPolicy, Engine, ServiceDatabase,
-};
-use crate::build::{Credentials, LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY};
-use crate::model::database::{self as validate, Invalid};
-use crate::model::naming::instance_name;
+use crate::api::{DatabaseBackup, DatabaseClass, DatabaseServer, ServiceDatabase};
+use crate::build::{LABEL_COMPONENT, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::controller::{apply, cache, dereference};
+use crate::model::database::Invalid;
 use crate::model::rotation;
 
 /// Name of the controller in metrics and logs.
@@ -186,23 +181,6 @@ impl Backoff {
     }
 }
 
-/// Periodic re-check of a healthy resource, to repair drift of children the
-/// controller does not watch (PVCs) and to catch up on missed events.
-const RESYNC: Duration = Duration::from_secs(600);
-/// Re-check of a database on a shared server, where people with admin
-/// rights may change logins by hand.
-const SHARED_RESYNC: Duration = Duration::from_secs(60);
-/// How long a successful provisioning on a shared server stands for passes
-/// with the same inputs: less than [`SHARED_RESYNC`], so that the periodic
-/// re-check always goes to the server.
-const PROVISIONED_FRESH: Duration = Duration::from_secs(50);
-/// Re-check of a database with backups, so that an overdue backup shows.
-const BACKUP_RESYNC: Duration = Duration::from_secs(300);
-/// The pass after the one that saw a restore complete.
-const RESTORE_DONE_RECHECK: Duration = Duration::from_millis(100);
-/// Re-check of a dedicated instance that is not ready: its pod's trouble
-/// (an image pull, a crash loop) changes nothing servicedb watches.
-const INSTANCE_RECHECK: Duration = Duration::from_secs(30);
 /// Re-check while deletion waits for the final backup.
 const FINAL_BACKUP_RECHECK: Duration = Duration::from_secs(10);
 
@@ -218,8 +196,8 @@ async fn reconcile(sdb: Arc<ServiceDatabase>, ctx: Arc<Context>) -> Result<Actio
         }
         let result = finalizer(&api, FINALIZER, sdb.clone(), |event| async {
             match event {
-                Finalizer::Apply(sdb) => apply_spec(&sdb, &ctx).await,
-                Finalizer::Cleanup(sdb) => cleanup(&sdb, &ctx).await,
+                Finalizer::Apply(sdb) => live::apply_spec(&sdb, &ctx).await,
+                Finalizer::Cleanup(sdb) => cleanup::cleanup(&sdb, &ctx).await,
             }
         })
         .await
@@ -270,510 +248,12 @@ async fn with_finalizer(
     Ok(Arc::new(patched))
 }
 
-/// The pipeline for a live resource.
-async fn apply_spec(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> {
-    let now = &Time(jiff_now());
-    let invalid = |invalid: Invalid| async move {
-        let status = status::compute(sdb, &status::Outcome::Invalid(&invalid), now);
-        status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&invalid)).await?;
-        Err(Error::Invalid(invalid))
-    };
-
-    let found = match dereference::dereference_cached(&ctx.client, &ctx.cache, sdb).await {
-        Ok(found) => found,
-        // Objects this resource does not own and is not told about by a
-        // watch: said in the status, retried with backoff until they appear.
-        Err(dereference::Error::Invalid(e))
-            if matches!(
-                e.reason,
-                "ServerCredentialsMissing" | "ServerTlsInvalid" | "ServerNotFound"
-            ) =>
-        {
-            let status = status::compute(sdb, &status::Outcome::Invalid(&e), now);
-            status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&e)).await?;
-            return Err(Error::Waiting(e));
-        }
-        Err(dereference::Error::Invalid(e)) if e.reason == dereference::NOT_ADMITTED => {
-            return access::end(sdb, ctx, e, now).await;
-        }
-        Err(dereference::Error::Invalid(e)) => return invalid(e).await,
-        Err(e) => return Err(e.into()),
-    };
-    let db = match validate::validate(sdb, &found.class, found.server.as_ref()) {
-        Ok(db) => db,
-        Err(e) => return invalid(e).await,
-    };
-    if let Some(server) = &db.server
-        && let Some(holder) = claim::holder(sdb, ctx).await
-    {
-        // Never touch a login or data that another ServiceDatabase holds;
-        // retried with backoff, and at once when the holder changes.
-        let e = Invalid {
-            field: "metadata.name",
-            reason: "NameConflict",
-            message: format!(
-                "on DatabaseServer {}/{} the login, database and key prefix {:?} made from this namespace and name are held by ServiceDatabase {holder}; rename this ServiceDatabase or place it on another server",
-                server.namespace, server.name, db.username
-            ),
-        };
-        let status = status::compute(sdb, &status::Outcome::Invalid(&e), now);
-        status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&e)).await?;
-        return Err(Error::Waiting(e));
-    }
-    let Some(owner) = sdb.controller_owner_ref(&()) else {
-        // Only an object without a name or uid has no owner reference; the
-        // API server never hands one out.
-        return Err(Error::Invalid(Invalid {
-            field: "metadata",
-            reason: "NoUid",
-            message: "object has no uid".into(),
-        }));
-    };
-    let policy = rotation::Policy {
-        owner: &db.username,
-        same_user: db.engine == Engine::Redis,
-        rotate_every: db.rotate_every,
-        grace: db.grace_period,
-        request: sdb
-            .annotations()
-            .get(rotation::ROTATE_ANNOTATION)
-            .map(String::as_str),
-    };
-    let mut plan = rotation::plan(
-        &found.recorded,
-        &policy,
-        now.0,
-        &mut crate::password::generate,
-    );
-    // Held while this reconcile works on the shared server (login checks
-    // included), so that one server's tenants cannot take every slot.
-    let mut pass = None;
-    let mut taken_over = false;
-    if let Some(server) = &db.server {
-        // Every login must work (and a retired one must not) before the
-        // Secret says so. Until a requested restore completed, the login
-        // the restore Job uses may load its keys (Redis: RESTORE).
-        let restoring = db.restore_from.is_some() && !restore::restored(sdb);
-        let Some(marker) = provision::marker(sdb, server, true) else {
-            return Err(Error::Invalid(Invalid {
-                field: "metadata",
-                reason: "NoUid",
-                message: "object has no uid".into(),
-            }));
-        };
-        // A pass with the inputs that succeeded a moment ago (another
-        // trigger than the user's) leaves the server alone; the periodic
-        // re-check, later than that, repairs what was changed there by hand.
-        let inputs =
-            trigger::provision_inputs(sdb, server, &plan.logins, restoring, marker.adopt_unmarked);
-        // Never skipped while a restore is pending: whether the data was
-        // taken over from a predecessor is learnt on the server.
-        let provisioned = if !restoring
-            && ctx
-                .provisioned
-                .is_current(&marker.uid, inputs, PROVISIONED_FRESH)
-        {
-            Ok(provision::Provisioned::default())
-        } else {
-            let provisioned = match enter_server(server, ctx).await {
-                Ok(entered) => {
-                    pass = Some(entered);
-                    on_server(
-                        server,
-                        ctx,
-                        provision::ensure(
-                            &db,
-                            server,
-                            &marker,
-                            &plan.logins,
-                            restoring,
-                            &ctx.sessions,
-                        ),
-                    )
-                    .await
-                }
-                Err(e) => Err(e),
-            };
-            match &provisioned {
-                Ok(_) => ctx.provisioned.done(&marker.uid, inputs),
-                Err(_) => ctx.provisioned.forget(&marker.uid),
-            }
-            provisioned
-        };
-        if let Err(Error::Provision(conflict @ provision::Error::Conflict { .. })) = &provisioned {
-            // A role, database, schema or ACL user of this service's names
-            // that servicedb did not make for it: never adopted. Nothing was
-            // changed and no Secret is written; retried with backoff.
-            let e = Invalid {
-                field: "metadata.name",
-                reason: "NameConflict",
-                message: conflict.to_string(),
-            };
-            let status = status::compute(sdb, &status::Outcome::Invalid(&e), now);
-            status::update(&ctx.client, &ctx.recorder, sdb, status, Some(&e)).await?;
-            return Err(Error::Waiting(e));
-        }
-        match provisioned {
-            Ok(provisioned) => taken_over = provisioned.taken_over,
-            Err(e) => {
-                let Error::Provision(e) = e else {
-                    return Err(e);
-                };
-                let outcome = status::Outcome::ServerUnavailable {
-                    db: &db,
-                    message: e.to_string(),
-                };
-                let status = status::compute(sdb, &outcome, now);
-                status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
-                return Err(e.into());
-            }
-        }
-    }
-    if let Some(next) = &plan.logins.next {
-        // On a dedicated instance the instance manager makes the new login
-        // from the Secret; switch only once it works.
-        let works = tokio::time::timeout(SERVER_WORK_DEADLINE, provision::login_works(&db, next));
-        if works.await.unwrap_or(false) {
-            plan = rotation::promote(plan, &policy, now.0);
-            announce_rotation(sdb, &plan, ctx).await;
-        } else {
-            tracing::info!(username = %next.username, "waiting for the new login to work before switching to it");
-        }
-    } else if plan.deferred {
-        tracing::info!("a credential rotation waits for the previous grace period to end");
-    }
-    drop(pass);
-    let credentials = Credentials {
-        admin_password: found.admin_password.clone(),
-        logins: plan.logins.clone(),
-        annotations: plan.annotations(),
-    };
-    let backups = backups::observe(&ctx.client, sdb, &db, now).await?;
-    // On a shared server the database exists once provisioned.
-    let ready_replicas = if db.server.is_some() {
-        1
-    } else {
-        found.ready_replicas
-    };
-    let restore = match restore::ensure(
-        &ctx.client,
-        sdb,
-        &db,
-        ready_replicas > 0,
-        taken_over,
-        &ctx.facts,
-        &owner,
-    )
-    .await
-    {
-        Ok(restore) => restore,
-        Err(restore::Error::Invalid(e)) => return invalid(e).await,
-        Err(e) => return Err(Error::Restore(e)),
-    };
-
-    let restore_completed =
-        !restore::restored(sdb) && matches!(restore, restore::Restore::Completed { .. });
-    let children = crate::build::children(
-        &db,
-        &credentials,
-        &ctx.facts,
-        &owner,
-        backups.latest.as_ref(),
-    );
-    let applied = apply::apply(
-        &ctx.client,
-        Some(&ctx.cache),
-        &db.namespace,
-        &db.name,
-        children,
-        monitoring::recorded(sdb),
-    )
-    .await?;
-    if applied.written > 0 || applied.deleted > 0 {
-        tracing::info!(
-            written = applied.written,
-            deleted = applied.deleted,
-            "children updated"
-        );
-    }
-    // A dedicated instance that is not ready: its pod tells why.
-    let mut pod_seen = false;
-    let not_ready = if db.server.is_none() && ready_replicas == 0 {
-        let pod = instance::pod(&ctx.client, &db.namespace, &db.instance_name())
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "reading the instance's pod");
-                None
-            });
-        pod_seen = pod.is_some();
-        Some(instance::diagnose(&db.instance_name(), pod.as_ref()))
-    } else {
-        None
-    };
-    let storage = storage::grow(&ctx.client, &db).await?;
-    let rollout = rollout::ensure(sdb, &db, &plan, ctx, now.0).await;
-    let behind = rollout.as_ref().is_some_and(|c| !c.status);
-    let mut status = status::compute(
-        sdb,
-        &status::Outcome::Applied {
-            db: &db,
-            ready_replicas,
-            backups: &backups,
-            restore: &restore,
-            rollout,
-            not_ready: not_ready.as_ref(),
-        },
-        now,
-    );
-    status.credentials_rotated_at = Some(Time(plan.issued_at));
-    status.conditions = monitoring::condition(
-        &status.conditions,
-        applied.monitoring.as_ref(),
-        sdb.metadata.generation,
-        now,
-    );
-    if let Some(storage) = &storage {
-        let generation = sdb.metadata.generation;
-        status.conditions = crate::api::conditions::merge(
-            &status.conditions,
-            std::slice::from_ref(&storage.condition),
-            generation,
-            now,
-        );
-    }
-    status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
-    // A shared server is re-checked often: a login changed or dropped by
-    // hand there is repaired within a minute.
-    // Backup health ages without any event: look again when it would turn.
-    let resync = match (db.server.is_some(), db.backup.is_some()) {
-        (true, _) => SHARED_RESYNC,
-        (false, true) => BACKUP_RESYNC,
-        (false, false) => RESYNC,
-    };
-    let mut due = plan
-        .next_event(&policy, now.0)
-        .map_or(resync, |due| due.min(resync));
-    if behind {
-        due = due.min(rollout::RECHECK);
-    }
-    if not_ready.is_some() && pod_seen {
-        // Nothing announces a pod's image pull or crash loop here: look
-        // again. Without a pod there is nothing to read until the
-        // StatefulSet (watched) makes one.
-        due = due.min(INSTANCE_RECHECK);
-    }
-    if storage.as_ref().is_some_and(|v| v.resizing) {
-        due = due.min(storage::RECHECK);
-    }
-    if let Some(wait) = rollout::until_warning(&plan, db.grace_period, now.0) {
-        due = due.min(wait);
-    }
-    if restore_completed {
-        // What this pass gave the server still let the restore's login in;
-        // the next reads the completed restore from the status just
-        // written (which starts no pass by itself) and withdraws that.
-        due = due.min(RESTORE_DONE_RECHECK);
-    }
-    Ok(Action::requeue(due))
-}
-
-/// A Normal Event when the Secret switched to a new login.
-async fn announce_rotation(sdb: &ServiceDatabase, plan: &rotation::Plan, ctx: &Context) {
-    let until = plan
-        .previous_valid_until
-        .map(|t| t.to_string())
-        .unwrap_or_default();
-    tracing::info!(username = %plan.logins.current.username, previous_valid_until = %until, "credentials rotated");
-    let event = KubeEvent {
-        type_: EventType::Normal,
-        reason: "CredentialsRotated".into(),
-        note: Some(format!(
-            "the Secret now holds login {}; the previous login works until {until}",
-            plan.logins.current.username
-        )),
-        action: "Rotate".into(),
-        secondary: None,
-    };
-    crate::controller::publish(&ctx.recorder, &event, &sdb.object_ref(&())).await;
-}
-
-/// Deletion, by `deletionPolicy`.
-async fn cleanup(sdb: &ServiceDatabase, ctx: &Context) -> Result<Action, Error> {
-    let namespace = sdb.namespace().unwrap_or_default();
-    let name = sdb.name_any();
-    let uid = sdb.uid().unwrap_or_default();
-    let children = apply::Owner {
-        instance: &name,
-        uid: &uid,
-    };
-    if let Some(holder) = claim::holder(sdb, ctx).await {
-        // It never held anything on the server: nothing there is dropped or
-        // backed up, whatever its deletionPolicy.
-        tracing::info!(%holder, "the name on the shared server is another ServiceDatabase's; only this one's own objects go");
-        apply::cleanup::delete_all(&ctx.client, &namespace, children).await?;
-        return Ok(Action::await_change());
-    }
-    if sdb.spec.server_ref.is_some() && sdb.spec.deletion_policy == DeletionPolicy::Delete {
-        drop_on_server(sdb, ctx).await?;
-    }
-    match sdb.spec.deletion_policy {
-        DeletionPolicy::Delete => {
-            apply::cleanup::delete_all(&ctx.client, &namespace, children).await?
-        }
-        DeletionPolicy::Retain => apply::cleanup::retain(&ctx.client, &namespace, children).await?,
-        DeletionPolicy::Snapshot => {
-            // Never lose data: nothing is removed before the final backup
-            // completed.
-            match final_backup::ensure(&ctx.client, sdb).await? {
-                final_backup::Final::Completed(backup) => {
-                    tracing::info!(backup = %backup, "final backup completed");
-                    if sdb.spec.server_ref.is_some() {
-                        drop_on_server(sdb, ctx).await?;
-                    }
-                    apply::cleanup::delete_all(&ctx.client, &namespace, children).await?
-                }
-                final_backup::Final::Unavailable(message) => {
-                    // Without a usable backup spec no final backup can be
-                    // taken: the data is retained instead.
-                    let event = KubeEvent {
-                        type_: EventType::Warning,
-                        reason: "SnapshotUnavailable".into(),
-                        note: Some(format!(
-                            "{message}; the volume of {} and its Secrets are retained",
-                            instance_name(&name)
-                        )),
-                        action: "Delete".into(),
-                        secondary: None,
-                    };
-                    crate::controller::publish(&ctx.recorder, &event, &sdb.object_ref(&())).await;
-                    apply::cleanup::retain(&ctx.client, &namespace, children).await?
-                }
-                final_backup::Final::Waiting { message, failed } => {
-                    let now = &Time(jiff_now());
-                    let outcome = status::Outcome::FinalBackup {
-                        message: message.clone(),
-                        failed,
-                    };
-                    let status = status::compute(sdb, &outcome, now);
-                    status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
-                    return Err(Error::FinalBackupPending(message));
-                }
-            }
-        }
-    }
-    tracing::info!(policy = ?sdb.spec.deletion_policy, "cleaned up");
-    Ok(Action::await_change())
-}
-
-/// `Delete` on a shared server: drop the database and its login. A spec that
-/// never validated created nothing, so there is nothing to drop.
-async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Error> {
-    // What it owns there goes even when its namespace is no longer admitted.
-    let found = match access::dereference_for_deletion(&ctx.client, sdb).await {
-        Ok(found) => found,
-        Err(dereference::Error::Invalid(e)) => {
-            tracing::warn!(
-                reason = e.reason,
-                "the database's server cannot be used for deletion: {e}; nothing dropped"
-            );
-            return Ok(());
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let Ok(db) = validate::validate(sdb, &found.class, found.server.as_ref()) else {
-        return Ok(());
-    };
-    if let Some(server) = &db.server {
-        let Some(marker) = provision::marker(sdb, server, false) else {
-            return Ok(());
-        };
-        let _pass = enter_server(server, ctx).await?;
-        on_server(server, ctx, provision::remove(&db, server, &marker)).await?;
-        tracing::info!(server = %server.name, database = %db.database, "dropped the database and its login");
-    }
-    Ok(())
-}
-
-/// How long one reconcile may work on a shared server, every connection
-/// and statement together; each connection has its own shorter deadline.
-const SERVER_WORK_DEADLINE: Duration = Duration::from_secs(30);
-/// How long a reconcile waits for a place on a busy server before it is
-/// turned away (and holds its reconcile slot meanwhile).
-const SERVER_BUSY_WAIT: Duration = Duration::from_secs(2);
-/// When a reconcile turned away by a busy server tries again.
-const SERVER_BUSY_RETRY: Duration = Duration::from_secs(1);
-
-/// The gate's pass to work on `server`: refused while the server is known
-/// not to answer (the status says so) or while as many reconciles as the
-/// limit allows work on it (tried again in a moment).
-async fn enter_server(
-    server: &crate::model::server::ServerFacts,
-    ctx: &Context,
-) -> Result<super::server_gate::Pass, Error> {
-    use super::server_gate::{Closed, key};
-    match ctx
-        .servers
-        .enter_within(
-            &key(&server.host, server.port),
-            &server_via(server),
-            SERVER_BUSY_WAIT,
-        )
-        .await
-    {
-        Ok(pass) => Ok(pass),
-        Err(Closed::Busy) => Err(Error::ServerBusy),
-        Err(Closed::Down(message)) => Err(Error::Provision(provision::Error::Connect {
-            server: server_display(server),
-            message: format!("not tried again yet, the server failed a moment ago: {message}"),
-        })),
-    }
-}
-
-/// Runs `work` on `server` within [`SERVER_WORK_DEADLINE`] and tells the
-/// gate whether the server answered.
-async fn on_server<T>(
-    server: &crate::model::server::ServerFacts,
-    ctx: &Context,
-    work: impl std::future::Future<Output = Result<T, provision::Error>>,
-) -> Result<T, Error> {
-    let via = server_via(server);
-    let result = tokio::time::timeout(SERVER_WORK_DEADLINE, work)
-        .await
-        .unwrap_or_else(|_| {
-            Err(provision::Error::Connect {
-                server: server_display(server),
-                message: format!(
-                    "the server did not finish within {}s",
-                    SERVER_WORK_DEADLINE.as_secs()
-                ),
-            })
-        });
-    match &result {
-        Err(provision::Error::Connect { message, .. }) => ctx.servers.down(&via, message),
-        _ => ctx.servers.up(&via),
-    }
-    Ok(result?)
-}
-
-/// The DatabaseServer's `namespace/name`: what the gate knows down.
-fn server_via(server: &crate::model::server::ServerFacts) -> String {
-    format!("{}/{}", server.namespace, server.name)
-}
-
-/// `namespace/name (host:port)`, as provisioning errors name a server.
-fn server_display(server: &crate::model::server::ServerFacts) -> String {
-    format!(
-        "{}/{} ({}:{})",
-        server.namespace, server.name, server.host, server.port
-    )
-}
-
 fn error_policy(sdb: Arc<ServiceDatabase>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(CONTROLLER, error.category());
     if matches!(error, Error::ServerBusy) {
         // Not a failure of this database: no backoff, a moment's wait.
-        let jitter = SERVER_BUSY_RETRY.mul_f64(rand::random_range(0.0..1.0));
-        return Action::requeue(SERVER_BUSY_RETRY + jitter);
+        let jitter = credentials::SERVER_BUSY_RETRY.mul_f64(rand::random_range(0.0..1.0));
+        return Action::requeue(credentials::SERVER_BUSY_RETRY + jitter);
     }
     if matches!(error, Error::FinalBackupPending(_)) {
         // The DatabaseBackup watch brings the change; this guards a miss.
@@ -793,7 +273,7 @@ fn error_policy(sdb: Arc<ServiceDatabase>, error: &Error, ctx: Arc<Context>) -> 
         // The status says what to change; a class created later still
         // arrives through the DatabaseClass watch, so waiting is enough. A
         // slow re-check guards against a missed event.
-        Action::requeue(RESYNC)
+        Action::requeue(live::RESYNC)
     } else {
         Action::requeue(ctx.backoff.next(&ObjectRef::from_obj(sdb.as_ref())))
     }

@@ -16,7 +16,8 @@ use super::cache::{self, Cache, Lookup, Stores};
 use crate::api::{DatabaseClass, ServiceDatabase};
 use crate::build::{LABEL_MANAGED_BY, MANAGED_BY, instance_label};
 use crate::model::database::Invalid;
-use crate::model::naming::{instance_name, managed_admin_secret, managed_host};
+use crate::model::managed::{managed_admin_secret, managed_host};
+use crate::model::naming::instance_name;
 use crate::model::rotation::Recorded;
 use crate::model::server::{DEFAULT_SCHEMA_DATABASE, ServerFacts};
 

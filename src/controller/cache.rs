@@ -17,7 +17,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 
-use super::trigger::OwnWrites;
+use super::own_writes::OwnWrites;
 use crate::api::{DatabaseClass, DatabaseServer};
 use crate::build::{LABEL_INSTANCE, LEGACY_LABEL_INSTANCE};
 

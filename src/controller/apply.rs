@@ -327,7 +327,7 @@ where
 /// What a live StatefulSet cannot change is kept in the desired one.
 ///
 /// - Its claim templates: an edit of `storage` must not make every apply
-///   fail. A larger size grows the live claim instead ([`super::storage`]).
+///   fail. A larger size grows the live claim instead ([`crate::controller::servicedatabase::storage`]).
 /// - Its selector. A StatefulSet made by an earlier version selects its pods
 ///   by [`crate::build::LEGACY_LABEL_INSTANCE`]; the API server refuses an
 ///   apply with another selector (422), and recreating the StatefulSet only
@@ -717,8 +717,7 @@ pub mod cleanup {
         remove_all::<PodDisruptionBudget>(client, namespace, owner).await?;
         remove_all::<NetworkPolicy>(client, namespace, owner).await?;
         remove_all::<CronJob>(client, namespace, owner).await?;
-        crate::controller::servicedatabase::monitoring::remove_all(client, namespace, owner)
-            .await?;
+        crate::controller::monitoring::remove_all(client, namespace, owner).await?;
         // The restore Job; backup Jobs belong to their DatabaseBackups, which
         // outlive the database.
         let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);

@@ -46,6 +46,14 @@ pub enum Error {
     /// must change something.
     #[error(transparent)]
     Invalid(Invalid),
+    /// The shared server, its administrator credentials or its CA are not
+    /// there or not usable (yet): objects this resource does not own and is
+    /// not told about by a watch; waited for.
+    #[error(transparent)]
+    Unavailable(Invalid),
+    /// The shared server does not admit the resource's namespace (any more).
+    #[error(transparent)]
+    NotAdmitted(Invalid),
 }
 
 /// The reason of the condition when the DatabaseServer does not admit the
@@ -336,6 +344,22 @@ fn invalid(field: &'static str, reason: &'static str, message: String) -> Error 
     })
 }
 
+fn not_admitted(field: &'static str, reason: &'static str, message: String) -> Error {
+    Error::NotAdmitted(Invalid {
+        field,
+        reason,
+        message,
+    })
+}
+
+fn unavailable(field: &'static str, reason: &'static str, message: String) -> Error {
+    Error::Unavailable(Invalid {
+        field,
+        reason,
+        message,
+    })
+}
+
 /// The DatabaseServer a ServiceDatabase names, if it exists, admits the
 /// ServiceDatabase's namespace and has usable admin credentials.
 async fn server(
@@ -366,7 +390,7 @@ async fn server(
             })?,
     };
     let server = server.ok_or_else(|| {
-        invalid(
+        unavailable(
             field,
             "ServerNotFound",
             format!(
@@ -413,7 +437,7 @@ async fn server(
     if admission == Admission::Required
         && !crate::model::admission::admits(&server.spec.allowed_namespaces, &namespace, &candidate)
     {
-        return Err(invalid(
+        return Err(not_admitted(
             field,
             NOT_ADMITTED,
             format!(
@@ -441,7 +465,7 @@ async fn server(
             .and_then(|s| text_data(&s).remove("password"))
             .filter(|p| !p.is_empty())
             .ok_or_else(|| {
-                invalid(
+                unavailable(
                     field,
                     "ServerCredentialsMissing",
                     format!(
@@ -477,7 +501,7 @@ async fn server(
             .filter(|v| !v.is_empty())
     };
     let (Some(admin_username), Some(admin_password)) = (key("username"), key("password")) else {
-        return Err(invalid(
+        return Err(unavailable(
             field,
             "ServerCredentialsMissing",
             format!(
@@ -499,7 +523,7 @@ async fn server(
     };
     let tls =
         crate::model::server::tls_settings(external.tls.as_ref(), &ca_secret).map_err(|e| {
-            invalid(
+            unavailable(
                 field,
                 "ServerTlsInvalid",
                 format!("DatabaseServer {namespace}/{name}: {e}"),

@@ -160,7 +160,11 @@ async fn database_of(
     };
     let found = match dereference::dereference(&ctx.client, &sdb).await {
         Ok(found) => found,
-        Err(dereference::Error::Invalid(e)) => {
+        Err(
+            dereference::Error::Invalid(e)
+            | dereference::Error::Unavailable(e)
+            | dereference::Error::NotAdmitted(e),
+        ) => {
             return Ok(Err(format!("ServiceDatabase {name} is invalid: {e}")));
         }
         Err(dereference::Error::Read { kind, source }) => {

@@ -50,7 +50,11 @@ pub async fn ensure(
     };
     let found = match dereference::dereference(client, &sdb).await {
         Ok(found) => found,
-        Err(dereference::Error::Invalid(e)) => return Err(Error::Invalid(managed_field(e))),
+        Err(
+            dereference::Error::Invalid(e)
+            | dereference::Error::Unavailable(e)
+            | dereference::Error::NotAdmitted(e),
+        ) => return Err(Error::Invalid(managed_field(e))),
         Err(e) => return Err(Error::Dereference(e)),
     };
     // The class's backups and monitoring are a service's; a managed server's

@@ -89,7 +89,11 @@ async fn drop_on_server(sdb: &ServiceDatabase, ctx: &Context) -> Result<(), Erro
     // What it owns there goes even when its namespace is no longer admitted.
     let found = match access::dereference_for_deletion(&ctx.client, sdb).await {
         Ok(found) => found,
-        Err(dereference::Error::Invalid(e)) => {
+        Err(
+            dereference::Error::Invalid(e)
+            | dereference::Error::Unavailable(e)
+            | dereference::Error::NotAdmitted(e),
+        ) => {
             tracing::warn!(
                 reason = e.reason,
                 "the database's server cannot be used for deletion: {e}; nothing dropped"

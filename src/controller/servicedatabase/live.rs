@@ -214,17 +214,8 @@ async fn pass(sdb: &ServiceDatabase, ctx: &Context, now: &Time) -> Result<Action
 async fn dereference(sdb: &ServiceDatabase, ctx: &Context) -> Result<Dereferenced, Stop> {
     match dereference::dereference_cached(&ctx.client, &ctx.cache, sdb).await {
         Ok(found) => Ok(found),
-        Err(dereference::Error::Invalid(e))
-            if matches!(
-                e.reason,
-                "ServerCredentialsMissing" | "ServerTlsInvalid" | "ServerNotFound"
-            ) =>
-        {
-            Err(Stop::Waiting(e))
-        }
-        Err(dereference::Error::Invalid(e)) if e.reason == dereference::NOT_ADMITTED => {
-            Err(Stop::NotAdmitted(e))
-        }
+        Err(dereference::Error::Unavailable(e)) => Err(Stop::Waiting(e)),
+        Err(dereference::Error::NotAdmitted(e)) => Err(Stop::NotAdmitted(e)),
         Err(dereference::Error::Invalid(e)) => Err(Stop::Invalid(e)),
         Err(e) => Err(e.into()),
     }

@@ -91,73 +91,127 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
+/// What kind of failure an error is: it decides the Event reason, whether
+/// the status already said it, and how soon the pass is retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
+pub enum Kind {
+    /// Reading the API server failed.
+    Read,
+    /// The spec cannot be realised: the user must change it.
+    InvalidSpec,
+    /// Something the resource does not own is not there (yet).
+    Waiting,
+    Apply,
+    /// The shared server did not answer or refused the administrator.
+    ServerUnreachable,
+    /// As many reconciles as allowed work on the shared server.
+    ServerBusy,
+    /// A name on the shared server is held by an object servicedb did not
+    /// make for this resource.
+    NameConflict,
+    /// The shared server answered but the database or login could not be
+    /// made.
+    Provision,
+    Status,
+    Backups,
+    Restore,
+    FinalBackup,
+    /// Deletion waits for the final backup.
+    FinalBackupPending,
+    Storage,
+    Finalizer,
+}
+
+impl Kind {
+    /// The Event reason of an error of this kind.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Kind::InvalidSpec => "InvalidSpec",
+            Kind::Read => "ReadFailed",
+            Kind::Apply => "ApplyFailed",
+            Kind::ServerUnreachable => "ServerUnreachable",
+            Kind::ServerBusy => "ServerBusy",
+            Kind::NameConflict => "NameConflict",
+            Kind::Provision => "ProvisionFailed",
+            Kind::Waiting => "Waiting",
+            Kind::Status => "StatusFailed",
+            Kind::Backups => "BackupsFailed",
+            Kind::Restore => "RestoreFailed",
+            Kind::FinalBackup | Kind::FinalBackupPending => "FinalBackupPending",
+            Kind::Storage => "StorageFailed",
+            Kind::Finalizer => "FinalizerFailed",
+        }
+    }
+}
+
 impl super::ReconcileError for Error {
     fn category(&self) -> &'static str {
         Error::category(self)
     }
     fn reason(&self) -> &'static str {
-        Error::reason(self)
+        self.kind().reason()
     }
     fn is_reported(&self) -> bool {
         // An invalid spec, a missing object and the wait for a final
         // backup are a condition and an Event already.
-        self.is_invalid_input()
-            || matches!(
-                self,
-                Error::Waiting(_) | Error::FinalBackupPending(_) | Error::ServerBusy
-            )
+        matches!(
+            self.kind(),
+            Kind::InvalidSpec | Kind::Waiting | Kind::FinalBackupPending | Kind::ServerBusy
+        )
     }
 }
 
 impl Error {
-    /// Stable category for metrics and Event reasons.
-    pub fn category(&self) -> &'static str {
+    /// The kind of failure, from the variant (and the source's variant).
+    pub fn kind(&self) -> Kind {
         use kube::runtime::finalizer::Error as F;
         match self {
-            Error::Dereference(dereference::Error::Read { .. }) => "read",
-            Error::Dereference(dereference::Error::Invalid(_)) | Error::Invalid(_) => {
-                "invalid-spec"
-            }
-            Error::Apply(_) => "apply",
-            Error::Waiting(_) => "waiting",
-            Error::Provision(e) => e.category(),
-            Error::Status(_) => "status",
-            Error::Backups(_) => "backups",
-            Error::Restore(restore::Error::Invalid(_)) => "invalid-spec",
-            Error::Restore(_) => "restore",
-            Error::FinalBackup(_) => "final-backup",
-            Error::Storage(_) => "storage",
-            Error::FinalBackupPending(_) => "final-backup-pending",
-            Error::ServerBusy => "server-busy",
+            Error::Dereference(dereference::Error::Read { .. }) => Kind::Read,
+            Error::Dereference(
+                dereference::Error::Invalid(_)
+                | dereference::Error::Unavailable(_)
+                | dereference::Error::NotAdmitted(_),
+            )
+            | Error::Invalid(_)
+            | Error::Restore(restore::Error::Invalid(_)) => Kind::InvalidSpec,
+            Error::Apply(_) => Kind::Apply,
+            Error::Waiting(_) => Kind::Waiting,
+            Error::Provision(provision::Error::Connect { .. }) => Kind::ServerUnreachable,
+            Error::Provision(provision::Error::Conflict { .. }) => Kind::NameConflict,
+            Error::Provision(provision::Error::Provision { .. }) => Kind::Provision,
+            Error::Status(_) => Kind::Status,
+            Error::Backups(_) => Kind::Backups,
+            Error::Restore(_) => Kind::Restore,
+            Error::FinalBackup(_) => Kind::FinalBackup,
+            Error::Storage(_) => Kind::Storage,
+            Error::FinalBackupPending(_) => Kind::FinalBackupPending,
+            Error::ServerBusy => Kind::ServerBusy,
             Error::Finalizer(f) => match f.as_ref() {
-                F::ApplyFailed(e) | F::CleanupFailed(e) => e.category(),
-                F::AddFinalizer(_) | F::RemoveFinalizer(_) => "finalizer",
-                _ => "finalizer",
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.kind(),
+                _ => Kind::Finalizer,
             },
+        }
+    }
+
+    /// The `category` label of `servicedb_reconcile_errors_total`: the kind,
+    /// or for a failed provisioning the engine's own category of it (such as
+    /// `invalid_name` or `permission_denied`).
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Provision(provision::Error::Provision { category, .. }) => category,
+            Error::Finalizer(f) => match f.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.category(),
+                _ => self.kind().into(),
+            },
+            _ => self.kind().into(),
         }
     }
 
     /// Bad input waits for the user; everything else is bad luck and retried.
     pub fn is_invalid_input(&self) -> bool {
-        self.category() == "invalid-spec"
-    }
-
-    /// A message safe for an Event: error texts never carry secret values.
-    pub fn reason(&self) -> &'static str {
-        match self.category() {
-            "invalid-spec" => "InvalidSpec",
-            "read" => "ReadFailed",
-            "apply" => "ApplyFailed",
-            "server-unreachable" => "ServerUnreachable",
-            "server-busy" => "ServerBusy",
-            "waiting" => "Waiting",
-            "status" => "StatusFailed",
-            "backups" => "BackupsFailed",
-            "restore" => "RestoreFailed",
-            "final-backup" | "final-backup-pending" => "FinalBackupPending",
-            "storage" => "StorageFailed",
-            _ => "FinalizerFailed",
-        }
+        self.kind() == Kind::InvalidSpec
     }
 }
 
@@ -250,16 +304,16 @@ async fn with_finalizer(
 
 fn error_policy(sdb: Arc<ServiceDatabase>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics.reconcile_failed(CONTROLLER, error.category());
-    if matches!(error, Error::ServerBusy) {
+    if error.kind() == Kind::ServerBusy {
         // Not a failure of this database: no backoff, a moment's wait.
         let jitter = credentials::SERVER_BUSY_RETRY.mul_f64(rand::random_range(0.0..1.0));
         return Action::requeue(credentials::SERVER_BUSY_RETRY + jitter);
     }
-    if matches!(error, Error::FinalBackupPending(_)) {
+    if error.kind() == Kind::FinalBackupPending {
         // The DatabaseBackup watch brings the change; this guards a miss.
         return Action::requeue(FINAL_BACKUP_RECHECK);
     }
-    if matches!(error, Error::Provision(provision::Error::Connect { .. })) {
+    if error.kind() == Kind::ServerUnreachable {
         // The server did not answer (or the gate turned this one away while
         // it is known down): retried with backoff, but never waiting longer
         // than the gate keeps a failed server closed, so its tenants follow
@@ -483,4 +537,104 @@ fn owner_of<K: Resource>(obj: K) -> Option<ObjectRef<ServiceDatabase>> {
 
 fn jiff_now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::ReconcileError;
+
+    fn invalid(reason: &'static str) -> Invalid {
+        Invalid {
+            field: "spec.serverRef",
+            reason,
+            message: "m".into(),
+        }
+    }
+
+    fn provision_failed(category: &'static str) -> Error {
+        Error::Provision(provision::Error::Provision {
+            server: "s".into(),
+            category,
+            message: "m".into(),
+        })
+    }
+
+    /// The kind comes from the variant: the metric label, the Event reason,
+    /// whether the status already said it, and bad input vs bad luck.
+    #[test]
+    fn each_error_has_its_kind_label_and_reason() {
+        let cases: Vec<(Error, &str, &str, bool)> = vec![
+            (
+                Error::Invalid(invalid("X")),
+                "invalid-spec",
+                "InvalidSpec",
+                true,
+            ),
+            (
+                Error::Dereference(dereference::Error::Unavailable(invalid("ServerNotFound"))),
+                "invalid-spec",
+                "InvalidSpec",
+                true,
+            ),
+            (
+                Error::Waiting(invalid("NameConflict")),
+                "waiting",
+                "Waiting",
+                true,
+            ),
+            (
+                Error::Provision(provision::Error::Connect {
+                    server: "s".into(),
+                    message: "m".into(),
+                }),
+                "server-unreachable",
+                "ServerUnreachable",
+                false,
+            ),
+            (
+                Error::Provision(provision::Error::Conflict {
+                    server: "s".into(),
+                    message: "m".into(),
+                }),
+                "name-conflict",
+                "NameConflict",
+                false,
+            ),
+            (
+                provision_failed("permission_denied"),
+                "permission_denied",
+                "ProvisionFailed",
+                false,
+            ),
+            (Error::ServerBusy, "server-busy", "ServerBusy", true),
+            (
+                Error::FinalBackupPending("m".into()),
+                "final-backup-pending",
+                "FinalBackupPending",
+                true,
+            ),
+            (
+                Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(
+                    provision_failed("invalid_name"),
+                ))),
+                "invalid_name",
+                "ProvisionFailed",
+                false,
+            ),
+        ];
+        for (error, category, reason, reported) in cases {
+            assert_eq!(
+                (
+                    ReconcileError::category(&error),
+                    ReconcileError::reason(&error),
+                    error.is_reported()
+                ),
+                (category, reason, reported),
+                "{error:?}"
+            );
+        }
+        assert!(Error::Invalid(invalid("X")).is_invalid_input());
+        assert!(!Error::Waiting(invalid("X")).is_invalid_input());
+    }
 }

@@ -17,10 +17,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../tests/e2e/harness.rs"]
+#[path = "../tests/e2e/support/harness.rs"]
 #[allow(dead_code)]
 mod harness;
-#[path = "../tests/e2e/servers.rs"]
+#[path = "../tests/e2e/support/servers.rs"]
 #[allow(dead_code)]
 mod servers;
 

@@ -12,10 +12,6 @@
 
 mod agent_common;
 mod common;
-/// tests/e2e/servers.rs (in agent_common) takes its ports from here.
-mod harness {
-    pub use crate::common::free_port;
-}
 
 use agent_common::{FerretDb, Run, S3, agent, agent_endpoint, files_under};
 use futures::TryStreamExt;

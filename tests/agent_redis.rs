@@ -8,10 +8,6 @@
 
 mod agent_common;
 mod common;
-/// tests/e2e/servers.rs, shared with the e2e tests, takes its ports from here.
-mod harness {
-    pub use crate::common::free_port;
-}
 
 use std::collections::BTreeMap;
 

@@ -14,7 +14,7 @@
 #[path = "common/mod.rs"]
 #[allow(dead_code)] // shared with the other test crates
 mod common;
-#[path = "e2e/harness.rs"]
+#[path = "e2e/support/harness.rs"]
 #[allow(dead_code)] // shared with tests/e2e, which uses all of it
 mod harness;
 #[path = "agent_common/s3.rs"]

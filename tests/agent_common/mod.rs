@@ -2,7 +2,7 @@
 //! hack/s3/build.sh), FerretDB for MongoDB, and a runner for
 //! `servicedb agent …` that checks every run's output for secrets.
 //!
-//! The PostgreSQL and Redis servers are the e2e tests' (tests/e2e/servers.rs).
+//! The PostgreSQL and Redis servers are the e2e tests' (tests/e2e/support/servers.rs).
 
 use std::io::Write;
 use std::path::Path;
@@ -12,7 +12,7 @@ use crate::common;
 
 /// versitygw, shared with the e2e tests.
 pub mod s3;
-#[path = "../e2e/servers.rs"]
+#[path = "../e2e/support/servers.rs"]
 #[allow(dead_code)] // shared with the e2e tests, which use all of it
 pub mod servers;
 

@@ -11,6 +11,7 @@
 //! Only databases on shared servers can be reached this way: a dedicated
 //! instance's Service name does not resolve outside a cluster.
 
+use crate::support::backups::redis_as;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -24,12 +25,20 @@ use serde_json::{Value, json};
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{Phase, ServiceDatabase};
 
-use crate::backup::{agent_pod, finish_job, manual_backup, wait_backup};
-use crate::dedicated::{credentials, get_when, secret_value, wait_phase};
-use crate::harness::{Env, wait_for};
 use crate::s3::S3;
-use crate::servers::{Postgres, Redis};
-use crate::shared::{connect, server, server_of};
+use crate::support::backups::agent_pod;
+use crate::support::backups::finish_job;
+use crate::support::backups::manual_backup;
+use crate::support::backups::wait_backup;
+use crate::support::harness::{Env, wait_for};
+use crate::support::objects::credentials;
+use crate::support::objects::get_when;
+use crate::support::objects::secret_value;
+use crate::support::objects::wait_phase;
+use crate::support::servers::{Postgres, Redis};
+use crate::support::shared_servers::connect;
+use crate::support::shared_servers::server;
+use crate::support::shared_servers::server_of;
 
 /// Where the pod would have its termination message.
 const TERMINATION_LOG: &str = "/dev/termination-log";
@@ -219,17 +228,6 @@ async fn run_of_cronjob(env: &Env, cron: &str, job: &str) {
         .create(&PostParams::default(), &run)
         .await
         .unwrap_or_else(|e| panic!("Job {job} of CronJob {cron}: {e}"));
-}
-
-/// The service's own Redis login, from its credentials Secret.
-async fn redis_as(port: u16, secret: &Secret) -> redis::aio::MultiplexedConnection {
-    crate::shared::redis_as(
-        port,
-        &secret_value(secret, "username"),
-        &secret_value(secret, "password"),
-    )
-    .await
-    .expect("the service's login")
 }
 
 #[tokio::test]

@@ -13,9 +13,12 @@ use serde_json::{Value, json};
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{DatabaseBackup, ServiceDatabase};
 
-use crate::backup::{manifest, manual_backup, succeed, wait_backup};
-use crate::dedicated::get_when;
-use crate::harness::{Env, wait_for};
+use crate::support::backups::manifest;
+use crate::support::backups::manual_backup;
+use crate::support::backups::succeed;
+use crate::support::backups::wait_backup;
+use crate::support::harness::{Env, wait_for};
+use crate::support::objects::get_when;
 
 fn orders(backup_extra: Value) -> Value {
     let mut backup = json!({"schedule": "0 2 * * *",

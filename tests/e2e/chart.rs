@@ -37,8 +37,12 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use servicedb::api::{DatabaseClass, Phase, ServiceDatabase};
 
-use crate::dedicated::{get_when, set_ready_replicas, wait_phase};
-use crate::harness::{Env, OPERATOR_NS, Operator, apply_manifest, example, fixture, wait_for};
+use crate::support::harness::{
+    Env, OPERATOR_NS, Operator, apply_manifest, example, fixture, wait_for,
+};
+use crate::support::objects::get_when;
+use crate::support::objects::set_ready_replicas;
+use crate::support::objects::wait_phase;
 
 /// The release name of `helm install servicedb charts/servicedb`.
 const RELEASE: &str = "servicedb";
@@ -725,8 +729,8 @@ async fn operate(env: &Env, deploy: &Deployment, identity: &str) {
     assert_eq!(env.operator.metric("servicedb_leader").await, Some(1.0));
 
     backups(env).await;
-    crate::storage::grows(env, "ledger-store").await;
-    crate::monitoring::under_chart_rbac(env).await;
+    crate::support::storage::grows(env, "ledger-store").await;
+    crate::support::monitoring::under_chart_rbac(env).await;
 
     // Deletion: Retain orphans the Secrets, Delete removes them and the volume.
     make_pvc(env, "orders").await;
@@ -791,7 +795,10 @@ fn refusals(logs: &str) -> Vec<String> {
 /// the pod's termination message, the status), the deletion of its archive
 /// by a Job, and the final backup of a Snapshot deletion.
 async fn backups(env: &Env) {
-    use crate::backup::{manifest, manual_backup, succeed, wait_backup};
+    use crate::support::backups::manifest;
+    use crate::support::backups::manual_backup;
+    use crate::support::backups::succeed;
+    use crate::support::backups::wait_backup;
     use k8s_openapi::api::batch::v1::CronJob;
     use servicedb::api::DatabaseBackup;
     use servicedb::api::database_backup::BackupPhase;

@@ -18,8 +18,9 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 use servicedb::api::{DatabaseClass, Phase, ServiceDatabase};
 
-use crate::dedicated::{get_when, wait_phase};
-use crate::harness::{Env, apply_manifest, backup_example, wait_for};
+use crate::support::harness::{Env, apply_manifest, backup_example, wait_for};
+use crate::support::objects::get_when;
+use crate::support::objects::wait_phase;
 
 async fn class(env: &Env, name: &str, extra: Value) {
     let mut spec = json!({"engine": "Postgres", "versions": ["17"]});
@@ -299,8 +300,8 @@ async fn a_class_gives_its_backups_and_disruption_policy_and_the_database_overri
     assert!(spec_valid(&refused).2.contains("postgres-backed-up"));
 
     // `kubectl servicedb backup` knows the class's backups too.
-    let plugin = crate::cli::plugin_dir();
-    let now = crate::cli::run(
+    let plugin = crate::support::cli::plugin_dir();
+    let now = crate::support::cli::run(
         plugin.path(),
         &env.ns,
         &[
@@ -311,14 +312,14 @@ async fn a_class_gives_its_backups_and_disruption_policy_and_the_database_overri
             "--wait=false",
         ],
     );
-    assert!(now.status.success(), "{}", crate::cli::text(&now));
+    assert!(now.status.success(), "{}", crate::support::cli::text(&now));
     get_when(&env.api::<servicedb::api::DatabaseBackup>(), "readme-now").await;
-    let plain = crate::cli::run(plugin.path(), &env.ns, &["backup", "plain"]);
+    let plain = crate::support::cli::run(plugin.path(), &env.ns, &["backup", "plain"]);
     assert!(!plain.status.success());
     assert!(
-        crate::cli::text(&plain).contains("has no backups"),
+        crate::support::cli::text(&plain).contains("has no backups"),
         "{}",
-        crate::cli::text(&plain)
+        crate::support::cli::text(&plain)
     );
 
     for sdb in [

@@ -5,6 +5,7 @@
 //! played as in backup.rs; no kubelet runs, so `connect` is checked up to
 //! its pod (spec, admission under the restricted profile, clean-up).
 
+use crate::support::cli::{kubectl, kubectl_plugin, plugin_dir, run, text};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -18,12 +19,16 @@ use kube::api::{ListParams, Patch, PatchParams};
 use serde_json::json;
 use servicedb::api::{DatabaseBackup, Phase, ServiceDatabase};
 
-use crate::backup::{manifest, succeed};
-use crate::dedicated::{get_when, secret_value, set_ready_replicas, wait_phase};
-use crate::harness::{Env, wait_for};
-use crate::kubectl_get::kubectl;
-use crate::servers::Postgres;
-use crate::shared::{connect, server};
+use crate::support::backups::manifest;
+use crate::support::backups::succeed;
+use crate::support::harness::{Env, wait_for};
+use crate::support::objects::get_when;
+use crate::support::objects::secret_value;
+use crate::support::objects::set_ready_replicas;
+use crate::support::objects::wait_phase;
+use crate::support::servers::Postgres;
+use crate::support::shared_servers::connect;
+use crate::support::shared_servers::server;
 
 const COMMANDS: [&str; 7] = [
     "list",
@@ -35,42 +40,8 @@ const COMMANDS: [&str; 7] = [
     "inventory",
 ];
 
-/// A directory holding `kubectl-servicedb`, a link to the servicedb binary,
-/// as the README's install step makes it.
-pub fn plugin_dir() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::os::unix::fs::symlink(
-        env!("CARGO_BIN_EXE_servicedb"),
-        dir.path().join("kubectl-servicedb"),
-    )
-    .expect("linking kubectl-servicedb");
-    dir
-}
-
 fn plugin(dir: &Path) -> Command {
     Command::new(dir.join("kubectl-servicedb"))
-}
-
-/// `kubectl servicedb`: the real kubectl, finding the plugin on PATH.
-fn kubectl_plugin(dir: &Path) -> Command {
-    static KUBECTL: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    let path = format!(
-        "{}:{}",
-        dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut cmd = Command::new(KUBECTL.get_or_init(kubectl));
-    cmd.arg("servicedb").env("PATH", path).stdin(Stdio::null());
-    cmd
-}
-
-/// Runs `kubectl servicedb ARGS -n NS` to the end.
-pub fn run(dir: &Path, ns: &str, args: &[&str]) -> Output {
-    kubectl_plugin(dir)
-        .args(args)
-        .args(["-n", ns])
-        .output()
-        .expect("running kubectl servicedb")
 }
 
 /// Starts `kubectl servicedb ARGS -n NS`, its output captured.
@@ -84,14 +55,6 @@ fn start(dir: &Path, ns: &str, args: &[&str]) -> std::process::Child {
         .expect("starting kubectl servicedb")
 }
 
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn ok(out: Output, what: &str) -> String {
     assert!(out.status.success(), "{what}: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).to_string()
@@ -99,7 +62,7 @@ fn ok(out: Output, what: &str) -> String {
 
 /// A kubectl-style table as rows of header → cell.
 fn table(text: &str) -> Vec<BTreeMap<String, String>> {
-    crate::kubectl_get::table(text)
+    crate::support::cli::table(text)
         .into_iter()
         .map(|row| row.into_iter().collect())
         .collect()
@@ -523,14 +486,14 @@ async fn the_plugin_lists_describes_inventories_rotates_backs_up_and_restores() 
         "orders-bad-backup",
     )
     .await;
-    crate::backup::agent_pod(
+    crate::support::backups::agent_pod(
         &env,
         "orders-bad-backup",
         1,
         r#"{"error":"pg_dump: connection refused"}"#,
     )
     .await;
-    crate::backup::finish_job(&env, "orders-bad-backup", false).await;
+    crate::support::backups::finish_job(&env, "orders-bad-backup", false).await;
     let out = failing.wait_with_output().expect("backup output");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -788,7 +751,7 @@ async fn connect_runs_a_restricted_pod_of_the_owner_with_the_login_from_the_secr
 #[tokio::test]
 async fn connect_follows_the_tls_settings_of_a_shared_server() {
     let env = Env::new("cli-tls").await;
-    let redis = crate::servers::Redis::start_new_tls();
+    let redis = crate::support::servers::Redis::start_new_tls();
     let ca = redis.tls.as_ref().expect("tls").ca_pem.clone();
     let secrets: Api<Secret> = env.api();
     for (name, data) in [

@@ -5,6 +5,7 @@
 //!
 //! MongoDB is not installed on the test machine: its probe is unit-tested only.
 
+use crate::support::objects::events_for;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ use serde_json::{Value, json};
 use servicedb::api::DatabaseServer;
 use servicedb::api::database_server::DatabaseServerStatus;
 
-use crate::harness::{Env, wait_for};
-use crate::servers::{Postgres, Redis, random_password};
+use crate::support::harness::{Env, wait_for};
+use crate::support::servers::{Postgres, Redis, random_password};
 
 /// How often the operator under test probes a reachable server.
 const REPROBE: Duration = Duration::from_secs(5);
@@ -23,14 +24,14 @@ const REPROBE: Duration = Duration::from_secs(5);
 /// The operator under test, re-probing servers every REPROBE seconds so that
 /// outages show within the tests' patience.
 struct InProcess {
-    operator: crate::harness::Operator,
+    operator: crate::support::harness::Operator,
 }
 
 impl InProcess {
     fn start(env: &mut Env) -> InProcess {
         env.operator.stop();
         let seconds = REPROBE.as_secs().to_string();
-        let operator = crate::harness::Operator::start_with_env(
+        let operator = crate::support::harness::Operator::start_with_env(
             &format!("{}-fast", env.ns),
             &[("SERVICEDB_SERVER_REPROBE_SECONDS", seconds.as_str())],
         );
@@ -133,24 +134,6 @@ async fn visible_text(env: &Env) -> String {
         );
     }
     text
-}
-
-pub(crate) async fn events_for(env: &Env, name: &str) -> Vec<(String, String, String)> {
-    env.api::<Event>()
-        .list(&ListParams::default())
-        .await
-        .expect("listing events")
-        .items
-        .into_iter()
-        .filter(|e| e.involved_object.name.as_deref() == Some(name))
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -472,7 +455,8 @@ async fn a_managed_server_is_built_as_an_instance_of_its_own() {
     use k8s_openapi::api::networking::v1::NetworkPolicy;
     use servicedb::api::ServiceDatabase;
 
-    use crate::dedicated::{get_when, secret_value};
+    use crate::support::objects::get_when;
+    use crate::support::objects::secret_value;
 
     let env = Env::new("managed").await;
     server(

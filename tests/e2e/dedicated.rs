@@ -3,6 +3,7 @@
 //! labelled, complete credentials Secrets, NetworkPolicies that admit only the
 //! owner, and statuses that turn Ready with their StatefulSets.
 
+use crate::support::objects::{get_when, secret_value, set_ready_replicas, wait_phase};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 
-use crate::harness::{Env, apply_manifest, examples, wait_for};
+use crate::support::harness::{Env, apply_manifest, examples, wait_for};
 
 /// Keys every credentials Secret has, whatever the engine.
 const COMMON_KEYS: [&str; 7] = [
@@ -64,57 +65,6 @@ fn expect(engine: servicedb::api::Engine) -> Expect {
             extra_keys: &[],
         },
     }
-}
-
-pub fn secret_value(secret: &Secret, key: &str) -> String {
-    let bytes = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .unwrap_or_default();
-    String::from_utf8(bytes).expect("utf-8 secret value")
-}
-
-/// Username, password and database of a credentials Secret.
-pub fn credentials(secret: &Secret) -> (String, String, String) {
-    (
-        secret_value(secret, "username"),
-        secret_value(secret, "password"),
-        secret_value(secret, "database"),
-    )
-}
-
-pub async fn get_when<K>(api: &Api<K>, name: &str) -> K
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
-{
-    wait_for(
-        &format!("{} {name}", std::any::type_name::<K>()),
-        Duration::from_secs(30),
-        || async { api.get_opt(name).await.ok().flatten() },
-    )
-    .await
-}
-
-/// Reports `ready` ready replicas on a StatefulSet, as its controller would.
-pub async fn set_ready_replicas(api: &Api<StatefulSet>, name: &str, ready: i32) {
-    let patch = json!({"status": {"replicas": 1, "readyReplicas": ready, "availableReplicas": ready, "currentReplicas": 1, "updatedReplicas": 1}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .expect("patching StatefulSet status");
-}
-
-pub async fn wait_phase(api: &Api<ServiceDatabase>, name: &str, phase: Phase) -> ServiceDatabase {
-    wait_for(
-        &format!("ServiceDatabase {name} phase {phase}"),
-        Duration::from_secs(30),
-        || async {
-            let sdb = api.get(name).await.ok()?;
-            (sdb.status.as_ref()?.phase == phase).then_some(sdb)
-        },
-    )
-    .await
 }
 
 fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
@@ -589,7 +539,7 @@ async fn an_instance_that_cannot_start_says_why() {
         sdb.status.as_ref().map(|s| s.phase),
         Some(Phase::Provisioning)
     );
-    let events = crate::database_server::events_for(&env, "catalog").await;
+    let events = crate::support::objects::events_for(&env, "catalog").await;
     assert!(
         events
             .iter()

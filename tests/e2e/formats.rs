@@ -20,10 +20,12 @@ use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 use servicedb::model::rotation::ROTATE_ANNOTATION;
 
-use crate::dedicated::{get_when, wait_phase};
-use crate::harness::{Env, wait_for};
-use crate::servers::{Postgres, Redis};
-use crate::shared::{server, server_of};
+use crate::support::harness::{Env, wait_for};
+use crate::support::objects::get_when;
+use crate::support::objects::wait_phase;
+use crate::support::servers::{Postgres, Redis};
+use crate::support::shared_servers::server;
+use crate::support::shared_servers::server_of;
 
 /// Every key of a Secret, decoded.
 fn decoded(secret: &Secret) -> BTreeMap<String, String> {

@@ -2,7 +2,7 @@
 //! names `dbs`, `dbb` and `sdb`, and columns that answer "is it up, what
 //! runs, when was the last backup, how big" without `-o yaml`.
 
-use std::path::PathBuf;
+use crate::support::cli::{kubectl, table};
 use std::process::Command;
 use std::time::Duration;
 
@@ -12,26 +12,14 @@ use serde_json::json;
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{DatabaseClass, DatabaseServer, Phase, ServiceDatabase};
 
-use crate::backup::{manifest, manual_backup, succeed, wait_backup};
-use crate::dedicated::wait_phase;
-use crate::harness::{Env, wait_for};
-use crate::servers::Postgres;
-use crate::shared::server;
-
-/// kubectl from the test control plane's bin directory (as
-/// `hack/testenv/build.sh` prints it), or `$KUBECTL`.
-pub(crate) fn kubectl() -> PathBuf {
-    if let Ok(path) = std::env::var("KUBECTL") {
-        return PathBuf::from(path);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(root.join("hack/testenv/build.sh"))
-        .output()
-        .expect("running hack/testenv/build.sh");
-    assert!(out.status.success(), "hack/testenv/build.sh failed");
-    let dir = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    PathBuf::from(dir).join("kubectl")
-}
+use crate::support::backups::manifest;
+use crate::support::backups::manual_backup;
+use crate::support::backups::succeed;
+use crate::support::backups::wait_backup;
+use crate::support::harness::{Env, wait_for};
+use crate::support::objects::wait_phase;
+use crate::support::servers::Postgres;
+use crate::support::shared_servers::server;
 
 /// The table `kubectl get <what>` prints, as rows of (header, cell); cells
 /// are cut at the headers' columns, since headers may hold spaces.
@@ -47,39 +35,6 @@ fn get(ns: &str, what: &str) -> Vec<Vec<(String, String)>> {
         String::from_utf8_lossy(&out.stderr)
     );
     table(&text)
-}
-
-/// A kubectl-style table as rows of (header, cell); cells are cut at the
-/// headers' columns, since headers may hold spaces.
-pub(crate) fn table(text: &str) -> Vec<Vec<(String, String)>> {
-    let mut lines = text.lines();
-    let header = lines.next().expect("a header line");
-    // A column starts where a header word follows two spaces (or the start).
-    let mut starts = vec![0];
-    let bytes = header.as_bytes();
-    for i in 2..bytes.len() {
-        if bytes[i] != b' ' && bytes[i - 1] == b' ' && bytes[i - 2] == b' ' {
-            starts.push(i);
-        }
-    }
-    let cell = |line: &str, k: usize| {
-        let end = starts
-            .get(k + 1)
-            .copied()
-            .unwrap_or(line.len())
-            .min(line.len());
-        line.get(starts[k]..end)
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    };
-    lines
-        .map(|line| {
-            (0..starts.len())
-                .map(|k| (cell(header, k), cell(line, k)))
-                .collect()
-        })
-        .collect()
 }
 
 fn headers(table: &[Vec<(String, String)>]) -> Vec<&str> {

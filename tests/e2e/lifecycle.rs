@@ -2,92 +2,22 @@
 //! through, an unchanged resource costs no write (not even across an operator
 //! restart), passwords stay, and `deletionPolicy` does what it says.
 
-use std::collections::BTreeMap;
+use crate::support::objects::{child_versions, reconciles};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 
-use crate::dedicated::{get_when, secret_value, set_ready_replicas, wait_phase};
-use crate::harness::{Env, apply_manifest, example, fixture, wait_for};
-
-/// resourceVersion of every child of `name`, by kind/name.
-pub async fn child_versions(env: &Env, name: &str) -> BTreeMap<String, String> {
-    let inst = format!("{name}-db");
-    let mut out = BTreeMap::new();
-    let rv = |k: &str, n: &str, v: Option<String>| (format!("{k}/{n}"), v.unwrap_or_default());
-    let sts: Api<StatefulSet> = env.api();
-    let svc: Api<Service> = env.api();
-    let pdb: Api<PodDisruptionBudget> = env.api();
-    let np: Api<NetworkPolicy> = env.api();
-    let sec: Api<Secret> = env.api();
-    let sdb: Api<ServiceDatabase> = env.api();
-    for (k, n, v) in [
-        (
-            "StatefulSet",
-            inst.clone(),
-            sts.get(&inst).await.expect("sts").resource_version(),
-        ),
-        (
-            "Service",
-            inst.clone(),
-            svc.get(&inst).await.expect("svc").resource_version(),
-        ),
-        (
-            "Service",
-            format!("{inst}-hl"),
-            svc.get(&format!("{inst}-hl"))
-                .await
-                .expect("svc")
-                .resource_version(),
-        ),
-        (
-            "PodDisruptionBudget",
-            inst.clone(),
-            pdb.get(&inst).await.expect("pdb").resource_version(),
-        ),
-        (
-            "NetworkPolicy",
-            inst.clone(),
-            np.get(&inst).await.expect("np").resource_version(),
-        ),
-        (
-            "Secret",
-            inst.clone(),
-            sec.get(&inst).await.expect("secret").resource_version(),
-        ),
-        (
-            "Secret",
-            format!("{inst}-admin"),
-            sec.get(&format!("{inst}-admin"))
-                .await
-                .expect("secret")
-                .resource_version(),
-        ),
-        (
-            "ServiceDatabase",
-            name.to_string(),
-            sdb.get(name).await.expect("sdb").resource_version(),
-        ),
-    ] {
-        let (key, value) = rv(k, &n, v);
-        out.insert(key, value);
-    }
-    out
-}
-
-pub async fn reconciles(env: &Env) -> f64 {
-    env.operator
-        .metric("servicedb_reconcile_total{controller=\"servicedatabase\"")
-        .await
-        .unwrap_or(0.0)
-}
+use crate::support::harness::{Env, apply_manifest, example, fixture, wait_for};
+use crate::support::objects::get_when;
+use crate::support::objects::secret_value;
+use crate::support::objects::set_ready_replicas;
+use crate::support::objects::wait_phase;
 
 #[tokio::test]
 async fn a_resync_writes_nothing_and_credentials_survive_an_operator_restart() {
@@ -385,11 +315,11 @@ async fn a_standby_operator_waits_and_takes_over_when_the_leader_stops() {
     get_when(&env.api::<StatefulSet>(), "orders-db").await;
 
     // A second replica: ready (it answers probes) but not reconciling.
-    let standby = crate::harness::Operator::start("ha-standby");
+    let standby = crate::support::harness::Operator::start("ha-standby");
     wait_for(
         "the standby to be ready",
         Duration::from_secs(30),
-        || async { crate::harness::http_get(standby.http, "/readyz").await },
+        || async { crate::support::harness::http_get(standby.http, "/readyz").await },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -14,11 +14,11 @@ mod common;
 mod ferretdb;
 #[path = "../gitops_common/mod.rs"]
 mod gitops_common;
-mod harness;
 #[path = "../agent_common/s3.rs"]
 #[allow(dead_code)] // shared with the agent tests, which use all of it
 mod s3;
-mod servers;
+mod support;
+use support::servers;
 
 mod agent_jobs;
 mod archives;

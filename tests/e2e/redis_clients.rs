@@ -26,10 +26,13 @@ use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 
 use crate::common::{owned_tempdir, servicedb_binary, system_user};
-use crate::dedicated::{get_when, secret_value, set_ready_replicas, wait_phase};
-use crate::harness::{Env, free_port, http_get, wait_for};
-use crate::servers::Redis;
-use crate::shared::server_of;
+use crate::support::harness::{Env, free_port, http_get, wait_for};
+use crate::support::objects::get_when;
+use crate::support::objects::secret_value;
+use crate::support::objects::set_ready_replicas;
+use crate::support::objects::wait_phase;
+use crate::support::servers::Redis;
+use crate::support::shared_servers::server_of;
 
 /// Where a Redis binary lives on the test machine (the image has its own).
 const REDIS_BIN_DIR: &str = "/usr/bin";

@@ -13,13 +13,15 @@ use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 use servicedb::model::rotation::ISSUED_AT;
 
-use crate::backup::condition;
-use crate::database_server::events_for;
-use crate::dedicated::wait_phase;
-use crate::harness::{Env, wait_for};
-use crate::rotation::{place, request_rotation, secret_when};
-use crate::servers::Postgres;
-use crate::shared::server;
+use crate::support::backups::condition;
+use crate::support::harness::{Env, wait_for};
+use crate::support::objects::events_for;
+use crate::support::objects::wait_phase;
+use crate::support::rotations::place;
+use crate::support::rotations::request_rotation;
+use crate::support::rotations::secret_when;
+use crate::support::servers::Postgres;
+use crate::support::shared_servers::server;
 
 const CONDITION: &str = "CredentialsRolledOut";
 
@@ -208,7 +210,7 @@ async fn a_rotation_restarts_the_owners_workloads_or_warns_before_the_old_passwo
     );
     // No secret value in what the operator wrote.
     for key in ["password", "previous-password"] {
-        let value = crate::dedicated::secret_value(&orders_secret, key);
+        let value = crate::support::objects::secret_value(&orders_secret, key);
         assert!(!env.operator.logs().contains(&value), "{key} in the log");
     }
 }

@@ -3,6 +3,7 @@
 //! everything the operator wrote (its log, Events, statuses) for the
 //! passwords it handled.
 
+use crate::support::rotations::{place, reconciled_in, request_rotation, secret_when};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -12,80 +13,21 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use servicedb::api::{DatabaseServer, Phase, ServiceDatabase};
 
-use crate::dedicated::{secret_value, wait_phase};
-use crate::harness::{Env, ensure_namespace, wait_for};
-use crate::servers::{Postgres, Redis};
-use crate::shared::{connect, redis_as, server, server_of};
+use crate::support::harness::{Env, ensure_namespace, wait_for};
+use crate::support::objects::secret_value;
+use crate::support::objects::wait_phase;
+use crate::support::servers::{Postgres, Redis};
+use crate::support::shared_servers::connect;
+use crate::support::shared_servers::redis_as;
+use crate::support::shared_servers::server;
+use crate::support::shared_servers::server_of;
 
-use servicedb::model::rotation::{ISSUED_AT, ROTATE_ANNOTATION as ROTATE};
-
-pub(crate) async fn place(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    spec: serde_json::Value,
-) -> Api<ServiceDatabase> {
-    let mut body = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
-        "metadata": {"name": name},
-        "spec": {"owner": {"podSelector": {"matchLabels": {"app": name}}}}});
-    for (k, v) in spec.as_object().expect("spec object") {
-        body["spec"][k] = v.clone();
-    }
-    let api = Api::<ServiceDatabase>::namespaced(client.clone(), ns);
-    api.patch(
-        name,
-        &PatchParams::apply("servicedb-e2e"),
-        &Patch::Apply(&body),
-    )
-    .await
-    .expect("service database");
-    api
-}
-
-pub(crate) async fn request_rotation(api: &Api<ServiceDatabase>, name: &str, value: &str) {
-    api.patch(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({"metadata": {"annotations": {ROTATE: value}}})),
-    )
-    .await
-    .expect("annotate");
-}
+use servicedb::model::rotation::ISSUED_AT;
 
 /// How many reconciles of `name` in the test's namespace ended well, from
 /// the operator's JSON log (the e2e operator logs `reconciled` at debug).
 fn reconciled(env: &Env, name: &str) -> usize {
     reconciled_in(env, &env.ns, name)
-}
-
-/// [`reconciled`] for `name` in `namespace`.
-pub(crate) fn reconciled_in(env: &Env, namespace: &str, name: &str) -> usize {
-    env.operator
-        .logs()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|entry| {
-            entry["message"] == "reconciled"
-                && entry["controller"] == "servicedatabase"
-                && entry["namespace"] == namespace
-                && entry["object"] == name
-        })
-        .count()
-}
-
-/// The Secret once `check` holds for it.
-pub(crate) async fn secret_when(
-    api: &Api<Secret>,
-    name: &str,
-    what: &str,
-    timeout: Duration,
-    check: impl Fn(&Secret) -> bool,
-) -> Secret {
-    wait_for(what, timeout, || async {
-        let s = api.get_opt(name).await.ok()??;
-        check(&s).then_some(s)
-    })
-    .await
 }
 
 /// When the Secret's current password was issued, from its annotation.

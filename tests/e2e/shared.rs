@@ -4,83 +4,22 @@
 //! the server does not admit is refused, and a server outage shows in the
 //! status and heals by itself.
 
+use crate::support::shared_servers::{connect, redis_as, server, server_of};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
-use servicedb::api::{DatabaseServer, Phase, ServiceDatabase};
+use servicedb::api::{Phase, ServiceDatabase};
 
-use crate::backup::condition;
-use crate::dedicated::{credentials, get_when, secret_value, wait_phase};
-use crate::harness::{Env, apply_manifest, ensure_namespace, wait_for};
-use crate::servers::{Postgres, Redis};
-
-pub(crate) async fn connect(
-    port: u16,
-    user: &str,
-    password: &str,
-    database: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let (client, connection) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user(user)
-        .password(password)
-        .dbname(database)
-        .connect_timeout(Duration::from_secs(5))
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(connection);
-    Ok(client)
-}
-
-pub(crate) async fn server(env: &Env, name: &str, pg: &Postgres, allowed: serde_json::Value) {
-    server_of(
-        env,
-        name,
-        "Postgres",
-        pg.port,
-        &pg.admin_user,
-        &pg.admin_password,
-        allowed,
-    )
-    .await
-}
-
-pub(crate) async fn server_of(
-    env: &Env,
-    name: &str,
-    engine: &str,
-    port: u16,
-    user: &str,
-    password: &str,
-    allowed: serde_json::Value,
-) {
-    let secrets: Api<Secret> = env.api();
-    let admin = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": format!("{name}-admin")},
-        "stringData": {"username": user, "password": password}});
-    secrets
-        .patch(
-            &format!("{name}-admin"),
-            &PatchParams::apply("servicedb-e2e"),
-            &Patch::Apply(&admin),
-        )
-        .await
-        .expect("admin secret");
-    let server = json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer", "metadata": {"name": name},
-        "spec": {"engine": engine, "allowedNamespaces": allowed,
-                 "external": {"host": "127.0.0.1", "port": port, "adminSecretRef": {"name": format!("{name}-admin")}}}});
-    env.api::<DatabaseServer>()
-        .patch(
-            name,
-            &PatchParams::apply("servicedb-e2e"),
-            &Patch::Apply(&server),
-        )
-        .await
-        .expect("server");
-}
+use crate::support::backups::condition;
+use crate::support::harness::{Env, apply_manifest, ensure_namespace, wait_for};
+use crate::support::objects::credentials;
+use crate::support::objects::get_when;
+use crate::support::objects::secret_value;
+use crate::support::objects::wait_phase;
+use crate::support::servers::{Postgres, Redis};
 
 async fn place(
     client: &kube::Client,
@@ -526,24 +465,6 @@ async fn a_retained_database_passes_to_the_same_namespace_and_name_only() {
             "the {what} is marked for the new ServiceDatabase: {comment:?}"
         );
     }
-}
-
-pub(crate) async fn redis_as(
-    port: u16,
-    user: &str,
-    password: &str,
-) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    use redis::{ConnectionAddr, IntoConnectionInfo, RedisConnectionInfo};
-    let info = ConnectionAddr::Tcp("127.0.0.1".into(), port)
-        .into_connection_info()?
-        .set_redis_settings(
-            RedisConnectionInfo::default()
-                .set_username(user)
-                .set_password(password),
-        );
-    redis::Client::open(info)?
-        .get_multiplexed_async_connection()
-        .await
 }
 
 #[tokio::test]

@@ -14,9 +14,10 @@ use serde_json::json;
 use servicedb::api::{DatabaseServer, Phase, ServiceDatabase};
 use servicedb::engine::tls::{TlsMode, TlsSettings};
 
-use crate::dedicated::{secret_value, wait_phase};
-use crate::harness::{Env, wait_for};
-use crate::servers::{Postgres, Redis, TestCa};
+use crate::support::harness::{Env, wait_for};
+use crate::support::objects::secret_value;
+use crate::support::objects::wait_phase;
+use crate::support::servers::{Postgres, Redis, TestCa};
 
 async fn secret(env: &Env, name: &str, data: serde_json::Value) {
     let body = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data});

@@ -13,8 +13,9 @@ use kube::{Api, Resource};
 use serde_json::{Value, json};
 use servicedb::api::{Phase, ServiceDatabase};
 
-use crate::dedicated::{get_when, wait_phase};
-use crate::harness::{Env, wait_for};
+use crate::support::harness::{Env, wait_for};
+use crate::support::objects::get_when;
+use crate::support::objects::wait_phase;
 
 fn sdb(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase", "metadata": {"name": name}, "spec": spec})

@@ -20,12 +20,20 @@ use serde_json::{Value, json};
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{DatabaseBackup, DatabaseClass, DatabaseServer, Phase, ServiceDatabase};
 
-use crate::backup::{agent_pod, finish_job, manifest, manual_backup, succeed, wait_backup};
-use crate::dedicated::{get_when, set_ready_replicas, wait_phase};
 use crate::gitops_common::{argocd_health, expected, fixtures_dir, kstatus, trimmed};
-use crate::harness::{Env, free_port, wait_for};
-use crate::servers::Postgres;
-use crate::shared::{server, server_of};
+use crate::support::backups::agent_pod;
+use crate::support::backups::finish_job;
+use crate::support::backups::manifest;
+use crate::support::backups::manual_backup;
+use crate::support::backups::succeed;
+use crate::support::backups::wait_backup;
+use crate::support::harness::{Env, free_port, wait_for};
+use crate::support::objects::get_when;
+use crate::support::objects::set_ready_replicas;
+use crate::support::objects::wait_phase;
+use crate::support::servers::Postgres;
+use crate::support::shared_servers::server;
+use crate::support::shared_servers::server_of;
 
 /// The object as JSON, straight from the API server.
 async fn fetch<K>(env: &Env, name: &str) -> Value

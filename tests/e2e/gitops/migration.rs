@@ -19,9 +19,12 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use servicedb::api::{Phase, ServiceDatabase};
 
-use crate::dedicated::{get_when, set_ready_replicas, wait_phase};
-use crate::harness::{Env, apply_manifest, example, wait_for};
-use crate::lifecycle::{child_versions, reconciles};
+use crate::support::harness::{Env, apply_manifest, example, wait_for};
+use crate::support::objects::child_versions;
+use crate::support::objects::get_when;
+use crate::support::objects::reconciles;
+use crate::support::objects::set_ready_replicas;
+use crate::support::objects::wait_phase;
 
 const NEW: &str = "servicedb.dev/instance";
 const OLD: &str = "app.kubernetes.io/instance";

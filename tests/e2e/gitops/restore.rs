@@ -14,9 +14,16 @@ use serde_json::{Value, json};
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{DatabaseBackup, Phase, ServiceDatabase};
 
-use crate::backup::{condition, manifest, manual_backup, succeed, wait_backup, wait_condition};
-use crate::dedicated::{get_when, set_ready_replicas, wait_phase};
-use crate::harness::{Env, wait_for};
+use crate::support::backups::condition;
+use crate::support::backups::manifest;
+use crate::support::backups::manual_backup;
+use crate::support::backups::succeed;
+use crate::support::backups::wait_backup;
+use crate::support::backups::wait_condition;
+use crate::support::harness::{Env, wait_for};
+use crate::support::objects::get_when;
+use crate::support::objects::set_ready_replicas;
+use crate::support::objects::wait_phase;
 
 async fn apply(env: &Env, sdb: &Value) {
     let name = sdb["metadata"]["name"].as_str().expect("name");
@@ -167,9 +174,10 @@ async fn a_restored_database_recreated_from_git_keeps_its_data_after_its_backup_
 /// out.
 #[tokio::test]
 async fn a_restored_shared_database_recreated_from_git_keeps_its_data() {
-    use crate::shared::{connect, server};
+    use crate::support::shared_servers::connect;
+    use crate::support::shared_servers::server;
     let env = Env::new("gitops-restore-shared").await;
-    let pg = crate::servers::Postgres::start_new();
+    let pg = crate::support::servers::Postgres::start_new();
     server(&env, "pg", &pg, json!({"from": "Same"})).await;
     let source = json!({
         "apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
@@ -195,7 +203,7 @@ async fn a_restored_shared_database_recreated_from_git_keeps_its_data() {
     wait_condition(&env, "orders-copy", "Restored", "True", "Restored").await;
     let first_uid = sdbs.get("orders-copy").await.expect("sdb").uid();
     let (user, password, database) =
-        crate::dedicated::credentials(&get_when(&env.api(), "orders-copy-db").await);
+        crate::support::objects::credentials(&get_when(&env.api(), "orders-copy-db").await);
     connect(pg.port, &user, &password, &database)
         .await
         .expect("logs in")

@@ -14,11 +14,17 @@ use serde_json::{Value, json};
 use servicedb::api::database_backup::BackupPhase;
 use servicedb::api::{DatabaseBackup, DatabaseServer, Phase, ServiceDatabase};
 
-use crate::backup::{condition, manifest, succeed, wait_backup};
-use crate::dedicated::{get_when, secret_value, wait_phase};
-use crate::harness::{Env, ensure_namespace, wait_for};
-use crate::servers::Postgres;
-use crate::shared::{connect, server};
+use crate::support::backups::condition;
+use crate::support::backups::manifest;
+use crate::support::backups::succeed;
+use crate::support::backups::wait_backup;
+use crate::support::harness::{Env, ensure_namespace, wait_for};
+use crate::support::objects::get_when;
+use crate::support::objects::secret_value;
+use crate::support::objects::wait_phase;
+use crate::support::servers::Postgres;
+use crate::support::shared_servers::connect;
+use crate::support::shared_servers::server;
 
 /// Applies a ServiceDatabase in `ns`.
 async fn apply(
@@ -522,8 +528,9 @@ async fn a_namespace_no_longer_admitted_loses_its_logins_and_its_delete_still_dr
 async fn a_redis_namespace_no_longer_admitted_loses_its_acl_user_and_keeps_its_keys() {
     use redis::AsyncCommands;
 
-    use crate::servers::Redis;
-    use crate::shared::{redis_as, server_of};
+    use crate::support::servers::Redis;
+    use crate::support::shared_servers::redis_as;
+    use crate::support::shared_servers::server_of;
 
     let env = Env::new("bounds-admission-redis").await;
     let cache = Redis::start_new();

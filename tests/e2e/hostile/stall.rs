@@ -8,9 +8,10 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 
-use crate::harness::{Env, wait_for};
-use crate::servers::Postgres;
-use crate::shared::{server, server_of};
+use crate::support::harness::{Env, wait_for};
+use crate::support::servers::Postgres;
+use crate::support::shared_servers::server;
+use crate::support::shared_servers::server_of;
 
 /// Tenants per server: more than the operator's reconcile slots (the e2e
 /// operator runs with `--concurrency 4`), so that a server that holds each
@@ -268,7 +269,7 @@ async fn a_frozen_leader_exits_on_waking_without_writing_again() {
         || async { (env.operator.metric("servicedb_leader").await == Some(1.0)).then_some(()) },
     )
     .await;
-    let mut standby = crate::harness::Operator::start("leader-b");
+    let mut standby = crate::support::harness::Operator::start("leader-b");
 
     // Work in flight when the leader freezes: the first probe of a new
     // server that never answers, whose outcome (the first status) the
@@ -297,7 +298,7 @@ async fn a_frozen_leader_exits_on_waking_without_writing_again() {
     // server ends (SIGKILL: its Lease stays held), so that nothing else
     // writes.
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(env.client.clone(), crate::harness::OPERATOR_NS);
+        Api::namespaced(env.client.clone(), crate::support::harness::OPERATOR_NS);
     wait_for(
         "the standby to take the Lease",
         Duration::from_secs(60),

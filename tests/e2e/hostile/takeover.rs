@@ -12,12 +12,21 @@ use serde_json::json;
 use servicedb::api::{Phase, ServiceDatabase};
 use servicedb::engine::mongodb_users::{self, CLAIMS_DATABASE, Login, UserSpec};
 
-use crate::dedicated::{credentials, get_when, secret_value, wait_phase};
 use crate::ferretdb::FerretDb;
-use crate::harness::{Env, ensure_namespace, wait_for};
-use crate::rotation::{place, reconciled_in, request_rotation, secret_when};
-use crate::servers::{Postgres, Redis};
-use crate::shared::{connect, redis_as, server, server_of};
+use crate::support::harness::{Env, ensure_namespace, wait_for};
+use crate::support::objects::credentials;
+use crate::support::objects::get_when;
+use crate::support::objects::secret_value;
+use crate::support::objects::wait_phase;
+use crate::support::rotations::place;
+use crate::support::rotations::reconciled_in;
+use crate::support::rotations::request_rotation;
+use crate::support::rotations::secret_when;
+use crate::support::servers::{Postgres, Redis};
+use crate::support::shared_servers::connect;
+use crate::support::shared_servers::redis_as;
+use crate::support::shared_servers::server;
+use crate::support::shared_servers::server_of;
 
 /// The login name servicedb gives `namespace/name` on a shared server.
 fn login_of(namespace: &str, name: &str) -> String {

@@ -18,8 +18,8 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 use rand::distr::{Alphanumeric, SampleString};
 
+use crate::common::free_port;
 use crate::common::{owned_tempdir, owned_tempdir_in, system_user};
-use crate::harness::free_port;
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const REDIS_SERVER: &str = "/usr/bin/redis-server";

@@ -387,12 +387,7 @@ impl Drop for Operator {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub use crate::common::free_port;
 
 /// A minimal HTTP/1.1 GET against 127.0.0.1.
 pub async fn http_get(port: u16, path: &str) -> Option<String> {

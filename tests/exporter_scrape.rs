@@ -16,9 +16,10 @@
 
 mod common;
 
+use common::http_get;
+use common::random;
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -28,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, Secret};
 use kube::Resource;
-use rand::distr::{Alphanumeric, SampleString};
 use servicedb::api::{DatabaseClass, ServiceDatabase};
 use servicedb::build::{Children, Credentials, OperatorFacts};
 use servicedb::engine::monitoring;
@@ -39,10 +39,6 @@ const POSTGRES_EXPORTER: &str = "/usr/bin/prometheus-postgres-exporter";
 const REDIS_EXPORTER: &str = "/usr/bin/prometheus-redis-exporter";
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const TIMEOUT: Duration = Duration::from_secs(90);
-
-fn random(len: usize) -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), len)
-}
 
 /// A process killed when the test ends, its output kept for failures.
 struct Process {
@@ -94,21 +90,6 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A plain HTTP/1.0 GET on the loopback (no chunked answers).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((code, body))
 }
 
 fn percent_encode(text: &str) -> String {

@@ -18,6 +18,7 @@
 
 mod common;
 
+use common::random;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
@@ -33,7 +34,6 @@ use mongodb::Client;
 use mongodb::bson::{Document, doc};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
-use rand::distr::{Alphanumeric, SampleString};
 use servicedb::api::Engine;
 use servicedb::engine::logins::Marker;
 use servicedb::engine::mongodb_users::{
@@ -76,10 +76,6 @@ fn ferretdb() -> PathBuf {
         target
     })
     .clone()
-}
-
-fn random(len: usize) -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), len)
 }
 
 fn wait_for_port(port: u16, child: &mut Child) {

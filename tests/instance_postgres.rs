@@ -7,8 +7,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use common::http_get;
+use common::random;
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
-use rand::distr::{Alphanumeric, SampleString};
 use servicedb::engine::logins::{self, Login, Logins, Marker};
 use servicedb::engine::postgres_users::{
     Outcome, ServiceUser, drop_service_database, drop_service_schema, ensure_schema_database,
@@ -30,10 +30,6 @@ use tokio_postgres::{Client, NoTls};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn random(len: usize) -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), len)
-}
 
 #[derive(Clone)]
 struct Service {
@@ -332,25 +328,6 @@ fn collect(stream: impl Read + Send + 'static, log: Arc<Mutex<String>>) {
             log.push('\n');
         }
     });
-}
-
-/// A minimal HTTP/1.1 GET: `None` while nothing listens.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.trim().to_owned())?;
-    Some((code, body))
 }
 
 async fn connect(

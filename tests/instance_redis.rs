@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::http_get;
+use common::random;
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,24 +20,19 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
-use rand::distr::{Alphanumeric, SampleString};
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, ErrorKind, IntoConnectionInfo, RedisConnectionInfo,
     RedisError, RedisResult, Value,
 };
 use servicedb::engine::redis_acl;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 
 const REDIS_BIN_DIR: &str = "/usr/bin";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const ADMIN: &str = "admin";
 const SERVICE: &str = "cart";
 const PREFIX: &str = "cart:";
-
-fn random(len: usize) -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), len)
-}
 
 /// A volume, two mounted Secrets and two ports; they outlive each
 /// instance manager process so that a restart finds the same data.
@@ -184,13 +181,11 @@ impl Fixture {
     }
 
     async fn readyz(&self) -> Option<(u16, String)> {
-        http_get(self.status_port, "/readyz").await
+        http_get(self.status_port, "/readyz")
     }
 
     async fn healthz(&self) -> Option<u16> {
-        http_get(self.status_port, "/healthz")
-            .await
-            .map(|(code, _)| code)
+        http_get(self.status_port, "/healthz").map(|(code, _)| code)
     }
 }
 
@@ -345,26 +340,6 @@ impl Drop for Manager {
             let _ = kill(pid, Signal::SIGKILL);
         }
     }
-}
-
-/// A bare HTTP/1.1 GET: `None` while nothing listens.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let (head, body) = response.split_once("\r\n\r\n")?;
-        let code = head.split(' ').nth(1)?.parse().ok()?;
-        Some((code, body.trim().to_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .ok()
-        .flatten()
 }
 
 async fn run(conn: &mut MultiplexedConnection, words: &[&str]) -> RedisResult<Value> {

@@ -7,15 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::distr::{Alphanumeric, SampleString};
-
 use crate::common;
 
 const VERSITYGW_VERSION: &str = "v1.8.0";
 
-pub fn random(len: usize) -> String {
-    Alphanumeric.sample_string(&mut rand::rng(), len)
-}
+pub use crate::common::random;
 
 /// Where the Go-built test tools live (hack/*/build.sh).
 pub fn cache_dir() -> PathBuf {

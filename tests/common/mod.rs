@@ -38,6 +38,36 @@ pub fn servicedb_binary() -> PathBuf {
     .clone()
 }
 
+/// `len` random letters and digits: passwords, names, keys.
+#[allow(dead_code)] // each test crate uses a subset of these helpers
+pub fn random(len: usize) -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    Alphanumeric.sample_string(&mut rand::rng(), len)
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status code and the body (trimmed),
+/// or `None` when nothing answers within the timeouts.
+#[allow(dead_code)] // each test crate uses a subset of these helpers
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let address = ([127, 0, 0, 1], port).into();
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(1)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.trim().to_owned()))
+}
+
 /// A free TCP port on the loopback interface.
 #[allow(dead_code)] // each test crate uses a subset of these helpers
 pub fn free_port() -> u16 {

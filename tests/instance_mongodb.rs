@@ -37,7 +37,7 @@ use nix::unistd::{Pid, User};
 use servicedb::api::Engine;
 use servicedb::engine::logins::Marker;
 use servicedb::engine::mongodb_users::{
-    self as users, Change, Login, Outcome, UserSpec, create_user_command,
+    self as users, Change, Login, Planned, UserSpec, create_user_command,
 };
 use servicedb::engine::{Connection, for_engine};
 use sha2::{Digest, Sha256};
@@ -349,7 +349,7 @@ async fn a_scram_sha_256_service_user_logs_in_works_and_follows_its_password() {
 
     assert_eq!(
         users::ensure_user(&root, &spec).await.expect("create"),
-        Outcome::Created
+        Planned::Created
     );
     let observed = users::observe_user(&root, "catalog", "catalog")
         .await
@@ -397,7 +397,7 @@ async fn a_scram_sha_256_service_user_logs_in_works_and_follows_its_password() {
     // Unchanged: nothing to write.
     assert_eq!(
         users::ensure_user(&root, &spec).await.expect("repeat"),
-        Outcome::Unchanged
+        Planned::Unchanged
     );
 
     // A new password in the Secret: updateUser, the old one stops working.
@@ -405,7 +405,7 @@ async fn a_scram_sha_256_service_user_logs_in_works_and_follows_its_password() {
     let rotated = without_roles("catalog", "catalog", &second);
     assert_eq!(
         users::ensure_user(&root, &rotated).await.expect("update"),
-        Outcome::Updated(Change {
+        Planned::Updated(Change {
             password: true,
             roles: false
         })
@@ -423,7 +423,7 @@ async fn a_scram_sha_256_service_user_logs_in_works_and_follows_its_password() {
     );
     assert_eq!(
         users::ensure_user(&root, &rotated).await.expect("repeat"),
-        Outcome::Unchanged
+        Planned::Unchanged
     );
 
     // Dropped: it cannot log in; dropping again is a no-op.
@@ -464,7 +464,7 @@ async fn a_user_made_by_hand_with_scram_sha_1_is_repaired() {
     let spec = without_roles("orders", "orders", &password);
     assert_eq!(
         users::ensure_user(&root, &spec).await.expect("repair"),
-        Outcome::Updated(Change {
+        Planned::Updated(Change {
             password: true,
             roles: false
         })

@@ -22,7 +22,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::{Pid, User};
 use servicedb::engine::logins::{self, Login, Logins, Marker};
 use servicedb::engine::postgres_users::{
-    Outcome, ServiceUser, drop_service_database, drop_service_schema, ensure_schema_database,
+    Changes, ServiceUser, drop_service_database, drop_service_schema, ensure_schema_database,
     ensure_service_database, ensure_service_logins, ensure_service_schema, set_password,
 };
 use tokio_postgres::error::SqlState;
@@ -695,7 +695,7 @@ async fn user_library_repairs_drift_and_drops() {
     let repeat = ensure_service_database(&admin, &user)
         .await
         .expect("ensure");
-    assert_eq!(repeat, Outcome::default(), "a repeat writes nothing");
+    assert_eq!(repeat, Changes::default(), "a repeat writes nothing");
 
     admin
         .batch_execute(
@@ -729,7 +729,7 @@ async fn user_library_repairs_drift_and_drops() {
         ensure_service_database(&admin, &user)
             .await
             .expect("ensure"),
-        Outcome::default()
+        Changes::default()
     );
 
     let hostile = ServiceUser {
@@ -839,7 +839,7 @@ async fn logins_rotate_through_the_owner_and_its_twin() {
         ensure_service_logins(&admin, owner, db, &step2, None)
             .await
             .expect("repeat"),
-        Outcome::default(),
+        Changes::default(),
         "a repeat writes nothing"
     );
     let b = connect(fixture.pg_port, &twin, "second password", db)
@@ -973,7 +973,7 @@ async fn markers_claim_names_on_the_server() {
         ensure_service_logins(&admin, "m_orders", "m_orders", &logins, Some(&ours))
             .await
             .expect("repeat"),
-        Outcome::default(),
+        Changes::default(),
         "a repeat writes nothing"
     );
     let text = comment_of_role(&admin, "m_orders").await.expect("marked");
@@ -1119,7 +1119,7 @@ async fn schemas_isolate_services_in_one_database() {
         )
         .await
         .expect("repeat"),
-        Outcome::default()
+        Changes::default()
     );
     let a = connect(fixture.pg_port, "svc_a", "password a", shared_db)
         .await

@@ -126,52 +126,54 @@ impl Checks {
     }
 }
 
-pub enum Engine {
+/// The agent's session to the database it backs up or restores into, per
+/// engine.
+pub enum Connected {
     Postgres(Postgres),
     Redis(Redis),
     MongoDB(MongoDB),
 }
 
-impl Engine {
+impl Connected {
     /// Connects and logs in, so that a wrong password, a missing database or
     /// an unreachable server fails before any storage is touched.
-    pub async fn connect(args: &DatabaseArgs, password: Secret) -> anyhow::Result<Engine> {
+    pub async fn connect(args: &DatabaseArgs, password: Secret) -> anyhow::Result<Connected> {
         Ok(match args.engine {
-            EngineKind::Postgres => Engine::Postgres(Postgres::connect(args, password).await?),
-            EngineKind::Redis => Engine::Redis(Redis::connect(args, password).await?),
-            EngineKind::MongoDB => Engine::MongoDB(MongoDB::connect(args, password).await?),
+            EngineKind::Postgres => Connected::Postgres(Postgres::connect(args, password).await?),
+            EngineKind::Redis => Connected::Redis(Redis::connect(args, password).await?),
+            EngineKind::MongoDB => Connected::MongoDB(MongoDB::connect(args, password).await?),
         })
     }
 
     /// The name the manifest records.
     pub fn name(&self) -> &'static str {
         match self {
-            Engine::Postgres(_) => "postgres",
-            Engine::Redis(_) => "redis",
-            Engine::MongoDB(_) => "mongodb",
+            Connected::Postgres(_) => "postgres",
+            Connected::Redis(_) => "redis",
+            Connected::MongoDB(_) => "mongodb",
         }
     }
 
     pub fn format(&self) -> &'static str {
         match self {
-            Engine::Postgres(_) => super::postgres::FORMAT,
-            Engine::Redis(_) => super::redis::FORMAT,
-            Engine::MongoDB(_) => super::mongodb::FORMAT,
+            Connected::Postgres(_) => super::postgres::FORMAT,
+            Connected::Redis(_) => super::redis::FORMAT,
+            Connected::MongoDB(_) => super::mongodb::FORMAT,
         }
     }
 
     pub fn server_version(&self) -> &str {
         match self {
-            Engine::Postgres(e) => e.server_version(),
-            Engine::Redis(e) => e.server_version(),
-            Engine::MongoDB(e) => e.server_version(),
+            Connected::Postgres(e) => e.server_version(),
+            Connected::Redis(e) => e.server_version(),
+            Connected::MongoDB(e) => e.server_version(),
         }
     }
 
     /// Redis: the key prefix the dump is limited to.
     pub fn key_prefix(&self) -> Option<&str> {
         match self {
-            Engine::Redis(e) => e.key_prefix(),
+            Connected::Redis(e) => e.key_prefix(),
             _ => None,
         }
     }
@@ -182,9 +184,9 @@ impl Engine {
         sink: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> anyhow::Result<u64> {
         match self {
-            Engine::Postgres(e) => e.dump(sink).await,
-            Engine::Redis(e) => e.dump(sink).await,
-            Engine::MongoDB(e) => e.dump(sink).await,
+            Connected::Postgres(e) => e.dump(sink).await,
+            Connected::Redis(e) => e.dump(sink).await,
+            Connected::MongoDB(e) => e.dump(sink).await,
         }
     }
 
@@ -201,7 +203,7 @@ impl Engine {
             );
         }
         match self {
-            Engine::Redis(e) => e.check_prefix(manifest),
+            Connected::Redis(e) => e.check_prefix(manifest),
             _ => Ok(()),
         }
     }
@@ -209,17 +211,17 @@ impl Engine {
     /// Loads a dump.
     pub async fn restore(&mut self, source: impl AsyncRead + Unpin + Send) -> anyhow::Result<()> {
         match self {
-            Engine::Postgres(e) => e.restore(source).await,
-            Engine::Redis(e) => e.restore(source).await.map(drop),
-            Engine::MongoDB(e) => e.restore(source).await.map(drop),
+            Connected::Postgres(e) => e.restore(source).await,
+            Connected::Redis(e) => e.restore(source).await.map(drop),
+            Connected::MongoDB(e) => e.restore(source).await.map(drop),
         }
     }
 
     pub async fn check(&mut self) -> anyhow::Result<Checks> {
         match self {
-            Engine::Postgres(e) => e.check().await,
-            Engine::Redis(e) => e.check().await,
-            Engine::MongoDB(e) => e.check().await,
+            Connected::Postgres(e) => e.check().await,
+            Connected::Redis(e) => e.check().await,
+            Connected::MongoDB(e) => e.check().await,
         }
     }
 
@@ -229,16 +231,16 @@ impl Engine {
     /// database is made and dropped by [`super::postgres::scratch`].
     pub async fn empty_scratch(&mut self) -> anyhow::Result<u64> {
         match self {
-            Engine::Postgres(_) => Ok(0),
-            Engine::Redis(e) => e.empty().await,
-            Engine::MongoDB(e) => e.drop_database().await,
+            Connected::Postgres(_) => Ok(0),
+            Connected::Redis(e) => e.empty().await,
+            Connected::MongoDB(e) => e.drop_database().await,
         }
     }
 
     /// What `--database` names, as the manifest records it.
     pub fn database(&self, args: &DatabaseArgs) -> String {
         match self {
-            Engine::Redis(e) => e.database(),
+            Connected::Redis(e) => e.database(),
             _ => args.database.clone().unwrap_or_default(),
         }
     }
@@ -246,9 +248,9 @@ impl Engine {
     /// What `items` counts, in words.
     pub fn items_word(&self) -> &'static str {
         match self {
-            Engine::Postgres(_) => "tables",
-            Engine::Redis(_) => "keys",
-            Engine::MongoDB(_) => "documents",
+            Connected::Postgres(_) => "tables",
+            Connected::Redis(_) => "keys",
+            Connected::MongoDB(_) => "documents",
         }
     }
 }

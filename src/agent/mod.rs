@@ -60,7 +60,7 @@ pub use manifest::Manifest;
 pub use report::ReportArgs;
 
 use archive::ArchiveWriter;
-use engine::Engine;
+use engine::Connected;
 use location::BackupUrl;
 use report::{Reporter, TERMINATION_LOG_LIMIT};
 use secret::Secret;
@@ -232,9 +232,9 @@ async fn interrupted() -> &'static str {
 
 /// The result printed on stdout, and the form written to the termination
 /// log (the same unless it would not fit).
-type Outcome = (serde_json::Value, serde_json::Value);
+type Report = (serde_json::Value, serde_json::Value);
 
-async fn run(args: Args, password: Secret) -> anyhow::Result<Outcome> {
+async fn run(args: Args, password: Secret) -> anyhow::Result<Report> {
     match args.command {
         // Handles signals itself: it must abort its upload before exiting.
         Command::Backup(args) => {
@@ -370,7 +370,7 @@ fn rfc3339_now() -> String {
 async fn backup(args: &BackupArgs, password: Secret) -> anyhow::Result<Manifest> {
     let url = BackupUrl::from_destination(&args.destination, &args.name)?;
     let location = url.url();
-    let mut engine = Engine::connect(&args.database, password).await?;
+    let mut engine = Connected::connect(&args.database, password).await?;
     let store = url.open(&args.store)?;
     check_destination(store.as_ref(), &url).await?;
 
@@ -472,7 +472,7 @@ async fn read_manifest(store: &dyn ObjectStore, url: &BackupUrl) -> anyhow::Resu
 
 /// Download, check, load. Returns the manifest and the seconds it took.
 async fn restore_into(
-    engine: &mut Engine,
+    engine: &mut Connected,
     store: &dyn ObjectStore,
     url: &BackupUrl,
     manifest: &Manifest,
@@ -510,7 +510,7 @@ async fn restore(args: &RestoreArgs, password: Secret) -> anyhow::Result<(Manife
         (url, store)
     };
     let manifest = read_manifest(store.as_ref(), &url).await?;
-    let mut engine = Engine::connect(&args.database, password).await?;
+    let mut engine = Connected::connect(&args.database, password).await?;
     let seconds = restore_into(
         &mut engine,
         store.as_ref(),
@@ -524,7 +524,7 @@ async fn restore(args: &RestoreArgs, password: Secret) -> anyhow::Result<(Manife
     Ok((manifest, seconds))
 }
 
-async fn verify(args: &RestoreArgs, password: Secret) -> anyhow::Result<Outcome> {
+async fn verify(args: &RestoreArgs, password: Secret) -> anyhow::Result<Report> {
     // A scratch database named `*_verify` or `*-verify` (what the verify
     // CronJob passes) is emptied or made afresh, and emptied or dropped
     // afterwards; any other must exist and be empty, and is left as it is:
@@ -554,7 +554,7 @@ async fn verify(args: &RestoreArgs, password: Secret) -> anyhow::Result<Outcome>
         postgres::scratch(&args.database, &password, true).await?;
     }
     if other {
-        let emptied = Engine::connect(&args.database, password.clone())
+        let emptied = Connected::connect(&args.database, password.clone())
             .await?
             .empty_scratch()
             .await?;
@@ -569,7 +569,7 @@ async fn verify(args: &RestoreArgs, password: Secret) -> anyhow::Result<Outcome>
     let cleaned = if postgres {
         postgres::scratch(&args.database, &password, false).await
     } else if other {
-        match Engine::connect(&args.database, password.clone()).await {
+        match Connected::connect(&args.database, password.clone()).await {
             Ok(mut engine) => engine.empty_scratch().await.map(drop),
             Err(e) => Err(e),
         }
@@ -582,11 +582,11 @@ async fn verify(args: &RestoreArgs, password: Secret) -> anyhow::Result<Outcome>
     result
 }
 
-async fn verify_into(args: &RestoreArgs, password: Secret) -> anyhow::Result<Outcome> {
+async fn verify_into(args: &RestoreArgs, password: Secret) -> anyhow::Result<Report> {
     let url = BackupUrl::from_backup(&args.from)?;
     let store = url.open(&args.store)?;
     let manifest = read_manifest(store.as_ref(), &url).await?;
-    let mut engine = Engine::connect(&args.database, password).await?;
+    let mut engine = Connected::connect(&args.database, password).await?;
     let before = engine.check().await?;
     if before.items > 0 {
         bail!(

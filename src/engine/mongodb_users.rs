@@ -323,20 +323,20 @@ mod tests {
                 .expect("parses")
         };
 
-        assert_eq!(plan(&desired, None), Outcome::Created);
+        assert_eq!(plan(&desired, None), Planned::Created);
         assert_eq!(
             plan(
                 &desired,
                 Some(&observe("pw", &[SCRAM_SHA_256], readwrite.clone()))
             ),
-            Outcome::Unchanged
+            Planned::Unchanged
         );
         assert_eq!(
             plan(
                 &desired,
                 Some(&observe("old", &[SCRAM_SHA_256], readwrite.clone()))
             ),
-            Outcome::Updated(Change {
+            Planned::Updated(Change {
                 password: true,
                 roles: false
             })
@@ -351,7 +351,7 @@ mod tests {
                     readwrite.clone()
                 ))
             ),
-            Outcome::Updated(Change {
+            Planned::Updated(Change {
                 password: true,
                 roles: false
             })
@@ -361,7 +361,7 @@ mod tests {
         extra.roles.push(Role::read_write("orders"));
         assert_eq!(
             plan(&desired, Some(&extra)),
-            Outcome::Updated(Change {
+            Planned::Updated(Change {
                 password: false,
                 roles: true
             })
@@ -373,7 +373,7 @@ mod tests {
         );
         assert_eq!(
             plan(&desired, Some(&weaker)),
-            Outcome::Updated(Change {
+            Planned::Updated(Change {
                 password: true,
                 roles: true
             })
@@ -383,7 +383,7 @@ mod tests {
         hidden.scram_sha_256 = None;
         assert_eq!(
             plan(&desired, Some(&hidden)),
-            Outcome::Updated(Change {
+            Planned::Updated(Change {
                 password: true,
                 roles: false
             })

@@ -66,7 +66,7 @@ impl std::fmt::Debug for ServiceUser {
 /// What [`ensure_service_database`] had to change; all `false` when the
 /// server was already in the desired state.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Outcome {
+pub struct Changes {
     pub role_created: bool,
     pub role_attributes_fixed: bool,
     pub password_changed: bool,
@@ -75,8 +75,8 @@ pub struct Outcome {
     pub privileges_fixed: bool,
 }
 
-impl Outcome {
-    fn merge(&mut self, other: Outcome) {
+impl Changes {
+    fn merge(&mut self, other: Changes) {
         self.role_created |= other.role_created;
         self.role_attributes_fixed |= other.role_attributes_fixed;
         self.password_changed |= other.password_changed;
@@ -87,7 +87,7 @@ impl Outcome {
 
     /// Whether anything was written to the server.
     pub fn changed(&self) -> bool {
-        *self != Outcome::default()
+        *self != Changes::default()
     }
 }
 

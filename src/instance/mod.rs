@@ -12,8 +12,8 @@
 //! non-zero, so that the kubelet restarts the container).
 //!
 //! `supervise` is that pipeline for every engine; an engine's folder brings
-//! what differs (`Engine`): its checks, files and command line, its stop
-//! signals, and its user sync (`sync::UserSync`).
+//! what differs (its `InstanceManager`): its checks, files and command line,
+//! its stop signals, and its user sync (`sync::UserSync`).
 //!
 //! Contract with the pod:
 //! - `<admin-secret-dir>/{username,password}`: the administrator; an
@@ -121,7 +121,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// What an engine brings to [`supervise`]; the rest is shared.
-trait Engine: Sized {
+trait InstanceManager: Sized {
     /// The server process, as the log names it.
     const SERVER: &'static str;
     /// Why the engine must not run as root.
@@ -147,7 +147,7 @@ trait Engine: Sized {
     fn sync(&self, args: &Args, health: Arc<Health>) -> impl Future<Output = ()> + Send + 'static;
 }
 
-async fn supervise<E: Engine>(args: &Args) -> anyhow::Result<()> {
+async fn supervise<E: InstanceManager>(args: &Args) -> anyhow::Result<()> {
     if nix::unistd::geteuid().is_root() {
         bail!(
             "refusing to run as root: {}; run the container as a non-root user \

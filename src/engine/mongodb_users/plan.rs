@@ -13,7 +13,7 @@ pub struct Change {
 
 /// What [`plan`] decided and [`ensure_user`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum Planned {
     Created,
     Updated(Change),
     Unchanged,
@@ -78,9 +78,9 @@ impl ObservedUser {
 
 /// Decides what brings the server's user to `desired`: pure, so that every
 /// case is unit-tested without a server.
-pub fn plan(desired: &UserSpec, observed: Option<&ObservedUser>) -> Outcome {
+pub fn plan(desired: &UserSpec, observed: Option<&ObservedUser>) -> Planned {
     let Some(observed) = observed else {
-        return Outcome::Created;
+        return Planned::Created;
     };
     let mechanisms_right = observed.mechanisms == [SCRAM_SHA_256];
     let change = Change {
@@ -88,9 +88,9 @@ pub fn plan(desired: &UserSpec, observed: Option<&ObservedUser>) -> Outcome {
         roles: sorted(&observed.roles) != sorted(&desired.roles),
     };
     if change == Change::default() {
-        Outcome::Unchanged
+        Planned::Unchanged
     } else {
-        Outcome::Updated(change)
+        Planned::Updated(change)
     }
 }
 

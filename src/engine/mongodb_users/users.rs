@@ -31,16 +31,16 @@ pub async fn observe_user(
 
 /// Brings `desired` about on the server: `createUser` if it is missing,
 /// `updateUser` with only what differs, nothing if it is right.
-pub async fn ensure_user(client: &Client, desired: &UserSpec) -> Result<Outcome, UserError> {
+pub async fn ensure_user(client: &Client, desired: &UserSpec) -> Result<Planned, UserError> {
     desired.validate()?;
     let observed = observe_user(client, &desired.db, &desired.name).await?;
     let mut outcome = plan(desired, observed.as_ref());
-    if outcome == Outcome::Created {
+    if outcome == Planned::Created {
         match create_user(client, desired).await {
-            Ok(()) => return Ok(Outcome::Created),
+            Ok(()) => return Ok(Planned::Created),
             // Made in between by someone else: bring it wholly in line.
             Err(error) if error.code() == Some(USER_ALREADY_EXISTS) => {
-                outcome = Outcome::Updated(Change {
+                outcome = Planned::Updated(Change {
                     password: true,
                     roles: true,
                 });
@@ -48,7 +48,7 @@ pub async fn ensure_user(client: &Client, desired: &UserSpec) -> Result<Outcome,
             Err(error) => return Err(error),
         }
     }
-    if let Outcome::Updated(change) = outcome {
+    if let Planned::Updated(change) = outcome {
         run(
             client,
             &desired.db,
@@ -67,7 +67,7 @@ pub async fn ensure_service_user(
     db: &str,
     user: &str,
     password: &str,
-) -> Result<Outcome, UserError> {
+) -> Result<Planned, UserError> {
     validate_service_database(db)?;
     ensure_user(client, &UserSpec::service(db, user, password)).await
 }

@@ -8,7 +8,7 @@ use super::*;
 pub async fn ensure_service_database(
     client: &Client,
     user: &ServiceUser,
-) -> Result<Outcome, UserError> {
+) -> Result<Changes, UserError> {
     validate_password(&user.password)?;
     ensure_owner(
         client,
@@ -35,7 +35,7 @@ pub async fn ensure_service_logins(
     database: &str,
     logins: &Logins,
     marker: Option<&Marker>,
-) -> Result<Outcome, UserError> {
+) -> Result<Changes, UserError> {
     for login in logins.all() {
         validate_password(&login.password)?;
     }
@@ -64,7 +64,7 @@ pub(super) async fn ensure_owner(
     password: Option<&str>,
     database_name: &str,
     marker: Option<&Marker>,
-) -> Result<Outcome, UserError> {
+) -> Result<Changes, UserError> {
     validate_role_name(owner)?;
     validate_database_name(database_name)?;
     refuse_own_role(client, owner).await?;

@@ -10,8 +10,8 @@ pub(super) async fn ensure_login_role(
     role_name: &str,
     password: Option<&str>,
     marker: Option<&Marker>,
-) -> Result<Outcome, UserError> {
-    let mut outcome = Outcome::default();
+) -> Result<Changes, UserError> {
+    let mut outcome = Changes::default();
     let role = quote_ident(role_name);
     let attributes = attributes(password.is_some());
     // With a marker, whether to create is decided by the same read that
@@ -84,9 +84,9 @@ pub(super) async fn ensure_twin(
     twin: &str,
     password: Option<&str>,
     marker: Option<&Marker>,
-) -> Result<Outcome, UserError> {
+) -> Result<Changes, UserError> {
     if password.is_none() {
-        let mut outcome = Outcome::default();
+        let mut outcome = Changes::default();
         let found = match marker {
             Some(marker) => ours(check_role(client, marker, twin).await)?,
             None => Found::Ours { marked: true },
@@ -174,13 +174,13 @@ pub(super) async fn retire_legacy_twin(
     owner: &str,
     twin_in_use: &str,
     marker: Option<&Marker>,
-) -> Result<Outcome, UserError> {
+) -> Result<Changes, UserError> {
     let legacy = logins::legacy_twin(owner);
     if legacy == twin_in_use || validate_role_name(&legacy).is_err() {
-        return Ok(Outcome::default());
+        return Ok(Changes::default());
     }
     let Some(comment) = role_comment(client, &legacy).await? else {
-        return Ok(Outcome::default());
+        return Ok(Changes::default());
     };
     if let Some(marker) = marker
         && !matches!(
@@ -188,7 +188,7 @@ pub(super) async fn retire_legacy_twin(
             Mark::Ours | Mark::Predecessor
         )
     {
-        return Ok(Outcome::default());
+        return Ok(Changes::default());
     }
     ensure_twin(client, owner, &legacy, None, None).await
 }

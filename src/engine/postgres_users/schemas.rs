@@ -56,7 +56,7 @@ pub async fn ensure_service_schema(
     database: &str,
     logins: &Logins,
     marker: Option<&Marker>,
-) -> Result<Outcome, UserError> {
+) -> Result<Changes, UserError> {
     validate_role_name(owner)?;
     validate_database_name(database)?;
     for login in logins.all() {

@@ -28,7 +28,7 @@ use tracing::warn;
 use super::process::Stop;
 use super::secrets::AdminCredentials;
 use super::status::{Health, SyncState};
-use super::{Args, Engine};
+use super::{Args, InstanceManager};
 use crate::engine::mongodb_users;
 
 pub(super) struct MongoDB {
@@ -37,7 +37,7 @@ pub(super) struct MongoDB {
     admin: AdminCredentials,
 }
 
-impl Engine for MongoDB {
+impl InstanceManager for MongoDB {
     const SERVER: &str = "mongod";
     const NOT_AS_ROOT: &str =
         "mongod's files would belong to root (the official image's mongodb user is 999)";

@@ -17,7 +17,7 @@ use tracing::info;
 use super::process::Stop;
 use super::secrets::AdminCredentials;
 use super::status::Health;
-use super::{Args, Engine};
+use super::{Args, InstanceManager};
 use crate::engine::postgres_users;
 use binaries::Binaries;
 use datadir::Layout;
@@ -29,7 +29,7 @@ pub(super) struct Postgres {
     settings: config::Settings,
 }
 
-impl Engine for Postgres {
+impl InstanceManager for Postgres {
     const SERVER: &str = "postgres";
     const NOT_AS_ROOT: &str = "PostgreSQL will not run as root";
     /// Immediate shutdown: the server must not outlive us holding the data

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use super::process::Stop;
 use super::secrets::AdminCredentials;
 use super::status::Health;
-use super::{Args, Engine};
+use super::{Args, InstanceManager};
 use crate::engine::redis_acl::{AclUser, Scripting};
 
 pub(super) struct Redis {
@@ -39,7 +39,7 @@ pub(super) struct Redis {
     scripting: Scripting,
 }
 
-impl Engine for Redis {
+impl InstanceManager for Redis {
     const SERVER: &str = "redis-server";
     const NOT_AS_ROOT: &str = "a compromised Redis would own the container";
     /// Should the instance manager die without stopping it, Redis still

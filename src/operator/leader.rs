@@ -29,6 +29,11 @@
 //!   `holderIdentity`, so a standby takes over at its next poll instead of
 //!   waiting a lease duration.
 
+mod elector;
+mod fence;
+use elector::*;
+use fence::*;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -200,93 +205,6 @@ pub struct LeaderGuard {
     stop: CancellationToken,
     fence: Fence,
     renewer: Option<JoinHandle<()>>,
-}
-
-/// Whether this replica may still act as the leader: until `renew_deadline`
-/// after the start of its last successful renewal, on the monotonic clock
-/// (which keeps counting while the process is stopped). Standbys wait a
-/// longer `lease_duration` before they take over.
-#[derive(Clone, Debug)]
-pub struct Fence(Arc<std::sync::Mutex<Instant>>);
-
-impl Fence {
-    fn until(until: Instant) -> Self {
-        Self(Arc::new(std::sync::Mutex::new(until)))
-    }
-
-    fn extend(&self, until: Instant) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = until;
-    }
-
-    fn close(&self) {
-        self.extend(Instant::now());
-    }
-
-    /// Whether the Lease is surely still ours.
-    pub fn holds(&self) -> bool {
-        Instant::now() < *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A layer for [`kube::client::ClientBuilder::with_layer`]: requests
-    /// fail without being sent once the fence no longer holds.
-    pub fn layer(&self) -> FenceLayer {
-        FenceLayer(self.clone())
-    }
-}
-
-/// See [`Fence::layer`].
-#[derive(Clone, Debug)]
-pub struct FenceLayer(Fence);
-
-impl<S> tower::Layer<S> for FenceLayer {
-    type Service = Fenced<S>;
-
-    fn layer(&self, inner: S) -> Fenced<S> {
-        Fenced {
-            inner,
-            fence: self.0.clone(),
-        }
-    }
-}
-
-/// A client service that sends a request only while the [`Fence`] holds.
-#[derive(Clone, Debug)]
-pub struct Fenced<S> {
-    inner: S,
-    fence: Fence,
-}
-
-/// The error of a request the fence kept back.
-#[derive(Debug, thiserror::Error)]
-#[error("not sent: this replica may no longer hold the leader Lease")]
-pub struct FencedOff;
-
-impl<S, R> tower::Service<R> for Fenced<S>
-where
-    S: tower::Service<R>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-    type Future =
-        std::pin::Pin<Box<dyn Future<Output = Result<S::Response, Self::Error>> + Send + 'static>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, request: R) -> Self::Future {
-        if !self.fence.holds() {
-            return Box::pin(std::future::ready(Err(FencedOff.into())));
-        }
-        let response = self.inner.call(request);
-        Box::pin(async move { response.await.map_err(Into::into) })
-    }
 }
 
 impl LeaderGuard {
@@ -470,146 +388,6 @@ async fn renew_loop(
     fence.close();
     metrics.set_leader(false);
     lost.cancel();
-}
-
-/// The outcome of one try.
-#[derive(Debug, PartialEq, Eq)]
-enum Attempt {
-    /// We hold the Lease now.
-    Leading,
-    /// Someone else does; `holder` names them for the logs.
-    Standby { holder: String },
-    /// Another write got in between our read and our write (409); the next
-    /// try reads the new state.
-    Raced,
-}
-
-/// One candidate's view of the Lease, as in client-go's `LeaderElector`.
-struct Elector {
-    api: Api<Lease>,
-    cfg: LeaseConfig,
-    /// The Lease spec last read, and when it was first seen in that state.
-    observed: Option<(LeaseSpec, Instant)>,
-}
-
-impl Elector {
-    fn new(client: Client, cfg: LeaseConfig) -> Self {
-        Self {
-            api: Api::namespaced(client, &cfg.namespace),
-            cfg,
-            observed: None,
-        }
-    }
-
-    /// Reads the Lease and, if it is free, ours or expired, writes ourselves
-    /// in as holder. A lost race is [`Attempt::Raced`], not an error.
-    async fn try_acquire_or_renew(&mut self) -> Result<Attempt, LeaderError> {
-        let now = Timestamp::now();
-        let Some(mut lease) = self
-            .api
-            .get_opt(&self.cfg.name)
-            .await
-            .map_err(|e| self.api_error("read", e))?
-        else {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(self.cfg.name.clone()),
-                    namespace: Some(self.cfg.namespace.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(claim(&LeaseSpec::default(), &self.cfg, now)),
-            };
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(created) => {
-                    self.observe(created.spec.unwrap_or_default());
-                    Ok(Attempt::Leading)
-                }
-                Err(kube::Error::Api(status)) if status.is_already_exists() => Ok(Attempt::Raced),
-                Err(e) => Err(self.api_error("create", e)),
-            };
-        };
-
-        let spec = lease.spec.take().unwrap_or_default();
-        let unchanged_for = self.observe(spec.clone());
-        if let Some(holder) = holder_blocking(&spec, &self.cfg, unchanged_for) {
-            return Ok(Attempt::Standby { holder });
-        }
-
-        lease.spec = Some(claim(&spec, &self.cfg, now));
-        // `lease.metadata.resourceVersion` is the one just read: if anyone
-        // wrote in between, this fails with 409 instead of overwriting them.
-        match self
-            .api
-            .replace(&self.cfg.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(updated) => {
-                self.observe(updated.spec.unwrap_or_default());
-                Ok(Attempt::Leading)
-            }
-            Err(kube::Error::Api(status)) if status.is_conflict() => Ok(Attempt::Raced),
-            Err(e) => Err(self.api_error("update", e)),
-        }
-    }
-
-    /// Records `spec` and returns how long it has been seen unchanged.
-    fn observe(&mut self, spec: LeaseSpec) -> Duration {
-        match &self.observed {
-            Some((seen, since)) if *seen == spec => since.elapsed(),
-            _ => {
-                self.observed = Some((spec, Instant::now()));
-                Duration::ZERO
-            }
-        }
-    }
-
-    fn api_error(&self, action: &'static str, source: kube::Error) -> LeaderError {
-        LeaderError::Api {
-            action,
-            lease: format!("{}/{}", self.cfg.namespace, self.cfg.name),
-            source: Box::new(source),
-        }
-    }
-}
-
-/// The holder that keeps us from taking the Lease, if any: someone other
-/// than us, whose claim we have not seen go stale for its lease duration.
-fn holder_blocking(spec: &LeaseSpec, cfg: &LeaseConfig, unchanged_for: Duration) -> Option<String> {
-    let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
-    if holder == cfg.identity {
-        return None;
-    }
-    // The holder's own promise counts; ours is the fallback.
-    let lease_duration = spec
-        .lease_duration_seconds
-        .and_then(|s| u64::try_from(s).ok())
-        .filter(|s| *s > 0)
-        .map_or(cfg.lease_duration, Duration::from_secs);
-    (unchanged_for < lease_duration).then(|| holder.to_owned())
-}
-
-/// `current` with us as holder, renewed at `now`; a change of holder sets
-/// `acquireTime` and counts a transition.
-fn claim(current: &LeaseSpec, cfg: &LeaseConfig, now: Timestamp) -> LeaseSpec {
-    let already_ours = current.holder_identity.as_deref() == Some(cfg.identity.as_str());
-    let transitions = current.lease_transitions.unwrap_or(0);
-    LeaseSpec {
-        holder_identity: Some(cfg.identity.clone()),
-        lease_duration_seconds: Some(cfg.lease_duration_seconds()),
-        acquire_time: if already_ours {
-            current.acquire_time.clone()
-        } else {
-            Some(MicroTime(now))
-        },
-        renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(match (already_ours, &current.holder_identity) {
-            (true, _) => transitions,
-            // A brand-new Lease starts at 0, as in client-go.
-            (false, None) if current.renew_time.is_none() => 0,
-            (false, _) => transitions.saturating_add(1),
-        }),
-        ..current.clone()
-    }
 }
 
 #[cfg(test)]

@@ -12,3 +12,5 @@ pub mod model;
 pub mod operator;
 pub mod password;
 pub mod run;
+#[cfg(test)]
+pub mod test_support;

@@ -17,10 +17,7 @@ use crate::api::{DatabaseClass, Engine, ServiceDatabase};
 use crate::model::database::validate;
 use crate::model::server::ServerFacts;
 
-fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
+use crate::test_support::fixture;
 
 fn facts() -> OperatorFacts {
     OperatorFacts {

@@ -13,21 +13,9 @@ use super::*;
 use crate::api::{DatabaseClass, ServiceDatabase};
 use crate::model::database::validate;
 
-fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
+use crate::test_support::fixture;
 
-fn facts() -> OperatorFacts {
-    OperatorFacts {
-        image: "example.com/servicedb:1.0".into(),
-        binary_path: "/usr/local/bin/servicedb".into(),
-        namespace: "servicedb-system".into(),
-        pod_labels: BTreeMap::from([("app.kubernetes.io/name".into(), "servicedb".into())]),
-        runbook_url: super::monitoring::DEFAULT_RUNBOOK_URL.into(),
-        scraper: Default::default(),
-    }
-}
+use crate::test_support::facts;
 
 /// A dedicated instance's children, flattened for the assertions.
 struct Flat {

@@ -481,10 +481,7 @@ fn join(items: impl Iterator<Item = String>) -> String {
 mod tests {
     use super::*;
 
-    pub fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-    }
+    use crate::test_support::fixture;
 
     fn edit(sdb: &mut ServiceDatabase, yaml: &str) {
         let mut value = serde_json::to_value(&sdb.spec).unwrap();

@@ -341,6 +341,9 @@ fn jiff_now() -> k8s_openapi::jiff::Timestamp {
 }
 
 #[cfg(test)]
+mod reconcile_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::controller::ReconcileError;

@@ -395,10 +395,7 @@ mod tests {
     use crate::api::DatabaseClass;
     use crate::api::conditions::is_true;
 
-    fn fixture<T: serde::de::DeserializeOwned>(name: &str) -> T {
-        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
-        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-    }
+    use crate::test_support::fixture;
 
     #[test]
     fn a_restoring_database_is_not_ready_until_the_restore_completed() {

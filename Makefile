@@ -37,7 +37,7 @@ unit:
 	hack/prereqs.sh promtool
 	$(CARGO) test --locked --lib --bins --test readme --test gitops_health --test dashboards --test architecture
 
-ENGINE_TESTS := --test instance_postgres --test instance_redis --test instance_mongodb --test exporter_scrape
+ENGINE_TESTS := --test instance_postgres --test postgres_users --test instance_redis --test instance_mongodb --test exporter_scrape
 
 ## engine: the instance manager against real PostgreSQL and Redis servers,
 ## the MongoDB user handling against FerretDB (hack/ferretdb), and the

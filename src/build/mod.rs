@@ -33,7 +33,7 @@ pub const LABEL_INSTANCE: &str = "servicedb.dev/instance";
 /// What earlier versions labelled children with instead of [`LABEL_INSTANCE`].
 /// Children that still carry it are found by it too ([`instance_selectors`]),
 /// and lose it on their next apply; a StatefulSet keeps it in its immutable
-/// selector (see `controller::servicedatabase::apply`).
+/// selector (see `controller::apply`).
 pub const LEGACY_LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";

@@ -1,5 +1,8 @@
 //! Controllers, one folder per kind, each a fixed pipeline:
-//! dereference → validate → build → apply → status.
+//! dereference → validate → build → apply → status. No controller imports
+//! another (tests/architecture.rs): what two of them share lives here —
+//! [`apply`] (children), [`dereference`], [`cache`], [`monitoring`]
+//! objects, [`jobs`], [`sessions`] and the [`server_gate`].
 
 pub mod apply;
 pub mod cache;

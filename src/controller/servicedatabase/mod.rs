@@ -1,17 +1,26 @@
-//! The ServiceDatabase controller, a fixed pipeline:
+//! The ServiceDatabase controller. A live pass ([`live`]) is a list of
+//! named steps:
 //!
-//! 1. [`dereference`] — class, existing Secrets, StatefulSet readiness;
-//! 2. [`validate`] — spec + class → [`validate::ValidatedDatabase`] (pure);
-//!    on a shared server, [`claim`] — no other ServiceDatabase holds its
-//!    login name; then [`backups`] — scheduled runs recorded, retention,
-//!    backup health;
-//! 3. build — [`crate::build::children`] (pure);
-//! 4. [`apply`] — server-side apply of what changed, prune what is gone;
-//!    then [`restore`] — the one restore of `spec.bootstrap.fromBackup`;
-//! 5. [`status`] — conditions, phase, Events.
+//! 1. [`dereference`](crate::controller::dereference) — class, existing
+//!    Secrets, StatefulSet readiness, the shared server (fetches only);
+//! 2. [`validate`](crate::model::database::validate) — spec + class → one
+//!    [`ValidatedDatabase`](crate::model::database::ValidatedDatabase)
+//!    (pure, checks only); on a shared server [`claim`] — no other
+//!    ServiceDatabase holds its login name;
+//! 3. [`credentials`] — the rotation plan; on a shared server the logins
+//!    and database made by the engine's [`provision::Provisioner`];
+//! 4. [`backups`] — scheduled runs recorded, retention, backup health; then
+//!    [`restore`] — the one restore of `spec.bootstrap.fromBackup`;
+//! 5. build — [`crate::build::children`] (pure); [`apply`](crate::controller::apply)
+//!    — server-side apply of what changed, prune what is gone;
+//! 6. [`instance`] — why a dedicated instance's pod is not ready;
+//!    [`storage`] — volume growth; [`rollout`] — workloads on old passwords;
+//! 7. [`status`] — conditions, phase, Events: written once, at the end, or
+//!    by the early stop ([`live::Stop`]) that ended the pass.
 //!
-//! Deletion runs through a finalizer that honours `deletionPolicy`;
-//! `Snapshot` waits for a final `DatabaseBackup` ([`final_backup`]).
+//! Errors are routed by their [`Kind`]. Deletion runs through a finalizer
+//! that honours `deletionPolicy` ([`cleanup`]); `Snapshot` waits for a final
+//! `DatabaseBackup` ([`final_backup`]). The watches are in [`watch`].
 
 pub mod access;
 pub mod backups;

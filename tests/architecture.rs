@@ -237,9 +237,7 @@ fn the_layers_hold() {
             }
             match is_controller(from) {
                 Some(own) if own == target => {}
-                Some(_) => {
-                    broken.push(format!("controller {from} names controller {to} ({files})"))
-                }
+                Some(_) => broken.push(format!("{from} names {to}, another controller ({files})")),
                 None => broken.push(format!(
                     "shared module {from} names controller {to} ({files})"
                 )),

@@ -1255,9 +1255,17 @@ async fn the_standby_operator_finishes_what_the_deleted_leader_started() {
             .logs(&name, &LogParams::default())
             .await
             .unwrap_or_default();
+        // RBAC's refusals; a write into a namespace an earlier test is
+        // deleting is refused as forbidden too, and is no RBAC gap.
+        let refused: Vec<&str> = log
+            .lines()
+            .filter(|l| l.to_lowercase().contains("forbidden"))
+            .filter(|l| !l.contains("NamespaceTerminating"))
+            .collect();
         assert!(
-            !log.to_lowercase().contains("forbidden"),
-            "{name}'s log has a forbidden:\n{log}"
+            refused.is_empty(),
+            "{name}'s log has a forbidden:\n{}",
+            refused.join("\n")
         );
     }
     world.finish().await;

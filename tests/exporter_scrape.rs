@@ -87,6 +87,9 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        // The instance managers' servers first: their data directory goes
+        // with the test (see common::kill_children).
+        common::kill_children(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

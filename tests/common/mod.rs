@@ -68,6 +68,40 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((code, body.trim().to_owned()))
 }
 
+/// SIGKILLs the direct children of process `parent` (an instance manager's
+/// server): a server told to stop by its parent-death signal saves its data
+/// first, and when a test has removed the data directory by then, Redis
+/// refuses to exit and outlives the test.
+#[allow(dead_code)] // each test crate uses a subset of these helpers
+pub fn kill_children(parent: u32) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ..."; comm may hold spaces, not ") ".
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// A free TCP port on the loopback interface.
 #[allow(dead_code)] // each test crate uses a subset of these helpers
 pub fn free_port() -> u16 {

@@ -198,78 +198,20 @@ async fn run(backup: &DatabaseBackup, ctx: &Context) -> Result<Action, Error> {
     let namespace = backup.namespace().unwrap_or_default();
     let jobs_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let job_name = job_name(backup);
-    let job = jobs_api
-        .get_opt(&job_name)
-        .await
-        .map_err(|source| Error::Read {
-            kind: "Job",
-            source,
-        })?;
-    // A Job of an earlier backup of the same name (deleted and made again,
-    // such as a retried final backup) that garbage collection has not
-    // removed yet is not this run's.
-    if backup.spec.trigger != BackupTrigger::Scheduled
-        && let Some(stale) = job.as_ref().filter(|j| {
-            j.owner_references()
-                .iter()
-                .all(|o| Some(&o.uid) != backup.uid().as_ref())
-        })
-    {
-        tracing::info!(job = %stale.name_any(), "removing the Job of an earlier backup of this name");
-        crate::controller::apply::delete(&jobs_api, &job_name)
-            .await
-            .map_err(|source| Error::Read {
-                kind: "Job",
-                source,
-            })?;
+    let Some(job) = current_job(backup, &jobs_api, &job_name).await? else {
         return Ok(Action::requeue(Duration::from_secs(2)));
-    }
-
+    };
     let source = if previous.destination.is_none() || job.is_none() {
         Some(database_of(ctx, backup).await?)
     } else {
         None
     };
-    let mut has_job = job.is_some();
-    let observed = match (&job, &source) {
-        (None, _) if backup.spec.trigger == BackupTrigger::Scheduled => {
-            status::Observed::Gone(format!("its Job {job_name} no longer exists"))
-        }
-        (None, Some(Err(why))) => status::Observed::Gone(why.clone()),
-        (None, Some(Ok(src))) => {
-            let Some(owner) = backup.controller_owner_ref(&()) else {
-                return Ok(Action::await_change());
-            };
-            let new = backup_job(&src.db, &src.backup, &ctx.facts, &backup.name_any(), &owner);
-            let created = match jobs_api.create(&PostParams::default(), &new).await {
-                Ok(created) => created,
-                Err(kube::Error::Api(e)) if e.code == 409 => new,
-                Err(source) => {
-                    return Err(Error::Create {
-                        name: job_name,
-                        source,
-                    });
-                }
-            };
-            tracing::info!(job = %job_name, "backup Job created");
-            has_job = true;
-            status::Observed::Job(jobs::state(&created))
-        }
-        (None, None) => status::Observed::Job(JobState::Pending),
-        (Some(job), _) => status::Observed::Job(jobs::state(job)),
+    let Some((observed, has_job)) =
+        observe(backup, ctx, &jobs_api, &job_name, job, &source).await?
+    else {
+        return Ok(Action::await_change());
     };
-    let report = match &observed {
-        status::Observed::Job(JobState::Succeeded { .. } | JobState::Failed { .. }) => {
-            jobs::termination_message(&ctx.client, &namespace, &job_name)
-                .await
-                .map_err(|source| Error::Read {
-                    kind: "Pod",
-                    source,
-                })?
-                .map(|m| Report::parse(&m))
-        }
-        _ => None,
-    };
+    let report = agent_report(ctx, &namespace, &job_name, &observed).await?;
     let target = source.and_then(|s| s.ok()).map(|s| status::Target {
         engine: s.db.engine,
         destination: s.backup.destination,
@@ -290,34 +232,141 @@ async fn run(backup: &DatabaseBackup, ctx: &Context) -> Result<Action, Error> {
         .map_err(Error::Status)?
         && status.phase != previous.phase
     {
-        let failed = status.phase == BackupPhase::Failed;
-        let note = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == crate::api::conditions::types::COMPLETED)
-            .map(|c| c.message.clone())
-            .unwrap_or_default();
-        let event = KubeEvent {
-            type_: if failed {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: if failed {
-                "BackupFailed".into()
-            } else {
-                format!("{:?}", status.phase)
-            },
-            note: Some(note.chars().take(1000).collect()),
-            action: "Backup".into(),
-            secondary: None,
-        };
-        super::publish(&ctx.recorder, &event, &backup.object_ref(&())).await;
+        announce(backup, ctx, &status).await;
     }
     Ok(match status.phase {
         BackupPhase::Completed | BackupPhase::Failed => Action::await_change(),
         _ => Action::requeue(RUNNING_RECHECK),
     })
+}
+
+/// The run's Job, if it exists (`Some(None)`: not yet). A Job of an earlier
+/// backup of the same name (deleted and made again, such as a retried final
+/// backup) that garbage collection has not removed yet is not this run's:
+/// it is removed, and `None` says to look again in a moment.
+async fn current_job(
+    backup: &DatabaseBackup,
+    jobs_api: &Api<Job>,
+    job_name: &str,
+) -> Result<Option<Option<Job>>, Error> {
+    let job = jobs_api
+        .get_opt(job_name)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "Job",
+            source,
+        })?;
+    if backup.spec.trigger != BackupTrigger::Scheduled
+        && let Some(stale) = job.as_ref().filter(|j| {
+            j.owner_references()
+                .iter()
+                .all(|o| Some(&o.uid) != backup.uid().as_ref())
+        })
+    {
+        tracing::info!(job = %stale.name_any(), "removing the Job of an earlier backup of this name");
+        crate::controller::apply::delete(jobs_api, job_name)
+            .await
+            .map_err(|source| Error::Read {
+                kind: "Job",
+                source,
+            })?;
+        return Ok(None);
+    }
+    Ok(Some(job))
+}
+
+/// What the run's Job says, the Job made first when the run has none yet;
+/// and whether it has one. `None` for a backup without a uid (never handed
+/// out by the API server).
+async fn observe(
+    backup: &DatabaseBackup,
+    ctx: &Context,
+    jobs_api: &Api<Job>,
+    job_name: &str,
+    job: Option<Job>,
+    source: &Option<Result<Source, String>>,
+) -> Result<Option<(status::Observed, bool)>, Error> {
+    Ok(Some(match (&job, source) {
+        (None, _) if backup.spec.trigger == BackupTrigger::Scheduled => (
+            status::Observed::Gone(format!("its Job {job_name} no longer exists")),
+            false,
+        ),
+        (None, Some(Err(why))) => (status::Observed::Gone(why.clone()), false),
+        (None, Some(Ok(src))) => {
+            let Some(owner) = backup.controller_owner_ref(&()) else {
+                return Ok(None);
+            };
+            let new = backup_job(&src.db, &src.backup, &ctx.facts, &backup.name_any(), &owner);
+            let created = match jobs_api.create(&PostParams::default(), &new).await {
+                Ok(created) => created,
+                Err(kube::Error::Api(e)) if e.code == 409 => new,
+                Err(source) => {
+                    return Err(Error::Create {
+                        name: job_name.to_string(),
+                        source,
+                    });
+                }
+            };
+            tracing::info!(job = %job_name, "backup Job created");
+            (status::Observed::Job(jobs::state(&created)), true)
+        }
+        (None, None) => (status::Observed::Job(JobState::Pending), false),
+        (Some(job), _) => (status::Observed::Job(jobs::state(job)), true),
+    }))
+}
+
+/// The agent's report, from its pod's termination message, once the Job
+/// finished.
+async fn agent_report(
+    ctx: &Context,
+    namespace: &str,
+    job_name: &str,
+    observed: &status::Observed,
+) -> Result<Option<Report>, Error> {
+    match observed {
+        status::Observed::Job(JobState::Succeeded { .. } | JobState::Failed { .. }) => {
+            Ok(jobs::termination_message(&ctx.client, namespace, job_name)
+                .await
+                .map_err(|source| Error::Read {
+                    kind: "Pod",
+                    source,
+                })?
+                .map(|m| Report::parse(&m)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// An Event when the run's phase changed: Warning `BackupFailed`, or Normal
+/// with the phase.
+async fn announce(
+    backup: &DatabaseBackup,
+    ctx: &Context,
+    status: &crate::api::database_backup::DatabaseBackupStatus,
+) {
+    let failed = status.phase == BackupPhase::Failed;
+    let note = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == crate::api::conditions::types::COMPLETED)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    let event = KubeEvent {
+        type_: if failed {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: if failed {
+            "BackupFailed".into()
+        } else {
+            format!("{:?}", status.phase)
+        },
+        note: Some(note.chars().take(1000).collect()),
+        action: "Backup".into(),
+        secondary: None,
+    };
+    super::publish(&ctx.recorder, &event, &backup.object_ref(&())).await;
 }
 
 /// Whether a deleted backup's archive stays, and why.

@@ -195,3 +195,64 @@ async fn deleting_with_delete_removes_only_its_own_children_and_then_the_finaliz
     assert!(last.path.contains("/servicedatabases/orders"), "{last:?}");
     assert!(last.body.to_string().contains("finalizers"), "{last:?}");
 }
+
+#[tokio::test]
+async fn deleting_with_retain_orphans_what_stays_and_then_removes_the_finalizer() {
+    let mut sdb = orders(json!({"deletionPolicy": "Retain"}));
+    sdb.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let (ctx, api) = ApiServer::start(answers(&sdb));
+    let action = reconcile(Arc::new(sdb), ctx)
+        .await
+        .expect("nothing running to remove");
+    assert_eq!(action, Action::await_change());
+    let writes = api.writes();
+    assert!(writes.iter().all(|w| w.method != "DELETE"), "{writes:#?}");
+    assert_eq!(writes.len(), 1, "only the finalizer's removal: {writes:#?}");
+    // Its Secrets and volumes were looked for, to be kept.
+    let looked: Vec<_> = api.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        looked.iter().any(|p| p.contains("/secrets?")),
+        "{looked:#?}"
+    );
+    assert!(
+        looked
+            .iter()
+            .any(|p| p.contains("/persistentvolumeclaims?")),
+        "{looked:#?}"
+    );
+}
+
+#[tokio::test]
+async fn deleting_with_snapshot_but_no_backups_keeps_the_data_and_says_why() {
+    let mut sdb = orders(json!({"deletionPolicy": "Snapshot", "className": "postgres"}));
+    sdb.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let (ctx, api) = ApiServer::start(answers(&sdb));
+    let action = reconcile(Arc::new(sdb), ctx)
+        .await
+        .expect("retained instead");
+    assert_eq!(action, Action::await_change());
+    let requests = api.requests();
+    let event = requests
+        .iter()
+        .find(|r| r.path.contains("/events"))
+        .expect("an Event");
+    assert_eq!(event.body["reason"], "SnapshotUnavailable");
+    assert_eq!(event.body["type"], "Warning");
+    let note = event.body["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("orders-db") && note.contains("retained"),
+        "{note}"
+    );
+    // No final backup was made and nothing was deleted.
+    let writes = api.writes();
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.method != "DELETE" && !w.path.contains("/databasebackups")),
+        "{writes:#?}"
+    );
+}

@@ -67,8 +67,14 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Worker threads' stacks. A reconcile is a deep chain of async state
+/// machines; unoptimised (debug) builds give each poll a large frame, and the
+/// default 2 MiB overflowed there.
+const WORKER_STACK: usize = 8 << 20;
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(WORKER_STACK)
         .enable_all()
         .build()
         .context("starting the async runtime")

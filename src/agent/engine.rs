@@ -134,10 +134,37 @@ pub enum Connected {
     MongoDB(MongoDB),
 }
 
+/// How long a refused connection is tried again.
+pub const REFUSED_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether nothing listened where the database should be (yet), as opposed
+/// to a refused login or a missing database, which fail at once.
+fn refused(error: &anyhow::Error) -> bool {
+    let text = format!("{error:#}");
+    text.contains("Connection refused") || text.contains("No route to host")
+}
+
 impl Connected {
     /// Connects and logs in, so that a wrong password, a missing database or
-    /// an unreachable server fails before any storage is touched.
+    /// an unreachable server fails before any storage is touched. A refused
+    /// connection is tried again for [`REFUSED_PATIENCE`]: a restore starts
+    /// as soon as its instance's pod is ready, a moment before the node
+    /// routes the instance's Service to it.
     pub async fn connect(args: &DatabaseArgs, password: Secret) -> anyhow::Result<Connected> {
+        let deadline = std::time::Instant::now() + REFUSED_PATIENCE;
+        loop {
+            let attempt = Self::connect_once(args, password.clone()).await;
+            match attempt {
+                Err(e) if refused(&e) && std::time::Instant::now() < deadline => {
+                    tracing::info!(error = %format!("{e:#}"), "the database refused the connection; trying again");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect_once(args: &DatabaseArgs, password: Secret) -> anyhow::Result<Connected> {
         Ok(match args.engine {
             EngineKind::Postgres => Connected::Postgres(Postgres::connect(args, password).await?),
             EngineKind::Redis => Connected::Redis(Redis::connect(args, password).await?),

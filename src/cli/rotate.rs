@@ -1,11 +1,14 @@
 //! `kubectl servicedb rotate NAME`: the on-demand rotation that already
 //! exists, the annotation `servicedb.dev/rotate-credentials` with a new
-//! value; then waits until `status.credentialsRotatedAt` moves. The plugin
-//! never reads the credentials Secret's values.
+//! value; then waits until the credentials Secret's login was issued after
+//! the request (its metadata; `status.credentialsRotatedAt` without access
+//! to it). The plugin never reads the credentials Secret's values.
 
 use std::time::Duration;
 
 use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -14,7 +17,7 @@ use super::output::or_none;
 use super::{Kube, WaitArgs, get_database, poll};
 use crate::api::ServiceDatabase;
 use crate::api::conditions::types;
-use crate::model::rotation::ROTATE_ANNOTATION;
+use crate::model::rotation::{ISSUED_AT, ROTATE_ANNOTATION};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -56,17 +59,42 @@ pub async fn run(kube: &Kube, args: Args) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let timeout = args.wait.timeout.unwrap_or(DEFAULT_TIMEOUT);
+    let secrets: Api<Secret> = Api::namespaced(kube.client.clone(), &kube.namespace);
     let done = poll(timeout, || async {
         let sdb = api
             .get(&args.name)
             .await
             .with_context(|| format!("reading ServiceDatabase {}", args.name))?;
         let status = sdb.status.unwrap_or_default();
-        // The status keeps whole seconds; the request's second counts.
-        let rotated = status
-            .credentials_rotated_at
-            .clone()
-            .filter(|t| Some(t) != before.as_ref() && t.0.as_second() >= requested.as_second());
+        // The Secret's metadata records when its login was issued, to the
+        // nanosecond; the status keeps whole seconds, so a rotation in the
+        // second of the previous issue shows only on the Secret. Without
+        // access to the Secret's metadata, the status decides.
+        let issued = match &status.credentials_secret {
+            Some(name) => secrets
+                .get_metadata_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|m| {
+                    m.metadata
+                        .annotations?
+                        .get(ISSUED_AT)?
+                        .parse::<Timestamp>()
+                        .ok()
+                }),
+            None => None,
+        };
+        let rotated = match issued {
+            Some(at) => (at >= requested)
+                .then(|| Timestamp::from_second(at.as_second()).ok().map(Time))
+                .flatten(),
+            // The request's second counts.
+            None => status
+                .credentials_rotated_at
+                .clone()
+                .filter(|t| Some(t) != before.as_ref() && t.0.as_second() >= requested.as_second()),
+        };
         Ok(rotated.map(|t| (t, status.credentials_secret)))
     })
     .await?;

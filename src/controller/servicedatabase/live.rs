@@ -70,43 +70,32 @@ impl Stop {
         ctx: &Context,
         now: &Time,
     ) -> Result<Action, Error> {
-        let (outcome, invalid, error) = match self {
+        let (status, invalid, error) = match self {
             Stop::Failed(error) => return Err(error),
             Stop::NotAdmitted(e) => return super::access::end(sdb, ctx, e, now).await,
-            Stop::Invalid(e) => (
-                Ended::Invalid(e.clone()),
-                Some(e.clone()),
-                Error::Invalid(e),
-            ),
-            Stop::Waiting(e) => (
-                Ended::Invalid(e.clone()),
-                Some(e.clone()),
-                Error::Waiting(e),
-            ),
-            Stop::ServerUnavailable { db, error } => {
-                let message = error.to_string();
-                (Ended::Server(db, message), None, Error::Provision(error))
+            Stop::Invalid(e) => {
+                let status = status::compute(sdb, &status::Outcome::Invalid(&e), now);
+                (status, Some(e.clone()), Error::Invalid(e))
             }
-        };
-        let status = match &outcome {
-            Ended::Invalid(e) => status::compute(sdb, &status::Outcome::Invalid(e), now),
-            Ended::Server(db, message) => status::compute(
-                sdb,
-                &status::Outcome::ServerUnavailable {
-                    db,
-                    message: message.clone(),
-                },
-                now,
-            ),
+            Stop::Waiting(e) => {
+                let status = status::compute(sdb, &status::Outcome::Invalid(&e), now);
+                (status, Some(e.clone()), Error::Waiting(e))
+            }
+            Stop::ServerUnavailable { db, error } => {
+                let outcome = status::Outcome::ServerUnavailable {
+                    db: &db,
+                    message: error.to_string(),
+                };
+                (
+                    status::compute(sdb, &outcome, now),
+                    None,
+                    Error::Provision(error),
+                )
+            }
         };
         status::update(&ctx.client, &ctx.recorder, sdb, status, invalid.as_ref()).await?;
         Err(error)
     }
-}
-
-enum Ended {
-    Invalid(Invalid),
-    Server(Box<ValidatedDatabase>, String),
 }
 
 /// The pipeline for a live resource.

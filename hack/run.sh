@@ -97,10 +97,11 @@ if [ "$mode" = cluster ]; then
       sleep 2
     done
   done
-  # catalog's pod tries to pull mongo first; its status says so once it failed.
+  # catalog's pod is scheduled once its volume is provisioned (VolumeNotBound
+  # meanwhile), then tries to pull mongo; its status says so once that failed.
   instance() { k get sdb -n "$ns" catalog -o jsonpath="{.status.conditions[?(@.type==\"InstanceReady\")].$1}" 2>/dev/null; }
-  for _ in $(seq 45); do
-    case $(instance reason) in Starting|'') sleep 2 ;; *) break ;; esac
+  for _ in $(seq 60); do
+    case $(instance reason) in Starting|VolumeNotBound|'') sleep 2 ;; *) break ;; esac
   done
   echo
   k get sdb -n "$ns"

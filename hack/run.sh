@@ -64,7 +64,7 @@ if [ "$mode" = cluster ]; then
   say "starting the cluster ($cluster_dir)"
   export KUBECONFIG
   KUBECONFIG=$(hack/cluster/up.sh "$cluster_dir")
-  say "building and importing the images (postgres:17, redis:8.0 from Debian; the operator's)"
+  say "building and importing the images (postgres:17, redis:8.0 and Prometheus from Debian; the exporters from their Go modules; the operator's)"
   hack/cluster/images.sh --operator "$static" --import "$cluster_dir/containerd/containerd.sock" >/dev/null
   k apply --server-side --force-conflicts --field-manager=servicedb-install -f crds/ >/dev/null
   k wait --for=condition=Established crd --all --timeout=60s >/dev/null
@@ -76,6 +76,7 @@ if [ "$mode" = cluster ]; then
     --wait --timeout 5m >/dev/null
   k create namespace "$ns" --dry-run=client -o yaml | k apply -f - >/dev/null
   k label --overwrite namespace "$ns" pod-security.kubernetes.io/enforce=restricted >/dev/null
+  k apply --server-side --field-manager=servicedb-run -f examples/monitoring/ >/dev/null
   k apply -n "$ns" --server-side --field-manager=servicedb-run -f examples/manifests/ >/dev/null
   say "the shop is applied; waiting for orders (PostgreSQL 17) and cart (Redis 8.0) to be Ready"
   deadline=$((SECONDS + ${RUN_TIMEOUT:-600}))
@@ -109,6 +110,19 @@ if [ "$mode" = cluster ]; then
   for app in orders cart; do
     k logs -n "$ns" "deploy/$app" 2>/dev/null | grep "^$app:" | tail -1
   done
+  # orders is monitored: Prometheus (examples/monitoring) scrapes its exporter.
+  say "waiting for Prometheus to scrape orders' exporter"
+  promql() {
+    k get --raw "/api/v1/namespaces/monitoring/services/prometheus:9090/proxy/api/v1/query?query=$1" 2>/dev/null |
+      grep -o '"value":\[[^]]*\]' | head -1 | sed 's/.*,"\(.*\)"\]/\1/'
+  }
+  up='pg_up%7Bnamespace%3D%22'$ns'%22%2Cservice_database%3D%22orders%22%7D'
+  size='pg_database_size_bytes%7Bnamespace%3D%22'$ns'%22%2Cservice_database%3D%22orders%22%2Cdatname%3D%22orders%22%7D'
+  until [ "$(promql "$up")" = 1 ]; do
+    [ $SECONDS -lt $deadline ] || { say "Prometheus has no pg_up == 1 for orders"; k get pods -n monitoring >&2; exit 1; }
+    sleep 3
+  done
+  echo "orders: monitored; Prometheus reads pg_up $(promql "$up"), database size $(($(promql "$size") / 1024)) kB"
   echo
   echo "catalog: $(instance reason): $(instance message | cut -c1-160)"
   echo "  (no MongoDB server package exists in Debian, so no mongo image is built here; on a cluster that can pull mongo it runs)"

@@ -325,6 +325,20 @@ async fn run_client(
     secret: &str,
     script: &str,
 ) -> (i32, String) {
+    run_pod(world, ns, name, labels, image, Some(secret), script).await
+}
+
+/// [`run_client`], with the Secret `secret` as environment if any.
+async fn run_pod(
+    world: &World,
+    ns: &str,
+    name: &str,
+    labels: BTreeMap<&str, &str>,
+    image: &str,
+    secret: Option<&str>,
+    script: &str,
+) -> (i32, String) {
+    let env_from = secret.map_or(json!([]), |s| json!([{"secretRef": {"name": s}}]));
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": name, "labels": labels},
         "spec": {
@@ -339,7 +353,7 @@ async fn run_client(
                 "image": image,
                 "imagePullPolicy": "IfNotPresent",
                 "command": ["sh", "-c", script],
-                "envFrom": [{"secretRef": {"name": secret}}],
+                "envFrom": env_from,
                 "env": [{"name": "HOME", "value": "/tmp"}],
                 "securityContext": {
                     "allowPrivilegeEscalation": false,
@@ -657,6 +671,162 @@ echo REFUSED; exit 3"#
         (code, log.trim()),
         (3, "REFUSED"),
         "a pod in another namespace must not reach the database, whatever its labels"
+    );
+    world.finish().await;
+}
+
+/// kubectl of the cluster's build, with the cluster's kubeconfig, run in
+/// the repository; returns its stdout.
+fn kubectl(args: &str) -> String {
+    sh(&format!(
+        "cd '{}' && \"$(hack/cluster/build.sh 2>/dev/null)/kubectl\" --kubeconfig '{}' {args}",
+        env!("CARGO_MANIFEST_DIR"),
+        kubeconfig_path()
+    ))
+}
+
+/// The value of the first series `query` returns from the Prometheus of
+/// examples/monitoring (through the API server's service proxy).
+async fn prometheus_value(client: &Client, query: String) -> Option<f64> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let request = http::Request::get(format!(
+        "/api/v1/namespaces/monitoring/services/prometheus:9090/proxy/api/v1/query?query={encoded}"
+    ))
+    .body(vec![])
+    .expect("a request");
+    let text = client.request_text(request).await.ok()?;
+    let answer: serde_json::Value = serde_json::from_str(&text).ok()?;
+    answer["data"]["result"][0]["value"][1]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn a_monitored_instance_is_scraped_by_prometheus_alone() {
+    let mut world = World::new("monitored").await;
+    // The Prometheus of the README's example, as make run applies it: in
+    // the namespace `monitoring`, labelled as the operator's default scraper.
+    kubectl("apply --server-side --field-manager=cluster-e2e -f examples/monitoring/");
+    world.others.push("monitoring".into());
+    create_database(
+        &world,
+        "orders",
+        json!({
+            "engine": "Postgres",
+            "version": "17",
+            "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
+            "storage": {"size": "1Gi"},
+            "monitoring": {"enabled": true},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    wait_ready(&world, "orders").await;
+    assert_pod_ready(&world, "orders").await;
+    let pod = world
+        .api::<Pod>()
+        .get("orders-db-0")
+        .await
+        .expect("the database pod");
+    let exporter = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.name == "exporter")
+        .expect("the exporter sidecar's status");
+    assert!(exporter.ready, "the exporter sidecar runs: {exporter:?}");
+
+    // Prometheus finds the instance by its Service's metrics port, logs in
+    // through the exporter with the monitoring login, and reads the
+    // service's own database.
+    let selector = format!(r#"namespace="{}",service_database="orders""#, world.ns);
+    let up = wait_for(
+        "Prometheus to scrape pg_up of orders",
+        Duration::from_secs(180),
+        || prometheus_value(&world.client, format!("pg_up{{{selector}}}")),
+    )
+    .await;
+    assert_eq!(up, 1.0, "the exporter reaches PostgreSQL");
+    let size = wait_for(
+        "Prometheus to scrape the size of the database orders",
+        Duration::from_secs(60),
+        || {
+            prometheus_value(
+                &world.client,
+                format!(r#"pg_database_size_bytes{{{selector},datname="orders"}}"#),
+            )
+        },
+    )
+    .await;
+    assert!(size > 0.0, "the database's size is reported: {size}");
+
+    // Anyone else is refused at the metrics port: the owner's own pod, and
+    // a pod in the monitoring namespace that is not labelled as Prometheus.
+    let service = world
+        .api::<k8s_openapi::api::core::v1::Service>()
+        .get("orders-db")
+        .await
+        .expect("the client Service");
+    let ip = service
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .expect("the Service's cluster IP");
+    // One GET of /metrics over bash's /dev/tcp; the same script from a pod
+    // labelled as Prometheus in `monitoring` shows that it works.
+    let scrape = format!(
+        r#"get() {{ timeout 3 bash -c 'exec 3<>/dev/tcp/{ip}/9187 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && grep -q "^pg_up" <&3' 2>/dev/null; }}
+for i in $(seq {INTRUDER_TRIES}); do
+  if get; then echo SCRAPED; exit 0; fi
+  sleep 1
+done
+echo REFUSED; exit 3"#
+    );
+    for (ns, name, labels, expected) in [
+        (
+            "monitoring".to_string(),
+            "prometheus-alike",
+            BTreeMap::from([("app.kubernetes.io/name", "prometheus")]),
+            (0, "SCRAPED"),
+        ),
+        (
+            world.ns.clone(),
+            "owner",
+            BTreeMap::from([("app", "orders")]),
+            (3, "REFUSED"),
+        ),
+        (
+            "monitoring".to_string(),
+            "not-prometheus",
+            BTreeMap::from([("app.kubernetes.io/name", "not-prometheus")]),
+            (3, "REFUSED"),
+        ),
+    ] {
+        let (code, log) = run_pod(
+            &world,
+            &ns,
+            name,
+            labels.clone(),
+            "docker.io/library/postgres:17",
+            None,
+            &scrape,
+        )
+        .await;
+        assert_eq!(
+            (code, log.trim()),
+            expected,
+            "a pod labelled {labels:?} in {ns} at the metrics port"
+        );
+    }
+    kubectl(
+        "delete --ignore-not-found --wait=false clusterrole/monitoring-prometheus clusterrolebinding/monitoring-prometheus",
     );
     world.finish().await;
 }

@@ -10,6 +10,8 @@
 #   kube-router                        github.com/cloudnativelabs/kube-router/v2 (NetworkPolicy)
 #   local-path-provisioner             github.com/rancher/local-path-provisioner
 #   pause                              build/pause/linux/pause.c, gcc -Os -static
+#   postgres_exporter, redis_exporter  the monitored instances' exporters, at the
+#                                      versions src/engine/exporter.rs pins
 # into ${SERVICEDB_CACHE:-~/.cache/servicedb}/cluster-<k8s version>/bin.
 # Safe to run concurrently (serialised with flock). Progress on stderr.
 set -euo pipefail
@@ -48,6 +50,7 @@ build() {
   echo "$want" >"$OUT/$name.stamp"
   echo "built $name in $((SECONDS - start))s" >&2
 }
+source "$here/exporters.sh"
 gomod_stamp=$(cat go.mod go.sum | sha256sum | cut -c1-16)
 for b in kubelet kube-proxy kube-controller-manager kube-scheduler; do
   build "$b" "$gomod_stamp" env CGO_ENABLED=0 GOFLAGS=-mod=mod \
@@ -65,6 +68,21 @@ goinstall() {
 build coredns "$COREDNS" goinstall coredns "github.com/coredns/coredns@$COREDNS"
 build kube-router "$KUBE_ROUTER" goinstall kube-router "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router@$KUBE_ROUTER"
 build local-path-provisioner "$LOCAL_PATH" goinstall local-path-provisioner "github.com/rancher/local-path-provisioner@$LOCAL_PATH"
+
+# The exporters, built in their own module (go install pkg@version would ask
+# the proxy for a version list, which it refuses for these modules).
+PG_EXPORTER=$(exporter_tag POSTGRES)
+REDIS_EXPORTER=$(exporter_tag REDIS)
+gomodule() {
+  local name=$1 module=$2 version=$3 pkg=$4 ldflags=$5 dir
+  dir=$(go mod download -json "$module@$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -n "$dir" ] || { echo "build.sh: the Go module proxy has no $module@$version" >&2; exit 1; }
+  (cd "$dir" && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w $ldflags" -o "$OUT/$name.tmp" "$pkg")
+}
+build postgres_exporter "$PG_EXPORTER" gomodule postgres_exporter github.com/prometheus-community/postgres_exporter \
+  "$PG_EXPORTER" ./cmd/postgres_exporter "-X github.com/prometheus/common/version.Version=${PG_EXPORTER#v}"
+build redis_exporter "$REDIS_EXPORTER" gomodule redis_exporter github.com/oliver006/redis_exporter \
+  "$REDIS_EXPORTER" . "-X main.BuildVersion=$REDIS_EXPORTER"
 
 pause_src=$(go mod download -json "k8s.io/kubernetes@$K8S" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')/build/pause/linux/pause.c
 build pause "$K8S" gcc -Os -static -Wall -Werror -DVERSION="$K8S" -o "$OUT/pause.tmp" "$pause_src"

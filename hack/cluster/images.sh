@@ -6,6 +6,12 @@
 #   localhost/servicedb/node-helper:1     busybox (Debian busybox-static): local-path's helper pods
 #   docker.io/library/postgres:17         Debian trixie postgresql-17, user postgres = 999:999
 #   docker.io/library/redis:8.0           Debian trixie redis-server 8.0, user redis = 999:999
+#   quay.io/prometheuscommunity/postgres-exporter:<pin>, docker.io/oliver006/redis_exporter:<pin>
+#                                         the upstream exporters at the versions src/engine/exporter.rs
+#                                         pins, built from their Go modules (build.sh), laid out as
+#                                         the upstream images (entrypoint path, user)
+#   localhost/servicedb/prometheus:debian Debian trixie prometheus (the scraper of make run's shop
+#                                         and of tests/cluster.rs)
 #   ghcr.io/servicedb/servicedb:0.1.0     with --operator BIN: the `make static` binary, as the Dockerfile
 # The engine images are named as the official ones so the operator's defaults
 # work unchanged; they are single-layer images made with mmdebstrap.
@@ -36,6 +42,10 @@ HELPER_IMAGE=localhost/servicedb/node-helper:1
 POSTGRES_IMAGE=docker.io/library/postgres:17
 REDIS_IMAGE=docker.io/library/redis:8.0
 OPERATOR_IMAGE=ghcr.io/servicedb/servicedb:0.1.0
+PROMETHEUS_IMAGE=localhost/servicedb/prometheus:debian
+source "$here/exporters.sh"
+POSTGRES_EXPORTER_IMAGE=$(exporter_image POSTGRES)
+REDIS_EXPORTER_IMAGE=$(exporter_image REDIS)
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 # tar_dir ROOT OUT: a reproducible tar of ROOT's content.
@@ -117,7 +127,36 @@ redis_image() {
 }
 image "$REDIS_IMAGE" "trixie redis-server redis-tools" redis_image
 
+prometheus_image() {
+  CUSTOMIZE='mkdir -p "$1"/prometheus; chown 999:999 "$1"/prometheus' \
+    debian_image "$1.rootfs.tar" prometheus /var/lib/prometheus prometheus
+  oci "$PROMETHEUS_IMAGE" "$1.rootfs.tar" \
+    '{"User":"999:999","Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Entrypoint":["/usr/bin/prometheus"],"Cmd":["--config.file=/etc/prometheus/prometheus.yml","--storage.tsdb.path=/prometheus"],"WorkingDir":"/prometheus","ExposedPorts":{"9090/tcp":{}}}' "$1"
+  rm -f "$1.rootfs.tar"
+}
+image "$PROMETHEUS_IMAGE" "trixie prometheus" prometheus_image
+
 BIN=$("$here/build.sh")
+
+# static_image NAME BINARY PATH USER: BINARY at PATH (the entrypoint) on an
+# empty root with CA certificates, run as USER, as the upstream images are.
+static_image() {
+  local name=$1 binary=$2 path=$3 user=$4 out=$5 root; root=$(mktemp -d)
+  mkdir -p "$root$(dirname "$path")" "$root/etc/ssl/certs" "$root/tmp"
+  chmod 1777 "$root/tmp"
+  install -m 0755 "$binary" "$root$path"
+  cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
+  tar_dir "$root" "$root.tar"
+  oci "$name" "$root.tar" "{\"User\":\"$user\",\"Entrypoint\":[\"$path\"]}" "$out"
+  rm -rf "$root" "$root.tar"
+}
+# Upstream: postgres-exporter's image runs /bin/postgres_exporter as nobody,
+# redis_exporter's /redis_exporter as 59000 (the pod's securityContext sets
+# the user servicedb runs them as).
+postgres_exporter_image() { static_image "$POSTGRES_EXPORTER_IMAGE" "$BIN/postgres_exporter" /bin/postgres_exporter 65534:65534 "$1"; }
+image "$POSTGRES_EXPORTER_IMAGE" "$(sha "$BIN/postgres_exporter")" postgres_exporter_image
+redis_exporter_image() { static_image "$REDIS_EXPORTER_IMAGE" "$BIN/redis_exporter" /redis_exporter 59000:59000 "$1"; }
+image "$REDIS_EXPORTER_IMAGE" "$(sha "$BIN/redis_exporter")" redis_exporter_image
 
 pause_image() {
   local root; root=$(mktemp -d)

@@ -36,7 +36,7 @@ const POSTGRES: Exporter = Exporter {
 /// oliver006/redis_exporter.
 const REDIS: Exporter = Exporter {
     default_image: "docker.io/oliver006/redis_exporter",
-    tag: "v1.67.0",
+    tag: "v1.74.0",
     port: 9121,
 };
 

@@ -158,7 +158,7 @@ fn redis_and_mongodb_exporters_read_their_server_with_the_same_login() {
     for (fixture_name, image, port, variables) in [
         (
             "sdb-cart-redis.yaml",
-            "docker.io/oliver006/redis_exporter:v1.67.0",
+            "docker.io/oliver006/redis_exporter:v1.74.0",
             9121,
             [
                 ("REDIS_ADDR", "redis://127.0.0.1:6379"),

@@ -107,7 +107,7 @@ pub fn prometheus_rule(
     runbook_url: &str,
     owner: &OwnerReference,
 ) -> DynamicObject {
-    let groups = serde_json::to_value(rule_groups(db, runbook_url)).unwrap_or_default();
+    let groups = serde_json::to_value(all_groups(db, runbook_url)).unwrap_or_default();
     object(
         PROMETHEUS_RULE,
         db,
@@ -159,6 +159,86 @@ pub struct AlertRule {
     pub for_: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+}
+
+/// One recording rule.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecordingRule {
+    pub record: String,
+    pub expr: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A group of recording rules.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecordGroup {
+    pub name: String,
+    pub rules: Vec<RecordingRule>,
+}
+
+/// The per-database series of PostgreSQL's exporter, recorded for `db`
+/// under one name whatever its placement, with the labels its alerts carry
+/// (`namespace`, `service_database`, `engine`, `owner_*`):
+/// `servicedb_database:pg_database_size_bytes`,
+/// `servicedb_database:pg_stat_database_numbackends`, and the per-second
+/// rates over 5 minutes `servicedb_database:pg_stat_database_xact_commit:rate5m`,
+/// `…xact_rollback:rate5m` and `…deadlocks:rate5m`.
+///
+/// A dedicated instance's series are its own (`service_database`); a
+/// database on a managed DatabaseServer is picked out of the server's
+/// series (`database_server`, the server's `namespace`) by its database
+/// name, which is how a shared server's series reach the owning team. None
+/// for isolation `Schema` (the exporter reports databases, not schemas)
+/// and for Redis and MongoDB, whose exporters report per server.
+pub fn record_groups(db: &ValidatedDatabase) -> Vec<RecordGroup> {
+    if db.engine != Engine::Postgres || db.schema.is_some() {
+        return vec![];
+    }
+    let (ns, name, datname) = (&db.namespace, &db.name, &db.database);
+    let selector = match &db.server {
+        None => {
+            format!(r#"namespace="{ns}",{SERVICE_DATABASE_LABEL}="{name}",datname="{datname}""#)
+        }
+        Some(server) => format!(
+            r#"namespace="{}",{DATABASE_SERVER_LABEL}="{}",datname="{datname}""#,
+            server.namespace, server.name
+        ),
+    };
+    let mut labels = owner_labels(db);
+    labels.insert("namespace".into(), ns.clone());
+    labels.insert(SERVICE_DATABASE_LABEL.into(), name.clone());
+    labels.insert("engine".into(), db.engine.as_str().into());
+    let record = |metric: &str, expr: String| RecordingRule {
+        record: format!("servicedb_database:{metric}"),
+        expr,
+        labels: labels.clone(),
+    };
+    let rules = vec![
+        record(
+            "pg_database_size_bytes",
+            format!("max(pg_database_size_bytes{{{selector}}})"),
+        ),
+        record(
+            "pg_stat_database_numbackends",
+            format!("max(pg_stat_database_numbackends{{{selector}}})"),
+        ),
+        record(
+            "pg_stat_database_xact_commit:rate5m",
+            format!("max(rate(pg_stat_database_xact_commit{{{selector}}}[5m]))"),
+        ),
+        record(
+            "pg_stat_database_xact_rollback:rate5m",
+            format!("max(rate(pg_stat_database_xact_rollback{{{selector}}}[5m]))"),
+        ),
+        record(
+            "pg_stat_database_deadlocks:rate5m",
+            format!("max(rate(pg_stat_database_deadlocks{{{selector}}}[5m]))"),
+        ),
+    ];
+    vec![RecordGroup {
+        name: format!("servicedb.{ns}.{name}.records"),
+        rules,
+    }]
 }
 
 /// The alerts of `db`, in one group `servicedb.<namespace>.<name>`:
@@ -302,11 +382,28 @@ pub fn rule_groups(db: &ValidatedDatabase, runbook_url: &str) -> Vec<RuleGroup> 
     }]
 }
 
-/// The rule groups as a Prometheus rules file (`groups:`), for `promtool`.
-pub fn rules_file(groups: &[RuleGroup]) -> String {
+/// Alerting and recording groups, as a `PrometheusRule`'s `groups`.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Group {
+    Alerts(RuleGroup),
+    Records(RecordGroup),
+}
+
+/// The `groups` of `db`'s `PrometheusRule`: its alerts, then its records.
+pub fn all_groups(db: &ValidatedDatabase, runbook_url: &str) -> Vec<Group> {
+    rule_groups(db, runbook_url)
+        .into_iter()
+        .map(Group::Alerts)
+        .chain(record_groups(db).into_iter().map(Group::Records))
+        .collect()
+}
+
+/// Groups as a Prometheus rules file (`groups:`), for `promtool`.
+pub fn rules_file<G: Serialize>(groups: &[G]) -> String {
     #[derive(Serialize)]
-    struct File<'a> {
-        groups: &'a [RuleGroup],
+    struct File<'a, G> {
+        groups: &'a [G],
     }
     serde_yaml::to_string(&File { groups }).unwrap_or_default()
 }

@@ -11,7 +11,9 @@ use std::process::Command;
 use kube::Resource;
 use serde_json::{Value, json};
 
-use super::monitoring::{AlertRule, DEFAULT_RUNBOOK_URL, build, rule_groups, rules_file};
+use super::monitoring::{
+    AlertRule, DEFAULT_RUNBOOK_URL, all_groups, build, record_groups, rule_groups, rules_file,
+};
 use super::*;
 use crate::api::{DatabaseClass, Engine, ServiceDatabase};
 use crate::model::database::validate;
@@ -460,7 +462,7 @@ fn the_prometheus_rule_holds_the_same_groups_and_is_owned_by_the_database() {
     assert_eq!(rule.metadata.owner_references, Some(vec![owner.clone()]));
     assert_eq!(
         rule.data["spec"]["groups"],
-        serde_json::to_value(rule_groups(&db, DEFAULT_RUNBOOK_URL)).unwrap()
+        serde_json::to_value(all_groups(&db, DEFAULT_RUNBOOK_URL)).unwrap()
     );
     let monitor = built.pod_monitor.expect("a dedicated instance is scraped");
     assert_eq!(
@@ -531,4 +533,98 @@ fn a_managed_servers_instance_gets_a_pod_monitor_labelled_by_its_server_and_no_a
     assert_eq!(relabel["targetLabel"], "database_server");
     assert_eq!(relabel["replacement"], "shared-pg");
     assert_eq!(monitor.metadata.owner_references, Some(vec![owner]));
+}
+
+/// The labels of an exporter series of database `datname` as each placement
+/// is scraped: a dedicated instance's by its PodMonitor, a managed
+/// DatabaseServer's by the server's.
+fn exporter_labels(shared: bool, datname: &str) -> String {
+    if shared {
+        format!(r#"namespace="shop",database_server="shared",datname="{datname}""#)
+    } else {
+        format!(r#"namespace="shop",service_database="orders",datname="{datname}""#)
+    }
+}
+
+#[test]
+fn a_postgres_databases_series_are_recorded_with_its_owners_labels_whatever_its_placement() {
+    for shared in [false, true] {
+        let (db, _) = orders(Engine::Postgres, shared);
+        let groups = record_groups(&db);
+        let rules = &groups[0].rules;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("rules.yaml"), rules_file(&groups)).unwrap();
+        let checked = promtool(&["check", "rules", "rules.yaml"], dir.path());
+        assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
+
+        // The database's own series, and decoys: another database on the
+        // same server, the same database name on another server.
+        let own = exporter_labels(shared, &db.database);
+        let other_db = exporter_labels(shared, "shop_payments");
+        let other_server = format!(
+            r#"namespace="elsewhere",database_server="shared",service_database="orders",datname="{}""#,
+            db.database
+        );
+        let mut input = vec![];
+        for (labels, size, commits) in [
+            (&own, "1000+0x10", "0+60x10"),
+            (&other_db, "5000+0x10", "0+600x10"),
+            (&other_server, "9000+0x10", "0+6000x10"),
+        ] {
+            input.extend([
+                json!({"series": format!("pg_database_size_bytes{{{labels}}}"), "values": size}),
+                json!({"series": format!("pg_stat_database_numbackends{{{labels}}}"), "values": "3+0x10"}),
+                json!({"series": format!("pg_stat_database_xact_commit{{{labels}}}"), "values": commits}),
+                json!({"series": format!("pg_stat_database_xact_rollback{{{labels}}}"), "values": "0+0x10"}),
+                json!({"series": format!("pg_stat_database_deadlocks{{{labels}}}"), "values": "0+6x10"}),
+            ]);
+        }
+        let owner: Vec<String> = rules[0]
+            .labels
+            .iter()
+            .map(|(k, v)| format!(r#"{k}="{v}""#))
+            .collect();
+        let owner = owner.join(",");
+        assert!(
+            owner.contains(r#"namespace="shop""#)
+                && owner.contains(r#"service_database="orders""#)
+                && owner.contains(r#"owner_team="payments""#),
+            "{owner}"
+        );
+        let expect = |metric: &str, value: f64| {
+            json!({
+                "expr": format!("servicedb_database:{metric}"),
+                "eval_time": "10m",
+                "exp_samples": [{"labels": format!("servicedb_database:{metric}{{{owner}}}"), "value": value}],
+            })
+        };
+        let tests = json!({
+            "rule_files": ["rules.yaml"],
+            "evaluation_interval": "1m",
+            "tests": [{
+                "interval": "1m",
+                "input_series": input,
+                "promql_expr_test": [
+                    expect("pg_database_size_bytes", 1000.0),
+                    expect("pg_stat_database_numbackends", 3.0),
+                    expect("pg_stat_database_xact_commit:rate5m", 1.0),
+                    expect("pg_stat_database_xact_rollback:rate5m", 0.0),
+                    expect("pg_stat_database_deadlocks:rate5m", 0.1),
+                ],
+            }],
+        });
+        std::fs::write(
+            dir.path().join("records.yaml"),
+            serde_yaml::to_string(&tests).unwrap(),
+        )
+        .unwrap();
+        let tested = promtool(&["test", "rules", "records.yaml"], dir.path());
+        assert!(tested.contains("SUCCESS"), "shared: {shared}\n{tested}");
+    }
+    for (engine, shared) in [(Engine::Redis, false), (Engine::MongoDB, true)] {
+        assert!(
+            record_groups(&orders(engine, shared).0).is_empty(),
+            "{engine:?}: its exporter reports per server"
+        );
+    }
 }

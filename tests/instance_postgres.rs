@@ -364,3 +364,112 @@ fn refuses_to_run_as_root() {
     );
     assert!(!root.path().join("data").exists(), "nothing was created");
 }
+
+/// The admin Secret with `spec.postgres.parameters` rendered as the
+/// operator renders them.
+fn write_parameters(fixture: &Fixture, parameters: &[(&str, &str)]) {
+    use servicedb::engine::postgres_parameters::{SECRET_KEY, render};
+    let parameters = parameters
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    fixture.write_secret(
+        &fixture.admin_dir(),
+        &[
+            ("username", &fixture.admin_user),
+            ("password", &fixture.admin_password),
+            (SECRET_KEY, &render(&parameters)),
+        ],
+    );
+}
+
+async fn show(fixture: &Fixture, parameter: &str) -> String {
+    let admin = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect("admin logs in");
+    admin
+        .query_one(&format!("SHOW {parameter}"), &[])
+        .await
+        .expect("SHOW")
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn applies_parameters_live_and_starts_without_ones_postgres_refuses() {
+    let fixture = Fixture::new();
+    write_parameters(&fixture, &[("work_mem", "12MB"), ("max_connections", "42")]);
+    let mut process = fixture.start();
+    process.wait_ready(&fixture).await;
+    assert_eq!(show(&fixture, "work_mem").await, "12MB");
+    assert_eq!(
+        show(&fixture, "max_connections").await,
+        "42",
+        "the service's parameters win over servicedb's defaults"
+    );
+    let postmaster = fixture.postmaster_pid().expect("postmaster.pid");
+
+    // A reloadable parameter changes in the running server.
+    write_parameters(&fixture, &[("work_mem", "24MB"), ("max_connections", "42")]);
+    eventually("work_mem reloaded", &process, || async {
+        (show(&fixture, "work_mem").await == "24MB").then_some(())
+    })
+    .await;
+    assert_eq!(fixture.postmaster_pid(), Some(postmaster), "no restart");
+    assert!(process.log().contains("parameters reloaded"));
+
+    // Every parameter this server reads only at start is one servicedb
+    // either manages or rolls the pod for.
+    let admin = fixture
+        .connect_admin(&fixture.admin_password)
+        .await
+        .expect("admin logs in");
+    let postmaster_only: Vec<String> = admin
+        .query(
+            "SELECT name FROM pg_settings WHERE context = 'postmaster'",
+            &[],
+        )
+        .await
+        .expect("pg_settings")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    use servicedb::engine::postgres_parameters::{is_managed, needs_restart};
+    let unknown: Vec<&String> = postmaster_only
+        .iter()
+        .filter(|name| !is_managed(name) && !needs_restart(name))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "read at start only, yet reloaded: {unknown:?}"
+    );
+    assert!(needs_restart("shared_buffers") && !needs_restart("work_mem"));
+
+    // A value PostgreSQL refuses: the reload keeps the running value and
+    // says so; a start with it begins without the parameters, not a crash loop.
+    write_parameters(&fixture, &[("work_mem", "banana")]);
+    eventually("the refusal logged", &process, || async {
+        process
+            .log()
+            .contains("PostgreSQL refuses a parameter")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(show(&fixture, "work_mem").await, "24MB");
+    assert_eq!(process.terminate().code(), Some(0));
+    let mut restarted = fixture.start();
+    restarted.wait_ready(&fixture).await;
+    assert!(
+        restarted
+            .log()
+            .contains("PostgreSQL refuses spec.postgres.parameters; starting without them"),
+        "log:\n{}",
+        restarted.log()
+    );
+    assert_eq!(
+        show(&fixture, "work_mem").await,
+        "4MB",
+        "PostgreSQL's default"
+    );
+    assert_eq!(restarted.terminate().code(), Some(0));
+}

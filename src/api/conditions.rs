@@ -28,6 +28,10 @@ pub mod types {
     /// instances, once the claim exists); `False` while it is expanded or
     /// when its StorageClass does not allow expansion.
     pub const STORAGE_RESIZED: &str = "StorageResized";
+    /// How `spec.postgres.parameters` take effect: which are reloaded and
+    /// which restart the instance when they change (PostgreSQL instances
+    /// with parameters only).
+    pub const PARAMETERS: &str = "Parameters";
     /// The final backup of `deletionPolicy: Snapshot` completed.
     pub const FINAL_BACKUP: &str = "FinalBackup";
     /// A `DatabaseBackup`'s archive is stored (its condition).

@@ -12,7 +12,9 @@ pub use common::{DeletionPolicy, Engine, Isolation};
 pub use database_backup::DatabaseBackup;
 pub use database_class::DatabaseClass;
 pub use database_server::DatabaseServer;
-pub use service_database::{Phase, ServiceDatabase, ServiceDatabaseSpec, ServiceDatabaseStatus};
+pub use service_database::{
+    Phase, PostgresSpec, ServiceDatabase, ServiceDatabaseSpec, ServiceDatabaseStatus,
+};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

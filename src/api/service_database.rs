@@ -1,5 +1,7 @@
 //! `ServiceDatabase`: one service's private database.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -39,6 +41,8 @@ use super::common::{
     validation = Rule::new("self.engine == 'Postgres' || !has(self.credentials) || !has(self.credentials.format) || !('Pgpass' in self.credentials.format)").message("format Pgpass is only available for engine Postgres").field_path(".credentials.format"),
     validation = Rule::new("self.deletionPolicy != 'Snapshot' || !has(self.backup) || !has(self.backup.enabled) || self.backup.enabled").message("deletionPolicy Snapshot needs backup: it cannot be combined with backup.enabled false").field_path(".deletionPolicy"),
     validation = Rule::new("self.engine == 'Redis' || !has(self.redis)").message("redis is only available for engine Redis").field_path(".redis"),
+    validation = Rule::new("self.engine == 'Postgres' || !has(self.postgres)").message("postgres is only available for engine Postgres").field_path(".postgres"),
+    validation = Rule::new("!has(self.postgres) || !has(self.postgres.parameters) || size(self.postgres.parameters) == 0 || self.isolation == 'Dedicated'").message("postgres.parameters is only available with isolation Dedicated: a shared DatabaseServer's settings are its administrator's").field_path(".postgres.parameters"),
     validation = Rule::new("!has(self.redis) || !has(self.redis.scripting) || !self.redis.scripting || self.isolation == 'Dedicated'").message("redis.scripting is only available with isolation Dedicated: on a shared DatabaseServer, Lua scripts and functions are refused (all services share the server's Lua engine and function libraries)").field_path(".redis.scripting"),
 )]
 #[serde(rename_all = "camelCase")]
@@ -131,6 +135,25 @@ pub struct ServiceDatabaseSpec {
     /// Redis only: what the service's user may do beyond its own keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSpec>,
+
+    /// Postgres only: settings of a dedicated instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresSpec>,
+}
+
+/// Settings of a dedicated PostgreSQL instance.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// PostgreSQL parameters, such as `work_mem: 16MB` or
+    /// `max_connections: "200"`. Applied by a reload where PostgreSQL
+    /// allows it, and by restarting the instance for those it reads only at
+    /// start (`shared_buffers`, `max_connections`, …). Settings servicedb
+    /// manages (addresses, sockets, authentication, TLS, logging
+    /// destination, archiving, preloaded libraries) are refused.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub parameters: BTreeMap<String, String>,
 }
 
 /// What a Redis service user may do besides reading and writing its keys

@@ -41,6 +41,11 @@ pub fn admin(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerReference
             ),
         ]));
     }
+    // spec.postgres.parameters, which the instance manager reloads from here.
+    if !db.postgres_parameters.is_empty() {
+        use crate::engine::postgres_parameters::{SECRET_KEY, render};
+        values.extend(data([(SECRET_KEY, render(&db.postgres_parameters))]));
+    }
     Secret {
         metadata: object_meta(db, db.admin_secret_name.clone(), COMPONENT_ADMIN, owner),
         type_: Some("Opaque".into()),

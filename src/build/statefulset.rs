@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{OperatorFacts, labels, object_meta, selector_labels, service};
 use crate::api::DeletionPolicy;
 use crate::engine::exporter::{self, EnvValue};
+use crate::engine::postgres_parameters;
 use crate::model::database::{ValidatedDatabase, ValidatedMonitoring};
 
 /// Where the data volume is mounted; the instance manager keeps the engine's
@@ -139,6 +140,14 @@ pub fn build(db: &ValidatedDatabase, facts: &OperatorFacts, owner: &OwnerReferen
                 PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(pod_labels.clone()),
+                        // Parameters PostgreSQL reads at start only: a change rolls the pod.
+                        annotations: postgres_parameters::restart_hash(&db.postgres_parameters)
+                            .map(|hash| {
+                                BTreeMap::from([(
+                                    postgres_parameters::RESTART_ANNOTATION.to_string(),
+                                    hash,
+                                )])
+                            }),
                         ..Default::default()
                     }),
                     spec: Some(pod),

@@ -1411,3 +1411,4 @@ fn the_disruption_policy_protects_by_default_and_allow_lets_a_drain_evict() {
 }
 
 mod exporter;
+mod parameters;

@@ -184,6 +184,7 @@ pub fn new_database(
         pod: source.pod.clone(),
         // Scripting is the service's choice for its data: kept.
         redis: source.redis.clone(),
+        postgres: source.postgres.clone(),
         deletion_policy: Default::default(),
         bootstrap: Some(BootstrapSpec {
             from_archive: None,

@@ -8,6 +8,7 @@ pub mod mongodb;
 pub mod mongodb_users;
 pub mod monitoring;
 pub mod postgres;
+pub mod postgres_parameters;
 pub mod postgres_users;
 pub mod redis;
 pub mod redis_acl;

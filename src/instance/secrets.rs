@@ -57,6 +57,11 @@ impl fmt::Debug for MonitoringCredentials {
     }
 }
 
+/// The rendered `spec.postgres.parameters` of the admin Secret, if any.
+pub(crate) async fn read_parameters(dir: &Path) -> Result<Option<String>, SecretError> {
+    read_optional_key(dir, crate::engine::postgres_parameters::SECRET_KEY).await
+}
+
 /// The monitoring login, or `None` when the instance is not monitored (the
 /// Secret has neither key); one key without the other is an error.
 pub(crate) async fn read_monitoring(

@@ -89,6 +89,8 @@ pub struct ValidatedDatabase {
     /// `spec.redis.scripting`: the service user of a dedicated Redis may run
     /// Lua scripts and functions.
     pub redis_scripting: bool,
+    /// `spec.postgres.parameters` (checked: none that servicedb manages).
+    pub postgres_parameters: std::collections::BTreeMap<String, String>,
     /// The engine's exporter; `None` when monitoring is off.
     pub monitoring: Option<ValidatedMonitoring>,
 }
@@ -385,6 +387,35 @@ pub fn validate(
             "spec.redis.scripting is only available with isolation Dedicated: on a shared DatabaseServer, Lua scripts and functions are refused",
         ));
     }
+    let postgres_parameters = spec
+        .postgres
+        .as_ref()
+        .map(|p| p.parameters.clone())
+        .unwrap_or_default();
+    if spec.postgres.is_some() && spec.engine != Engine::Postgres {
+        return Err(Invalid::new(
+            "spec.postgres",
+            "Unsupported",
+            format!(
+                "spec.postgres is only available for engine Postgres, not {}",
+                spec.engine
+            ),
+        ));
+    }
+    if !postgres_parameters.is_empty() && shared.is_some() {
+        return Err(Invalid::new(
+            "spec.postgres.parameters",
+            "ParametersNotAllowed",
+            "spec.postgres.parameters is only available with isolation Dedicated: a shared DatabaseServer's settings are its administrator's",
+        ));
+    }
+    crate::engine::postgres_parameters::check(&postgres_parameters).map_err(|refused| {
+        Invalid::new(
+            "spec.postgres.parameters",
+            "ParameterRefused",
+            format!("spec.postgres.parameters: {refused}"),
+        )
+    })?;
 
     let secret_name = spec
         .credentials
@@ -456,6 +487,7 @@ pub fn validate(
         restore_from: restore_source(spec.bootstrap.as_ref(), &namespace, &name),
         pod: pod_settings(spec.pod.as_ref(), class.spec.pod.as_ref()),
         redis_scripting,
+        postgres_parameters,
         monitoring,
         name,
         namespace,

@@ -53,6 +53,7 @@ pub fn instance_of(server: &DatabaseServer) -> Option<ServiceDatabase> {
         deletion_policy: DeletionPolicy::Retain,
         bootstrap: None,
         redis: None,
+        postgres: None,
     };
     let mut sdb = ServiceDatabase::new(&managed_instance(&server.name_any()), spec);
     sdb.metadata.namespace = server.namespace();

@@ -155,6 +155,25 @@ async fn the_api_server_rejects_invalid_manifests_naming_the_field() {
             base(),
             &["metadata.name", "at most 40 characters"],
         ),
+        (
+            "postgres-on-redis",
+            with(
+                base(),
+                json!({"engine": "Redis", "postgres": {"parameters": {"work_mem": "8MB"}}}),
+            ),
+            &["spec.postgres", "only available for engine Postgres"],
+        ),
+        (
+            "parameters-on-shared",
+            with(
+                base(),
+                json!({"isolation": "Database", "serverRef": {"name": "shared"}, "postgres": {"parameters": {"work_mem": "8MB"}}}),
+            ),
+            &[
+                "spec.postgres.parameters",
+                "only available with isolation Dedicated",
+            ],
+        ),
     ];
     for (name, spec, expected) in cases {
         let message = create_error(&api, sdb(name, spec)).await;
@@ -289,4 +308,129 @@ async fn a_class_violation_is_a_condition_and_an_event_naming_the_field() {
     assert_eq!(image.as_deref(), Some("docker.io/library/postgres:16"));
     let live = wait_phase(&api, "legacy", Phase::Provisioning).await;
     assert!(live.meta().generation.is_some());
+}
+
+fn pod_annotation(sts: &StatefulSet, key: &str) -> Option<String> {
+    sts.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(key)
+        .cloned()
+}
+
+#[tokio::test]
+async fn postgres_parameters_are_checked_then_reloaded_or_rolled() {
+    use servicedb::engine::postgres_parameters::{RESTART_ANNOTATION, SECRET_KEY};
+    let env = Env::new("parameters").await;
+    let api: Api<ServiceDatabase> = env.api();
+    let apply = |parameters: Value| {
+        let obj = sdb(
+            "tuned",
+            with(base(), json!({"postgres": {"parameters": parameters}})),
+        );
+        let api = api.clone();
+        async move {
+            api.patch(
+                "tuned",
+                &PatchParams::apply("servicedb-e2e"),
+                &Patch::Apply(&obj),
+            )
+            .await
+            .expect("accepted by the API server");
+        }
+    };
+
+    // A setting servicedb manages: refused by the controller, named.
+    apply(json!({"listen_addresses": "*"})).await;
+    let failed = wait_phase(&api, "tuned", Phase::Failed).await;
+    let cond = failed
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "SpecValid")
+        .expect("SpecValid");
+    assert_eq!(cond.reason, "ParameterRefused");
+    assert!(
+        cond.message.contains("spec.postgres.parameters")
+            && cond.message.contains("listen_addresses"),
+        "{}",
+        cond.message
+    );
+
+    // Fixed: the parameters reach the admin Secret; a reloadable one leaves
+    // the pod template alone.
+    apply(json!({"work_mem": "16MB"})).await;
+    let sts: Api<StatefulSet> = env.api();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = env.api();
+    let rendered = || async {
+        let secret = secrets.get_opt("tuned-db-admin").await.ok()??;
+        let value = secret.data?.get(SECRET_KEY)?.0.clone();
+        String::from_utf8(value).ok()
+    };
+    wait_for(
+        "work_mem in the admin Secret",
+        Duration::from_secs(30),
+        || async { rendered().await.filter(|r| r.contains("work_mem = '16MB'")) },
+    )
+    .await;
+    let before = get_when(&sts, "tuned-db").await;
+    assert_eq!(pod_annotation(&before, RESTART_ANNOTATION), None);
+    apply(json!({"work_mem": "32MB"})).await;
+    wait_for(
+        "the new work_mem in the admin Secret",
+        Duration::from_secs(30),
+        || async { rendered().await.filter(|r| r.contains("work_mem = '32MB'")) },
+    )
+    .await;
+    let after = sts.get("tuned-db").await.expect("StatefulSet");
+    assert_eq!(
+        after.spec.as_ref().map(|s| &s.template),
+        before.spec.as_ref().map(|s| &s.template),
+        "a reloaded parameter does not roll the pod"
+    );
+
+    let condition = |reason: &'static str| {
+        let api = api.clone();
+        async move {
+            let sdb = api.get("tuned").await.ok()?;
+            sdb.status?
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Parameters" && c.reason == reason)
+                .map(|c| c.message)
+        }
+    };
+    let message = wait_for("Parameters: Reload", Duration::from_secs(30), || {
+        condition("Reload")
+    })
+    .await;
+    assert_eq!(message, "work_mem reload in the running server");
+
+    // One PostgreSQL reads at start only: the pod template changes, and
+    // the condition says which restarts the instance.
+    apply(json!({"work_mem": "32MB", "max_connections": "200"})).await;
+    wait_for(
+        "the restart annotation",
+        Duration::from_secs(30),
+        || async {
+            let sts = sts.get("tuned-db").await.ok()?;
+            pod_annotation(&sts, RESTART_ANNOTATION)
+        },
+    )
+    .await;
+    let message = wait_for(
+        "Parameters: RestartOnChange",
+        Duration::from_secs(30),
+        || condition("RestartOnChange"),
+    )
+    .await;
+    assert_eq!(
+        message,
+        "work_mem reload in the running server; max_connections is read at start only: a change restarts the instance"
+    );
 }

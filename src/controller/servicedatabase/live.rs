@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use kube::Resource;
 use kube::runtime::controller::Action;
 
@@ -181,6 +181,7 @@ async fn pass(sdb: &ServiceDatabase, ctx: &Context, now: &Time) -> Result<Action
             now,
         );
     }
+    status.conditions = parameters_condition(&status.conditions, &db, sdb, now);
     status::update(&ctx.client, &ctx.recorder, sdb, status, None).await?;
 
     let restore_completed =
@@ -200,6 +201,39 @@ async fn pass(sdb: &ServiceDatabase, ctx: &Context, now: &Time) -> Result<Action
 
 /// Step 1: what the resource depends on. What it does not own and is not
 /// told about by a watch (the server, its credentials or CA) is waited for.
+/// `Parameters`: which of `spec.postgres.parameters` reload and which
+/// restart the instance; gone when there are none.
+fn parameters_condition(
+    conditions: &[Condition],
+    db: &ValidatedDatabase,
+    sdb: &ServiceDatabase,
+    now: &Time,
+) -> Vec<Condition> {
+    use crate::api::conditions::{Observed, types::PARAMETERS};
+    match crate::engine::postgres_parameters::how_applied(&db.postgres_parameters) {
+        Some((restarts, message)) => merge(
+            conditions,
+            &[Observed::new(
+                PARAMETERS,
+                true,
+                if restarts {
+                    "RestartOnChange"
+                } else {
+                    "Reload"
+                },
+                message,
+            )],
+            sdb.metadata.generation,
+            now,
+        ),
+        None => conditions
+            .iter()
+            .filter(|c| c.type_ != PARAMETERS)
+            .cloned()
+            .collect(),
+    }
+}
+
 async fn dereference(sdb: &ServiceDatabase, ctx: &Context) -> Result<Dereferenced, Stop> {
     match dereference::dereference_cached(&ctx.client, &ctx.cache, sdb).await {
         Ok(found) => Ok(found),

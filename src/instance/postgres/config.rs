@@ -24,6 +24,9 @@ pub(super) struct Settings {
     pub port: u16,
     pub socket_dir: PathBuf,
     pub shared_buffers_mib: u64,
+    /// `spec.postgres.parameters`, rendered (the admin Secret's key); empty
+    /// when there are none.
+    pub parameters: String,
 }
 
 pub(super) fn servicedb_conf(settings: &Settings) -> String {
@@ -43,6 +46,11 @@ pub(super) fn servicedb_conf(settings: &Settings) -> String {
         "log_destination = 'stderr'".to_owned(),
         "log_line_prefix = '%m [%p] %q%u@%d '".to_owned(),
         "log_timezone = 'UTC'".to_owned(),
+        // The service team's parameters, last: theirs win over defaults above.
+        format!(
+            "include_if_exists '{}'",
+            crate::engine::postgres_parameters::CONF_FILE
+        ),
     ];
     let mut text = lines.join("\n");
     text.push('\n');
@@ -110,6 +118,7 @@ mod tests {
             port: 5433,
             socket_dir: PathBuf::from("/var/lib/servicedb/run"),
             shared_buffers_mib: 128,
+            parameters: String::new(),
         }
     }
 

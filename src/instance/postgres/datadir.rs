@@ -69,7 +69,45 @@ pub(super) async fn prepare(
     // PostgreSQL refuses a group-writable data directory; a volume's fsGroup
     // ownership change can make it one.
     set_mode(&layout.pgdata, 0o700)?;
-    configure(&layout.pgdata, settings)
+    configure(&layout.pgdata, settings)?;
+    check_parameters(binaries, &layout.pgdata).await
+}
+
+/// The server would refuse to start on a parameter it does not accept (an
+/// unknown name, a bad value): `postgres -C` reads the configuration as a
+/// start would. Then the instance starts without the service's parameters,
+/// saying why, rather than crash looping.
+async fn check_parameters(binaries: &Binaries, pgdata: &Path) -> anyhow::Result<()> {
+    let file = pgdata.join(crate::engine::postgres_parameters::CONF_FILE);
+    if std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Ok(());
+    }
+    let out = tokio::process::Command::new(&binaries.postgres)
+        .arg("-D")
+        .arg(pgdata)
+        .args(["-C", "server_version"])
+        .output()
+        .await
+        .with_context(|| format!("cannot run {}", binaries.postgres.display()))?;
+    if !out.status.success() {
+        tracing::error!(
+            refused = %String::from_utf8_lossy(&out.stderr).trim(),
+            "PostgreSQL refuses spec.postgres.parameters; starting without them"
+        );
+        write_file(&file, "")?;
+    }
+    Ok(())
+}
+
+/// Writes the service's parameters for the server to read; `true` when the
+/// file changed.
+pub(super) fn write_parameters(pgdata: &Path, parameters: &str) -> anyhow::Result<bool> {
+    let file = pgdata.join(crate::engine::postgres_parameters::CONF_FILE);
+    if std::fs::read_to_string(&file).is_ok_and(|current| current == parameters) {
+        return Ok(false);
+    }
+    write_file(&file, parameters)?;
+    Ok(true)
 }
 
 async fn initialise(
@@ -148,6 +186,7 @@ fn configure(pgdata: &Path, settings: &Settings) -> anyhow::Result<()> {
         &config::servicedb_conf(settings),
     )?;
     write_file(&pgdata.join("pg_hba.conf"), config::PG_HBA)?;
+    write_parameters(pgdata, &settings.parameters)?;
     let main_conf = pgdata.join("postgresql.conf");
     let current = std::fs::read_to_string(&main_conf)
         .with_context(|| format!("cannot read {}", main_conf.display()))?;
@@ -219,6 +258,7 @@ mod tests {
             port: 5432,
             socket_dir: PathBuf::from("/x/run"),
             shared_buffers_mib: 128,
+            parameters: String::new(),
         };
         configure(dir.path(), &settings).expect("configured");
         configure(dir.path(), &settings).expect("configured twice");

@@ -63,6 +63,9 @@ impl InstanceManager for Postgres {
             port: args.port,
             socket_dir: layout.socket_dir.clone(),
             shared_buffers_mib: config::shared_buffers_mib(config::memory_limit()),
+            parameters: crate::instance::secrets::read_parameters(&args.admin_secret_dir)
+                .await?
+                .unwrap_or_default(),
         };
         Ok(Postgres {
             binaries,
@@ -89,6 +92,7 @@ impl InstanceManager for Postgres {
             admin_secret_dir: args.admin_secret_dir.clone(),
             app_secret_dir: args.app_secret_dir.clone(),
             service_owner: args.service_owner.clone(),
+            pgdata: self.layout.pgdata.clone(),
         });
         super::sync::run(Self::SERVER, syncer, health, args.sync_interval)
     }

@@ -30,6 +30,8 @@ pub(super) struct Settings {
     pub app_secret_dir: PathBuf,
     /// The service's owner identity; the Secret's `username` when unset.
     pub service_owner: Option<String>,
+    /// The data directory, where the service's parameters file goes.
+    pub pgdata: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,8 @@ pub(super) enum SyncError {
     MonitoringNameTaken(String),
     #[error("monitoring login: {0}")]
     Monitoring(UserError),
+    #[error("parameters: {0}")]
+    Parameters(String),
 }
 
 impl SyncFailure for SyncError {
@@ -67,6 +71,7 @@ impl SyncFailure for SyncError {
             SyncError::Connect(_) => "connect",
             SyncError::ServiceIsAdmin(_) => "service_is_admin",
             SyncError::MonitoringNameTaken(_) => "monitoring_name_taken",
+            SyncError::Parameters(_) => "parameters",
             SyncError::Admin(error) | SyncError::Service(error) | SyncError::Monitoring(error) => {
                 error.category()
             }
@@ -89,6 +94,8 @@ pub(super) struct Syncer {
     applied_app: Option<(String, String, Logins)>,
     /// The monitoring login last applied (`Some(None)`: none, dropped).
     applied_monitoring: Option<Option<MonitoringCredentials>>,
+    /// The parameters file the server last reloaded (`None`: not yet).
+    applied_parameters: Option<String>,
     last_full_check: Instant,
 }
 
@@ -170,8 +177,49 @@ impl UserSync for Syncer {
             }
             self.applied_monitoring = Some(monitoring);
         }
+        let parameters = secrets::read_parameters(&self.settings.admin_secret_dir)
+            .await?
+            .unwrap_or_default();
+        if self.applied_parameters.as_ref() != Some(&parameters) {
+            reload_parameters(client, &self.settings.pgdata, &parameters).await?;
+            self.applied_parameters = Some(parameters);
+        }
         Ok(Progress::Ready)
     }
+}
+
+/// Writes the parameters file when it changed and has the server reload
+/// it, then logs each parameter the server refused (it keeps the value it
+/// had). Those it reads at start only wait for the pod the operator rolls.
+async fn reload_parameters(
+    client: &Client,
+    pgdata: &std::path::Path,
+    parameters: &str,
+) -> Result<(), SyncError> {
+    let changed = super::datadir::write_parameters(pgdata, parameters)
+        .map_err(|e| SyncError::Parameters(format!("{e:#}")))?;
+    if !changed {
+        return Ok(());
+    }
+    client
+        .simple_query("SELECT pg_reload_conf()")
+        .await
+        .map_err(|e| SyncError::Parameters(postgres_users::describe(&e)))?;
+    info!("parameters reloaded");
+    let file = crate::engine::postgres_parameters::CONF_FILE;
+    let refused = client
+        .query(
+            "SELECT name, error FROM pg_file_settings \
+             WHERE error IS NOT NULL AND sourcefile LIKE '%/' || $1::text",
+            &[&file],
+        )
+        .await
+        .map_err(|e| SyncError::Parameters(postgres_users::describe(&e)))?;
+    for row in refused {
+        let (name, error): (Option<String>, String) = (row.get(0), row.get(1));
+        tracing::warn!(parameter = name.as_deref().unwrap_or("?"), %error, "PostgreSQL refuses a parameter");
+    }
+    Ok(())
 }
 
 impl Syncer {
@@ -182,6 +230,7 @@ impl Syncer {
             applied_admin: None,
             applied_app: None,
             applied_monitoring: None,
+            applied_parameters: None,
             last_full_check: Instant::now(),
         }
     }

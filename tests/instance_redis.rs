@@ -1403,3 +1403,68 @@ fn redis_scripting_is_refused_for_another_engine() {
     );
     assert!(!root.path().join("data").exists(), "nothing was created");
 }
+
+/// `CONFIG GET name` as the administrator.
+async fn config_get(fixture: &Fixture, admin_pw: &str, name: &str) -> String {
+    let mut admin = fixture.login(ADMIN, admin_pw).await.expect("admin logs in");
+    let value: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query_async(&mut admin)
+        .await
+        .expect("CONFIG GET");
+    value.get(1).cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_settings_from_the_admin_secret_apply_live() {
+    use servicedb::engine::redis::{MAXMEMORY_KEY, MAXMEMORY_POLICY_KEY};
+    let (admin_pw, app_pw) = (random(24), random(24));
+    let fixture = Fixture::new(&admin_pw, &app_pw);
+    let admin_secret = |memory: &[(&str, &str)]| {
+        let mut entries = vec![("username", ADMIN), ("password", admin_pw.as_str())];
+        entries.extend_from_slice(memory);
+        fixture.publish_secret("admin", &entries);
+    };
+    admin_secret(&[
+        (MAXMEMORY_KEY, "10485760"),
+        (MAXMEMORY_POLICY_KEY, "allkeys-lru"),
+    ]);
+    let mut manager = fixture.start();
+    manager.wait_ready(&fixture).await;
+    let server = manager.server_pid();
+    manager
+        .eventually("maxmemory set", || async {
+            (config_get(&fixture, &admin_pw, "maxmemory").await == "10485760").then_some(())
+        })
+        .await;
+    assert_eq!(
+        config_get(&fixture, &admin_pw, "maxmemory-policy").await,
+        "allkeys-lru"
+    );
+
+    admin_secret(&[
+        (MAXMEMORY_KEY, "20971520"),
+        (MAXMEMORY_POLICY_KEY, "volatile-ttl"),
+    ]);
+    manager
+        .eventually("the new maxmemory and policy", || async {
+            (config_get(&fixture, &admin_pw, "maxmemory").await == "20971520"
+                && config_get(&fixture, &admin_pw, "maxmemory-policy").await == "volatile-ttl")
+                .then_some(())
+        })
+        .await;
+
+    // Without the keys, Redis's defaults again: no limit, no eviction.
+    admin_secret(&[]);
+    manager
+        .eventually("Redis's defaults", || async {
+            (config_get(&fixture, &admin_pw, "maxmemory").await == "0"
+                && config_get(&fixture, &admin_pw, "maxmemory-policy").await == "noeviction")
+                .then_some(())
+        })
+        .await;
+    assert_eq!(manager.server_pid(), server, "no restart");
+    assert!(manager.log().contains("memory settings applied"));
+    manager.assert_log_free_of(&[&admin_pw, &app_pw]);
+}

@@ -43,6 +43,7 @@ use super::common::{
     validation = Rule::new("self.engine == 'Redis' || !has(self.redis)").message("redis is only available for engine Redis").field_path(".redis"),
     validation = Rule::new("self.engine == 'Postgres' || !has(self.postgres)").message("postgres is only available for engine Postgres").field_path(".postgres"),
     validation = Rule::new("!has(self.postgres) || !has(self.postgres.parameters) || size(self.postgres.parameters) == 0 || self.isolation == 'Dedicated'").message("postgres.parameters is only available with isolation Dedicated: a shared DatabaseServer's settings are its administrator's").field_path(".postgres.parameters"),
+    validation = Rule::new("!has(self.redis) || (!has(self.redis.maxmemory) && !has(self.redis.maxmemoryPolicy)) || self.isolation == 'Dedicated'").message("redis.maxmemory and redis.maxmemoryPolicy are only available with isolation Dedicated: a shared DatabaseServer's memory is its administrator's").field_path(".redis"),
     validation = Rule::new("!has(self.redis) || !has(self.redis.scripting) || !self.redis.scripting || self.isolation == 'Dedicated'").message("redis.scripting is only available with isolation Dedicated: on a shared DatabaseServer, Lua scripts and functions are refused (all services share the server's Lua engine and function libraries)").field_path(".redis.scripting"),
 )]
 #[serde(rename_all = "camelCase")]
@@ -157,8 +158,9 @@ pub struct PostgresSpec {
 }
 
 /// What a Redis service user may do besides reading and writing its keys
-/// (which it always may, and only under its key prefix).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// (which it always may, and only under its key prefix), and the memory
+/// settings of a dedicated instance.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RedisSpec {
     /// Lua scripts and functions: EVAL, EVALSHA, EVAL_RO, SCRIPT LOAD,
@@ -167,6 +169,55 @@ pub struct RedisSpec {
     /// Changing it restarts the instance.
     #[serde(default)]
     pub scripting: bool,
+    /// Redis `maxmemory`, as a quantity (`256Mi`): the most the dataset
+    /// may use before `maxmemoryPolicy` applies. Below the instance's memory
+    /// limit. Applied live. Isolation `Dedicated` only; no limit when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("must be a positive quantity such as 256Mi"))]
+    pub maxmemory: Option<String>,
+    /// Redis `maxmemory-policy`: what happens at `maxmemory`. `noeviction`
+    /// (the default: writes are refused) or an eviction policy for a cache.
+    /// Applied live. Isolation `Dedicated` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maxmemory_policy: Option<MaxmemoryPolicy>,
+}
+
+/// Redis's `maxmemory-policy` values.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MaxmemoryPolicy {
+    #[serde(rename = "noeviction")]
+    NoEviction,
+    #[serde(rename = "allkeys-lru")]
+    AllkeysLru,
+    #[serde(rename = "allkeys-lfu")]
+    AllkeysLfu,
+    #[serde(rename = "allkeys-random")]
+    AllkeysRandom,
+    #[serde(rename = "volatile-lru")]
+    VolatileLru,
+    #[serde(rename = "volatile-lfu")]
+    VolatileLfu,
+    #[serde(rename = "volatile-random")]
+    VolatileRandom,
+    #[serde(rename = "volatile-ttl")]
+    VolatileTtl,
+}
+
+impl MaxmemoryPolicy {
+    /// The value Redis reads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaxmemoryPolicy::NoEviction => "noeviction",
+            MaxmemoryPolicy::AllkeysLru => "allkeys-lru",
+            MaxmemoryPolicy::AllkeysLfu => "allkeys-lfu",
+            MaxmemoryPolicy::AllkeysRandom => "allkeys-random",
+            MaxmemoryPolicy::VolatileLru => "volatile-lru",
+            MaxmemoryPolicy::VolatileLfu => "volatile-lfu",
+            MaxmemoryPolicy::VolatileRandom => "volatile-random",
+            MaxmemoryPolicy::VolatileTtl => "volatile-ttl",
+        }
+    }
 }
 
 /// Where a new database's initial contents come from: one of

@@ -46,6 +46,19 @@ pub fn admin(db: &ValidatedDatabase, creds: &Credentials, owner: &OwnerReference
         use crate::engine::postgres_parameters::{SECRET_KEY, render};
         values.extend(data([(SECRET_KEY, render(&db.postgres_parameters))]));
     }
+    // spec.redis's memory settings, which the instance manager applies live.
+    if let Some(bytes) = db.redis_maxmemory {
+        values.extend(data([(
+            crate::engine::redis::MAXMEMORY_KEY,
+            bytes.to_string(),
+        )]));
+    }
+    if let Some(policy) = db.redis_maxmemory_policy {
+        values.extend(data([(
+            crate::engine::redis::MAXMEMORY_POLICY_KEY,
+            policy.as_str().to_string(),
+        )]));
+    }
     Secret {
         metadata: object_meta(db, db.admin_secret_name.clone(), COMPONENT_ADMIN, owner),
         type_: Some("Opaque".into()),

@@ -7,6 +7,13 @@ use super::{Connection, EngineSpec, encode_userinfo};
 /// Redis.
 pub struct Redis;
 
+/// Keys of the administrator Secret with `spec.redis.maxmemory` (bytes)
+/// and `spec.redis.maxmemoryPolicy`, which the instance manager applies
+/// with `CONFIG SET` (Redis's defaults, no limit and `noeviction`, without
+/// them).
+pub const MAXMEMORY_KEY: &str = "redis-maxmemory";
+pub const MAXMEMORY_POLICY_KEY: &str = "redis-maxmemory-policy";
+
 /// The key prefix of a service: `cart_items` → `cart_items:`.
 pub fn key_prefix(identifier: &str) -> String {
     format!("{identifier}:")

@@ -62,6 +62,20 @@ pub(crate) async fn read_parameters(dir: &Path) -> Result<Option<String>, Secret
     read_optional_key(dir, crate::engine::postgres_parameters::SECRET_KEY).await
 }
 
+/// `maxmemory` and `maxmemory-policy` from the admin Secret of a Redis
+/// instance; Redis's defaults (`0`: no limit, `noeviction`) without them.
+pub(crate) async fn read_redis_memory(dir: &Path) -> Result<(String, String), SecretError> {
+    use crate::engine::redis::{MAXMEMORY_KEY, MAXMEMORY_POLICY_KEY};
+    Ok((
+        read_optional_key(dir, MAXMEMORY_KEY)
+            .await?
+            .unwrap_or_else(|| "0".to_owned()),
+        read_optional_key(dir, MAXMEMORY_POLICY_KEY)
+            .await?
+            .unwrap_or_else(|| "noeviction".to_owned()),
+    ))
+}
+
 /// The monitoring login, or `None` when the instance is not monitored (the
 /// Secret has neither key); one key without the other is an error.
 pub(crate) async fn read_monitoring(

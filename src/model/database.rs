@@ -91,6 +91,10 @@ pub struct ValidatedDatabase {
     pub redis_scripting: bool,
     /// `spec.postgres.parameters` (checked: none that servicedb manages).
     pub postgres_parameters: std::collections::BTreeMap<String, String>,
+    /// `spec.redis.maxmemory` in bytes (below the memory limit).
+    pub redis_maxmemory: Option<u64>,
+    /// `spec.redis.maxmemoryPolicy`.
+    pub redis_maxmemory_policy: Option<crate::api::service_database::MaxmemoryPolicy>,
     /// The engine's exporter; `None` when monitoring is off.
     pub monitoring: Option<ValidatedMonitoring>,
 }
@@ -387,6 +391,18 @@ pub fn validate(
             "spec.redis.scripting is only available with isolation Dedicated: on a shared DatabaseServer, Lua scripts and functions are refused",
         ));
     }
+    let resources = with_memory_limit(
+        spec.resources
+            .clone()
+            .or_else(|| class.spec.resources.clone())
+            .unwrap_or_else(|| engine_spec.default_resources()),
+    );
+    let memory_limit = resources
+        .limits
+        .as_ref()
+        .and_then(|l| l.get("memory"))
+        .and_then(|q| super::quantity::bytes(&q.0));
+    let (redis_maxmemory, redis_maxmemory_policy) = redis_memory(spec, memory_limit)?;
     let postgres_parameters = spec
         .postgres
         .as_ref()
@@ -458,12 +474,7 @@ pub fn validate(
         class_name,
         storage_size: Quantity(storage_size),
         storage_class_name: storage_class_name.or_else(|| class.spec.storage_class_name.clone()),
-        resources: with_memory_limit(
-            spec.resources
-                .clone()
-                .or_else(|| class.spec.resources.clone())
-                .unwrap_or_else(|| engine_spec.default_resources()),
-        ),
+        resources,
         owner: spec.owner.pod_selector.clone(),
         secret_name,
         admin_secret_name,
@@ -488,6 +499,8 @@ pub fn validate(
         pod: pod_settings(spec.pod.as_ref(), class.spec.pod.as_ref()),
         redis_scripting,
         postgres_parameters,
+        redis_maxmemory,
+        redis_maxmemory_policy,
         monitoring,
         name,
         namespace,
@@ -496,6 +509,46 @@ pub fn validate(
 
 /// A database without a memory limit can take a node's memory from its
 /// neighbours; when none is given, the limit is the request (guaranteed memory).
+/// `spec.redis.maxmemory` in bytes, refused when it is not below the
+/// instance's memory limit (Redis would be killed before it evicts), and
+/// the policy. The CRD refuses both on shared servers and other engines.
+#[allow(clippy::type_complexity)]
+fn redis_memory(
+    spec: &crate::api::ServiceDatabaseSpec,
+    limit: Option<f64>,
+) -> Result<
+    (
+        Option<u64>,
+        Option<crate::api::service_database::MaxmemoryPolicy>,
+    ),
+    Invalid,
+> {
+    let Some(redis) = &spec.redis else {
+        return Ok((None, None));
+    };
+    let Some(quantity) = &redis.maxmemory else {
+        return Ok((None, redis.maxmemory_policy));
+    };
+    let Some(wanted) = super::quantity::bytes(quantity).filter(|b| *b >= 1.0) else {
+        return Err(Invalid::new(
+            "spec.redis.maxmemory",
+            "InvalidMaxmemory",
+            format!("spec.redis.maxmemory {quantity:?} is not a positive quantity such as 256Mi"),
+        ));
+    };
+    if let Some(limit) = limit.filter(|limit| wanted >= *limit) {
+        return Err(Invalid::new(
+            "spec.redis.maxmemory",
+            "MaxmemoryAboveLimit",
+            format!(
+                "spec.redis.maxmemory {quantity} is not below the instance's memory limit ({} bytes): Redis would be killed before it evicts or refuses writes; lower it or raise spec.resources",
+                limit as u64
+            ),
+        ));
+    }
+    Ok((Some(wanted as u64), redis.maxmemory_policy))
+}
+
 fn with_memory_limit(mut r: ResourceRequirements) -> ResourceRequirements {
     let request = r.requests.as_ref().and_then(|q| q.get("memory")).cloned();
     let limits = r.limits.get_or_insert_with(BTreeMap::new);

@@ -7,5 +7,6 @@ pub mod admission;
 pub mod database;
 pub mod managed;
 pub mod naming;
+pub mod quantity;
 pub mod rotation;
 pub mod server;

@@ -164,6 +164,30 @@ async fn the_api_server_rejects_invalid_manifests_naming_the_field() {
             &["spec.postgres", "only available for engine Postgres"],
         ),
         (
+            "maxmemory-on-shared",
+            with(
+                base(),
+                json!({"engine": "Redis", "isolation": "Database", "serverRef": {"name": "shared"}, "redis": {"maxmemory": "64Mi"}}),
+            ),
+            &["spec.redis", "only available with isolation Dedicated"],
+        ),
+        (
+            "bad-maxmemory",
+            with(
+                base(),
+                json!({"engine": "Redis", "redis": {"maxmemory": "lots"}}),
+            ),
+            &["spec.redis.maxmemory", "positive quantity"],
+        ),
+        (
+            "bad-policy",
+            with(
+                base(),
+                json!({"engine": "Redis", "redis": {"maxmemoryPolicy": "evict-everything"}}),
+            ),
+            &["spec.redis.maxmemoryPolicy", "Unsupported value"],
+        ),
+        (
             "parameters-on-shared",
             with(
                 base(),

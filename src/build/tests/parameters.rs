@@ -92,3 +92,55 @@ fn a_parameter_servicedb_manages_is_refused_naming_the_field() {
         invalid.message
     );
 }
+
+fn redis_with(
+    memory: serde_json::Value,
+    resources: Option<serde_json::Value>,
+) -> Result<Flat, crate::model::database::Invalid> {
+    let mut sdb: ServiceDatabase = fixture("sdb-cart-redis.yaml");
+    sdb.spec.redis = Some(serde_json::from_value(memory).unwrap());
+    sdb.spec.resources = resources.map(|r| serde_json::from_value(r).unwrap());
+    let db = validate(&sdb, &bare_class(sdb.spec.engine), None)?;
+    let owner = sdb.controller_owner_ref(&()).unwrap();
+    let creds = Credentials::single(&db, "admin-pw", "app-pw");
+    Ok(flat(children(&db, &creds, &facts(), &owner, None)))
+}
+
+fn admin_key(c: &Flat, key: &str) -> Option<String> {
+    c.admin_secret
+        .data
+        .clone()
+        .unwrap_or_default()
+        .get(key)
+        .map(|v| String::from_utf8(v.0.clone()).unwrap())
+}
+
+#[test]
+fn redis_memory_settings_ride_in_the_admin_secret_below_the_memory_limit() {
+    use crate::engine::redis::{MAXMEMORY_KEY, MAXMEMORY_POLICY_KEY};
+    let limited = Some(serde_json::json!({"limits": {"memory": "512Mi"}}));
+    let set = redis_with(
+        serde_json::json!({"maxmemory": "256Mi", "maxmemoryPolicy": "allkeys-lru"}),
+        limited.clone(),
+    )
+    .unwrap();
+    assert_eq!(admin_key(&set, MAXMEMORY_KEY).as_deref(), Some("268435456"));
+    assert_eq!(
+        admin_key(&set, MAXMEMORY_POLICY_KEY).as_deref(),
+        Some("allkeys-lru")
+    );
+    let unset = redis_with(serde_json::json!({}), limited.clone()).unwrap();
+    assert_eq!(admin_key(&unset, MAXMEMORY_KEY), None);
+    assert_eq!(admin_key(&unset, MAXMEMORY_POLICY_KEY), None);
+    assert_eq!(
+        set.statefulset.spec, unset.statefulset.spec,
+        "applied live: the pod template does not change"
+    );
+
+    let Err(invalid) = redis_with(serde_json::json!({"maxmemory": "1Gi"}), limited) else {
+        panic!("a maxmemory above the memory limit must be refused");
+    };
+    assert_eq!(invalid.field, "spec.redis.maxmemory");
+    assert_eq!(invalid.reason, "MaxmemoryAboveLimit");
+    assert!(invalid.message.contains("1Gi"), "{}", invalid.message);
+}

@@ -47,6 +47,8 @@ pub(super) enum SyncError {
     Connect(String),
     #[error(transparent)]
     Acl(#[from] AclError),
+    #[error("CONFIG SET {0}: {1}")]
+    Config(&'static str, String),
 }
 
 impl SyncError {
@@ -69,6 +71,7 @@ impl SyncFailure for SyncError {
             SyncError::AdminRejected => "admin_rejected",
             SyncError::Connect(_) => "connect",
             SyncError::Acl(error) => error.category(),
+            SyncError::Config(..) => "config",
         }
     }
 
@@ -98,6 +101,8 @@ pub(super) struct Syncer {
     settings: Settings,
     conn: Option<MultiplexedConnection>,
     applied: Option<Applied>,
+    /// `maxmemory` and `maxmemory-policy` last set (`None`: not yet).
+    applied_memory: Option<(String, String)>,
 }
 
 impl UserSync for Syncer {
@@ -118,6 +123,7 @@ impl Syncer {
             settings,
             conn: None,
             applied: None,
+            applied_memory: None,
         }
     }
 
@@ -133,6 +139,20 @@ impl Syncer {
             .transpose()?;
         let mut conn = self.connect(&admin).await?;
         let conn = &mut conn;
+        let memory = secrets::read_redis_memory(&self.settings.admin_secret_dir).await?;
+        if self.applied_memory.as_ref() != Some(&memory) {
+            for (name, value) in [("maxmemory", &memory.0), ("maxmemory-policy", &memory.1)] {
+                redis::cmd("CONFIG")
+                    .arg("SET")
+                    .arg(name)
+                    .arg(value)
+                    .query_async::<()>(conn)
+                    .await
+                    .map_err(|e| SyncError::Config(name, redis_acl::describe(&e)))?;
+            }
+            info!(maxmemory = %memory.0, policy = %memory.1, "memory settings applied");
+            self.applied_memory = Some(memory);
+        }
         let acl = acl_list(conn).await?;
 
         // `applied` is only replaced once everything succeeded: until then

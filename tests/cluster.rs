@@ -675,6 +675,114 @@ echo REFUSED; exit 3"#
     world.finish().await;
 }
 
+/// `SHOW parameter` as the owner, from a pod with the Secret.
+async fn owner_shows(world: &World, secret: &str, pod: &str, parameter: &str) -> String {
+    let (code, log) = run_client(
+        world,
+        &world.ns,
+        pod,
+        BTreeMap::from([("app", "orders")]),
+        "docker.io/library/postgres:17",
+        secret,
+        &owner_psql(&format!(
+            r#"psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At -c "SHOW {parameter}""#
+        )),
+    )
+    .await;
+    assert_eq!(code, 0, "SHOW {parameter}: {log}");
+    log.trim().to_string()
+}
+
+#[tokio::test]
+async fn postgres_parameters_reload_in_the_running_pod_and_restart_ones_roll_it() {
+    let world = World::new("parameters").await;
+    create_database(
+        &world,
+        "orders",
+        json!({
+            "engine": "Postgres",
+            "version": "17",
+            "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
+            "storage": {"size": "1Gi"},
+            "postgres": {"parameters": {"work_mem": "8MB"}},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    let sdb = wait_ready(&world, "orders").await;
+    let secret = sdb
+        .status
+        .and_then(|s| s.credentials_secret)
+        .expect("the credentials Secret");
+    assert_eq!(
+        owner_shows(&world, &secret, "show-1", "work_mem").await,
+        "8MB"
+    );
+    let pods = world.api::<Pod>();
+    let first = pods.get("orders-db-0").await.expect("the database pod");
+
+    // A reloadable parameter: the kubelet updates the mounted admin Secret,
+    // the instance manager reloads, the same pod serves the new value.
+    let sdbs = world.api::<ServiceDatabase>();
+    let patch = |parameters: serde_json::Value| {
+        let sdbs = sdbs.clone();
+        async move {
+            sdbs.patch(
+                "orders",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    &json!({"spec": {"postgres": {"parameters": parameters}}}),
+                ),
+            )
+            .await
+            .expect("patching spec.postgres.parameters");
+        }
+    };
+    patch(json!({"work_mem": "16MB"})).await;
+    let mut attempt = 1;
+    wait_for(
+        "work_mem 16MB in the running server",
+        Duration::from_secs(240),
+        || {
+            attempt += 1;
+            let name = format!("show-{attempt}");
+            let (world, secret) = (&world, &secret);
+            async move { (owner_shows(world, secret, &name, "work_mem").await == "16MB").then_some(()) }
+        },
+    )
+    .await;
+    let same = pods.get("orders-db-0").await.expect("the database pod");
+    assert_eq!(
+        same.metadata.uid, first.metadata.uid,
+        "work_mem was reloaded, not restarted"
+    );
+
+    // One PostgreSQL reads at start only: the pod is replaced, the new
+    // server runs with it.
+    patch(json!({"work_mem": "16MB", "max_connections": "60"})).await;
+    wait_for(
+        "a new, ready database pod",
+        Duration::from_secs(240),
+        || async {
+            let pod = pods.get("orders-db-0").await.ok()?;
+            let ready = pod
+                .status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .any(|c| c.name == "database" && c.ready);
+            (pod.metadata.uid != first.metadata.uid && ready).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        owner_shows(&world, &secret, "show-restarted", "max_connections").await,
+        "60"
+    );
+    world.finish().await;
+}
+
 /// kubectl of the cluster's build, with the cluster's kubeconfig, run in
 /// the repository; returns its stdout.
 fn kubectl(args: &str) -> String {

@@ -218,6 +218,22 @@ fn clock_bits() -> u32 {
 }
 
 /// Creates a ServiceDatabase owned by the pods labelled `app: <owner>`.
+/// The spec of a dedicated PostgreSQL 17 `orders` owned by `app: orders`
+/// (1Gi, deleted with its data), with `extra` fields.
+fn orders_postgres(extra: serde_json::Value) -> serde_json::Value {
+    let mut spec = json!({
+        "engine": "Postgres",
+        "version": "17",
+        "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
+        "storage": {"size": "1Gi"},
+        "deletionPolicy": "Delete"
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    spec
+}
+
 async fn create_database(world: &World, name: &str, spec: serde_json::Value) {
     let sdb: ServiceDatabase = serde_json::from_value(json!({
         "apiVersion": "servicedb.dev/v1alpha1",
@@ -311,6 +327,28 @@ async fn assert_pod_ready(world: &World, sdb_name: &str) {
         database.state.and_then(|s| s.running).is_some(),
         "the database container runs"
     );
+}
+
+/// Waits for pod `name` to be a new one (not `old`) whose database
+/// container is ready.
+async fn wait_replaced(world: &World, name: &str, old: &Pod) {
+    let pods = world.api::<Pod>();
+    wait_for(
+        "a new, ready database pod",
+        Duration::from_secs(240),
+        || async {
+            let pod = pods.get(name).await.ok()?;
+            let ready = pod
+                .status
+                .as_ref()?
+                .container_statuses
+                .as_ref()?
+                .iter()
+                .any(|c| c.name == "database" && c.ready);
+            (pod.metadata.uid != old.metadata.uid && ready).then_some(())
+        },
+    )
+    .await;
 }
 
 /// A client pod: `image` runs `script` (sh) with the Secret `secret` as its
@@ -415,18 +453,7 @@ const INTRUDER_TRIES: u32 = 12;
 #[tokio::test]
 async fn dedicated_postgres_runs_and_admits_only_its_owner() {
     let mut world = World::new("postgres").await;
-    create_database(
-        &world,
-        "orders",
-        json!({
-            "engine": "Postgres",
-            "version": "17",
-            "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
-            "storage": {"size": "1Gi"},
-            "deletionPolicy": "Delete"
-        }),
-    )
-    .await;
+    create_database(&world, "orders", orders_postgres(json!({}))).await;
     let sdb = wait_ready(&world, "orders").await;
     assert_eq!(
         sdb.status.as_ref().and_then(|s| s.version.as_deref()),
@@ -538,22 +565,7 @@ echo REFUSED; exit 3"#
             && !last_words.contains("did not stop cleanly"),
         "SIGTERM stops the server cleanly; the container's last log:\n{last_words}"
     );
-    wait_for(
-        "a new, ready database pod",
-        Duration::from_secs(240),
-        || async {
-            let pod = pods.get("orders-db-0").await.ok()?;
-            let ready = pod
-                .status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .iter()
-                .any(|c| c.name == "database" && c.ready);
-            (pod.metadata.uid != old.metadata.uid && ready).then_some(())
-        },
-    )
-    .await;
+    wait_replaced(&world, "orders-db-0", &old).await;
     let read_script = owner_psql(
         r#"psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -At -c "select item from orders where id = 1""#,
     );
@@ -699,14 +711,7 @@ async fn postgres_parameters_reload_in_the_running_pod_and_restart_ones_roll_it(
     create_database(
         &world,
         "orders",
-        json!({
-            "engine": "Postgres",
-            "version": "17",
-            "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
-            "storage": {"size": "1Gi"},
-            "postgres": {"parameters": {"work_mem": "8MB"}},
-            "deletionPolicy": "Delete"
-        }),
+        orders_postgres(json!({"postgres": {"parameters": {"work_mem": "8MB"}}})),
     )
     .await;
     let sdb = wait_ready(&world, "orders").await;
@@ -760,22 +765,7 @@ async fn postgres_parameters_reload_in_the_running_pod_and_restart_ones_roll_it(
     // One PostgreSQL reads at start only: the pod is replaced, the new
     // server runs with it.
     patch(json!({"work_mem": "16MB", "max_connections": "60"})).await;
-    wait_for(
-        "a new, ready database pod",
-        Duration::from_secs(240),
-        || async {
-            let pod = pods.get("orders-db-0").await.ok()?;
-            let ready = pod
-                .status
-                .as_ref()?
-                .container_statuses
-                .as_ref()?
-                .iter()
-                .any(|c| c.name == "database" && c.ready);
-            (pod.metadata.uid != first.metadata.uid && ready).then_some(())
-        },
-    )
-    .await;
+    wait_replaced(&world, "orders-db-0", &first).await;
     assert_eq!(
         owner_shows(&world, &secret, "show-restarted", "max_connections").await,
         "60"
@@ -826,14 +816,7 @@ async fn a_monitored_instance_is_scraped_by_prometheus_alone() {
     create_database(
         &world,
         "orders",
-        json!({
-            "engine": "Postgres",
-            "version": "17",
-            "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
-            "storage": {"size": "1Gi"},
-            "monitoring": {"enabled": true},
-            "deletionPolicy": "Delete"
-        }),
+        orders_postgres(json!({"monitoring": {"enabled": true}})),
     )
     .await;
     wait_ready(&world, "orders").await;

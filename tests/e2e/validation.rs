@@ -32,6 +32,21 @@ fn with(mut v: Value, patch: Value) -> Value {
     v
 }
 
+/// The `SpecValid` condition of `name`, once it is `Failed`.
+async fn spec_valid_of_failed(
+    api: &Api<ServiceDatabase>,
+    name: &str,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let failed = wait_phase(api, name, Phase::Failed).await;
+    failed
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "SpecValid")
+        .expect("the SpecValid condition")
+}
+
 async fn create_error(api: &Api<DynamicObject>, obj: Value) -> String {
     let obj: DynamicObject = serde_json::from_value(obj).expect("object");
     match api.create(&PostParams::default(), &obj).await {
@@ -300,14 +315,7 @@ async fn a_class_violation_is_a_condition_and_an_event_naming_the_field() {
     )
     .await
     .expect("accepted");
-    let failed = wait_phase(&api, "orphan", Phase::Failed).await;
-    let cond = failed
-        .status
-        .expect("status")
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "SpecValid")
-        .expect("condition");
+    let cond = spec_valid_of_failed(&api, "orphan").await;
     assert_eq!(cond.reason, "ClassNotFound");
     assert!(
         cond.message.contains("spec.className") && cond.message.contains("gold"),
@@ -370,14 +378,7 @@ async fn postgres_parameters_are_checked_then_reloaded_or_rolled() {
 
     // A setting servicedb manages: refused by the controller, named.
     apply(json!({"listen_addresses": "*"})).await;
-    let failed = wait_phase(&api, "tuned", Phase::Failed).await;
-    let cond = failed
-        .status
-        .expect("status")
-        .conditions
-        .into_iter()
-        .find(|c| c.type_ == "SpecValid")
-        .expect("SpecValid");
+    let cond = spec_valid_of_failed(&api, "tuned").await;
     assert_eq!(cond.reason, "ParameterRefused");
     assert!(
         cond.message.contains("spec.postgres.parameters")

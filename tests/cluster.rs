@@ -916,6 +916,40 @@ echo REFUSED; exit 3"#
             "a pod labelled {labels:?} in {ns} at the metrics port"
         );
     }
+    // Redis: the pinned redis_exporter image, logged in as the monitoring
+    // user (INFO and the like only), scraped the same way.
+    create_database(
+        &world,
+        "cart",
+        json!({
+            "engine": "Redis",
+            "version": "8.0",
+            "owner": {"podSelector": {"matchLabels": {"app": "cart"}}},
+            "storage": {"size": "1Gi"},
+            "monitoring": {"enabled": true},
+            "deletionPolicy": "Delete"
+        }),
+    )
+    .await;
+    wait_ready(&world, "cart").await;
+    let up = wait_for(
+        "Prometheus to scrape redis_up of cart",
+        Duration::from_secs(180),
+        || {
+            prometheus_value(
+                &world.client,
+                format!(
+                    r#"redis_up{{namespace="{}",service_database="cart"}}"#,
+                    world.ns
+                ),
+            )
+        },
+    )
+    .await;
+    assert_eq!(
+        up, 1.0,
+        "the exporter reaches Redis with the monitoring user"
+    );
     kubectl(
         "delete --ignore-not-found --wait=false clusterrole/monitoring-prometheus clusterrolebinding/monitoring-prometheus",
     );

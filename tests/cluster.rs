@@ -218,20 +218,41 @@ fn clock_bits() -> u32 {
 }
 
 /// Creates a ServiceDatabase owned by the pods labelled `app: <owner>`.
-/// The spec of a dedicated PostgreSQL 17 `orders` owned by `app: orders`
-/// (1Gi, deleted with its data), with `extra` fields.
-fn orders_postgres(extra: serde_json::Value) -> serde_json::Value {
-    let mut spec = json!({
-        "engine": "Postgres",
-        "version": "17",
-        "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
-        "storage": {"size": "1Gi"},
-        "deletionPolicy": "Delete"
-    });
+/// `spec` with the fields of `extra` added or replaced.
+fn with_fields(mut spec: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
     if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
         spec.extend(extra.clone());
     }
     spec
+}
+
+/// The spec of a dedicated PostgreSQL 17 `orders` owned by `app: orders`
+/// (1Gi, deleted with its data), with `extra` fields.
+fn orders_postgres(extra: serde_json::Value) -> serde_json::Value {
+    with_fields(
+        json!({
+            "engine": "Postgres",
+            "version": "17",
+            "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
+            "storage": {"size": "1Gi"},
+            "deletionPolicy": "Delete"
+        }),
+        extra,
+    )
+}
+
+/// The spec of a dedicated Redis 8.0 `cart` owned by `app: cart` (deleted
+/// with its data), with `extra` fields.
+fn cart_redis(extra: serde_json::Value) -> serde_json::Value {
+    with_fields(
+        json!({
+            "engine": "Redis",
+            "version": "8.0",
+            "owner": {"podSelector": {"matchLabels": {"app": "cart"}}},
+            "deletionPolicy": "Delete"
+        }),
+        extra,
+    )
 }
 
 async fn create_database(world: &World, name: &str, spec: serde_json::Value) {
@@ -594,17 +615,7 @@ echo REFUSED; exit 3"#
 #[tokio::test]
 async fn dedicated_redis_runs_and_admits_only_its_owner() {
     let mut world = World::new("redis").await;
-    create_database(
-        &world,
-        "cart",
-        json!({
-            "engine": "Redis",
-            "version": "8.0",
-            "owner": {"podSelector": {"matchLabels": {"app": "cart"}}},
-            "deletionPolicy": "Delete"
-        }),
-    )
-    .await;
+    create_database(&world, "cart", cart_redis(json!({}))).await;
     let sdb = wait_ready(&world, "cart").await;
     assert_eq!(
         sdb.status.as_ref().and_then(|s| s.version.as_deref()),
@@ -921,14 +932,7 @@ echo REFUSED; exit 3"#
     create_database(
         &world,
         "cart",
-        json!({
-            "engine": "Redis",
-            "version": "8.0",
-            "owner": {"podSelector": {"matchLabels": {"app": "cart"}}},
-            "storage": {"size": "1Gi"},
-            "monitoring": {"enabled": true},
-            "deletionPolicy": "Delete"
-        }),
+        cart_redis(json!({"storage": {"size": "1Gi"}, "monitoring": {"enabled": true}})),
     )
     .await;
     wait_ready(&world, "cart").await;
@@ -1335,13 +1339,7 @@ async fn a_rotation_keeps_the_old_password_for_its_grace_period_only() {
     create_database(
         &world,
         "cart",
-        json!({
-            "engine": "Redis",
-            "version": "8.0",
-            "owner": {"podSelector": {"matchLabels": {"app": "cart"}}},
-            "credentials": {"gracePeriod": "90s"},
-            "deletionPolicy": "Delete"
-        }),
+        cart_redis(json!({"credentials": {"gracePeriod": "90s"}})),
     )
     .await;
     wait_ready(&world, "cart").await;

@@ -213,27 +213,19 @@ pub fn record_groups(db: &ValidatedDatabase) -> Vec<RecordGroup> {
         expr,
         labels: labels.clone(),
     };
+    let gauge = |metric: &str| record(metric, format!("max({metric}{{{selector}}})"));
+    let rate = |metric: &str| {
+        record(
+            &format!("{metric}:rate5m"),
+            format!("max(rate({metric}{{{selector}}}[5m]))"),
+        )
+    };
     let rules = vec![
-        record(
-            "pg_database_size_bytes",
-            format!("max(pg_database_size_bytes{{{selector}}})"),
-        ),
-        record(
-            "pg_stat_database_numbackends",
-            format!("max(pg_stat_database_numbackends{{{selector}}})"),
-        ),
-        record(
-            "pg_stat_database_xact_commit:rate5m",
-            format!("max(rate(pg_stat_database_xact_commit{{{selector}}}[5m]))"),
-        ),
-        record(
-            "pg_stat_database_xact_rollback:rate5m",
-            format!("max(rate(pg_stat_database_xact_rollback{{{selector}}}[5m]))"),
-        ),
-        record(
-            "pg_stat_database_deadlocks:rate5m",
-            format!("max(rate(pg_stat_database_deadlocks{{{selector}}}[5m]))"),
-        ),
+        gauge("pg_database_size_bytes"),
+        gauge("pg_stat_database_numbackends"),
+        rate("pg_stat_database_xact_commit"),
+        rate("pg_stat_database_xact_rollback"),
+        rate("pg_stat_database_deadlocks"),
     ];
     vec![RecordGroup {
         name: format!("servicedb.{ns}.{name}.records"),

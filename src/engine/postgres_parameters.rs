@@ -143,7 +143,7 @@ pub fn check(parameters: &BTreeMap<String, String>) -> Result<(), Refused> {
         if !plain || name.len() > 63 {
             return Err(Refused::Name(name.clone()));
         }
-        if DENIED.contains(&name.as_str()) {
+        if is_managed(name) {
             return Err(Refused::Managed(name.clone()));
         }
         if value.chars().any(char::is_control) {

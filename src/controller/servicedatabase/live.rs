@@ -199,8 +199,6 @@ async fn pass(sdb: &ServiceDatabase, ctx: &Context, now: &Time) -> Result<Action
     Ok(Action::requeue(due.next()))
 }
 
-/// Step 1: what the resource depends on. What it does not own and is not
-/// told about by a watch (the server, its credentials or CA) is waited for.
 /// `Parameters`: which of `spec.postgres.parameters` reload and which
 /// restart the instance; gone when there are none.
 fn parameters_condition(
@@ -234,6 +232,8 @@ fn parameters_condition(
     }
 }
 
+/// Step 1: what the resource depends on. What it does not own and is not
+/// told about by a watch (the server, its credentials or CA) is waited for.
 async fn dereference(sdb: &ServiceDatabase, ctx: &Context) -> Result<Dereferenced, Stop> {
     match dereference::dereference_cached(&ctx.client, &ctx.cache, sdb).await {
         Ok(found) => Ok(found),

@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::engine::postgres_parameters::quote;
+
 pub(super) const CONF_FILE: &str = "servicedb.conf";
 pub(super) const INCLUDE_LINE: &str = "include 'servicedb.conf'";
 
@@ -101,11 +103,6 @@ fn parse_memory_limit(text: &str) -> Option<u64> {
         .parse::<u64>()
         .ok()
         .filter(|&limit| limit > 0 && limit < 1 << 60)
-}
-
-/// A postgresql.conf string value.
-fn quote(value: &str) -> String {
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
 }
 
 #[cfg(test)]

@@ -20,19 +20,25 @@ pub fn servicedb_binary() -> PathBuf {
         let built = std::env::var_os("SERVICEDB_TEST_BINARY")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_servicedb")));
-        // One fixed place, replaced by each test process (cargo runs test
-        // binaries one after another), so stale copies do not pile up.
+        // One fixed place, so stale copies do not pile up. Test processes
+        // may run side by side (hack/e2e.sh): each lays its copy down under
+        // its own name and renames it into place, which never disturbs a
+        // process that is running the previous one.
         let dir = std::env::temp_dir().join("servicedb-test-bin");
         std::fs::create_dir_all(&dir).expect("binary dir");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
             .expect("chmod binary dir");
         let target = dir.join("servicedb");
-        let _ = std::fs::remove_file(&target);
-        if std::fs::hard_link(&built, &target).is_err() {
-            std::fs::copy(&built, &target).expect("copying the servicedb binary");
+        let staged = dir.join(format!("servicedb.{}", std::process::id()));
+        let _ = std::fs::remove_file(&staged);
+        if std::fs::hard_link(&built, &staged).is_err() {
+            std::fs::copy(&built, &staged).expect("copying the servicedb binary");
         }
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755))
             .expect("chmod binary");
+        std::fs::rename(&staged, &target).expect("placing the servicedb binary");
+        // rename does nothing when both names are links to the same file.
+        let _ = std::fs::remove_file(&staged);
         target
     })
     .clone()

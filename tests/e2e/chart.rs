@@ -494,7 +494,8 @@ fn impersonating_kubeconfig(user: &str) -> (Kubeconfig, PathBuf) {
     info.impersonate = Some(user.to_string());
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-chart");
     std::fs::create_dir_all(&dir).expect("kubeconfig dir");
-    let path = dir.join("kubeconfig-serviceaccount");
+    // Per process: tests on other control planes may write theirs meanwhile.
+    let path = dir.join(format!("kubeconfig-{user}-{}", std::process::id()).replace(':', "_"));
     let text = serde_yaml::to_string(&kc).expect("kubeconfig as YAML");
     std::fs::write(&path, text).expect("writing kubeconfig");
     {

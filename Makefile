@@ -69,7 +69,7 @@ bench-backup:
 
 ## e2e: the operator against a real API server (KUBECONFIG, or a local one).
 e2e: build
-	hack/prereqs.sh postgres redis go
+	hack/prereqs.sh postgres redis prometheus go
 	hack/s3/build.sh >/dev/null
 	hack/e2e.sh
 

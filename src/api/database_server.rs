@@ -89,6 +89,43 @@ pub struct ExternalServer {
     /// TLS towards the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+    /// Prometheus monitoring of the server: the engine's exporter as a
+    /// Deployment `<name>-exporter` in this namespace, reporting every
+    /// database the server hosts (PostgreSQL: per-database series labelled
+    /// `datname`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<ExternalMonitoring>,
+}
+
+/// The exporter of an external server. servicedb makes no login on a server
+/// it does not run beyond the services' own: the exporter logs in as a
+/// statistics-only login the server's administrators made (PostgreSQL: a
+/// member of `pg_monitor`; Redis: an ACL user allowed `INFO` and the like;
+/// MongoDB: `clusterMonitor`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new("self.enabled != true || has(self.credentialsSecretRef)").message("monitoring.credentialsSecretRef is required when monitoring is enabled"))]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalMonitoring {
+    /// Run the exporter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Secret (same namespace) with `username` and `password` of the
+    /// exporter's login. Read by the exporter only: its values never reach
+    /// the operator's log, status or Events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<LocalObjectRef>,
+    /// Image repository of the exporter (a mirror of the upstream one); the
+    /// pinned tag stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub exporter_image: Option<String>,
+}
+
+impl ExternalServer {
+    /// The exporter's settings when monitoring is on.
+    pub fn monitored(&self) -> Option<&ExternalMonitoring> {
+        self.monitoring.as_ref().filter(|m| m.enabled == Some(true))
+    }
 }
 
 /// TLS settings towards a server.

@@ -3,6 +3,7 @@
 //! return complete k8s-openapi objects.
 
 pub mod backup;
+pub mod exporter;
 pub mod monitoring;
 pub mod network_policy;
 pub mod pdb;

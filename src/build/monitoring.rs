@@ -61,7 +61,7 @@ pub struct Monitoring {
     pub pod_monitor: Option<DynamicObject>,
 }
 
-/// The label a managed DatabaseServer's exporter series get instead of
+/// The label a DatabaseServer's exporter series get (managed or external) instead of
 /// [`SERVICE_DATABASE_LABEL`].
 pub const DATABASE_SERVER_LABEL: &str = "database_server";
 
@@ -185,7 +185,7 @@ pub struct RecordGroup {
 /// `…xact_rollback:rate5m` and `…deadlocks:rate5m`.
 ///
 /// A dedicated instance's series are its own (`service_database`); a
-/// database on a managed DatabaseServer is picked out of the server's
+/// database on a monitored DatabaseServer (managed or external) is picked out of the server's
 /// series (`database_server`, the server's `namespace`) by its database
 /// name, which is how a shared server's series reach the owning team. None
 /// for isolation `Schema` (the exporter reports databases, not schemas)

@@ -21,7 +21,7 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -310,6 +310,55 @@ pub async fn apply(
         out.deleted += deleted;
         out.monitoring = condition;
     }
+    Ok(out)
+}
+
+/// Applies an external DatabaseServer's exporter (Deployment, Service,
+/// NetworkPolicy; its PodMonitor is [`super::monitoring::apply`]'s), or
+/// with `None` removes what of it `owner` controls.
+pub async fn apply_server_exporter(
+    client: &Client,
+    namespace: &str,
+    owner: Owner<'_>,
+    built: Option<(Deployment, Service, NetworkPolicy)>,
+) -> Result<Applied, Error> {
+    let mut out = Applied::default();
+    let mut keep = Keep::default();
+    let mut deployments = BTreeSet::new();
+    if let Some((deployment, service, network_policy)) = &built {
+        // The Service and the policy first: the pod is fenced when it starts.
+        apply_one(
+            client,
+            (None, Lookup::Unknown),
+            namespace,
+            service,
+            &mut out,
+            &mut keep.services,
+        )
+        .await?;
+        apply_one(
+            client,
+            (None, Lookup::Unknown),
+            namespace,
+            network_policy,
+            &mut out,
+            &mut keep.network_policies,
+        )
+        .await?;
+        apply_one(
+            client,
+            (None, Lookup::Unknown),
+            namespace,
+            deployment,
+            &mut out,
+            &mut deployments,
+        )
+        .await?;
+    }
+    out.deleted += prune::<Deployment>(client, namespace, owner, &deployments, None).await?;
+    out.deleted += prune::<Service>(client, namespace, owner, &keep.services, None).await?;
+    out.deleted +=
+        prune::<NetworkPolicy>(client, namespace, owner, &keep.network_policies, None).await?;
     Ok(out)
 }
 

@@ -2,6 +2,7 @@
 //! project's image at a pinned version, and the port it serves metrics on.
 
 use crate::api::Engine;
+use crate::api::database_server::TlsMode;
 
 /// An engine's exporter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,56 +63,122 @@ pub enum EnvValue {
     SecretKey(&'static str),
 }
 
+/// Where the exporter finds its server and its login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source<'a> {
+    pub host: &'a str,
+    pub port: i32,
+    pub tls: TlsMode,
+    /// The CA file (PEM) that verifies the server, in the exporter's
+    /// container, with `VerifyFull`.
+    pub ca_file: Option<&'a str>,
+    /// Keys of the Secret the login is read from.
+    pub username_key: &'static str,
+    pub password_key: &'static str,
+}
+
+impl Source<'_> {
+    /// `host:port`, an IPv6 address in brackets.
+    fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
 /// How the exporter runs next to a server listening on `server_port` of
 /// the same pod: its arguments and environment. The login comes from the
 /// Secret keys of [`crate::engine::monitoring`], as environment variables,
-/// never on the command line. Only flags and variables that the pinned
-/// versions and Debian's packages (postgres_exporter 0.11, redis_exporter
-/// 1.45) both accept.
+/// never on the command line.
 pub fn command(engine: Engine, server_port: i32) -> (Vec<String>, Vec<(&'static str, EnvValue)>) {
     use super::monitoring::{PASSWORD_KEY, USERNAME_KEY};
+    command_for(
+        engine,
+        &Source {
+            host: "127.0.0.1",
+            port: server_port,
+            tls: TlsMode::Disable,
+            ca_file: None,
+            username_key: USERNAME_KEY,
+            password_key: PASSWORD_KEY,
+        },
+    )
+}
+
+/// How the exporter runs against `source`: its arguments and environment,
+/// the login as environment variables from the Secret, never on the command
+/// line. Only flags and variables that the pinned versions and Debian's
+/// packages (postgres_exporter 0.11, redis_exporter 1.45) both accept.
+pub fn command_for(
+    engine: Engine,
+    source: &Source<'_>,
+) -> (Vec<String>, Vec<(&'static str, EnvValue)>) {
     use EnvValue::{Literal, SecretKey};
     let exporter = exporter(engine);
-    let listen = format!("--web.listen-address=:{}", exporter.port);
-    match engine {
+    let mut args = vec![format!("--web.listen-address=:{}", exporter.port)];
+    let address = source.address();
+    let user = SecretKey(source.username_key);
+    let password = SecretKey(source.password_key);
+    let env = match engine {
         // The maintenance database: every database's size and statistics
         // are readable from there with pg_monitor.
-        Engine::Postgres => (
-            vec![listen],
+        Engine::Postgres => {
+            let mut uri = format!(
+                "{address}/postgres?sslmode={}",
+                match source.tls {
+                    TlsMode::Disable => "disable",
+                    TlsMode::Require => "require",
+                    TlsMode::VerifyFull => "verify-full",
+                }
+            );
+            if let (TlsMode::VerifyFull, Some(ca)) = (source.tls, source.ca_file) {
+                uri.push_str(&format!("&sslrootcert={ca}"));
+            }
             vec![
-                (
-                    "DATA_SOURCE_URI",
-                    Literal(format!("127.0.0.1:{server_port}/postgres?sslmode=disable")),
-                ),
-                ("DATA_SOURCE_USER", SecretKey(USERNAME_KEY)),
-                ("DATA_SOURCE_PASS", SecretKey(PASSWORD_KEY)),
-            ],
-        ),
-        Engine::Redis => (
-            vec![listen],
+                ("DATA_SOURCE_URI", Literal(uri)),
+                ("DATA_SOURCE_USER", user),
+                ("DATA_SOURCE_PASS", password),
+            ]
+        }
+        Engine::Redis => {
+            let scheme = match source.tls {
+                TlsMode::Disable => "redis",
+                TlsMode::Require | TlsMode::VerifyFull => "rediss",
+            };
+            match (source.tls, source.ca_file) {
+                (TlsMode::Require, _) => args.push("--skip-tls-verification".into()),
+                (TlsMode::VerifyFull, Some(ca)) => args.push(format!("--tls-ca-cert-file={ca}")),
+                _ => {}
+            }
             vec![
-                (
-                    "REDIS_ADDR",
-                    Literal(format!("redis://127.0.0.1:{server_port}")),
-                ),
-                ("REDIS_USER", SecretKey(USERNAME_KEY)),
-                ("REDIS_PASSWORD", SecretKey(PASSWORD_KEY)),
-            ],
-        ),
-        Engine::MongoDB => (
-            vec![listen, "--collector.dbstats".into()],
+                ("REDIS_ADDR", Literal(format!("{scheme}://{address}"))),
+                ("REDIS_USER", user),
+                ("REDIS_PASSWORD", password),
+            ]
+        }
+        Engine::MongoDB => {
+            args.push("--collector.dbstats".into());
+            let tls = match (source.tls, source.ca_file) {
+                (TlsMode::Disable, _) => String::new(),
+                (TlsMode::Require, _) => "&tls=true&tlsInsecure=true".into(),
+                (TlsMode::VerifyFull, Some(ca)) => format!("&tls=true&tlsCAFile={ca}"),
+                (TlsMode::VerifyFull, None) => "&tls=true".into(),
+            };
             vec![
                 (
                     "MONGODB_URI",
                     Literal(format!(
-                        "mongodb://127.0.0.1:{server_port}/admin?directConnection=true"
+                        "mongodb://{address}/admin?directConnection=true{tls}"
                     )),
                 ),
-                ("MONGODB_USER", SecretKey(USERNAME_KEY)),
-                ("MONGODB_PASSWORD", SecretKey(PASSWORD_KEY)),
-            ],
-        ),
-    }
+                ("MONGODB_USER", user),
+                ("MONGODB_PASSWORD", password),
+            ]
+        }
+    };
+    (args, env)
 }
 
 #[cfg(test)]
@@ -142,5 +209,55 @@ mod tests {
                 "{engine}: the server on the pod's loopback"
             );
         }
+    }
+
+    fn external(tls: TlsMode, ca_file: Option<&str>) -> Source<'_> {
+        Source {
+            host: "pg.platform.example",
+            port: 6000,
+            tls,
+            ca_file,
+            username_key: "username",
+            password_key: "password",
+        }
+    }
+
+    fn literal(env: &[(&'static str, EnvValue)], name: &str) -> String {
+        env.iter()
+            .find_map(|(n, v)| match v {
+                EnvValue::Literal(l) if *n == name => Some(l.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_external_server_is_read_at_its_address_with_its_tls_and_the_given_keys() {
+        let ca = Some("/etc/servicedb/ca/ca.crt");
+        let (_, env) = command_for(Engine::Postgres, &external(TlsMode::VerifyFull, ca));
+        assert_eq!(
+            literal(&env, "DATA_SOURCE_URI"),
+            "pg.platform.example:6000/postgres?sslmode=verify-full&sslrootcert=/etc/servicedb/ca/ca.crt"
+        );
+        assert!(env.contains(&("DATA_SOURCE_PASS", EnvValue::SecretKey("password"))));
+        let (_, env) = command_for(Engine::Postgres, &external(TlsMode::Disable, None));
+        assert_eq!(
+            literal(&env, "DATA_SOURCE_URI"),
+            "pg.platform.example:6000/postgres?sslmode=disable"
+        );
+        let (args, env) = command_for(Engine::Redis, &external(TlsMode::VerifyFull, ca));
+        assert_eq!(
+            literal(&env, "REDIS_ADDR"),
+            "rediss://pg.platform.example:6000"
+        );
+        assert!(args.contains(&"--tls-ca-cert-file=/etc/servicedb/ca/ca.crt".to_string()));
+        let (args, _) = command_for(Engine::Redis, &external(TlsMode::Require, None));
+        assert!(args.contains(&"--skip-tls-verification".to_string()));
+        let (_, env) = command_for(Engine::MongoDB, &external(TlsMode::Require, None));
+        assert!(literal(&env, "MONGODB_URI").ends_with("&tls=true&tlsInsecure=true"));
+        let mut v6 = external(TlsMode::Disable, None);
+        v6.host = "fd00::5";
+        let (_, env) = command_for(Engine::Redis, &v6);
+        assert_eq!(literal(&env, "REDIS_ADDR"), "redis://[fd00::5]:6000");
     }
 }

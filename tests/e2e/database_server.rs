@@ -572,3 +572,327 @@ async fn a_managed_server_is_built_as_an_instance_of_its_own() {
         "no Secret before the login exists"
     );
 }
+
+/// An external server with `external.monitoring`: until the login's Secret
+/// exists the condition names the field (the server stays Ready); then the
+/// exporter runs as a Deployment whose container, run here as written
+/// (Debian's postgres_exporter, its Secret references read from the API),
+/// reads the real server with the DBA's `pg_monitor` login and reports the
+/// database of a ServiceDatabase placed on it; only the scraper may reach
+/// its port; a Deployment of that name servicedb did not make is never
+/// replaced; turning monitoring off removes every object and the condition.
+#[tokio::test]
+async fn an_external_servers_exporter_reads_it_with_the_dbas_login_until_monitoring_is_off() {
+    const EXPORTER: &str = "/usr/bin/prometheus-postgres-exporter";
+    let mut env = Env::new("dbs-exporter").await;
+    let pg = Postgres::start_new();
+    let _controller = InProcess::start(&mut env);
+    admin_secret(
+        &env,
+        "pg-admin",
+        &[
+            ("username", &pg.admin_user),
+            ("password", &pg.admin_password),
+        ],
+    )
+    .await;
+    // The DBA's statistics-only login.
+    let monitor_password = random_password();
+    {
+        let (admin, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(pg.port)
+            .user(&pg.admin_user)
+            .password(&pg.admin_password)
+            .dbname("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .expect("admin login");
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE platform_monitor LOGIN PASSWORD '{monitor_password}' IN ROLE pg_monitor"
+            ))
+            .await
+            .expect("the monitoring login");
+    }
+    let mut spec = external(pg.port, "pg-admin");
+    spec["external"]["monitoring"] =
+        json!({"enabled": true, "credentialsSecretRef": {"name": "pg-monitor"}});
+    server(&env, "pg", "Postgres", spec.clone()).await;
+
+    let timeout = Duration::from_secs(30);
+    let waiting = wait_condition(
+        &env,
+        "pg",
+        "MonitoringConfigured",
+        "False",
+        Some("SecretNotFound"),
+        timeout,
+    )
+    .await;
+    let status = waiting.status.expect("status");
+    let (_, _, message) = condition(&status, "MonitoringConfigured").expect("condition");
+    assert!(
+        message.contains("spec.external.monitoring.credentialsSecretRef"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&status, "Ready").map(|c| c.0).as_deref(),
+        Some("True"),
+        "a server whose exporter cannot run still takes databases"
+    );
+    let deployments = env.api::<k8s_openapi::api::apps::v1::Deployment>();
+    assert!(
+        deployments
+            .get_opt("pg-exporter")
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    admin_secret(
+        &env,
+        "pg-monitor",
+        &[
+            ("username", "platform_monitor"),
+            ("password", &monitor_password),
+        ],
+    )
+    .await;
+    // No Prometheus Operator here: the exporter runs, the PodMonitor is skipped.
+    let ready = wait_condition(
+        &env,
+        "pg",
+        "MonitoringConfigured",
+        "False",
+        Some("PrometheusOperatorAbsent"),
+        timeout,
+    )
+    .await;
+    let (_, _, message) = condition(
+        ready.status.as_ref().expect("status"),
+        "MonitoringConfigured",
+    )
+    .expect("condition");
+    assert!(
+        message.contains("Deployment pg-exporter runs the exporter"),
+        "{message}"
+    );
+    assert!(!visible_text(&env).await.contains(&monitor_password));
+
+    // A ServiceDatabase placed on the server: its database has a size series.
+    let sdb = json!({
+        "apiVersion": "servicedb.dev/v1alpha1", "kind": "ServiceDatabase",
+        "metadata": {"name": "orders"},
+        "spec": {"engine": "Postgres", "owner": {"podSelector": {"matchLabels": {"app": "orders"}}},
+                 "isolation": "Database", "serverRef": {"name": "pg"}},
+    });
+    env.api::<servicedb::api::ServiceDatabase>()
+        .patch(
+            "orders",
+            &PatchParams::apply("servicedb-e2e").force(),
+            &Patch::Apply(&sdb),
+        )
+        .await
+        .expect("applying orders");
+    let datname = servicedb::model::naming::shared_identifier(&env.ns, "orders");
+    let database_made = format!("database {datname} on the server");
+    wait_for(&database_made, Duration::from_secs(60), || async {
+        let (admin, connection) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(pg.port)
+            .user(&pg.admin_user)
+            .password(&pg.admin_password)
+            .dbname("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await
+            .ok()?;
+        tokio::spawn(connection);
+        admin
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&datname])
+            .await
+            .ok()?
+            .map(|_| ())
+    })
+    .await;
+
+    // The Deployment's container, run as written.
+    let deployment = deployments.get("pg-exporter").await.expect("Deployment");
+    let pod = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod template");
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    let container = pod.containers.first().expect("container").clone();
+    let secret = env
+        .api::<Secret>()
+        .get("pg-monitor")
+        .await
+        .expect("the monitoring Secret");
+    let listen = crate::common::free_port();
+    let mut command = std::process::Command::new(EXPORTER);
+    command.env_clear();
+    for arg in container.args.clone().unwrap_or_default() {
+        assert!(
+            !arg.contains(&monitor_password),
+            "no password in the arguments"
+        );
+        command.arg(arg.replace(
+            "--web.listen-address=:9187",
+            &format!("--web.listen-address=127.0.0.1:{listen}"),
+        ));
+    }
+    for var in container.env.clone().unwrap_or_default() {
+        let value = match (var.value, var.value_from.and_then(|f| f.secret_key_ref)) {
+            (Some(value), None) => value,
+            (None, Some(reference)) => {
+                assert_eq!(reference.name, "pg-monitor");
+                let bytes = &secret.data.as_ref().expect("data")[&reference.key].0;
+                String::from_utf8(bytes.clone()).expect("utf-8")
+            }
+            other => panic!("{}: {other:?}", var.name),
+        };
+        command.env(&var.name, value);
+    }
+    let log = tempfile::NamedTempFile::new().expect("exporter log");
+    let mut exporter = command
+        .stdout(std::process::Stdio::null())
+        .stderr(log.reopen().expect("log"))
+        .spawn()
+        .expect("starting postgres_exporter");
+    // Debian's 0.11 adds a label `server`; the pinned one does not.
+    let size = format!("pg_database_size_bytes{{datname=\"{datname}\"");
+    let deadline = std::time::Instant::now() + timeout;
+    let scraped = loop {
+        let body = crate::common::http_get(listen, "/metrics")
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        if body.lines().any(|l| l == "pg_up 1") && body.contains(&size) {
+            break body;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = exporter.kill();
+            let seen: Vec<&str> = body
+                .lines()
+                .filter(|l| l.starts_with("pg_up") || l.starts_with("pg_database_size"))
+                .collect();
+            panic!(
+                "the exporter did not report pg_up 1 and {size}: {seen:?}\nits log:\n{}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let _ = exporter.kill();
+    let _ = exporter.wait();
+    assert!(!scraped.contains(&monitor_password));
+
+    // Only the scraper reaches the metrics port.
+    let policy = env
+        .api::<k8s_openapi::api::networking::v1::NetworkPolicy>()
+        .get("pg-exporter")
+        .await
+        .expect("NetworkPolicy");
+    let rules = policy.spec.and_then(|s| s.ingress).unwrap_or_default();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let from = rules[0].from.clone().unwrap_or_default();
+    assert_eq!(
+        from[0]
+            .pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.clone()),
+        Some(BTreeMap::from([(
+            "app.kubernetes.io/name".to_string(),
+            "prometheus".to_string()
+        )]))
+    );
+    let service = env
+        .api::<k8s_openapi::api::core::v1::Service>()
+        .get("pg-exporter")
+        .await
+        .expect("Service");
+    let ports = service.spec.and_then(|s| s.ports).unwrap_or_default();
+    assert_eq!(ports[0].name.as_deref(), Some("metrics"));
+
+    // Monitoring off: everything of it goes, the condition too.
+    spec["external"]["monitoring"]["enabled"] = json!(false);
+    env.api::<DatabaseServer>()
+        .patch(
+            "pg",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": spec})),
+        )
+        .await
+        .expect("turning monitoring off");
+    wait_for(
+        "the exporter's objects and condition gone",
+        timeout,
+        || async {
+            let server = env.api::<DatabaseServer>().get("pg").await.ok()?;
+            let gone = condition(server.status.as_ref()?, "MonitoringConfigured").is_none()
+                && deployments.get_opt("pg-exporter").await.ok()?.is_none()
+                && env
+                    .api::<k8s_openapi::api::core::v1::Service>()
+                    .get_opt("pg-exporter")
+                    .await
+                    .ok()?
+                    .is_none()
+                && env
+                    .api::<k8s_openapi::api::networking::v1::NetworkPolicy>()
+                    .get_opt("pg-exporter")
+                    .await
+                    .ok()?
+                    .is_none();
+            gone.then_some(())
+        },
+    )
+    .await;
+
+    // Someone else's Deployment of that name is never replaced.
+    let theirs: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "pg-exporter", "labels": {"app": "theirs"}},
+        "spec": {"selector": {"matchLabels": {"app": "theirs"}},
+                 "template": {"metadata": {"labels": {"app": "theirs"}},
+                              "spec": {"containers": [{"name": "c", "image": "theirs:1"}]}}}
+    }))
+    .expect("their Deployment");
+    deployments
+        .create(&PostParams::default(), &theirs)
+        .await
+        .expect("creating their Deployment");
+    spec["external"]["monitoring"]["enabled"] = json!(true);
+    env.api::<DatabaseServer>()
+        .patch(
+            "pg",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": spec})),
+        )
+        .await
+        .expect("turning monitoring on");
+    let refused = wait_condition(
+        &env,
+        "pg",
+        "MonitoringConfigured",
+        "False",
+        Some("NameTaken"),
+        timeout,
+    )
+    .await;
+    assert_eq!(
+        condition(refused.status.as_ref().expect("status"), "Ready")
+            .map(|c| c.0)
+            .as_deref(),
+        Some("True")
+    );
+    let still = deployments.get("pg-exporter").await.expect("theirs");
+    assert_eq!(
+        still
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|p| p.containers[0].image.clone()),
+        Some(Some("theirs:1".to_string())),
+        "their Deployment is untouched"
+    );
+}

@@ -1,5 +1,6 @@
 //! Step 1 of the DatabaseServer pipeline (async, reads the cluster): the
-//! admin Secret and the ServiceDatabases placed on the server.
+//! admin Secret, the CA and exporter Secrets, and the ServiceDatabases
+//! placed on the server.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
@@ -18,6 +19,9 @@ pub struct Dereferenced {
     pub databases: i32,
     /// Data of `spec.external.tls.caSecretRef`; `None` when unset or missing.
     pub ca_secret: SecretData,
+    /// Data of `spec.external.monitoring.credentialsSecretRef` when
+    /// monitoring is on; `None` otherwise or when missing.
+    pub monitoring_secret: SecretData,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,14 @@ pub async fn dereference(
             .map(|ca| &ca.name),
     )
     .await?;
+    let monitoring_secret = secret_data(
+        &secrets,
+        external
+            .and_then(|e| e.monitored())
+            .and_then(|m| m.credentials_secret_ref.as_ref())
+            .map(|s| &s.name),
+    )
+    .await?;
     let name = server.name_any();
     let ready = match tenants {
         Some(store) => tokio::time::timeout(STORE_WAIT, store.wait_until_ready())
@@ -95,6 +107,7 @@ pub async fn dereference(
     Ok(Dereferenced {
         admin_secret,
         ca_secret,
+        monitoring_secret,
         databases: i32::try_from(databases).unwrap_or(i32::MAX),
     })
 }

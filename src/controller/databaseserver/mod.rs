@@ -3,7 +3,9 @@
 //! 1. [`dereference`] — the admin Secret, the ServiceDatabases placed here;
 //! 2. [`validate`] — spec + Secret → a [`validate::Target`] (pure);
 //! 3. [`probe`] — log in as the administrator, read the server's version;
-//! 4. [`status`] — `Reachable`, `Ready`, version, database count, Events.
+//!    an external server's [`exporter`] with `external.monitoring`;
+//! 4. [`status`] — `Reachable`, `Ready`, `MonitoringConfigured`, version,
+//!    database count, Events.
 //!
 //! A reachable server is probed again every minute; an unreachable one with
 //! a backoff of 2 s doubling up to a minute. Only `external` servers are
@@ -13,6 +15,7 @@
 //! [`crate::model::admission`].
 
 pub mod dereference;
+pub mod exporter;
 pub mod managed;
 pub mod probe;
 pub mod status;
@@ -60,6 +63,8 @@ pub enum Error {
     Status(#[from] status::Error),
     #[error(transparent)]
     Managed(managed::Error),
+    #[error("applying the exporter: {0}")]
+    Exporter(crate::controller::apply::Error),
 }
 
 impl super::ReconcileError for Error {
@@ -82,7 +87,7 @@ impl Error {
             Error::Invalid(_) => "invalid-spec",
             Error::Unreachable(_) => "unreachable",
             Error::Status(_) => "status",
-            Error::Managed(_) => "apply",
+            Error::Managed(_) | Error::Exporter(_) => "apply",
         }
     }
 
@@ -97,7 +102,7 @@ impl Error {
             Error::Invalid(_) => "InvalidSpec",
             Error::Unreachable(_) => "Unreachable",
             Error::Status(_) => "StatusFailed",
-            Error::Managed(_) => "ApplyFailed",
+            Error::Managed(_) | Error::Exporter(_) => "ApplyFailed",
         }
     }
 }
@@ -243,7 +248,8 @@ async fn pipeline(
     let ctx = &state.ctx;
     let now = &Time(k8s_openapi::jiff::Timestamp::now());
     let found = dereference::dereference(&ctx.client, ctx.service_databases.get(), server).await?;
-    let target = if server.spec.managed.is_some() {
+    let managed = server.spec.managed.is_some();
+    let target = if managed {
         // servicedb runs the server: build it as a dedicated instance.
         managed::ensure(&ctx.client, server, &ctx.facts).await
     } else {
@@ -256,6 +262,7 @@ async fn pipeline(
             let status = status::compute(
                 server,
                 &status::Outcome::Invalid(&invalid),
+                status::Monitoring::Unchanged,
                 found.databases,
                 now,
             );
@@ -263,6 +270,22 @@ async fn pipeline(
             return Err(Error::Invalid(invalid));
         }
         Err(e) => return Err(Error::Managed(e)),
+    };
+    // The exporter does not wait for the server: it says itself whether
+    // it reaches it (`pg_up`, `redis_up`).
+    let monitoring = if managed {
+        status::Monitoring::Unchanged
+    } else {
+        let condition = exporter::ensure(
+            &ctx.client,
+            server,
+            &found.monitoring_secret,
+            target.tls.mode,
+            &ctx.facts,
+        )
+        .await
+        .map_err(Error::Exporter)?;
+        status::Monitoring::Observed(condition)
     };
     let probed = state.probe(obj, &target).await;
     // The server's tenants are turned away at once while it does not
@@ -279,6 +302,7 @@ async fn pipeline(
     let status = status::compute(
         server,
         &status::Outcome::Probed(&probed),
+        monitoring,
         found.databases,
         now,
     );

@@ -1,5 +1,5 @@
-//! Step 4 of the DatabaseServer pipeline (async): conditions `Reachable` and
-//! `Ready` with `observedGeneration`, the server's version, the number of
+//! Step 4 of the DatabaseServer pipeline (async): conditions `Reachable`,
+//! `Ready` and an external server's `MonitoringConfigured` with `observedGeneration`, the server's version, the number of
 //! databases placed on it, and an Event when `Ready` changes. The status is
 //! written only when it changed.
 
@@ -19,6 +19,8 @@ pub mod types {
     pub const READY: &str = "Ready";
     /// The operator logged in as the administrator.
     pub const REACHABLE: &str = "Reachable";
+    /// An external server's exporter is deployed (`external.monitoring`).
+    pub const MONITORING_CONFIGURED: &str = crate::controller::monitoring::MONITORING_CONFIGURED;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +37,19 @@ pub enum Outcome<'a> {
     Probed(&'a Result<String, ProbeError>),
 }
 
+/// What this pass says of the exporter of an external server.
+pub enum Monitoring {
+    /// Not looked at: the condition stays as it was.
+    Unchanged,
+    /// The `MonitoringConfigured` condition; `None` removes it.
+    Observed(Option<Observed>),
+}
+
 /// The status for an outcome, merged with the previous one.
 pub fn compute(
     server: &DatabaseServer,
     outcome: &Outcome<'_>,
+    monitoring: Monitoring,
     databases: i32,
     now: &Time,
 ) -> DatabaseServerStatus {
@@ -91,9 +102,17 @@ pub fn compute(
     if let Some(ready) = observed.iter().find(|o| o.type_ == types::READY).cloned() {
         observed.extend(kstatus(&ready, stalled));
     }
+    let mut previous_conditions = previous.conditions.clone();
+    match monitoring {
+        Monitoring::Unchanged => {}
+        Monitoring::Observed(Some(condition)) => observed.push(condition),
+        Monitoring::Observed(None) => {
+            previous_conditions.retain(|c| c.type_ != types::MONITORING_CONFIGURED)
+        }
+    }
     DatabaseServerStatus {
         observed_generation: generation,
-        conditions: merge(&previous.conditions, &observed, generation, now),
+        conditions: merge(&previous_conditions, &observed, generation, now),
         server_version,
         databases: Some(databases),
         mode: Some(crate::api::database_server::ServerMode::of(&server.spec)),
@@ -178,7 +197,13 @@ mod tests {
     fn a_reachable_server_reports_its_version_and_an_unchanged_world_is_equal() {
         let mut s = server();
         let ok = Ok("15.14".to_string());
-        let first = compute(&s, &Outcome::Probed(&ok), 2, &t("2026-01-01T00:00:00Z"));
+        let first = compute(
+            &s,
+            &Outcome::Probed(&ok),
+            Monitoring::Unchanged,
+            2,
+            &t("2026-01-01T00:00:00Z"),
+        );
         assert_eq!(condition(&first, "Reachable"), ("True", "Reachable"));
         assert_eq!(condition(&first, "Ready"), ("True", "Ready"));
         assert_eq!(first.server_version.as_deref(), Some("15.14"));
@@ -188,7 +213,13 @@ mod tests {
         );
         assert!(transition(&Default::default(), &first).is_some());
         s.status = Some(first.clone());
-        let again = compute(&s, &Outcome::Probed(&ok), 2, &t("2026-01-01T00:10:00Z"));
+        let again = compute(
+            &s,
+            &Outcome::Probed(&ok),
+            Monitoring::Unchanged,
+            2,
+            &t("2026-01-01T00:10:00Z"),
+        );
         assert_eq!(first, again, "a resync must not change the status");
         assert!(transition(&first, &again).is_none());
     }
@@ -200,6 +231,7 @@ mod tests {
         s.status = Some(compute(
             &s,
             &Outcome::Probed(&ok),
+            Monitoring::Unchanged,
             0,
             &t("2026-01-01T00:00:00Z"),
         ));
@@ -210,6 +242,7 @@ mod tests {
         let down = compute(
             &s,
             &Outcome::Probed(&refused),
+            Monitoring::Unchanged,
             0,
             &t("2026-01-01T00:01:00Z"),
         );
@@ -228,11 +261,57 @@ mod tests {
         let still = compute(
             &s,
             &Outcome::Probed(&refused),
+            Monitoring::Unchanged,
             0,
             &t("2026-01-01T00:02:00Z"),
         );
         assert_eq!(down, still);
         assert!(transition(&down, &still).is_none());
+    }
+
+    #[test]
+    fn the_exporters_condition_is_set_kept_and_removed_without_touching_ready() {
+        let mut s = server();
+        let ok = Ok("15.14".to_string());
+        let missing = Observed::new(
+            types::MONITORING_CONFIGURED,
+            false,
+            "SecretNotFound",
+            "spec.external.monitoring.credentialsSecretRef: Secret monitor does not exist",
+        );
+        let first = compute(
+            &s,
+            &Outcome::Probed(&ok),
+            Monitoring::Observed(Some(missing)),
+            0,
+            &t("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(
+            condition(&first, "MonitoringConfigured"),
+            ("False", "SecretNotFound")
+        );
+        assert_eq!(condition(&first, "Ready"), ("True", "Ready"));
+        s.status = Some(first.clone());
+        let kept = compute(
+            &s,
+            &Outcome::Probed(&ok),
+            Monitoring::Unchanged,
+            0,
+            &t("2026-01-01T00:01:00Z"),
+        );
+        assert_eq!(kept, first);
+        let off = compute(
+            &s,
+            &Outcome::Probed(&ok),
+            Monitoring::Observed(None),
+            0,
+            &t("2026-01-01T00:02:00Z"),
+        );
+        assert!(
+            off.conditions
+                .iter()
+                .all(|c| c.type_ != "MonitoringConfigured")
+        );
     }
 
     #[test]
@@ -245,6 +324,7 @@ mod tests {
         let s = compute(
             &server(),
             &Outcome::Invalid(&invalid),
+            Monitoring::Unchanged,
             0,
             &t("2026-01-01T00:00:00Z"),
         );

@@ -60,7 +60,88 @@ pub async fn under_chart_rbac(env: &Env) {
             .then_some(())
     })
     .await;
+    external_exporter(env).await;
     remove_monitoring_crds(&env.client).await;
+}
+
+/// An external server's exporter (Deployment, Service, NetworkPolicy,
+/// PodMonitor): applied, then pruned once monitoring is off. The server
+/// need not answer: its exporter does not wait for it.
+async fn external_exporter(env: &Env) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Secret, Service};
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    use servicedb::api::DatabaseServer;
+    for name in ["metered-admin", "metered-monitor"] {
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "stringData": {"username": "someone", "password": crate::common::random(20)},
+        }))
+        .expect("secret");
+        env.api::<Secret>()
+            .patch(
+                name,
+                &PatchParams::apply("servicedb-e2e").force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .expect("applying a Secret");
+    }
+    let server = |enabled: bool| {
+        json!({
+            "apiVersion": "servicedb.dev/v1alpha1", "kind": "DatabaseServer",
+            "metadata": {"name": "metered"},
+            "spec": {"engine": "Postgres", "external": {
+                "host": "127.0.0.1", "port": 1, "adminSecretRef": {"name": "metered-admin"},
+                "monitoring": {"enabled": enabled, "credentialsSecretRef": {"name": "metered-monitor"}}}},
+        })
+    };
+    let servers = env.api::<DatabaseServer>();
+    let apply = |enabled: bool| {
+        let servers = servers.clone();
+        async move {
+            servers
+                .patch(
+                    "metered",
+                    &PatchParams::apply("servicedb-e2e").force(),
+                    &Patch::Apply(&server(enabled)),
+                )
+                .await
+                .expect("applying the DatabaseServer metered");
+        }
+    };
+    apply(true).await;
+    let name = "metered-exporter";
+    get_when(&env.api::<Deployment>(), name).await;
+    get_when(&env.api::<Service>(), name).await;
+    get_when(&env.api::<NetworkPolicy>(), name).await;
+    get_when(&dynamic(env, "PodMonitor"), name).await;
+    apply(false).await;
+    wait_for(
+        "the external server's exporter pruned",
+        Duration::from_secs(30),
+        || async {
+            let gone = env.api::<Deployment>().get_opt(name).await.ok()?.is_none()
+                && env.api::<Service>().get_opt(name).await.ok()?.is_none()
+                && env
+                    .api::<NetworkPolicy>()
+                    .get_opt(name)
+                    .await
+                    .ok()?
+                    .is_none()
+                && dynamic(env, "PodMonitor")
+                    .get_opt(name)
+                    .await
+                    .ok()?
+                    .is_none();
+            gone.then_some(())
+        },
+    )
+    .await;
+    servers
+        .delete("metered", &DeleteParams::default())
+        .await
+        .expect("deleting the DatabaseServer metered");
 }
 
 pub fn dynamic(env: &Env, kind: &str) -> kube::Api<kube::api::DynamicObject> {

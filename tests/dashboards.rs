@@ -167,6 +167,28 @@ fn every_dashboard_is_complete_and_every_expression_parses() {
         );
     }
 
+    // The PostgreSQL dashboard's per-database panels read the recording
+    // rules' series, which a database on a shared server has too, and it
+    // lists every PostgreSQL ServiceDatabase, not only the monitored
+    // dedicated ones.
+    let postgres = &dashboards[2].1.to_string();
+    for series in [
+        "servicedb_database:pg_database_size_bytes",
+        "servicedb_database:pg_stat_database_numbackends",
+        "servicedb_database:pg_stat_database_xact_commit:rate5m",
+        "servicedb_database:pg_stat_database_xact_rollback:rate5m",
+        "servicedb_database:pg_stat_database_deadlocks:rate5m",
+    ] {
+        assert!(
+            postgres.contains(series),
+            "the PostgreSQL dashboard reads {series}"
+        );
+    }
+    assert!(
+        postgres.contains(r#"label_values(servicedb_database_info{engine=\"postgres\",namespace=~\"$namespace\"}, name)"#),
+        "the ServiceDatabase variable lists every PostgreSQL ServiceDatabase"
+    );
+
     // Every expression through promtool, as recording rules.
     let rules: Vec<Value> = exprs
         .iter()

@@ -10,7 +10,7 @@ TESTENV_DIR ?= $(HOME)/.cache/servicedb/testenv-e2e
 RUN_DIR ?= $(HOME)/.cache/servicedb/testenv-run
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/servicedb
 
-.PHONY: build crds check-crds lint unit engine engine-static agent e2e test bench bench-provision bench-backup run stop testenv-up testenv-down static clean
+.PHONY: build crds check-crds lint unit engine engine-static agent e2e test bench bench-provision bench-scale bench-backup run stop testenv-up testenv-down static clean
 
 build:
 	$(CARGO) build --locked
@@ -73,12 +73,17 @@ e2e: build
 	hack/s3/build.sh >/dev/null
 	hack/e2e.sh
 
-## test: every tier; the last, cluster-e2e, brings up a real single-node
-## cluster (root: it starts a kubelet and changes the host's network).
-test: unit engine agent e2e cluster-e2e
+## test: every tier; cluster-e2e brings up a real single-node cluster
+## (root: it starts a kubelet and changes the host's network). The e2e tier
+## (local API servers) and the real-cluster tier mostly wait on their
+## servers, so they run side by side once both builds are done; each one's
+## output is shown whole when it ends.
+test: unit engine agent
+	@$(MAKE) --no-print-directory build static
+	@$(MAKE) --no-print-directory -j2 --output-sync=target e2e cluster-e2e
 
 ## bench: every benchmark (figures, not pass/fail).
-bench: bench-provision bench-backup
+bench: bench-provision bench-scale bench-backup
 
 ## bench-provision: provisioning of 300 PostgreSQL and 300 Redis tenants on
 ## one server each (total, p50, p99, reconciles, API requests and server
@@ -87,6 +92,14 @@ bench: bench-provision bench-backup
 bench-provision:
 	hack/prereqs.sh postgres redis go
 	hack/bench.sh
+
+## bench-scale: 1,000 dedicated ServiceDatabases (SERVICEDB_BENCH_SCALE) on
+## the API server alone: time until every child is applied against a plain
+## server-side apply of the same objects (ratio to floor), the operator's
+## peak RSS and CPU, and the writes a fresh operator makes over them.
+bench-scale:
+	hack/prereqs.sh go
+	BENCH=scale hack/bench.sh
 
 ## run: the operator against the current cluster; with none, a real local
 ## cluster (root; hack/cluster) with servicedb installed by its chart.

@@ -20,4 +20,5 @@ export KUBECTL
 export SERVICEDB_PER_SERVER_CONCURRENCY=${SERVICEDB_PER_SERVER_CONCURRENCY:-4}
 # SERVICEDB_BENCH_DATABASES (default 300) sets the tenants per engine;
 # SERVICEDB_BENCH_PROFILE=dev measures a debug build (no release build needed).
-${CARGO:-cargo} bench --locked --profile "${SERVICEDB_BENCH_PROFILE:-bench}" --bench provision
+# BENCH picks the benchmark: provision (the default) or scale.
+${CARGO:-cargo} bench --locked --profile "${SERVICEDB_BENCH_PROFILE:-bench}" --bench "${BENCH:-provision}"

@@ -266,7 +266,7 @@ func (e *env) start(ctx context.Context) error {
 		"--service-account-signing-key-file=" + p.file("sa.key"),
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--authorization-mode=RBAC",
-		"--service-cluster-ip-range=10.0.0.0/24",
+		"--service-cluster-ip-range=10.0.0.0/16", // room for a Service IP per dedicated instance at bench-scale
 		"--disable-admission-plugins=ServiceAccount",
 		"--allow-privileged=true",
 		"--profiling=false",

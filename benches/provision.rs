@@ -15,6 +15,9 @@
 //! `SERVICEDB_BENCH_DATABASES` (default 300) sets N per engine; the API
 //! server's metrics are read with `kubectl` (`KUBECTL`, default `kubectl`).
 
+#[path = "support/process.rs"]
+mod process;
+use process::{cpu_seconds, rss_kib};
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../tests/e2e/support/harness.rs"]
@@ -76,27 +79,6 @@ async fn server(env: &Env, name: &str, engine: &str, port: u16, user: &str, pass
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// User plus system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    Some((utime + stime) / ticks)
 }
 
 /// Every request the API server counted so far (`apiserver_request_total`).

@@ -17,6 +17,9 @@
 //! `SERVICEDB_BENCH_SCALE` (default 1000) sets the number of databases; the
 //! API server's metrics are read with `kubectl` (`KUBECTL`).
 
+#[path = "support/process.rs"]
+mod process;
+use process::{cpu_seconds, rss_kib};
 #[path = "../tests/common/mod.rs"]
 #[allow(dead_code)]
 mod common;
@@ -59,26 +62,6 @@ fn main() {
         .build()
         .expect("runtime")
         .block_on(run(n));
-}
-
-fn proc_field(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(key))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// User plus system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    Some((utime + stime) / ticks)
 }
 
 /// The API server's count of write requests so far, by resource.
@@ -272,7 +255,7 @@ async fn run(n: usize) {
     }
     let applied = start.elapsed();
     let after_last = last_created.elapsed();
-    let rss = proc_field(pid, "VmHWM:");
+    let rss = rss_kib(pid);
     let cpu = cpu_seconds(pid)
         .zip(cpu_before)
         .map(|(after, before)| after - before);
@@ -309,7 +292,7 @@ async fn run(n: usize) {
     // Writes its passes may still cause arrive within a few seconds.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let after = writes();
-    let fresh_rss = fresh.pid().and_then(|pid| proc_field(pid, "VmHWM:"));
+    let fresh_rss = fresh.pid().and_then(rss_kib);
     fresh.stop();
     let mut resync_writes: BTreeMap<&str, f64> = BTreeMap::new();
     for (resource, value) in &after {

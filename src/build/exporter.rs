@@ -12,26 +12,24 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, KeyToPath, PodSecurityContext, PodSpec,
-    PodTemplateSpec, ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretVolumeSource,
     Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
     NetworkPolicySpec,
 };
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 
 use super::monitoring::{DATABASE_SERVER_LABEL, POD_MONITOR, api_resource};
-use super::statefulset::restricted_container;
+use super::statefulset::exporter_container_of;
 use super::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, Scraper};
 use crate::api::DatabaseServer;
 use crate::api::database_server::TlsMode;
-use crate::engine::exporter::{self, EnvValue, PORT_NAME, Source};
+use crate::engine::exporter::{self, PORT_NAME, Source};
 
 /// `app.kubernetes.io/component` of the exporter's objects.
 pub const COMPONENT: &str = "exporter";
@@ -78,7 +76,7 @@ pub fn build(
         .and_then(|t| t.ca_secret_ref.as_ref())
         .filter(|_| tls == TlsMode::VerifyFull);
     let ca_file = format!("{CA_DIR}/ca.crt");
-    let (args, env) = exporter::command_for(
+    let command = exporter::command_for(
         engine,
         &Source {
             host: &external.host,
@@ -89,28 +87,6 @@ pub fn build(
             password_key: PASSWORD_KEY,
         },
     );
-    let env = env
-        .into_iter()
-        .map(|(name, value)| match value {
-            EnvValue::Literal(value) => EnvVar {
-                name: name.into(),
-                value: Some(value),
-                ..Default::default()
-            },
-            EnvValue::SecretKey(key) => EnvVar {
-                name: name.into(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: credentials.name.clone(),
-                        key: key.into(),
-                        optional: None,
-                    }),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-        })
-        .collect();
     let port = exporter::exporter(engine).port;
     let selector = selector_labels(&name);
     let labels = labels(&name, &server.name_any(), engine.as_str());
@@ -121,39 +97,20 @@ pub fn build(
         owner_references: Some(vec![owner.clone()]),
         ..Default::default()
     };
-    let container = Container {
-        name: COMPONENT.into(),
-        image: Some(exporter::exporter(engine).image(monitoring.exporter_image.as_deref())),
-        args: Some(args),
-        env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some(PORT_NAME.into()),
-            container_port: port,
-            protocol: Some("TCP".into()),
+    let mut container = exporter_container_of(
+        engine,
+        exporter::exporter(engine).image(monitoring.exporter_image.as_deref()),
+        command,
+        &credentials.name,
+    );
+    container.volume_mounts = ca.map(|_| {
+        vec![VolumeMount {
+            name: "ca".into(),
+            mount_path: CA_DIR.into(),
+            read_only: Some(true),
             ..Default::default()
-        }]),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".into(), Quantity("10m".into())),
-                ("memory".into(), Quantity("32Mi".into())),
-            ])),
-            limits: Some(BTreeMap::from([(
-                "memory".into(),
-                Quantity("128Mi".into()),
-            )])),
-            ..Default::default()
-        }),
-        security_context: Some(restricted_container()),
-        volume_mounts: ca.map(|_| {
-            vec![VolumeMount {
-                name: "ca".into(),
-                mount_path: CA_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            }]
-        }),
-        ..Default::default()
-    };
+        }]
+    });
     let deployment = Deployment {
         metadata: meta(),
         spec: Some(DeploymentSpec {

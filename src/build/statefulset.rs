@@ -189,7 +189,24 @@ pub fn build(db: &ValidatedDatabase, facts: &OperatorFacts, owner: &OwnerReferen
 /// loopback with the monitoring login of the administrator Secret (as
 /// environment variables from the Secret: no password in the object).
 pub fn exporter_container(db: &ValidatedDatabase, monitoring: &ValidatedMonitoring) -> Container {
-    let (args, env) = exporter::command(db.engine, db.engine_spec.port());
+    exporter_container_of(
+        db.engine,
+        monitoring.exporter_image.clone(),
+        exporter::command(db.engine, db.engine_spec.port()),
+        &db.admin_secret_name,
+    )
+}
+
+/// The exporter container of `engine`: `image` running `command`, whose
+/// Secret references read the Secret `secret`; its `metrics` port, small
+/// requests and the restricted security context. Also an external
+/// server's exporter ([`super::exporter`]).
+pub fn exporter_container_of(
+    engine: crate::api::Engine,
+    image: String,
+    (args, env): (Vec<String>, Vec<(&'static str, EnvValue)>),
+    secret: &str,
+) -> Container {
     let env = env
         .into_iter()
         .map(|(name, value)| match value {
@@ -202,7 +219,7 @@ pub fn exporter_container(db: &ValidatedDatabase, monitoring: &ValidatedMonitori
                 name: name.into(),
                 value_from: Some(EnvVarSource {
                     secret_key_ref: Some(SecretKeySelector {
-                        name: db.admin_secret_name.clone(),
+                        name: secret.to_string(),
                         key: key.into(),
                         optional: None,
                     }),
@@ -214,12 +231,12 @@ pub fn exporter_container(db: &ValidatedDatabase, monitoring: &ValidatedMonitori
         .collect();
     Container {
         name: EXPORTER_CONTAINER.into(),
-        image: Some(monitoring.exporter_image.clone()),
+        image: Some(image),
         args: Some(args),
         env: Some(env),
         ports: Some(vec![ContainerPort {
             name: Some(exporter::PORT_NAME.into()),
-            container_port: exporter::exporter(db.engine).port,
+            container_port: exporter::exporter(engine).port,
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),

@@ -573,6 +573,20 @@ async fn a_managed_server_is_built_as_an_instance_of_its_own() {
     );
 }
 
+/// A session of the server's administrator.
+async fn pg_admin(pg: &Postgres) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (admin, connection) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(pg.port)
+        .user(&pg.admin_user)
+        .password(&pg.admin_password)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(connection);
+    Ok(admin)
+}
+
 /// An external server with `external.monitoring`: until the login's Secret
 /// exists the condition names the field (the server stays Ready); then the
 /// exporter runs as a Deployment whose container, run here as written
@@ -599,17 +613,9 @@ async fn an_external_servers_exporter_reads_it_with_the_dbas_login_until_monitor
     // The DBA's statistics-only login.
     let monitor_password = random_password();
     {
-        let (admin, connection) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(pg.port)
-            .user(&pg.admin_user)
-            .password(&pg.admin_password)
-            .dbname("postgres")
-            .connect(tokio_postgres::NoTls)
+        pg_admin(&pg)
             .await
-            .expect("admin login");
-        tokio::spawn(connection);
-        admin
+            .expect("admin login")
             .batch_execute(&format!(
                 "CREATE ROLE platform_monitor LOGIN PASSWORD '{monitor_password}' IN ROLE pg_monitor"
             ))
@@ -699,17 +705,9 @@ async fn an_external_servers_exporter_reads_it_with_the_dbas_login_until_monitor
     let datname = servicedb::model::naming::shared_identifier(&env.ns, "orders");
     let database_made = format!("database {datname} on the server");
     wait_for(&database_made, Duration::from_secs(60), || async {
-        let (admin, connection) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(pg.port)
-            .user(&pg.admin_user)
-            .password(&pg.admin_password)
-            .dbname("postgres")
-            .connect(tokio_postgres::NoTls)
+        pg_admin(&pg)
             .await
-            .ok()?;
-        tokio::spawn(connection);
-        admin
+            .ok()?
             .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&datname])
             .await
             .ok()?

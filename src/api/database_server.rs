@@ -110,8 +110,8 @@ pub struct ExternalMonitoring {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// Secret (same namespace) with `username` and `password` of the
-    /// exporter's login. Read by the exporter only: its values never reach
-    /// the operator's log, status or Events.
+    /// exporter's login. The operator only checks that both keys are there;
+    /// their values never reach its log, status or Events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<LocalObjectRef>,
     /// Image repository of the exporter (a mirror of the upstream one); the

@@ -15,16 +15,14 @@ use k8s_openapi::api::core::v1::{
     KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile, SecretVolumeSource,
     Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
-use k8s_openapi::api::networking::v1::{
-    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
-    NetworkPolicySpec,
-};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicySpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
 
-use super::monitoring::{DATABASE_SERVER_LABEL, POD_MONITOR, api_resource};
+use super::monitoring::{DATABASE_SERVER_LABEL, POD_MONITOR, api_resource, pod_monitor_spec};
+use super::network_policy::scrape_rule;
 use super::statefulset::exporter_container_of;
 use super::{LABEL_COMPONENT, LABEL_INSTANCE, LABEL_MANAGED_BY, LABEL_NAME, MANAGED_BY, Scraper};
 use crate::api::DatabaseServer;
@@ -176,27 +174,15 @@ pub fn build(
         }),
         ..Default::default()
     };
-    let match_labels = |labels: &BTreeMap<String, String>| LabelSelector {
-        match_labels: Some(labels.clone()),
-        ..Default::default()
-    };
     let network_policy = NetworkPolicy {
         metadata: meta(),
         spec: Some(NetworkPolicySpec {
-            pod_selector: Some(match_labels(&selector)),
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..Default::default()
+            }),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    namespace_selector: Some(match_labels(&scraper.namespace_labels)),
-                    pod_selector: Some(match_labels(&scraper.pod_labels)),
-                    ..Default::default()
-                }]),
-                ports: Some(vec![NetworkPolicyPort {
-                    port: Some(IntOrString::Int(port)),
-                    protocol: Some("TCP".into()),
-                    ..Default::default()
-                }]),
-            }]),
+            ingress: Some(vec![scrape_rule(scraper, port)]),
             ..Default::default()
         }),
     };
@@ -206,18 +192,9 @@ pub fn build(
     if let Some(labels) = pod_monitor.metadata.labels.as_mut() {
         labels.insert(LABEL_COMPONENT.into(), super::monitoring::COMPONENT.into());
     }
-    pod_monitor.data = serde_json::json!({"spec": {
-        "selector": {"matchLabels": selector},
-        "podMetricsEndpoints": [{
-            "port": PORT_NAME,
-            "path": "/metrics",
-            "relabelings": [{
-                "action": "replace",
-                "targetLabel": DATABASE_SERVER_LABEL,
-                "replacement": server.name_any(),
-            }],
-        }],
-    }});
+    pod_monitor.data = serde_json::json!({
+        "spec": pod_monitor_spec(&selector, DATABASE_SERVER_LABEL, &server.name_any()),
+    });
     Some(ServerExporter {
         deployment,
         service,

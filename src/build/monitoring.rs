@@ -128,19 +128,29 @@ pub fn pod_monitor(
         POD_MONITOR,
         db,
         owner,
-        serde_json::json!({
-            "selector": {"matchLabels": selector_labels(db)},
-            "podMetricsEndpoints": [{
-                "port": crate::engine::exporter::PORT_NAME,
-                "path": "/metrics",
-                "relabelings": [{
-                    "action": "replace",
-                    "targetLabel": label,
-                    "replacement": value,
-                }],
-            }],
-        }),
+        pod_monitor_spec(&selector_labels(db), label, value),
     )
+}
+
+/// A `PodMonitor`'s spec: the `metrics` port of the pods `selector`
+/// matches, every series labelled `label="value"`.
+pub fn pod_monitor_spec(
+    selector: &BTreeMap<String, String>,
+    label: &str,
+    value: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "selector": {"matchLabels": selector},
+        "podMetricsEndpoints": [{
+            "port": crate::engine::exporter::PORT_NAME,
+            "path": "/metrics",
+            "relabelings": [{
+                "action": "replace",
+                "targetLabel": label,
+                "replacement": value,
+            }],
+        }],
+    })
 }
 
 /// A Prometheus rule group, as `promtool` and the `PrometheusRule` read it.

@@ -84,22 +84,30 @@ pub fn build(
 /// Prometheus may reach the exporter's port, and only that port, when the
 /// database is monitored.
 fn scraper_rule(db: &ValidatedDatabase, scraper: &Scraper) -> Option<NetworkPolicyIngressRule> {
+    db.monitoring
+        .as_ref()
+        .map(|_| scrape_rule(scraper, exporter::exporter(db.engine).port))
+}
+
+/// The scraper's pods, and nothing else, to `port`. Also an external
+/// server's exporter ([`super::exporter`]).
+pub fn scrape_rule(scraper: &Scraper, port: i32) -> NetworkPolicyIngressRule {
     let selector = |labels: &BTreeMap<String, String>| LabelSelector {
         match_labels: Some(labels.clone()),
         ..Default::default()
     };
-    db.monitoring.as_ref().map(|_| NetworkPolicyIngressRule {
+    NetworkPolicyIngressRule {
         from: Some(vec![NetworkPolicyPeer {
             namespace_selector: Some(selector(&scraper.namespace_labels)),
             pod_selector: Some(selector(&scraper.pod_labels)),
             ..Default::default()
         }]),
         ports: Some(vec![NetworkPolicyPort {
-            port: Some(IntOrString::Int(exporter::exporter(db.engine).port)),
+            port: Some(IntOrString::Int(port)),
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-    })
+    }
 }
 
 /// The pods of servicedb's backup, verify and restore Jobs of `db`.
